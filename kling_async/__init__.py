@@ -1,0 +1,74 @@
+"""kling_async: an async-first SDK for the Kling AI video-extend API.
+
+Open a :class:`KlingSession`, ``await session.extend(video_id)`` to submit a task, and
+``await`` the returned :class:`TaskHandle` for the finished :class:`Task`. The emulator in
+:mod:`kling_async.testing` runs the same calls against a local server.
+"""
+
+from __future__ import annotations
+
+from ._handle import TaskHandle
+from ._policies import PollPolicy, RetryPolicy
+from ._session import KlingSession, SessionStatistics
+from .errors import (
+    AccountError,
+    AmbiguousCreateError,
+    APIError,
+    AuthenticationError,
+    ContentPolicyError,
+    InvalidArgumentError,
+    InvalidRequestError,
+    KlingError,
+    ListUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExhaustedError,
+    RateLimitError,
+    ResponseDecodeError,
+    RetryAfterTooLongError,
+    ServerError,
+    SessionClosedError,
+    TaskFailedError,
+    TaskLimitError,
+    TransportError,
+    WaitTimeoutError,
+)
+from .models import ExtendRequest, Task, TaskInfo, TaskResult, TaskStatus, Video
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "AccountError",
+    "AmbiguousCreateError",
+    "AuthenticationError",
+    "ContentPolicyError",
+    "ExtendRequest",
+    "InvalidArgumentError",
+    "InvalidRequestError",
+    "KlingError",
+    "KlingSession",
+    "ListUnavailableError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "QuotaExhaustedError",
+    "RateLimitError",
+    "ResponseDecodeError",
+    "RetryAfterTooLongError",
+    "RetryPolicy",
+    "ServerError",
+    "SessionClosedError",
+    "SessionStatistics",
+    "Task",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskInfo",
+    "TaskLimitError",
+    "TaskResult",
+    "TaskStatus",
+    "TransportError",
+    "Video",
+    "WaitTimeoutError",
+    "__version__",
+]

@@ -1,0 +1,209 @@
+"""Retry and poll policies as frozen values, and the pure rules that apply them.
+
+Nothing here sleeps or reads a clock: callers pass the attempt number, the elapsed time and a
+``random.Random``; the session does the waiting. The retry classes are api.md's "Decisions
+for the SDK": which failures a create may repeat, which a query may, and how Retry-After counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import enum
+import math
+import random
+from typing import Any
+
+import attrs
+
+from .errors import (
+    APIError,
+    AuthenticationError,
+    KlingError,
+    RateLimitError,
+    ResponseDecodeError,
+    RetryAfterTooLongError,
+    ServerError,
+    TaskLimitError,
+    TransportError,
+)
+
+__all__ = ["Action", "PollPolicy", "RetryPolicy", "classify", "parse_retry_after"]
+
+
+def _non_negative(_instance: Any, attribute: Any, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value >= 0 and not math.isnan(value)):
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _fraction(_instance: Any, attribute: Any, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+def _at_least_one(_instance: Any, attribute: Any, value: int) -> None:
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _growth(_instance: Any, attribute: Any, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value >= 1):
+        raise ValueError(f"{attribute.name} must be >= 1, got {value!r}")
+
+
+def _backoff(
+    first: float, growth: float, cap: float, jitter: float, n: int, rng: random.Random
+) -> float:
+    """Exponential backoff for the ``n``-th wait (from 1), capped, shortened by up to ``jitter``."""
+    nominal = min(cap, first * growth ** min(n - 1, 64))
+    return nominal * (1 - jitter * rng.random())
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How one request is repeated after a transient failure.
+
+    A request is tried at most ``attempts`` times and retried only while the waits fit in
+    ``total_time`` seconds. Waits grow from ``first_delay`` by ``growth`` up to ``max_delay``,
+    each shortened by a random fraction up to ``jitter``. A ``Retry-After`` the server sends
+    is honoured up to ``retry_after_cap`` seconds; a longer one fails at once with
+    :class:`~kling_async.errors.RetryAfterTooLongError`. A create refused with 1303 (too many
+    running tasks) waits for a free slot up to ``task_slot_timeout`` seconds, trying again at
+    the latest every ``task_slot_delay`` seconds or as soon as a task of this session finishes.
+
+    .. versionadded:: 0.1
+    """
+
+    attempts: int = attrs.field(default=5, validator=_at_least_one)
+    total_time: float = attrs.field(default=60.0, validator=_non_negative)
+    first_delay: float = attrs.field(default=0.5, validator=_non_negative)
+    growth: float = attrs.field(default=2.0, validator=_growth)
+    max_delay: float = attrs.field(default=10.0, validator=_non_negative)
+    jitter: float = attrs.field(default=0.5, validator=_fraction)
+    retry_after_cap: float = attrs.field(default=60.0, validator=_non_negative)
+    task_slot_timeout: float = attrs.field(default=600.0, validator=_non_negative)
+    task_slot_delay: float = attrs.field(default=10.0, validator=_non_negative)
+    wait: bool = True
+    """False removes every wait (backoff, Retry-After, the 1303 slot), as :meth:`instant` does."""
+
+    @classmethod
+    def instant(cls, **changes: Any) -> RetryPolicy:
+        """A policy for tests: the same retries, no waiting at all (caps still apply)."""
+        return cls(
+            **{"first_delay": 0.0, "max_delay": 0.0, "jitter": 0.0, "wait": False, **changes}
+        )
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``retry`` (counting from 1)."""
+        if not self.wait:
+            return 0.0
+        return _backoff(self.first_delay, self.growth, self.max_delay, self.jitter, retry, rng)
+
+    def retry_delay(
+        self, error: KlingError, *, retry: int, elapsed: float, rng: random.Random
+    ) -> float | None:
+        """Seconds to wait before retry number ``retry``, or None when the budget is spent.
+
+        Raises RetryAfterTooLongError when the server asks for more than ``retry_after_cap``.
+        """
+        if retry >= self.attempts:
+            return None
+        delay = self.backoff(retry, rng)
+        retry_after = error.retry_after if isinstance(error, APIError) else None
+        if retry_after is not None:
+            if retry_after > self.retry_after_cap:
+                raise RetryAfterTooLongError(
+                    error,  # type: ignore[arg-type]  # retry_after is only set on APIError
+                    retry_after=retry_after,
+                    cap=self.retry_after_cap,
+                ) from error
+            if self.wait:
+                delay = max(delay, retry_after)
+        if elapsed + delay > self.total_time:
+            return None
+        return delay
+
+    def slot_delay(self, retry: int, rng: random.Random) -> float:
+        """Longest wait before trying a create again after 1303 (a finished task ends it sooner)."""
+        if not self.wait:
+            return 0.0
+        return _backoff(
+            self.first_delay, self.growth, self.task_slot_delay, self.jitter, retry, rng
+        )
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """How often a wait asks for a task's status.
+
+    The defaults suit a job that takes 30 s to 4 minutes: 2 s, then 1.5 times longer each
+    time up to 15 s, each shortened by up to 10 % so that many waits do not poll in step.
+
+    .. versionadded:: 0.1
+    """
+
+    first_delay: float = attrs.field(default=2.0, validator=_non_negative)
+    growth: float = attrs.field(default=1.5, validator=_growth)
+    max_delay: float = attrs.field(default=15.0, validator=_non_negative)
+    jitter: float = attrs.field(default=0.1, validator=_fraction)
+
+    @classmethod
+    def instant(cls) -> PollPolicy:
+        """A policy for tests: poll again at once."""
+        return cls(first_delay=0.0, max_delay=0.0, jitter=0.0)
+
+    def delay(self, poll: int, rng: random.Random) -> float:
+        """Seconds to wait after poll number ``poll`` (counting from 1) before the next one."""
+        return _backoff(self.first_delay, self.growth, self.max_delay, self.jitter, poll, rng)
+
+
+class Action(enum.Enum):
+    """What to do after a failed try."""
+
+    RAISE = "raise"
+    RETRY = "retry"
+    RESIGN = "resign"  # 1004: sign a fresh token, retry once
+    WAIT_SLOT = "wait_slot"  # 1303: wait for a running task to finish
+    RECONCILE = "reconcile"  # a create whose outcome is unknown: find out before anything else
+
+
+def classify(error: KlingError, *, create: bool) -> Action:
+    """Decide what a failed try means (api.md "Create retries" and "Query retries").
+
+    A create is repeated only where the server certainly made no task; where the outcome is
+    unknown it must be reconciled. A query is safe to repeat on anything transient.
+    """
+    if isinstance(error, AuthenticationError):
+        return Action.RESIGN if error.code == 1004 else Action.RAISE
+    if isinstance(error, TaskLimitError):
+        return Action.WAIT_SLOT if create else Action.RETRY
+    if isinstance(error, RateLimitError):
+        return Action.RETRY
+    if isinstance(error, TransportError):
+        return Action.RECONCILE if create and error.sent else Action.RETRY
+    if isinstance(error, ServerError):
+        if not create:
+            return Action.RETRY
+        # A 503 with Kling's own envelope (5001, maintenance) refused the request outright.
+        return Action.RETRY if error.status == 503 and error.code == 5001 else Action.RECONCILE
+    if isinstance(error, ResponseDecodeError):
+        if create:
+            return Action.RECONCILE
+        return Action.RAISE if error.is_json else Action.RETRY
+    return Action.RAISE
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
+    """Seconds a ``Retry-After`` header asks for: delta-seconds or an HTTP date; else None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - now).total_seconds())

@@ -1,0 +1,636 @@
+"""KlingSession: credentials, lifetime, the in-flight limiter, and the retry loops.
+
+The protocol is decided in ``sansio`` and ``_policies``; this module only sequences it: it
+sends through ``_transport``, sleeps where a policy says so, and keeps the promises of
+api.md "Decisions for the SDK": a create is repeated only where no task can exist, an
+ambiguous create is reconciled (by the stamped external id, else the list) or reported with
+everything needed to resolve it, and closing the session stops every pending call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import os
+import random
+import time
+import urllib.parse
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+import anyio
+import anyio.lowlevel
+import attrs
+
+from . import sansio
+from ._auth import BearerKey, JWTSigner
+from ._policies import Action, PollPolicy, RetryPolicy, classify
+from ._transport import Transport
+from .errors import (
+    AmbiguousCreateError,
+    InvalidRequestError,
+    KlingError,
+    ListUnavailableError,
+    NotFoundError,
+    SessionClosedError,
+)
+from .models import ExtendRequest, Task
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._handle import TaskHandle
+
+__all__ = ["KlingSession", "SessionStatistics"]
+
+logger = logging.getLogger("kling_async")
+
+DEFAULT_BASE_URL = "https://api-singapore.klingai.com"  # api.md: official, global
+_T = TypeVar("_T")
+_UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
+_RECONCILE_PAGE_SIZE = 50
+_CLOCK_SKEW = dt.timedelta(seconds=60)
+
+
+@attrs.frozen(kw_only=True)
+class SessionStatistics:
+    """A snapshot of what a session is doing and has done.
+
+    .. versionadded:: 0.1
+    """
+
+    requests_sent: int
+    """HTTP requests sent, retries included."""
+    retries: int
+    """Requests sent again after a transient failure (1303 slot waits included)."""
+    in_flight: int
+    """Requests on the wire right now."""
+    waits_pending: int
+    """``wait()``/``wait_started()``/``watch()`` calls in progress."""
+    tasks_created: int
+    """Tasks this session created (or found again after an ambiguous create)."""
+
+
+class KlingSession:
+    """An async client for the Kling video-extend API; open it with ``async with``.
+
+    Credentials: a gateway's ``api_key`` (sent as ``Bearer``) or Kling's ``access_key`` and
+    ``secret_key`` (signed into a short-lived JWT); missing ones are read from
+    ``KLING_API_KEY``, ``KLING_ACCESS_KEY``, ``KLING_SECRET_KEY`` and ``KLING_BASE_URL``. A
+    gateway's ``base_url`` includes its prefix (``https://gw.example.com/kling``).
+
+    ``http_session`` borrows the caller's ``aiohttp.ClientSession`` (never closed here);
+    otherwise the session owns one. ``max_in_flight`` bounds the requests on the wire at once;
+    ``stamp_external_id`` (default: on with access keys, off with a gateway key) stamps a
+    generated ``external_task_id`` on each create so an ambiguous create can be found again.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        http_session: aiohttp.ClientSession | None = None,
+        poll_policy: PollPolicy | None = None,
+        retry_policy: RetryPolicy | None = None,
+        max_in_flight: int = 32,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        stamp_external_id: bool | None = None,
+        allow_insecure_http: bool = False,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
+        max_response_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self._auth = _credentials(api_key, access_key, secret_key)
+        self._base_url = _base_url(
+            base_url or os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL,
+            allow_insecure_http=allow_insecure_http,
+        )
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if http_session is not None and trace_configs is not None:
+            raise ValueError(
+                "trace_configs go on the aiohttp.ClientSession you pass as http_session"
+            )
+        self.poll_policy = poll_policy if poll_policy is not None else PollPolicy()
+        self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
+        self._stamp = (
+            isinstance(self._auth, JWTSigner) if stamp_external_id is None else stamp_external_id
+        )
+        self._borrowed = http_session
+        self._trace_configs = list(trace_configs or ())
+        self._max_in_flight = max_in_flight
+        self._connect_timeout = float(connect_timeout)
+        self._read_timeout = float(read_timeout)
+        self._max_body = max_response_bytes
+        self._rng = random.Random()
+        self._state = _UNOPENED
+        self._http: aiohttp.ClientSession | None = None
+        self._transport: Transport | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._scopes: set[anyio.CancelScope] = set()
+        self._slot_freed: anyio.Event | None = None
+        self._created_ids: set[str] = set()
+        self._requests_sent = 0
+        self._retries = 0
+        self._in_flight = 0
+        self._waits_pending = 0
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> KlingSession:
+        if self._state != _UNOPENED:
+            raise RuntimeError(f"a KlingSession can be opened once; this one is {self._state}")
+        if self._borrowed is not None:
+            http = self._borrowed
+        else:
+            http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_in_flight),
+                trace_configs=self._trace_configs or None,
+                headers={"User-Agent": _USER_AGENT},
+            )
+            self._http = http
+        self._transport = Transport(
+            http,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            max_body=self._max_body,
+        )
+        self._limiter = anyio.CapacityLimiter(self._max_in_flight)
+        self._slot_freed = anyio.Event()
+        self._state = _OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session: pending calls fail with SessionClosedError, later ones too.
+
+        Remote tasks are not touched: they keep running and can be resumed with
+        :meth:`task` from another session.
+        """
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        for scope in list(self._scopes):
+            scope.cancel()
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_state", None) == _OPEN:
+            _warn(
+                f"{self!r} was never closed; use 'async with KlingSession(...)' or aclose()",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+
+    def __repr__(self) -> str:
+        return f"<KlingSession {self._base_url} {self._auth!r} {self._state}>"
+
+    @property
+    def base_url(self) -> str:
+        """The base URL requests go to (``/v1/...`` is appended)."""
+        return self._base_url
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._state == _CLOSED
+
+    def statistics(self) -> SessionStatistics:
+        """What the session is doing now and has done so far."""
+        return SessionStatistics(
+            requests_sent=self._requests_sent,
+            retries=self._retries,
+            in_flight=self._in_flight,
+            waits_pending=self._waits_pending,
+            tasks_created=len(self._created_ids),
+        )
+
+    # -- public calls ---------------------------------------------------------------------
+
+    async def extend(
+        self,
+        video_id: str,
+        *,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        cfg_scale: float | None = None,
+        callback_url: str | None = None,
+        parent_task_id: str | None = None,
+        external_task_id: str | None = None,
+    ) -> TaskHandle:
+        """Submit one extend task (a paid job) and return its handle.
+
+        Arguments are validated before anything is sent. The create is repeated only where
+        the server certainly made no task; an unknown outcome is looked up, or raised as
+        :class:`~kling_async.errors.AmbiguousCreateError`.
+        """
+        request = ExtendRequest(
+            video_id=video_id,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            cfg_scale=cfg_scale,
+            callback_url=callback_url,
+            parent_task_id=parent_task_id,
+            external_task_id=external_task_id,
+        )
+        self._check_open()
+        if request.external_task_id is None and self._stamp:
+            request = attrs.evolve(request, external_task_id=f"kling-async-{uuid.uuid4().hex}")
+        with self._operation():
+            task = await self._create(request)
+        self._created_ids.add(task.task_id)
+        return self._handle(task.task_id, task)
+
+    def task(self, task_id: str) -> TaskHandle:
+        """A handle for an existing task, without I/O: resume a wait after a restart."""
+        _check_task_id(task_id)
+        self._check_open()
+        return self._handle(task_id, None)
+
+    async def get_task(self, task_id: str) -> Task:
+        """Query one task by its task id or external task id (queries retry transient failures)."""
+        _check_task_id(task_id)
+        self._check_open()
+        with self._operation():
+            return await self._query(task_id)
+
+    def list_tasks(
+        self, *, page_size: int = 30, first_page: int = 1, max_pages: int | None = None
+    ) -> AsyncIterator[Task]:
+        """Iterate the account's extend tasks, newest first, fetching page by page.
+
+        Raises :class:`~kling_async.errors.ListUnavailableError` (on the first page) where the
+        base URL does not offer listing, as most gateways do not.
+        """
+        if isinstance(page_size, bool) or not isinstance(page_size, int):
+            raise TypeError("page_size must be an int")
+        if not 1 <= page_size <= 500:  # api.md: pageSize 1..500
+            raise ValueError(f"page_size must be between 1 and 500, got {page_size}")
+        if not isinstance(first_page, int) or not 1 <= first_page <= 1000:  # pageNum 1..1000
+            raise ValueError(f"first_page must be between 1 and 1000, got {first_page!r}")
+        if max_pages is not None and (not isinstance(max_pages, int) or max_pages < 1):
+            raise ValueError(f"max_pages must be an int >= 1, got {max_pages!r}")
+        self._check_open()
+        return self._pages(page_size, first_page, max_pages)
+
+    async def _pages(self, page_size: int, page: int, max_pages: int | None) -> AsyncIterator[Task]:
+        fetched = 0
+        while page <= 1000 and (max_pages is None or fetched < max_pages):
+            with self._operation():
+                tasks = await self._list_page(page, page_size)
+            fetched += 1
+            for task in tasks:
+                yield task
+            if len(tasks) < page_size:
+                return
+            page += 1
+
+    # -- internals used by TaskHandle -----------------------------------------------------
+
+    def _handle(self, task_id: str, last: Task | None) -> TaskHandle:
+        from ._handle import TaskHandle
+
+        return TaskHandle(self, task_id, last)
+
+    def _check_open(self) -> None:
+        if self._state == _OPEN:
+            return
+        if self._state == _UNOPENED:
+            raise RuntimeError("open the session first: 'async with KlingSession(...) as session'")
+        raise SessionClosedError("the session is closed")
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        """Run a block that :meth:`aclose` can stop; it then raises SessionClosedError."""
+        self._check_open()
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._scopes.discard(scope)
+        if scope.cancel_called and self._state == _CLOSED:
+            raise SessionClosedError("the session was closed while this call was pending")
+
+    async def _sleep(self, delay: float) -> None:
+        with self._operation():
+            if delay > 0:
+                await anyio.sleep(delay)
+            else:
+                await anyio.lowlevel.checkpoint()
+
+    def _task_finished(self) -> None:
+        """A task left the running set: wake creates that wait for a parallel-task slot."""
+        assert self._slot_freed is not None
+        self._slot_freed.set()
+        self._slot_freed = anyio.Event()
+
+    async def _query(self, task_id: str) -> Task:
+        assert self._transport is not None
+        request = sansio.query_request(self._base_url, task_id)
+        task = await self._call(
+            request, lambda response, now: sansio.parse_task(response, now, task_id=task_id)
+        )
+        if task.done:
+            self._task_finished()
+        return task
+
+    async def _list_page(self, page: int, page_size: int) -> list[Task]:
+        request = sansio.list_request(self._base_url, page, page_size)
+        return await self._call(request, sansio.parse_task_list)
+
+    # -- the retry loops ------------------------------------------------------------------
+
+    async def _send(
+        self,
+        request: sansio.HTTPRequest,
+        authorization: str,
+        parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
+        attempt: int,
+    ) -> _T:
+        """Send once under the in-flight limiter and parse the reply."""
+        assert self._transport is not None
+        assert self._limiter is not None
+        async with self._limiter:
+            self._requests_sent += 1
+            self._in_flight += 1
+            try:
+                response = await self._transport.send(request, authorization)
+            except KlingError as error:
+                _log_failure(request, attempt, error)
+                raise
+            finally:
+                self._in_flight -= 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s -> %s (attempt %d)", request.method, request.path, response.status, attempt
+            )
+        try:
+            return parse(response, dt.datetime.now(dt.timezone.utc))
+        except KlingError as error:
+            _log_failure(request, attempt, error)
+            raise
+
+    async def _call(
+        self,
+        request: sansio.HTTPRequest,
+        parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
+    ) -> _T:
+        """A GET with the query retry rules (api.md "Query retries")."""
+        policy = self.retry_policy
+        started = anyio.current_time()
+        retry = 0
+        resigned = False
+        while True:
+            authorization = self._auth.authorization(time.time())
+            try:
+                return await self._send(request, authorization, parse, retry + 1)
+            except KlingError as error:
+                action = classify(error, create=False)
+                if action is Action.RESIGN and not resigned and self._auth.expire(authorization):
+                    resigned = True
+                    continue
+                if action is not Action.RETRY:
+                    raise
+                retry += 1
+                delay = policy.retry_delay(
+                    error, retry=retry, elapsed=anyio.current_time() - started, rng=self._rng
+                )
+                if delay is None:
+                    raise
+            self._retries += 1
+            logger.info(
+                "retrying %s %s in %.2f s (retry %d)", request.method, request.path, delay, retry
+            )
+            await self._sleep(delay)
+
+    async def _create(self, request: ExtendRequest) -> Task:
+        """A create with the create retry rules (api.md "Create retries" and "Stamping")."""
+        policy = self.retry_policy
+        http_request = sansio.create_request(self._base_url, request)
+        started = anyio.current_time()
+        retry = 0
+        slot_waits = 0
+        resigned = False
+        resent_after_lookup = False
+        while True:
+            authorization = self._auth.authorization(time.time())
+            sent_at = dt.datetime.now(dt.timezone.utc)
+            try:
+                return await self._send(
+                    http_request, authorization, sansio.parse_created, retry + 1
+                )
+            except KlingError as error:
+                action = classify(error, create=True)
+                elapsed = anyio.current_time() - started
+                if action is Action.RESIGN and not resigned and self._auth.expire(authorization):
+                    resigned = True
+                    continue
+                if action is Action.WAIT_SLOT:
+                    if elapsed >= policy.task_slot_timeout:
+                        raise
+                    slot_waits += 1
+                    self._retries += 1
+                    slot_delay = min(
+                        policy.slot_delay(slot_waits, self._rng), policy.task_slot_timeout - elapsed
+                    )
+                    logger.info(
+                        "parallel-task limit reached (1303); waiting up to %.2f s", slot_delay
+                    )
+                    await self._wait_for_slot(slot_delay)
+                    continue
+                if action is Action.RECONCILE:
+                    found = await self._reconcile(request, error, sent_at)
+                    if found is not None:
+                        return found
+                    # The lookup says no task exists: resending with the same external id is
+                    # safe, as the server refuses a second task with that id.
+                    resent_after_lookup = True
+                elif (
+                    resent_after_lookup
+                    and isinstance(error, InvalidRequestError)
+                    and request.external_task_id is not None
+                ):
+                    # Our resend collided with a task the lost create did make after all.
+                    with contextlib.suppress(NotFoundError):
+                        return await self._query(request.external_task_id)
+                    raise
+                elif action is not Action.RETRY:
+                    raise
+                retry += 1
+                delay = policy.retry_delay(error, retry=retry, elapsed=elapsed, rng=self._rng)
+                if delay is None:
+                    raise
+            self._retries += 1
+            logger.info(
+                "retrying create for video %s in %.2f s (retry %d)", request.video_id, delay, retry
+            )
+            await self._sleep(delay)
+
+    async def _wait_for_slot(self, delay: float) -> None:
+        assert self._slot_freed is not None
+        event = self._slot_freed
+        with self._operation(), anyio.move_on_after(delay):
+            if delay <= 0:
+                await anyio.lowlevel.checkpoint()
+            else:
+                await event.wait()
+
+    async def _reconcile(
+        self, request: ExtendRequest, error: KlingError, sent_at: dt.datetime
+    ) -> Task | None:
+        """Find out whether a create with an unknown outcome made a task.
+
+        Returns the task, or None when the server certainly has none with our external id;
+        raises AmbiguousCreateError when it cannot be found out.
+        """
+        external_id = request.external_task_id
+        logger.warning(
+            "create for video %s has an unknown outcome (%s); looking it up",
+            request.video_id,
+            error,
+        )
+        if external_id is not None:
+            try:
+                return await self._query(external_id)
+            except NotFoundError:
+                return None
+            except KlingError as lookup_error:
+                raise AmbiguousCreateError(
+                    f"the create's outcome is unknown ({error}) and looking up its external id "
+                    f"failed ({lookup_error})",
+                    request=request,
+                    sent_at=sent_at,
+                    external_task_id=external_id,
+                ) from error
+        try:
+            tasks = await self._list_page(1, _RECONCILE_PAGE_SIZE)
+        except KlingError as list_error:
+            why = (
+                "this base URL offers no task list to look it up"
+                if isinstance(list_error, ListUnavailableError)
+                else f"listing tasks failed ({list_error})"
+            )
+            raise AmbiguousCreateError(
+                f"the create's outcome is unknown ({error}) and {why}",
+                request=request,
+                sent_at=sent_at,
+                external_task_id=None,
+            ) from error
+        candidates = [
+            task
+            for task in tasks
+            if task.task_id not in self._created_ids
+            and task.parent_video is not None
+            and task.parent_video.id == request.video_id
+            and (task.created_at is None or task.created_at >= sent_at - _CLOCK_SKEW)
+        ]
+        if len(candidates) == 1:
+            return candidates[0]
+        raise AmbiguousCreateError(
+            f"the create's outcome is unknown ({error}) and the task list shows "
+            f"{len(candidates)} new tasks for this video",
+            request=request,
+            sent_at=sent_at,
+            external_task_id=None,
+        ) from error
+
+
+_USER_AGENT = f"kling_async/0.1 aiohttp/{aiohttp.__version__}"
+
+
+def _log_failure(request: sansio.HTTPRequest, attempt: int, error: KlingError) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        extra: dict[str, Any] = {
+            name: getattr(error, name)
+            for name in ("status", "code", "request_id", "task_id")
+            if getattr(error, name, None) is not None
+        }
+        logger.debug(
+            "%s %s failed (attempt %d): %s %s",
+            request.method,
+            request.path,
+            attempt,
+            type(error).__name__,
+            " ".join(f"{k}={v}" for k, v in extra.items()),
+        )
+
+
+def _credentials(
+    api_key: str | None, access_key: str | None, secret_key: str | None
+) -> BearerKey | JWTSigner:
+    """Pick the auth mode from the arguments, falling back to the environment as a whole."""
+    if api_key is None and access_key is None and secret_key is None:
+        api_key = os.environ.get("KLING_API_KEY") or None
+        access_key = os.environ.get("KLING_ACCESS_KEY") or None
+        secret_key = os.environ.get("KLING_SECRET_KEY") or None
+        if api_key is not None and access_key is not None:
+            access_key = secret_key = None  # the explicit gateway key wins over a stray pair
+    if api_key is not None:
+        if access_key is not None or secret_key is not None:
+            raise ValueError("pass either api_key or access_key + secret_key, not both")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("api_key must be a non-empty string")
+        return BearerKey(api_key.strip())
+    if access_key is None and secret_key is None:
+        raise ValueError(
+            "no credentials: pass api_key (gateway) or access_key + secret_key (Kling), "
+            "or set KLING_API_KEY or KLING_ACCESS_KEY + KLING_SECRET_KEY"
+        )
+    if not access_key or not secret_key:
+        raise ValueError("access_key and secret_key go together; one of them is missing")
+    return JWTSigner(access_key, secret_key)
+
+
+def _base_url(url: str, *, allow_insecure_http: bool) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"base_url must not have a query or fragment, got {url!r}")
+    if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.hostname):
+        raise ValueError(
+            f"refusing plain http:// to {parsed.hostname}: credentials would travel unencrypted; "
+            "use https:// or pass allow_insecure_http=True"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_task_id(task_id: object) -> None:
+    if not isinstance(task_id, str):
+        raise TypeError(f"task_id must be a str, not {type(task_id).__name__}")
+    if not task_id.strip():
+        raise ValueError("task_id must not be empty")

@@ -1,0 +1,107 @@
+"""The only module that speaks aiohttp on the client side: send one request, translate failures.
+
+It knows nothing of Kling: it sends an :class:`~kling_async.sansio.HTTPRequest`, reads the
+body under a size cap, and turns every aiohttp or socket failure into a
+:class:`~kling_async.errors.TransportError` whose ``sent`` says whether the request may have
+reached the server (api.md "Create retries": a refused connection certainly did not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from .errors import ResponseDecodeError, TransportError
+from .sansio import HTTPRequest, HTTPResponse
+
+__all__ = ["Transport"]
+
+_CHUNK = 64 * 1024
+
+
+class Transport:
+    """Sends requests over one ``aiohttp.ClientSession`` with per-request socket timeouts."""
+
+    __slots__ = ("_max_body", "_session", "_timeout")
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_body: int,
+    ) -> None:
+        self._session = session
+        # sock_connect/sock_read bound each socket step; waiting for a pooled connection is
+        # bounded by the session's limiter instead, so a large batch never hits a pool timeout.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._max_body = max_body
+
+    async def send(self, request: HTTPRequest, authorization: str) -> HTTPResponse:
+        """Send ``request`` with ``authorization`` and return the whole reply."""
+        headers = dict(request.headers)
+        headers["Authorization"] = authorization
+        try:
+            async with self._session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                body = await self._read(response)
+                return HTTPResponse(
+                    status=response.status,
+                    body=body,
+                    content_type=response.headers.get("Content-Type", ""),
+                    retry_after=response.headers.get("Retry-After"),
+                )
+        except aiohttp.ClientConnectorError as exc:
+            # DNS, refused connection, TLS handshake: the request never left.
+            raise self._error(request, exc, "could not connect", sent=False) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise self._error(request, exc, "timed out connecting", sent=False) from exc
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+            raise self._error(request, exc, "timed out waiting for the reply", sent=True) from exc
+        except aiohttp.ClientError as exc:
+            raise self._error(request, exc, "the connection failed", sent=True) from exc
+        except OSError as exc:
+            raise self._error(request, exc, "the connection failed", sent=True) from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """Read the body, refusing more than ``max_body`` bytes (a runaway gateway page)."""
+        length = response.content_length
+        if length is not None and length <= self._max_body:
+            return await response.read()
+        if length is not None:
+            raise self._too_large(response.status)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self._max_body:
+                raise self._too_large(response.status)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, status: int) -> ResponseDecodeError:
+        return ResponseDecodeError(
+            f"the reply is larger than {self._max_body} bytes", status=status, is_json=False
+        )
+
+    @staticmethod
+    def _error(
+        request: HTTPRequest, exc: BaseException, what: str, *, sent: bool
+    ) -> TransportError:
+        detail = str(exc) or type(exc).__name__
+        return TransportError(
+            f"{request.method} {request.path}: {what}: {detail}",
+            method=request.method,
+            path=request.path,
+            sent=sent,
+        )

@@ -1,0 +1,278 @@
+"""The exceptions kling_async raises.
+
+Every failure of a public call is a :class:`KlingError`; misuse of the API (a bad argument,
+a closed session) raises a builtin (``ValueError``, ``TypeError``, ``RuntimeError``) or a
+subclass of one. The tree::
+
+    KlingError
+    ├── APIError                      the server answered with an error envelope
+    │   ├── AuthenticationError       401, codes 1000-1004
+    │   ├── AccountError              the account cannot do this; never retried
+    │   │   ├── QuotaExhaustedError   1101 arrears, 1102 resource pack used up
+    │   │   └── PermissionDeniedError 1103 no permission, 1304 IP whitelist
+    │   ├── InvalidRequestError       1200-1202 (400)
+    │   ├── NotFoundError             1203 (404): task or video does not exist
+    │   ├── ContentPolicyError        1300-1301: platform policy, content safety
+    │   ├── RateLimitError            1302: too many requests, retried with backoff
+    │   │   └── TaskLimitError        1303: too many running tasks, waits for a slot
+    │   └── ServerError               5000-5002 and other 5xx
+    ├── TransportError                no usable response (connection, timeout)
+    ├── ResponseDecodeError           the body is not the promised JSON
+    ├── RetryAfterTooLongError        the server asked for a wait over the cap
+    ├── AmbiguousCreateError          a create may or may not have made a (paid) task
+    ├── ListUnavailableError          the base URL does not offer the list endpoint
+    ├── TaskFailedError               the task ended with status ``failed``
+    ├── WaitTimeoutError              a bounded wait ran out (also a ``TimeoutError``)
+    └── SessionClosedError            the session is closed (also a ``RuntimeError``)
+
+    InvalidArgumentError (a ValueError): an argument failed validation before any I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import ExtendRequest, Task
+
+__all__ = [
+    "APIError",
+    "AccountError",
+    "AmbiguousCreateError",
+    "AuthenticationError",
+    "ContentPolicyError",
+    "InvalidArgumentError",
+    "InvalidRequestError",
+    "KlingError",
+    "ListUnavailableError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "QuotaExhaustedError",
+    "RateLimitError",
+    "ResponseDecodeError",
+    "RetryAfterTooLongError",
+    "ServerError",
+    "SessionClosedError",
+    "TaskFailedError",
+    "TaskLimitError",
+    "TransportError",
+    "WaitTimeoutError",
+]
+
+
+class InvalidArgumentError(ValueError):
+    """An argument failed validation before anything was sent; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class KlingError(Exception):
+    """Base class of every error kling_async raises for a failed call."""
+
+
+class APIError(KlingError):
+    """The server answered with an error: HTTP status plus Kling business code.
+
+    ``code`` is the Kling business code (``None`` when a gateway lost it; then
+    ``gateway_code`` holds the gateway's own string code). ``retry_after`` is the wait the
+    server asked for, in seconds, when it sent a ``Retry-After`` header.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | None = None,
+        request_id: str | None = None,
+        task_id: str | None = None,
+        gateway_code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.task_id = task_id
+        self.gateway_code = gateway_code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.code is not None:
+            parts.append(f"code {self.code}")
+        if self.gateway_code is not None:
+            parts.append(f"gateway code {self.gateway_code!r}")
+        if self.task_id:
+            parts.append(f"task {self.task_id}")
+        if self.request_id:
+            parts.append(f"request {self.request_id}")
+        return f"{self.message} ({', '.join(parts)})"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status}, code={self.code}, "
+            f"request_id={self.request_id!r}, task_id={self.task_id!r})"
+        )
+
+
+class AuthenticationError(APIError):
+    """Authentication failed (401, codes 1000-1004): a wrong key or an invalid token."""
+
+
+class AccountError(APIError):
+    """The account cannot run this request (1100-1103, 1304); waiting does not help."""
+
+
+class QuotaExhaustedError(AccountError):
+    """The account is in arrears (1101) or its resource pack is used up or expired (1102)."""
+
+
+class PermissionDeniedError(AccountError):
+    """No permission for the resource (1103) or the IP whitelist refused the caller (1304)."""
+
+
+class InvalidRequestError(APIError):
+    """The request was refused as invalid (1200-1202)."""
+
+
+class NotFoundError(APIError):
+    """The task or video does not exist (1203), or the route is not there (HTTP 404)."""
+
+
+class ContentPolicyError(APIError):
+    """Platform policy or content safety refused the request (1300, 1301)."""
+
+
+class RateLimitError(APIError):
+    """Requests came too fast (1302); retried with backoff where that is safe."""
+
+
+class TaskLimitError(RateLimitError):
+    """The account already runs as many tasks as it may (1303); a slot frees when one finishes."""
+
+
+class ServerError(APIError):
+    """The server failed (5000-5002, or an HTTP 5xx)."""
+
+
+class TransportError(KlingError):
+    """No usable response arrived: connection refused or dropped, or a timeout.
+
+    ``sent`` is False only when the request certainly never reached the server (a refused
+    connection or a connect timeout); a create with ``sent`` True may have made a task.
+    """
+
+    def __init__(self, message: str, *, method: str, path: str, sent: bool) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.sent = sent
+
+
+class ResponseDecodeError(KlingError):
+    """The reply is not the promised JSON: an HTML page, a truncated body, or a wrong shape.
+
+    ``is_json`` tells a body that is not JSON at all (a gateway page; worth retrying on a
+    query) from JSON of the wrong shape (a bug or a contract change; never retried).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        is_json: bool,
+        excerpt: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.is_json = is_json
+        self.excerpt = excerpt
+        self.request_id = request_id
+
+
+class RetryAfterTooLongError(KlingError):
+    """The server asked to wait ``retry_after`` seconds, more than the policy's ``cap``.
+
+    The error the server sent is the ``__cause__`` and ``error``.
+    """
+
+    def __init__(self, error: APIError, *, retry_after: float, cap: float) -> None:
+        super().__init__(
+            f"the server asked to retry after {retry_after:g} s, over the cap of {cap:g} s "
+            f"(RetryPolicy.retry_after_cap): {error}"
+        )
+        self.error = error
+        self.retry_after = retry_after
+        self.cap = cap
+
+
+class AmbiguousCreateError(KlingError):
+    """A create may or may not have made a task, and it could not be found out.
+
+    Carries what is needed to resolve it by hand: the ``request`` that was sent, when it was
+    sent (``sent_at``, aware UTC), and the ``external_task_id`` it carried (if any), which
+    :meth:`KlingSession.get_task` accepts. Resending blindly may pay for a second task.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: ExtendRequest,
+        sent_at: dt.datetime,
+        external_task_id: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.request = request
+        self.sent_at = sent_at
+        self.external_task_id = external_task_id
+
+    def __str__(self) -> str:
+        ref = (
+            f"look it up with get_task({self.external_task_id!r})"
+            if self.external_task_id
+            else "check the task list for it"
+        )
+        return (
+            f"{self.args[0]}; the create for video {self.request.video_id!r} sent at "
+            f"{self.sent_at.isoformat()} may have made a task: {ref} before sending it again"
+        )
+
+
+class ListUnavailableError(KlingError):
+    """The base URL does not offer the list endpoint (most gateways do not route it)."""
+
+
+class TaskFailedError(KlingError):
+    """The task ended with status ``failed``; ``task`` is its final state, ``reason`` why."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.task_id = task.task_id
+        self.reason = task.status_message
+        super().__init__(f"task {task.task_id} failed: {task.status_message or 'no reason given'}")
+
+
+class WaitTimeoutError(KlingError, TimeoutError):
+    """A bounded wait ran out; the remote task keeps running and the handle stays usable."""
+
+    def __init__(self, task_id: str, *, timeout: float, last: Task | None) -> None:
+        status = last.status.value if last is not None else "unknown"
+        super().__init__(
+            f"task {task_id} was still {status} after waiting {timeout:g} s; "
+            "it keeps running on the server and the handle can wait again"
+        )
+        self.task_id = task_id
+        self.timeout = timeout
+        self.last = last
+
+
+class SessionClosedError(KlingError, RuntimeError):
+    """The session is closed (or was closed while this call was pending)."""

@@ -1,0 +1,211 @@
+"""Frozen, keyword-only models of what goes over the wire: the extend request and the task.
+
+They do no I/O. The one cattrs converter in ``_converter`` turns Kling's JSON into them; see
+api.md "Replies" for the wire shapes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .errors import InvalidArgumentError
+
+__all__ = ["ExtendRequest", "Task", "TaskInfo", "TaskResult", "TaskStatus", "Video"]
+
+MAX_PROMPT_LENGTH = (
+    2500  # api.md "Create body": prompt and negative_prompt, at most 2500 characters
+)
+
+
+class TaskStatus(str, enum.Enum):
+    """The status of a task. A value the server invents is kept, as a non-member, not done.
+
+    ``TaskStatus("queueing")`` returns a status whose ``value`` is ``"queueing"``, whose
+    ``known`` is False and which is neither started nor done (api.md: "treat any other value
+    as not finished, unknown and keep it").
+    """
+
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    SUCCEED = "succeed"
+    FAILED = "failed"
+
+    @classmethod
+    def _missing_(cls, value: object) -> TaskStatus | None:
+        if not isinstance(value, str):
+            return None
+        unknown = str.__new__(cls, value)
+        unknown._name_ = "UNKNOWN"
+        unknown._value_ = value
+        return unknown
+
+    @property
+    def known(self) -> bool:
+        """True for the four statuses Kling documents."""
+        return self.value in _KNOWN
+
+    @property
+    def done(self) -> bool:
+        """True once the task has finished, successfully or not."""
+        return self.value in _DONE
+
+    def __repr__(self) -> str:
+        return f"<TaskStatus.{self._name_}: {self.value!r}>"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+_KNOWN = frozenset(s.value for s in TaskStatus)
+_DONE = frozenset({TaskStatus.SUCCEED.value, TaskStatus.FAILED.value})
+
+
+@attrs.frozen(kw_only=True)
+class Video:
+    """A video Kling made: ``duration`` is in seconds (the wire sends a string, ``"5.1"``)."""
+
+    id: str
+    url: str = ""
+    duration: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TaskInfo:
+    """What the task was made from: the source video and the caller's external id."""
+
+    parent_video: Video | None = None
+    external_task_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TaskResult:
+    """What the task made: the extended videos (present once it succeeded)."""
+
+    videos: tuple[Video, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """One extend task as the server last described it.
+
+    ``created_at`` and ``updated_at`` are aware UTC datetimes (the wire sends Unix
+    milliseconds); fields the server left out are ``None`` or empty.
+    """
+
+    task_id: str
+    status: TaskStatus
+    status_message: str = ""
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    info: TaskInfo = TaskInfo()
+    result: TaskResult = TaskResult()
+
+    @property
+    def done(self) -> bool:
+        """True once the task has finished (``succeed`` or ``failed``)."""
+        return self.status.done
+
+    @property
+    def videos(self) -> tuple[Video, ...]:
+        """The result videos; empty until the task succeeded."""
+        return self.result.videos
+
+    @property
+    def video(self) -> Video | None:
+        """The first result video, the one an extension makes, or ``None``."""
+        return self.result.videos[0] if self.result.videos else None
+
+    @property
+    def parent_video(self) -> Video | None:
+        """The source video that was extended, when the server said so."""
+        return self.info.parent_video
+
+    @property
+    def external_task_id(self) -> str | None:
+        """The caller-chosen (or session-stamped) id, when the server echoed it."""
+        return self.info.external_task_id
+
+
+_Validator = Callable[[Any, Any, Any], None]
+
+
+def _check_text(field: str, max_length: int | None) -> _Validator:
+    def check(_instance: object, _attribute: object, value: object) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"{field} must be a str, not {type(value).__name__}")
+        if max_length is not None and len(value) > max_length:
+            raise InvalidArgumentError(
+                field, f"at most {max_length} characters allowed, got {len(value)}"
+            )
+
+    return check
+
+
+def _check_id(field: str, *, required: bool) -> _Validator:
+    def check(_instance: object, _attribute: object, value: object) -> None:
+        if value is None and not required:
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"{field} must be a str, not {type(value).__name__}")
+        if not value.strip():
+            raise InvalidArgumentError(field, "must not be empty")
+
+    return check
+
+
+def _check_cfg_scale(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"cfg_scale must be a number, not {type(value).__name__}")
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise InvalidArgumentError("cfg_scale", f"must be between 0 and 1, got {value!r}")
+
+
+def _check_callback_url(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"callback_url must be a str, not {type(value).__name__}")
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidArgumentError("callback_url", f"must be an http(s) URL, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ExtendRequest:
+    """The body of a create (api.md "Create body"), validated when it is built.
+
+    A bad value raises :class:`~kling_async.errors.InvalidArgumentError` (a ``ValueError``)
+    naming the field, a value of the wrong type raises ``TypeError``: both before any I/O.
+    ``parent_task_id`` is sent as ``task_id``, the parent task some gateways require.
+    """
+
+    video_id: str = attrs.field(validator=_check_id("video_id", required=True))
+    prompt: str | None = attrs.field(
+        default=None,
+        validator=_check_text("prompt", MAX_PROMPT_LENGTH),
+    )
+    negative_prompt: str | None = attrs.field(
+        default=None,
+        validator=_check_text("negative_prompt", MAX_PROMPT_LENGTH),
+    )
+    cfg_scale: float | None = attrs.field(default=None, validator=_check_cfg_scale)
+    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
+    parent_task_id: str | None = attrs.field(
+        default=None,
+        validator=_check_id("parent_task_id", required=False),
+    )
+    external_task_id: str | None = attrs.field(
+        default=None,
+        validator=_check_id("external_task_id", required=False),
+    )

@@ -1,0 +1,11 @@
+"""Shared test configuration: every async test runs on asyncio through anyio's pytest plugin."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Pin the anyio backend: the SDK targets asyncio (aiohttp needs it)."""
+    return "asyncio"
