@@ -376,6 +376,8 @@ class KlingSession:
         assert self._transport is not None
         assert self._limiter is not None
         async with self._limiter:
+            if self._state == _CLOSED:  # closed while this call waited for the limiter
+                raise SessionClosedError("the session was closed while this call was pending")
             self._requests_sent += 1
             self._in_flight += 1
             try:

@@ -1,0 +1,160 @@
+"""The fault matrix: every fault the emulator injects, on create and on query, and its outcome.
+
+Each row states what the SDK must do (recover, or which error) and what the server must end
+with (how many creates it received, how many tasks exist): a create is never paid twice.
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from kling_async import (
+    AmbiguousCreateError,
+    ContentPolicyError,
+    InvalidRequestError,
+    KlingError,
+    PermissionDeniedError,
+    QuotaExhaustedError,
+    ResponseDecodeError,
+    TaskStatus,
+)
+from kling_async.testing import Fault, KlingEmulator
+
+from .helpers import gateway, official
+
+pytestmark = pytest.mark.anyio
+
+OK = None  # the call succeeds
+
+
+@attrs.frozen
+class Row:
+    fault: Fault
+    outcome: type[KlingError] | None
+    creates: int  # create requests the server received
+    tasks: int  # tasks that exist on the server afterwards
+    queries: int = 0  # query requests the server received (query rows)
+
+
+# A stamped session (access key + secret key): an unknown outcome is looked up by external id.
+CREATE_ROWS = {
+    "429 1302 rate limit: retried": Row(Fault.rate_limited(1302), OK, 2, 1),
+    "429 1302 with Retry-After: retried": Row(Fault.rate_limited(1302, retry_after=1), OK, 2, 1),
+    "429 1303 task limit: waits for a slot": Row(Fault.rate_limited(1303), OK, 2, 1),
+    "429 1101 arrears: not retried": Row(Fault.http(429, 1101), QuotaExhaustedError, 1, 0),
+    "429 1102 pack used up: not retried": Row(Fault.http(429, 1102), QuotaExhaustedError, 1, 0),
+    "429 1304 IP whitelist: not retried": Row(Fault.http(429, 1304), PermissionDeniedError, 1, 0),
+    "400 1301 content safety: not retried": Row(Fault.http(400, 1301), ContentPolicyError, 1, 0),
+    "401 1004 expired token: re-signed once": Row(Fault.http(401, 1004), OK, 2, 1),
+    "500 5000: looked up, then resent": Row(Fault.http(500), OK, 2, 1),
+    "503 5001 maintenance: retried": Row(Fault.http(503), OK, 2, 1),
+    "504 5002: looked up, then resent": Row(Fault.http(504), OK, 2, 1),
+    "HTML 502 page: looked up, then resent": Row(Fault.html(502), OK, 2, 1),
+    "HTML 200 page: looked up, then resent": Row(Fault.html(200), OK, 2, 1),
+    "200 with code 1201: not retried": Row(Fault.business(1201), InvalidRequestError, 1, 0),
+    "gateway string code at 500: looked up": Row(Fault.gateway("upstream_error"), OK, 2, 1),
+    "gateway string code at 429: retried": Row(Fault.gateway("rate_limit", status=429), OK, 2, 1),
+    "garbage bytes at 200: looked up": Row(Fault.raw(200, b"\x00\xff{"), OK, 2, 1),
+    "truncated JSON (task made): found": Row(Fault.truncated(), OK, 1, 1),
+    "reply lost (task made): found": Row(Fault.reply_lost(), OK, 1, 1),
+    "dropped before processing: resent": Row(Fault.drop(), OK, 2, 1),
+    "small delay: fine": Row(Fault.delay(0.01), OK, 1, 1),
+}
+
+QUERY_ROWS = {
+    "429 1302 rate limit: retried": Row(Fault.rate_limited(1302), OK, 1, 1, 2),
+    "429 1302 with Retry-After: retried": Row(Fault.rate_limited(1302, retry_after=1), OK, 1, 1, 2),
+    "429 1101 arrears: not retried": Row(Fault.http(429, 1101), QuotaExhaustedError, 1, 1, 1),
+    "401 1004 expired token: re-signed once": Row(Fault.http(401, 1004), OK, 1, 1, 2),
+    "500 5000: retried": Row(Fault.http(500), OK, 1, 1, 2),
+    "503 5001: retried": Row(Fault.http(503), OK, 1, 1, 2),
+    "504 5002: retried": Row(Fault.http(504), OK, 1, 1, 2),
+    "HTML 502 page: retried": Row(Fault.html(502), OK, 1, 1, 2),
+    "HTML 200 page: retried": Row(Fault.html(200), OK, 1, 1, 2),
+    "200 with code 1201: not retried": Row(Fault.business(1201), InvalidRequestError, 1, 1, 1),
+    "gateway string code at 502: retried": Row(Fault.gateway("bad_gw", status=502), OK, 1, 1, 2),
+    "truncated JSON: retried": Row(Fault.truncated(), OK, 1, 1, 2),
+    "JSON of the wrong shape: not retried": Row(
+        Fault.raw(200, b'{"code": 0, "data": {"task_status": 7}}'), ResponseDecodeError, 1, 1, 1
+    ),
+    "reply lost: retried": Row(Fault.reply_lost(), OK, 1, 1, 2),
+    "dropped: retried": Row(Fault.drop(), OK, 1, 1, 2),
+    "small delay: fine": Row(Fault.delay(0.01), OK, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("row", list(CREATE_ROWS.values()), ids=list(CREATE_ROWS))
+async def test_create_fault(row: Row) -> None:
+    """A create under each fault ends as the row says, with the stated creates and tasks."""
+    async with KlingEmulator() as emulator, official(emulator) as session:
+        emulator.inject(row.fault, route="create")
+        if row.outcome is None:
+            handle = await session.extend("vid-1")
+            assert [handle.task_id] == list(emulator.tasks)
+        else:
+            with pytest.raises(row.outcome):
+                await session.extend("vid-1")
+        assert (row.creates, row.tasks) == (emulator.count("create"), len(emulator.tasks))
+
+
+@pytest.mark.parametrize("row", list(QUERY_ROWS.values()), ids=list(QUERY_ROWS))
+async def test_query_fault(row: Row) -> None:
+    """A query under each fault ends as the row says; a query never creates anything."""
+    async with KlingEmulator() as emulator, official(emulator) as session:
+        handle = await session.extend("vid-1")
+        emulator.inject(row.fault, route="query")
+        if row.outcome is None:
+            task = await handle.poll()
+            assert handle.task_id == task.task_id
+        else:
+            with pytest.raises(row.outcome):
+                await handle.poll()
+        assert (row.creates, row.tasks, row.queries) == (
+            emulator.count("create"),
+            len(emulator.tasks),
+            emulator.count("query"),
+        )
+
+
+@pytest.mark.parametrize(
+    ("list_mode", "outcome"),
+    [("ok", OK), ("404", AmbiguousCreateError), ("html", AmbiguousCreateError)],
+)
+async def test_a_lost_create_reply_without_stamp_is_found_in_the_list_or_reported(
+    list_mode: str, outcome: type[KlingError] | None
+) -> None:
+    """Through a gateway (no stamp) a lost reply is reconciled by listing, else reported.
+
+    Either way the server holds exactly one task: nothing is resent blindly.
+    """
+    async with (
+        KlingEmulator(list_mode=list_mode) as emulator,
+        gateway(emulator) as session,
+    ):
+        emulator.inject(Fault.reply_lost(), route="create")
+        if outcome is None:
+            handle = await session.extend("vid-1", prompt="wider")
+            assert [handle.task_id] == list(emulator.tasks)
+        else:
+            with pytest.raises(AmbiguousCreateError) as caught:
+                await session.extend("vid-1", prompt="wider")
+            error = caught.value
+            assert "vid-1" == error.request.video_id
+            assert "wider" == error.request.prompt
+            assert error.external_task_id is None
+            assert error.sent_at.tzinfo is not None
+            assert error.__cause__ is not None
+            assert "vid-1" in str(error)
+        assert (1, 1) == (emulator.count("create"), len(emulator.tasks))
+
+
+async def test_a_lost_create_reply_with_the_callers_external_id_is_found() -> None:
+    """A caller's own external_task_id is sent even through a gateway and used to look up."""
+    async with KlingEmulator(list_mode="404") as emulator, gateway(emulator) as session:
+        emulator.inject(Fault.reply_lost(), route="create")
+        handle = await session.extend("vid-1", external_task_id="order-7")
+        task = await handle
+
+    assert TaskStatus.SUCCEED is task.status
+    assert (1, 1) == (emulator.count("create"), len(emulator.tasks))
