@@ -1,0 +1,360 @@
+"""Reliability against the emulator: retries and budgets, limits, tokens, timeouts, bad bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import socket
+import time
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kling_async import (
+    AuthenticationError,
+    KlingError,
+    RateLimitError,
+    ResponseDecodeError,
+    RetryAfterTooLongError,
+    RetryPolicy,
+    ServerError,
+    TaskLimitError,
+    TaskStatus,
+    TransportError,
+)
+from kling_async.testing import Fault, KlingEmulator
+
+from .helpers import gateway, official
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_query_retries_stop_at_the_attempt_budget(emu: KlingEmulator) -> None:
+    """Transient failures are retried up to `attempts` tries, then the last error is raised."""
+    async with official(emu, retry_policy=RetryPolicy.instant(attempts=3)) as session:
+        handle = await session.extend("vid-1")
+        emu.inject(Fault.http(500), route="query", times=10)
+
+        with pytest.raises(ServerError) as caught:
+            await handle.poll()
+
+    assert 3 == emu.count("query")
+    assert (500, 5000, handle.task_id) == (
+        caught.value.status,
+        caught.value.code,
+        caught.value.task_id,
+    )
+    assert 2 == session.statistics().retries
+
+
+async def test_query_retries_stop_at_the_time_budget(emu: KlingEmulator) -> None:
+    """No retry is scheduled past `total_time`, whatever attempts remain."""
+    policy = RetryPolicy(attempts=10, first_delay=0.05, jitter=0, total_time=0.2)
+    async with official(emu, retry_policy=policy) as session:
+        handle = await session.extend("vid-1")
+        emu.inject(Fault.http(503), route="query", times=10)
+
+        with pytest.raises(ServerError):
+            await handle.poll()
+
+    assert 3 == emu.count("query")  # waits 0.05 + 0.1; a third (0.2) would end past 0.2 s
+
+
+async def test_retry_after_in_seconds_is_honoured(emu: KlingEmulator) -> None:
+    """A 429 with Retry-After: 1 waits a second before the retry, not the shorter backoff."""
+    policy = RetryPolicy(first_delay=0.0, max_delay=0.0, jitter=0)
+    async with official(emu, retry_policy=policy) as session:
+        handle = await session.extend("vid-1")
+        emu.inject(Fault.rate_limited(1302, retry_after=1), route="query")
+
+        started = time.monotonic()
+        await handle.poll()
+
+    assert time.monotonic() - started >= 0.95
+    assert 2 == emu.count("query")
+
+
+async def test_retry_after_as_an_http_date_is_honoured(emu: KlingEmulator) -> None:
+    """The HTTP-date form counts from now; a date already past means no wait."""
+    policy = RetryPolicy(first_delay=0.0, max_delay=0.0, jitter=0)
+    past = email.utils.formatdate(time.time() - 60, usegmt=True)
+    async with official(emu, retry_policy=policy) as session:
+        handle = await session.extend("vid-1")
+        emu.inject(Fault.rate_limited(1302, retry_after=past), route="query")
+
+        started = time.monotonic()
+        await handle.poll()
+
+    assert time.monotonic() - started < 0.5
+    assert 2 == emu.count("query")
+
+
+async def test_a_retry_after_over_the_cap_fails_at_once_and_says_so(emu: KlingEmulator) -> None:
+    """A wait longer than retry_after_cap raises RetryAfterTooLongError naming both numbers."""
+    async with official(emu, retry_policy=RetryPolicy.instant(retry_after_cap=30)) as session:
+        emu.inject(Fault.rate_limited(1302, retry_after=120), route="create")
+
+        with pytest.raises(RetryAfterTooLongError) as caught:
+            await session.extend("vid-1")
+
+    assert (120, 30) == (caught.value.retry_after, caught.value.cap)
+    assert "120" in str(caught.value)
+    assert isinstance(caught.value.__cause__, RateLimitError)
+    assert 1 == emu.count("create")
+
+
+async def test_twenty_creates_share_three_task_slots() -> None:
+    """With 3 running tasks allowed, 20 concurrent extends all get created, none twice."""
+    async with KlingEmulator(max_running=3) as emulator, official(emulator) as session:
+        finished: list[str] = []
+
+        async def extend_and_wait(n: int) -> None:
+            handle = await session.extend(f"vid-{n}")
+            finished.append((await handle).task_id)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for n in range(20):
+                    group.start_soon(extend_and_wait, n)
+
+    assert 20 == len(set(finished)) == len(emulator.tasks)
+    assert {f"vid-{n}" for n in range(20)} == {t.video_id for t in emulator.tasks.values()}
+    refused = [r for r in emulator.requests if r.route == "create" and r.status == 429]
+    assert refused  # the limit was really hit
+    assert 20 + len(refused) == emulator.count("create")
+
+
+async def test_waiting_for_a_task_slot_is_bounded() -> None:
+    """When no slot frees within task_slot_timeout, the create raises TaskLimitError."""
+    policy = RetryPolicy.instant(task_slot_timeout=0.05)
+    async with (
+        KlingEmulator(max_running=1, auto_advance=False) as emulator,
+        official(emulator, retry_policy=policy) as session,
+    ):
+        await session.extend("vid-1")
+
+        with pytest.raises(TaskLimitError) as caught:
+            await session.extend("vid-2")
+
+    assert (429, 1303) == (caught.value.status, caught.value.code)
+    assert 1 == len(emulator.tasks)
+
+
+async def test_a_thousand_concurrent_extends_complete(emu: KlingEmulator) -> None:
+    """1,000 extends started at once with asyncio.gather: no pool timeouts, no errors."""
+    async with official(emu, max_in_flight=16) as session:
+        handles = await asyncio.gather(*(session.extend(f"vid-{n}") for n in range(1000)))
+        stats = session.statistics()
+
+    assert 1000 == len({handle.task_id for handle in handles}) == len(emu.tasks)
+    assert (1000, 0, 0, 1000) == (
+        stats.requests_sent,
+        stats.retries,
+        stats.in_flight,
+        stats.tasks_created,
+    )
+
+
+async def test_the_in_flight_limiter_bounds_requests_on_the_wire(emu: KlingEmulator) -> None:
+    """Never more than max_in_flight requests are in flight at once."""
+    peak = 0
+    async with official(emu, max_in_flight=4) as session:
+
+        async def extend(n: int) -> None:
+            nonlocal peak
+            peak = max(peak, session.statistics().in_flight)
+            await session.extend(f"vid-{n}")
+            peak = max(peak, session.statistics().in_flight)
+
+        emu.inject(Fault.delay(0.02), route="create", times=40)
+        async with anyio.create_task_group() as group:
+            for n in range(40):
+                group.start_soon(extend, n)
+
+    assert 1 <= peak <= 4
+
+
+async def test_an_expired_token_is_resigned_once_then_reported(emu: KlingEmulator) -> None:
+    """When every token is expired (server clock ahead), the session re-signs once, then raises."""
+    emu.clock = lambda: time.time() + 7200
+    async with official(emu) as session:
+        with pytest.raises(AuthenticationError) as caught:
+            await session.get_task("123")
+
+    assert (401, 1004) == (caught.value.status, caught.value.code)
+    assert 2 == emu.count("query")
+
+
+async def test_concurrent_requests_share_one_token(emu: KlingEmulator) -> None:
+    """One JWT serves every concurrent request: it is signed once, not per request."""
+    async with official(emu) as session:
+        handles = await asyncio.gather(*(session.extend(f"vid-{n}") for n in range(50)))
+        await asyncio.gather(*(handle.poll() for handle in handles))
+
+    tokens = {request.headers["Authorization"] for request in emu.requests}
+    assert 1 == len(tokens)
+
+
+async def test_a_read_timeout_on_a_query_is_retried(emu: KlingEmulator) -> None:
+    """A reply slower than read_timeout is abandoned and the query sent again."""
+    async with official(emu, read_timeout=0.05) as session:
+        handle = await session.extend("vid-1")
+        emu.inject(Fault.delay(0.5), route="query")
+
+        task = await handle.poll()
+
+    assert handle.task_id == task.task_id
+    assert 2 == emu.count("query")
+
+
+async def test_a_read_timeout_on_a_create_never_makes_two_tasks(emu: KlingEmulator) -> None:
+    """A create timing out is looked up; the resend carries the same external id, so the
+    late original is refused by the server and exactly one task exists."""
+    async with official(emu, read_timeout=0.05) as session:
+        emu.inject(Fault.delay(0.3), route="create")
+        handle = await session.extend("vid-1")
+        await anyio.sleep(0.4)  # let the delayed original reach the server's create logic
+
+    assert [handle.task_id] == list(emu.tasks)
+    assert 2 == emu.count("create")
+
+
+async def test_a_refused_connection_is_retried_then_reported() -> None:
+    """Nothing listens: the create certainly made no task, is retried, then TransportError."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with official(
+        _FakeEmulator(f"http://127.0.0.1:{port}"),
+        retry_policy=RetryPolicy.instant(attempts=3),
+    ) as session:
+        with pytest.raises(TransportError) as caught:
+            await session.extend("vid-1")
+
+    assert not caught.value.sent
+    assert 3 == session.statistics().requests_sent
+
+
+async def test_bodies_over_the_size_cap_are_refused(emu: KlingEmulator) -> None:
+    """JSON bodies are read with a cap; a larger one is a ResponseDecodeError."""
+    async with official(emu, max_response_bytes=1024) as session:
+        handle = await session.extend("vid-1")
+        huge = b'{"code": 0, "data": {"task_id": "' + b"x" * 4096 + b'"}}'
+        emu.inject(Fault.raw(200, huge), route="query", times=10)
+
+        with pytest.raises(ResponseDecodeError, match="larger than 1024"):
+            await handle.poll()
+
+
+async def test_logs_carry_the_facts_and_never_a_secret(
+    emu: KlingEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEBUG logs name method, path, status, attempt, code; never keys or tokens."""
+    caplog.set_level(logging.DEBUG, logger="kling_async")
+    async with official(emu) as session, gateway(emu) as gateway_session:
+        emu.inject(Fault.http(500), route="query")
+        emu.inject(Fault.http(401, 1004), route="query")
+        handle = await session.extend("vid-1")
+        await handle.wait()
+        await (await gateway_session.extend("vid-2")).wait()
+        with pytest.raises(KlingError):
+            await session.get_task("missing")
+
+    tokens = {r.headers.get("Authorization", "").removeprefix("Bearer ") for r in emu.requests}
+    secrets = {emu.secret_key, emu.api_key, *tokens} - {""}
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "GET /v1/videos/video-extend/" in text
+    assert "attempt 2" in text
+    assert "code=1004" in text
+    for secret in secrets:
+        assert secret not in text
+
+
+async def test_waits_pending_counts_live_waits() -> None:
+    """statistics().waits_pending reflects waits in progress."""
+    async with KlingEmulator(auto_advance=False) as emulator, official(emulator) as session:
+        handle = await session.extend("vid-1")
+        seen: list[int] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(handle.wait)
+            while not seen or seen[-1] == 0:
+                await anyio.sleep(0)
+                seen.append(session.statistics().waits_pending)
+            emulator.set_status(handle.task_id, "succeed")
+
+        assert 1 == seen[-1]
+        assert 0 == session.statistics().waits_pending
+        assert TaskStatus.SUCCEED is handle.status
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=20,
+)
+TASKISH = st.fixed_dictionaries(
+    {"task_id": st.one_of(st.text(max_size=20), st.integers(), st.none())},
+    optional={
+        "task_status": JSON | st.sampled_from(["submitted", "succeed", "failed", "weird"]),
+        "task_status_msg": JSON,
+        "created_at": JSON | st.integers(),
+        "task_info": JSON | st.fixed_dictionaries({"parent_video": JSON}),
+        "task_result": JSON | st.fixed_dictionaries({"videos": st.lists(JSON, max_size=3)}),
+    },
+)
+BODIES = st.one_of(
+    st.binary(max_size=200),
+    JSON.map(lambda value: _dumps(value)),
+    st.fixed_dictionaries(
+        {"code": st.one_of(st.integers(-1, 6000), st.text(max_size=8)), "data": TASKISH | JSON},
+        optional={"message": JSON, "request_id": JSON},
+    ).map(lambda value: _dumps(value)),
+    st.text(max_size=100_000).map(lambda text: _dumps({"code": 0, "message": text})),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=BODIES, status=st.sampled_from([200, 400, 404, 429, 500, 502]))
+async def test_any_reply_on_any_route_raises_only_kling_errors(body: bytes, status: int) -> None:
+    """Whatever comes back, a public call returns or raises a KlingError, never anything else."""
+    async with (
+        KlingEmulator() as emulator,
+        official(emulator, retry_policy=RetryPolicy.instant(attempts=2)) as session,
+    ):
+        handle = await session.extend("vid-0")
+        for route in ("create", "query", "list"):
+            emulator.inject(Fault.raw(status, body), route=route)
+        calls = [
+            lambda: session.extend("vid-1"),
+            handle.poll,
+            lambda: _first_page(session),
+        ]
+        for call in calls:
+            try:
+                await call()
+            except KlingError:
+                pass
+        assert len(emulator.tasks) <= 3
+
+
+async def _first_page(session: object) -> list[object]:
+    return [task async for task in session.list_tasks(max_pages=1)]  # type: ignore[attr-defined]
+
+
+def _dumps(value: object) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+class _FakeEmulator:
+    """Credentials and a base URL where nothing listens."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.access_key = "ak"
+        self.secret_key = "sk"
