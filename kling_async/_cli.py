@@ -68,8 +68,8 @@ async def _demo(args: argparse.Namespace) -> int:
             retry_policy=RetryPolicy(first_delay=0.2),
         ) as session:
             videos = ["demo-video-1", "demo-video-2", "demo-video-risky"]
-            handles = [await session.extend(video, prompt="the camera pulls back") for video in videos]
-            for video, handle in zip(videos, handles):
+            handles = [await session.extend(video, prompt="pull back") for video in videos]
+            for video, handle in zip(videos, handles, strict=True):
                 print(f"submitted {video} as task {handle.task_id}")
 
             async def follow(video: str, handle: Any) -> None:
@@ -77,7 +77,7 @@ async def _demo(args: argparse.Namespace) -> int:
                     print(f"{video}: {_task_line(task)}")
 
             async with anyio.create_task_group() as group:
-                for video, handle in zip(videos, handles):
+                for video, handle in zip(videos, handles, strict=True):
                     group.start_soon(follow, video, handle)
             stats = session.statistics()
             print(

@@ -79,6 +79,8 @@ def _duration(value: Any, _: type) -> float | None:
 
 def _timestamp(value: Any, _: type) -> dt.datetime | None:
     """Unix milliseconds (api.md: ``created_at``/``updated_at``) as an aware UTC datetime."""
+    if type(value) is int and value > 100_000_000_000:  # the usual case: Unix milliseconds
+        return dt.datetime.fromtimestamp(value / 1000, tz=dt.timezone.utc)
     stamp = _number(value)
     if not stamp:
         return None

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
@@ -29,6 +29,7 @@ import attrs
 
 from . import sansio
 from ._auth import BearerKey, JWTSigner
+from ._handle import TaskHandle
 from ._policies import Action, PollPolicy, RetryPolicy, classify
 from ._transport import Transport
 from .errors import (
@@ -43,8 +44,6 @@ from .models import ExtendRequest, Task
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from ._handle import TaskHandle
 
 __all__ = ["KlingSession", "SessionStatistics"]
 
@@ -139,8 +138,8 @@ class KlingSession:
         self._state = _UNOPENED
         self._http: aiohttp.ClientSession | None = None
         self._transport: Transport | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
-        self._scopes: set[anyio.CancelScope] = set()
+        self._limiter: anyio.Semaphore | None = None
+        self._closing: anyio.Event | None = None
         self._slot_freed: anyio.Event | None = None
         self._created_ids: set[str] = set()
         self._requests_sent = 0
@@ -168,7 +167,8 @@ class KlingSession:
             read_timeout=self._read_timeout,
             max_body=self._max_body,
         )
-        self._limiter = anyio.CapacityLimiter(self._max_in_flight)
+        self._limiter = anyio.Semaphore(self._max_in_flight)
+        self._closing = anyio.Event()
         self._slot_freed = anyio.Event()
         self._state = _OPEN
         return self
@@ -189,10 +189,16 @@ class KlingSession:
         """
         if self._state == _CLOSED:
             return
+        opened = self._state == _OPEN
         self._state = _CLOSED
-        for scope in list(self._scopes):
-            scope.cancel()
+        if opened:
+            # Wake every sleeping wait and slot wait; each then sees the state and raises.
+            assert self._closing is not None
+            self._closing.set()
+            self._task_finished()
         if self._http is not None:
+            # Closing the owned aiohttp session aborts requests in flight: their calls fail
+            # with SessionClosedError at once. A borrowed session's requests end on their own.
             http, self._http = self._http, None
             await http.close()
 
@@ -259,8 +265,7 @@ class KlingSession:
         self._check_open()
         if request.external_task_id is None and self._stamp:
             request = attrs.evolve(request, external_task_id=f"kling-async-{uuid.uuid4().hex}")
-        with self._operation():
-            task = await self._create(request)
+        task = await self._create(request)
         self._created_ids.add(task.task_id)
         return self._handle(task.task_id, task)
 
@@ -274,8 +279,7 @@ class KlingSession:
         """Query one task by its task id or external task id (queries retry transient failures)."""
         _check_task_id(task_id)
         self._check_open()
-        with self._operation():
-            return await self._query(task_id)
+        return await self._query(task_id)
 
     def list_tasks(
         self, *, page_size: int = 30, first_page: int = 1, max_pages: int | None = None
@@ -299,8 +303,8 @@ class KlingSession:
     async def _pages(self, page_size: int, page: int, max_pages: int | None) -> AsyncIterator[Task]:
         fetched = 0
         while page <= 1000 and (max_pages is None or fetched < max_pages):
-            with self._operation():
-                tasks = await self._list_page(page, page_size)
+            self._check_open()
+            tasks = await self._list_page(page, page_size)
             fetched += 1
             for task in tasks:
                 yield task
@@ -311,8 +315,6 @@ class KlingSession:
     # -- internals used by TaskHandle -----------------------------------------------------
 
     def _handle(self, task_id: str, last: Task | None) -> TaskHandle:
-        from ._handle import TaskHandle
-
         return TaskHandle(self, task_id, last)
 
     def _check_open(self) -> None:
@@ -322,26 +324,16 @@ class KlingSession:
             raise RuntimeError("open the session first: 'async with KlingSession(...) as session'")
         raise SessionClosedError("the session is closed")
 
-    @contextlib.contextmanager
-    def _operation(self) -> Iterator[None]:
-        """Run a block that :meth:`aclose` can stop; it then raises SessionClosedError."""
-        self._check_open()
-        scope = anyio.CancelScope()
-        self._scopes.add(scope)
-        try:
-            with scope:
-                yield
-        finally:
-            self._scopes.discard(scope)
-        if scope.cancel_called and self._state == _CLOSED:
-            raise SessionClosedError("the session was closed while this call was pending")
-
     async def _sleep(self, delay: float) -> None:
-        with self._operation():
-            if delay > 0:
-                await anyio.sleep(delay)
-            else:
-                await anyio.lowlevel.checkpoint()
+        """Sleep, but wake at once when the session closes (and then raise)."""
+        assert self._closing is not None
+        if delay > 0:
+            with anyio.move_on_after(delay):
+                await self._closing.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        if self._state == _CLOSED:
+            raise SessionClosedError("the session was closed while this call was pending")
 
     def _task_finished(self) -> None:
         """A task left the running set: wake creates that wait for a parallel-task slot."""
@@ -375,7 +367,12 @@ class KlingSession:
         """Send once under the in-flight limiter and parse the reply."""
         assert self._transport is not None
         assert self._limiter is not None
-        async with self._limiter:
+        limiter = self._limiter
+        try:
+            limiter.acquire_nowait()  # the common case, without a trip through the event loop
+        except anyio.WouldBlock:
+            await limiter.acquire()
+        try:
             if self._state == _CLOSED:  # closed while this call waited for the limiter
                 raise SessionClosedError("the session was closed while this call was pending")
             self._requests_sent += 1
@@ -384,9 +381,15 @@ class KlingSession:
                 response = await self._transport.send(request, authorization)
             except KlingError as error:
                 _log_failure(request, attempt, error)
+                if self._state == _CLOSED:
+                    raise SessionClosedError(
+                        "the session was closed while this call was pending"
+                    ) from error
                 raise
             finally:
                 self._in_flight -= 1
+        finally:
+            limiter.release()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s -> %s (attempt %d)", request.method, request.path, response.status, attempt
@@ -404,7 +407,7 @@ class KlingSession:
     ) -> _T:
         """A GET with the query retry rules (api.md "Query retries")."""
         policy = self.retry_policy
-        started = anyio.current_time()
+        started = time.monotonic()
         retry = 0
         resigned = False
         while True:
@@ -420,7 +423,7 @@ class KlingSession:
                     raise
                 retry += 1
                 delay = policy.retry_delay(
-                    error, retry=retry, elapsed=anyio.current_time() - started, rng=self._rng
+                    error, retry=retry, elapsed=time.monotonic() - started, rng=self._rng
                 )
                 if delay is None:
                     raise
@@ -434,7 +437,7 @@ class KlingSession:
         """A create with the create retry rules (api.md "Create retries" and "Stamping")."""
         policy = self.retry_policy
         http_request = sansio.create_request(self._base_url, request)
-        started = anyio.current_time()
+        started = time.monotonic()
         retry = 0
         slot_waits = 0
         resigned = False
@@ -448,7 +451,7 @@ class KlingSession:
                 )
             except KlingError as error:
                 action = classify(error, create=True)
-                elapsed = anyio.current_time() - started
+                elapsed = time.monotonic() - started
                 if action is Action.RESIGN and not resigned and self._auth.expire(authorization):
                     resigned = True
                     continue
@@ -495,12 +498,14 @@ class KlingSession:
 
     async def _wait_for_slot(self, delay: float) -> None:
         assert self._slot_freed is not None
-        event = self._slot_freed
-        with self._operation(), anyio.move_on_after(delay):
-            if delay <= 0:
-                await anyio.lowlevel.checkpoint()
-            else:
+        event = self._slot_freed  # also set by aclose()
+        if delay > 0:
+            with anyio.move_on_after(delay):
                 await event.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        if self._state == _CLOSED:
+            raise SessionClosedError("the session was closed while this call was pending")
 
     async def _reconcile(
         self, request: ExtendRequest, error: KlingError, sent_at: dt.datetime

@@ -55,12 +55,7 @@ class Transport:
                 allow_redirects=False,
             ) as response:
                 body = await self._read(response)
-                return HTTPResponse(
-                    status=response.status,
-                    body=body,
-                    content_type=response.headers.get("Content-Type", ""),
-                    retry_after=response.headers.get("Retry-After"),
-                )
+                return HTTPResponse(status=response.status, body=body, headers=response.headers)
         except aiohttp.ClientConnectorError as exc:
             # DNS, refused connection, TLS handshake: the request never left.
             raise self._error(request, exc, "could not connect", sent=False) from exc

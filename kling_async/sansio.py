@@ -49,6 +49,10 @@ __all__ = [
 ]
 
 EXTEND_PATH = "/v1/videos/video-extend"  # api.md "Endpoints"
+# The converter's hooks, looked up once: a reply is decoded without per-call dispatch.
+_TASK_HOOK = converter.get_structure_hook(Task)
+_ENVELOPE_HOOK = converter.get_structure_hook(Envelope)
+_REQUEST_HOOK = converter.get_unstructure_hook(ExtendRequest)
 _JSON_HEADERS = (("Accept", "application/json"),)
 _JSON_BODY_HEADERS = (("Accept", "application/json"), ("Content-Type", "application/json"))
 
@@ -66,17 +70,30 @@ class HTTPRequest:
 
 @attrs.frozen
 class HTTPResponse:
-    """What came back: the status, the two headers the protocol reads, and the body."""
+    """What came back: the status, the headers and the whole body.
+
+    Headers are read only where the protocol needs them (error replies), so a successful
+    reply costs no header lookups.
+    """
 
     status: int
     body: bytes
-    content_type: str = ""
-    retry_after: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        """The ``Content-Type`` header, or empty."""
+        return self.headers.get("Content-Type", "")
+
+    @property
+    def retry_after(self) -> str | None:
+        """The ``Retry-After`` header, if any."""
+        return self.headers.get("Retry-After")
 
 
 def create_request(base_url: str, request: ExtendRequest) -> HTTPRequest:
     """``POST /v1/videos/video-extend`` with the JSON body of api.md "Create body"."""
-    body = json.dumps(converter.unstructure(request), ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(_REQUEST_HOOK(request), ensure_ascii=False, separators=(",", ":"))
     return HTTPRequest(
         "POST", base_url + EXTEND_PATH, EXTEND_PATH, _JSON_BODY_HEADERS, body.encode()
     )
@@ -141,7 +158,7 @@ def _structure_task(data: Any, request_id: str | None, status: int) -> Task:
             request_id=request_id,
         )
     try:
-        return converter.structure(data, Task)
+        return _TASK_HOOK(data, Task)  # type: ignore[no-any-return]
     except cattrs.BaseValidationError as exc:
         detail = "; ".join(cattrs.transform_error(exc, path="data"))
         raise ResponseDecodeError(
@@ -165,7 +182,7 @@ def _data(
     """Unwrap the envelope: return (data, request_id, status) or raise the matching error."""
     status = response.status
     try:
-        document = json.loads(response.body)
+        document = json.loads(response.body.decode())  # RFC 8259: JSON on the wire is UTF-8
     except (ValueError, RecursionError) as exc:
         if status >= 400:
             raise _http_error(response, now, task_id=task_id) from exc
@@ -185,7 +202,7 @@ def _data(
             excerpt=_excerpt(response.body),
         )
     try:
-        envelope = converter.structure(document, Envelope)
+        envelope: Envelope = _ENVELOPE_HOOK(document, Envelope)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         raise ResponseDecodeError(
             "the reply envelope has the wrong shape",
