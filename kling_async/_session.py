@@ -446,9 +446,7 @@ class KlingSession:
             authorization = self._auth.authorization(time.time())
             sent_at = dt.datetime.now(dt.timezone.utc)
             try:
-                return await self._send(
-                    http_request, authorization, sansio.parse_created, retry + 1
-                )
+                return await self._send_create(http_request, authorization, request, retry + 1)
             except KlingError as error:
                 action = classify(error, create=True)
                 elapsed = time.monotonic() - started
@@ -495,6 +493,33 @@ class KlingSession:
                 "retrying create for video %s in %.2f s (retry %d)", request.video_id, delay, retry
             )
             await self._sleep(delay)
+
+    async def _send_create(
+        self,
+        http_request: sansio.HTTPRequest,
+        authorization: str,
+        request: ExtendRequest,
+        attempt: int,
+    ) -> Task:
+        """Send one create, shielded from anyio cancel scopes: once a paid create is on the
+        wire its reply is awaited (bounded by the read timeout), so the task is not forgotten.
+
+        A native asyncio cancellation (``asyncio.timeout``, ``Task.cancel``) cannot be
+        shielded here; it is logged with the external id that finds the task again.
+        """
+        try:
+            with anyio.CancelScope(shield=True):
+                task = await self._send(http_request, authorization, sansio.parse_created, attempt)
+        except anyio.get_cancelled_exc_class():
+            logger.warning(
+                "a create for video %s was cancelled while in flight; it may have made a task%s",
+                request.video_id,
+                f" with external_task_id {request.external_task_id}"
+                if request.external_task_id
+                else "",
+            )
+            raise
+        return task
 
     async def _wait_for_slot(self, delay: float) -> None:
         assert self._slot_freed is not None

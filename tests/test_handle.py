@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import aiohttp
 import anyio
 import pytest
 
 from kling_async import (
     KlingSession,
+    PollPolicy,
     SessionClosedError,
     TaskFailedError,
     TaskStatus,
     WaitTimeoutError,
 )
-from kling_async.testing import KlingEmulator
+from kling_async.testing import Fault, KlingEmulator
 
 from .helpers import official
 
@@ -31,7 +33,8 @@ async def test_awaiting_a_handle_returns_the_finished_task(
     task = await handle
 
     assert TaskStatus.SUCCEED is task.status
-    assert task.done and handle.done
+    assert task.done
+    assert handle.done
     assert task is handle.last
     assert task.video is not None
     assert isinstance(task.video.duration, float)
@@ -204,3 +207,61 @@ def _client_tasks() -> int:
         not getattr(task.get_coro(), "__qualname__", "").startswith("RequestHandler.")
         for task in asyncio.all_tasks()
     )
+
+
+async def test_closing_wakes_a_wait_that_sleeps_between_polls() -> None:
+    """A wait sleeping on a slow poll policy fails at once when the session closes."""
+    async with KlingEmulator(auto_advance=False) as emulator:
+        session = official(emulator, poll_policy=PollPolicy(first_delay=30, jitter=0))
+        async with session:
+            handle = await session.extend("vid-1")
+            caught: list[BaseException] = []
+
+            async def waiter() -> None:
+                with pytest.raises(SessionClosedError) as error:
+                    await handle.wait()
+                caught.append(error.value)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(waiter)
+                    while emulator.count("query") < 1:
+                        await anyio.sleep(0)
+                    await anyio.sleep(0.01)  # the waiter is now asleep for 30 s
+                    await session.aclose()
+
+        assert 1 == len(caught)
+        assert 1 == emulator.count("query")
+
+
+async def test_closing_a_session_with_a_borrowed_http_session_fails_waits() -> None:
+    """With a borrowed aiohttp session, closing still ends pending waits (and leaves it open)."""
+    async with KlingEmulator(auto_advance=False) as emulator, aiohttp.ClientSession() as http:
+        session = official(emulator, http_session=http)
+        async with session:
+            handle = await session.extend("vid-1")
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as group:
+
+                    async def waiter() -> None:
+                        with pytest.raises(SessionClosedError):
+                            await handle.wait()
+
+                    group.start_soon(waiter)
+                    while emulator.count("query") < 3:
+                        await anyio.sleep(0)
+                    await session.aclose()
+        assert not http.closed
+
+
+async def test_a_create_cancelled_in_flight_still_returns_its_handle() -> None:
+    """Once a paid create is on the wire, an anyio cancel scope waits for its reply."""
+    async with KlingEmulator() as emulator, official(emulator) as session:
+        emulator.inject(Fault.delay(0.1), route="create")
+        handle = None
+        with anyio.move_on_after(0.02):
+            handle = await session.extend("vid-1")
+
+        assert handle is not None
+        assert [handle.task_id] == list(emulator.tasks)
+        assert 1 == session.statistics().tasks_created
