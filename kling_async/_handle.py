@@ -65,7 +65,7 @@ class TaskHandle:
         return task
 
     async def wait_started(self, *, timeout: float | None = None) -> Task:
-        """Return the task once its status has moved on from ``submitted``."""
+        """Return the task once it is ``processing`` or finished (an unknown status waits on)."""
         return await self._wait_for(_started, timeout)
 
     async def wait(self, *, timeout: float | None = None) -> Task:
@@ -128,7 +128,8 @@ class TaskHandle:
 
 
 def _started(task: Task) -> bool:
-    return task.status is not TaskStatus.SUBMITTED
+    # An undocumented status may well be a queueing stage: only a known one counts as started.
+    return task.status.known and task.status is not TaskStatus.SUBMITTED
 
 
 def _finished(task: Task) -> bool:

@@ -42,7 +42,7 @@ def _fraction(_instance: Any, attribute: Any, value: float) -> None:
 
 
 def _at_least_one(_instance: Any, attribute: Any, value: int) -> None:
-    if not (isinstance(value, int) and value >= 1):
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
         raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
 
 
@@ -55,7 +55,10 @@ def _backoff(
     first: float, growth: float, cap: float, jitter: float, n: int, rng: random.Random
 ) -> float:
     """Exponential backoff for the ``n``-th wait (from 1), capped, shortened by up to ``jitter``."""
-    nominal = min(cap, first * growth ** min(n - 1, 64))
+    try:
+        nominal = min(cap, first * growth ** (n - 1))
+    except OverflowError:  # a long wait with a steep growth: long past the cap
+        nominal = cap
     return nominal * (1 - jitter * rng.random())
 
 
@@ -198,7 +201,7 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -83,12 +83,20 @@ class HTTPResponse:
     @property
     def content_type(self) -> str:
         """The ``Content-Type`` header, or empty."""
-        return self.headers.get("Content-Type", "")
+        return self.header("Content-Type") or ""
 
     @property
     def retry_after(self) -> str | None:
         """The ``Retry-After`` header, if any."""
-        return self.headers.get("Retry-After")
+        return self.header("Retry-After")
+
+    def header(self, name: str) -> str | None:
+        """A header by name, ignoring case (HTTP/2 and some servers send lower case)."""
+        value = self.headers.get(name)
+        if value is not None:
+            return value
+        folded = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == folded), None)
 
 
 def create_request(base_url: str, request: ExtendRequest) -> HTTPRequest:
@@ -204,6 +212,8 @@ def _data(
     try:
         envelope: Envelope = _ENVELOPE_HOOK(document, Envelope)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        if status >= 400:  # the status already says what went wrong
+            raise _http_error(response, now, task_id=task_id) from exc
         raise ResponseDecodeError(
             "the reply envelope has the wrong shape",
             status=status,
@@ -229,11 +239,12 @@ def _int_code(code: object) -> int | None:
         return None
     if isinstance(code, int):
         return code
-    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
+    if isinstance(code, str) and _INTEGER.fullmatch(code.strip()):
         return int(code)
     return None
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _EMBEDDED = re.compile(r"\{.*\}", re.DOTALL)
 
 
