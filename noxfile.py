@@ -26,7 +26,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".", "mypy")
+    session.install("-e", ".", "mypy", "pytest")  # pytest: the emulator fixture is typed
     session.run("mypy")
 
 

@@ -1,8 +1,8 @@
 """kling_async: an async-first SDK for the Kling AI video-extend API.
 
-Open a :class:`KlingSession`, ``await session.extend(video_id)`` to submit a task, and
-``await`` the returned :class:`TaskHandle` for the finished :class:`Task`. The emulator in
-:mod:`kling_async.testing` runs the same calls against a local server.
+Open a `KlingSession`, ``await session.extend(video_id)`` to submit a task, and
+``await`` the returned `TaskHandle` for the finished `Task`. The emulator in
+`testing` runs the same calls against a local server.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m kling_async``: see :mod:`kling_async._cli`."""
+"""``python -m kling_async``: see `_cli`."""
 
 import sys
 

@@ -154,7 +154,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (1 for a Kling error, 2 for bad usage)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "extend" and args.timeout is not None and not args.wait:
+        parser.error("--timeout bounds --wait; pass --wait too")
     try:
         return anyio.run(_run, args)
     except TaskFailedError as error:

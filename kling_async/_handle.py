@@ -1,7 +1,7 @@
 """TaskHandle: one remote task, polled on demand; awaiting it waits for the result.
 
 A handle holds only the task id and the last state seen, so it is cheap, can be made again
-from a stored id (:meth:`KlingSession.task`), and loses nothing when a wait is cancelled or
+from a stored id (`task()`), and loses nothing when a wait is cancelled or
 times out: the remote task keeps running (Kling has no cancel) and the handle can wait again.
 """
 
@@ -24,7 +24,9 @@ __all__ = ["TaskHandle"]
 class TaskHandle:
     """An extend task on the server: ``await handle`` returns the finished task.
 
-    .. versionadded:: 0.1
+    Get one from ``KlingSession.extend()`` or, for a stored id, ``KlingSession.task()``.
+
+    Added in version 0.1.
     """
 
     __slots__ = ("_last", "_session", "_task_id")
@@ -40,7 +42,7 @@ class TaskHandle:
 
     @property
     def task_id(self) -> str:
-        """The server's id for the task; store it to resume with :meth:`KlingSession.task`."""
+        """The server's id for the task; store it to resume with `task()`."""
         return self._task_id
 
     @property
@@ -108,6 +110,8 @@ class TaskHandle:
             session._waits_pending -= 1
 
     async def _wait_for(self, condition: Callable[[Task], bool], timeout: float | None) -> Task:
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         if self._last is not None and condition(self._last):
             return self._last
         session = self._session

@@ -70,11 +70,11 @@ class RetryPolicy:
     ``total_time`` seconds. Waits grow from ``first_delay`` by ``growth`` up to ``max_delay``,
     each shortened by a random fraction up to ``jitter``. A ``Retry-After`` the server sends
     is honoured up to ``retry_after_cap`` seconds; a longer one fails at once with
-    :class:`~kling_async.errors.RetryAfterTooLongError`. A create refused with 1303 (too many
+    `RetryAfterTooLongError`. A create refused with 1303 (too many
     running tasks) waits for a free slot up to ``task_slot_timeout`` seconds, trying again at
-    the latest every ``task_slot_delay`` seconds or as soon as a task of this session finishes.
+    the latest every ``task_slot_delay`` seconds, or as soon as the session sees a task finish.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     attempts: int = attrs.field(default=5, validator=_at_least_one)
@@ -87,7 +87,7 @@ class RetryPolicy:
     task_slot_timeout: float = attrs.field(default=600.0, validator=_non_negative)
     task_slot_delay: float = attrs.field(default=10.0, validator=_non_negative)
     wait: bool = True
-    """False removes every wait (backoff, Retry-After, the 1303 slot), as :meth:`instant` does."""
+    """False removes every wait (backoff, Retry-After, the 1303 slot), as `instant()` does."""
 
     @classmethod
     def instant(cls, **changes: Any) -> RetryPolicy:
@@ -142,7 +142,7 @@ class PollPolicy:
     The defaults suit a job that takes 30 s to 4 minutes: 2 s, then 1.5 times longer each
     time up to 15 s, each shortened by up to 10 % so that many waits do not poll in step.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     first_delay: float = attrs.field(default=2.0, validator=_non_negative)

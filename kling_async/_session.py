@@ -60,7 +60,7 @@ _CLOCK_SKEW = dt.timedelta(seconds=60)
 class SessionStatistics:
     """A snapshot of what a session is doing and has done.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     requests_sent: int
@@ -88,7 +88,7 @@ class KlingSession:
     ``stamp_external_id`` (default: on with access keys, off with a gateway key) stamps a
     generated ``external_task_id`` on each create so an ambiguous create can be found again.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(
@@ -119,6 +119,10 @@ class KlingSession:
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int):
+            raise TypeError("max_response_bytes must be an int")
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         if http_session is not None and trace_configs is not None:
             raise ValueError(
                 "trace_configs go on the aiohttp.ClientSession you pass as http_session"
@@ -142,6 +146,7 @@ class KlingSession:
         self._closing: anyio.Event | None = None
         self._slot_freed: anyio.Event | None = None
         self._created_ids: set[str] = set()
+        self._keeps_external_ids = False  # set once the server echoes or finds one
         self._requests_sent = 0
         self._retries = 0
         self._in_flight = 0
@@ -185,7 +190,7 @@ class KlingSession:
         """Close the session: pending calls fail with SessionClosedError, later ones too.
 
         Remote tasks are not touched: they keep running and can be resumed with
-        :meth:`task` from another session.
+        `task()` from another session.
         """
         if self._state == _CLOSED:
             return
@@ -221,7 +226,7 @@ class KlingSession:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`aclose` was called."""
+        """True once `aclose()` was called."""
         return self._state == _CLOSED
 
     def statistics(self) -> SessionStatistics:
@@ -251,7 +256,7 @@ class KlingSession:
 
         Arguments are validated before anything is sent. The create is repeated only where
         the server certainly made no task; an unknown outcome is looked up, or raised as
-        :class:`~kling_async.errors.AmbiguousCreateError`.
+        `AmbiguousCreateError`.
         """
         request = ExtendRequest(
             video_id=video_id,
@@ -286,7 +291,7 @@ class KlingSession:
     ) -> AsyncIterator[Task]:
         """Iterate the account's extend tasks, newest first, fetching page by page.
 
-        Raises :class:`~kling_async.errors.ListUnavailableError` (on the first page) where the
+        Raises `ListUnavailableError` (on the first page) where the
         base URL does not offer listing, as most gateways do not.
         """
         if isinstance(page_size, bool) or not isinstance(page_size, int):
@@ -363,8 +368,13 @@ class KlingSession:
         authorization: str,
         parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
         attempt: int,
+        *,
+        shield: bool = False,
     ) -> _T:
-        """Send once under the in-flight limiter and parse the reply."""
+        """Send once under the in-flight limiter and parse the reply.
+
+        ``shield`` protects the request, once it holds a slot, from anyio cancel scopes.
+        """
         assert self._transport is not None
         assert self._limiter is not None
         limiter = self._limiter
@@ -378,7 +388,11 @@ class KlingSession:
             self._requests_sent += 1
             self._in_flight += 1
             try:
-                response = await self._transport.send(request, authorization)
+                if shield:
+                    with anyio.CancelScope(shield=True):
+                        response = await self._transport.send(request, authorization)
+                else:
+                    response = await self._transport.send(request, authorization)
             except KlingError as error:
                 _log_failure(request, attempt, error)
                 if self._state == _CLOSED:
@@ -434,7 +448,13 @@ class KlingSession:
             await self._sleep(delay)
 
     async def _create(self, request: ExtendRequest) -> Task:
-        """A create with the create retry rules (api.md "Create retries" and "Stamping")."""
+        """A create with the create retry rules (api.md "Create retries" and "Stamping").
+
+        Each send is shielded from anyio cancel scopes: once a paid create is on the wire its
+        reply is awaited (bounded by the read timeout). Whatever still interrupts a create
+        whose outcome is unknown (a native asyncio cancel, closing the session, a cancel
+        during the look-up) is logged with what finds the task again.
+        """
         policy = self.retry_policy
         http_request = sansio.create_request(self._base_url, request)
         started = time.monotonic()
@@ -442,84 +462,90 @@ class KlingSession:
         slot_waits = 0
         resigned = False
         resent_after_lookup = False
-        while True:
-            authorization = self._auth.authorization(time.time())
-            sent_at = dt.datetime.now(dt.timezone.utc)
-            try:
-                return await self._send_create(http_request, authorization, request, retry + 1)
-            except KlingError as error:
-                action = classify(error, create=True)
-                elapsed = time.monotonic() - started
-                if action is Action.RESIGN and not resigned and self._auth.expire(authorization):
-                    resigned = True
-                    continue
-                if action is Action.WAIT_SLOT:
-                    if elapsed >= policy.task_slot_timeout:
-                        raise
-                    slot_waits += 1
-                    self._retries += 1
-                    slot_delay = min(
-                        policy.slot_delay(slot_waits, self._rng), policy.task_slot_timeout - elapsed
-                    )
-                    logger.info(
-                        "parallel-task limit reached (1303); waiting up to %.2f s", slot_delay
-                    )
-                    await self._wait_for_slot(slot_delay)
-                    continue
-                if action is Action.RECONCILE:
-                    found = await self._reconcile(request, error, sent_at)
-                    if found is not None:
-                        return found
-                    # The lookup says no task exists: resending with the same external id is
-                    # safe, as the server refuses a second task with that id.
-                    resent_after_lookup = True
-                elif (
-                    resent_after_lookup
-                    and isinstance(error, InvalidRequestError)
-                    and request.external_task_id is not None
-                ):
-                    # Our resend collided with a task the lost create did make after all.
-                    with contextlib.suppress(NotFoundError):
-                        return await self._query(request.external_task_id)
-                    raise
-                elif action is not Action.RETRY:
-                    raise
-                retry += 1
-                delay = policy.retry_delay(error, retry=retry, elapsed=elapsed, rng=self._rng)
-                if delay is None:
-                    raise
-            self._retries += 1
-            logger.info(
-                "retrying create for video %s in %.2f s (retry %d)", request.video_id, delay, retry
-            )
-            await self._sleep(delay)
-
-    async def _send_create(
-        self,
-        http_request: sansio.HTTPRequest,
-        authorization: str,
-        request: ExtendRequest,
-        attempt: int,
-    ) -> Task:
-        """Send one create, shielded from anyio cancel scopes: once a paid create is on the
-        wire its reply is awaited (bounded by the read timeout), so the task is not forgotten.
-
-        A native asyncio cancellation (``asyncio.timeout``, ``Task.cancel``) cannot be
-        shielded here; it is logged with the external id that finds the task again.
-        """
+        in_doubt = False
         try:
-            with anyio.CancelScope(shield=True):
-                task = await self._send(http_request, authorization, sansio.parse_created, attempt)
-        except anyio.get_cancelled_exc_class():
-            logger.warning(
-                "a create for video %s was cancelled while in flight; it may have made a task%s",
-                request.video_id,
-                f" with external_task_id {request.external_task_id}"
-                if request.external_task_id
-                else "",
-            )
+            while True:
+                authorization = self._auth.authorization(time.time())
+                sent_at = dt.datetime.now(dt.timezone.utc)
+                in_doubt = True
+                try:
+                    task = await self._send(
+                        http_request, authorization, sansio.parse_created, retry + 1, shield=True
+                    )
+                except KlingError as error:
+                    action = classify(error, create=True)
+                    in_doubt = action is Action.RECONCILE
+                    elapsed = time.monotonic() - started
+                    if (
+                        action is Action.RESIGN
+                        and not resigned
+                        and self._auth.expire(authorization)
+                    ):
+                        resigned = True
+                        continue
+                    if action is Action.WAIT_SLOT:
+                        if elapsed >= policy.task_slot_timeout:
+                            raise
+                        slot_waits += 1
+                        self._retries += 1
+                        slot_delay = min(
+                            policy.slot_delay(slot_waits, self._rng),
+                            policy.task_slot_timeout - elapsed,
+                        )
+                        logger.info(
+                            "parallel-task limit reached (1303); waiting up to %.2f s", slot_delay
+                        )
+                        await self._wait_for_slot(slot_delay)
+                        continue
+                    if action is Action.RECONCILE:
+                        found = await self._reconcile(request, error, sent_at)
+                        if found is not None:
+                            return found
+                        # The server keeps external ids and has no task with ours: a resend
+                        # with the same id is safe (a second task with it would be refused).
+                        in_doubt = False
+                        resent_after_lookup = True
+                    elif (
+                        resent_after_lookup
+                        and isinstance(error, InvalidRequestError)
+                        and request.external_task_id is not None
+                    ):
+                        # The resend collided with a task the lost create made after all.
+                        with contextlib.suppress(NotFoundError):
+                            return await self._query(request.external_task_id)
+                        raise
+                    elif action is not Action.RETRY:
+                        raise
+                    retry += 1
+                    delay = policy.retry_delay(error, retry=retry, elapsed=elapsed, rng=self._rng)
+                    if delay is None:
+                        raise
+                else:
+                    if (
+                        request.external_task_id is not None
+                        and task.external_task_id == request.external_task_id
+                    ):
+                        self._keeps_external_ids = True
+                    return task
+                self._retries += 1
+                logger.info(
+                    "retrying create for video %s in %.2f s (retry %d)",
+                    request.video_id,
+                    delay,
+                    retry,
+                )
+                await self._sleep(delay)
+        except (anyio.get_cancelled_exc_class(), SessionClosedError):
+            if in_doubt:
+                logger.warning(
+                    "a create for video %s was interrupted while its outcome was unknown; "
+                    "it may have made a task%s",
+                    request.video_id,
+                    f" (external_task_id {request.external_task_id})"
+                    if request.external_task_id
+                    else "",
+                )
             raise
-        return task
 
     async def _wait_for_slot(self, delay: float) -> None:
         assert self._slot_freed is not None
@@ -537,8 +563,9 @@ class KlingSession:
     ) -> Task | None:
         """Find out whether a create with an unknown outcome made a task.
 
-        Returns the task, or None when the server certainly has none with our external id;
-        raises AmbiguousCreateError when it cannot be found out.
+        Looks the task up by its external id, else in the first page of the task list.
+        Returns the task, or None when the server is known to keep external ids and has no
+        task with ours; raises AmbiguousCreateError when it cannot be found out.
         """
         external_id = request.external_task_id
         logger.warning(
@@ -548,9 +575,12 @@ class KlingSession:
         )
         if external_id is not None:
             try:
-                return await self._query(external_id)
+                found = await self._query(external_id)
             except NotFoundError:
-                return None
+                if self._keeps_external_ids:
+                    return None
+                # This server never echoed an external id back: it may drop them (as most
+                # gateways do), so "not found" proves nothing. Look in the list instead.
             except KlingError as lookup_error:
                 raise AmbiguousCreateError(
                     f"the create's outcome is unknown ({error}) and looking up its external id "
@@ -559,6 +589,9 @@ class KlingSession:
                     sent_at=sent_at,
                     external_task_id=external_id,
                 ) from error
+            else:
+                self._keeps_external_ids = True
+                return found
         try:
             tasks = await self._list_page(1, _RECONCILE_PAGE_SIZE)
         except KlingError as list_error:
@@ -571,8 +604,12 @@ class KlingSession:
                 f"the create's outcome is unknown ({error}) and {why}",
                 request=request,
                 sent_at=sent_at,
-                external_task_id=None,
+                external_task_id=external_id,
             ) from error
+        if external_id is not None:
+            for task in tasks:
+                if task.external_task_id == external_id:
+                    return task
         candidates = [
             task
             for task in tasks
@@ -588,7 +625,7 @@ class KlingSession:
             f"{len(candidates)} new tasks for this video",
             request=request,
             sent_at=sent_at,
-            external_task_id=None,
+            external_task_id=external_id,
         ) from error
 
 
@@ -620,8 +657,8 @@ def _credentials(
         api_key = os.environ.get("KLING_API_KEY") or None
         access_key = os.environ.get("KLING_ACCESS_KEY") or None
         secret_key = os.environ.get("KLING_SECRET_KEY") or None
-        if api_key is not None and access_key is not None:
-            access_key = secret_key = None  # the explicit gateway key wins over a stray pair
+        if api_key is not None:
+            access_key = secret_key = None  # a gateway key in the environment wins
     if api_key is not None:
         if access_key is not None or secret_key is not None:
             raise ValueError("pass either api_key or access_key + secret_key, not both")

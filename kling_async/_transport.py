@@ -1,8 +1,8 @@
 """The only module that speaks aiohttp on the client side: send one request, translate failures.
 
-It knows nothing of Kling: it sends an :class:`~kling_async.sansio.HTTPRequest`, reads the
+It knows nothing of Kling: it sends an `HTTPRequest`, reads the
 body under a size cap, and turns every aiohttp or socket failure into a
-:class:`~kling_async.errors.TransportError` whose ``sent`` says whether the request may have
+`TransportError` whose ``sent`` says whether the request may have
 reached the server (api.md "Create retries": a refused connection certainly did not).
 """
 

@@ -1,6 +1,6 @@
 """The exceptions kling_async raises.
 
-Every failure of a public call is a :class:`KlingError`; misuse of the API (a bad argument,
+Every failure of a public call is a `KlingError`; misuse of the API (a bad argument,
 a closed session) raises a builtin (``ValueError``, ``TypeError``, ``RuntimeError``) or a
 subclass of one. The tree::
 
@@ -218,7 +218,7 @@ class AmbiguousCreateError(KlingError):
 
     Carries what is needed to resolve it by hand: the ``request`` that was sent, when it was
     sent (``sent_at``, aware UTC), and the ``external_task_id`` it carried (if any), which
-    :meth:`KlingSession.get_task` accepts. Resending blindly may pay for a second task.
+    `get_task()` accepts. Resending blindly may pay for a second task.
     """
 
     def __init__(
@@ -238,7 +238,7 @@ class AmbiguousCreateError(KlingError):
         ref = (
             f"look it up with get_task({self.external_task_id!r})"
             if self.external_task_id
-            else "check the task list for it"
+            else "look for it in the task list or the Kling console"
         )
         return (
             f"{self.args[0]}; the create for video {self.request.video_id!r} sent at "

@@ -185,7 +185,7 @@ def _check_callback_url(_instance: Any, _attribute: Any, value: Any) -> None:
 class ExtendRequest:
     """The body of a create (api.md "Create body"), validated when it is built.
 
-    A bad value raises :class:`~kling_async.errors.InvalidArgumentError` (a ``ValueError``)
+    A bad value raises `InvalidArgumentError` (a ``ValueError``)
     naming the field, a value of the wrong type raises ``TypeError``: both before any I/O.
     ``parent_task_id`` is sent as ``task_id``, the parent task some gateways require.
     """

@@ -1,8 +1,8 @@
 """The Kling protocol without I/O: build requests, read replies, choose the exception.
 
 Values in, values out (the gidgethub way): no aiohttp, no clock, no sleeping. The session
-sends what :func:`create_request` and friends build and hands the reply to a ``parse_*``
-function, which returns models or raises the right :class:`~kling_async.errors.KlingError`.
+sends what `create_request()` and friends build and hands the reply to a ``parse_*``
+function, which returns models or raises the right `KlingError`.
 """
 
 from __future__ import annotations

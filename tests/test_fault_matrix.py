@@ -89,16 +89,66 @@ QUERY_ROWS = {
 
 @pytest.mark.parametrize("row", list(CREATE_ROWS.values()), ids=list(CREATE_ROWS))
 async def test_create_fault(row: Row) -> None:
-    """A create under each fault ends as the row says, with the stated creates and tasks."""
+    """A create under each fault ends as the row says, with the stated creates and tasks.
+
+    A first create succeeds before the fault: its reply echoes the stamped external id, which
+    shows that this server keeps them, so "not found by external id" is then proof enough.
+    """
     async with KlingEmulator() as emulator, official(emulator) as session:
+        first = await session.extend("vid-0")
         emulator.inject(row.fault, route="create")
         if row.outcome is None:
             handle = await session.extend("vid-1")
-            assert [handle.task_id] == list(emulator.tasks)
+            assert [first.task_id, handle.task_id] == list(emulator.tasks)
         else:
             with pytest.raises(row.outcome):
                 await session.extend("vid-1")
-        assert (row.creates, row.tasks) == (emulator.count("create"), len(emulator.tasks))
+        assert (row.creates, row.tasks) == (emulator.count("create") - 1, len(emulator.tasks) - 1)
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome", "tasks"),
+    [
+        (Fault.reply_lost(), None, 1),
+        (Fault.truncated(), None, 1),
+        (Fault.drop(), AmbiguousCreateError, 0),
+        (Fault.http(500), AmbiguousCreateError, 0),
+    ],
+    ids=["reply lost: found", "truncated: found", "dropped: reported", "500: reported"],
+)
+async def test_a_first_create_is_never_resent_on_a_not_found(
+    fault: Fault, outcome: type[KlingError] | None, tasks: int
+) -> None:
+    """Before the server has shown that it keeps external ids, "not found" proves nothing:
+    a task is found (by external id or in the list) or the outcome is reported, never resent."""
+    async with KlingEmulator() as emulator, official(emulator) as session:
+        emulator.inject(fault, route="create")
+        if outcome is None:
+            handle = await session.extend("vid-1")
+            assert [handle.task_id] == list(emulator.tasks)
+        else:
+            with pytest.raises(AmbiguousCreateError) as caught:
+                await session.extend("vid-1")
+            assert caught.value.external_task_id is not None
+            assert caught.value.external_task_id.startswith("kling-async-")
+        assert (1, tasks) == (emulator.count("create"), len(emulator.tasks))
+
+
+@pytest.mark.parametrize("fault", [Fault.reply_lost(), Fault.drop()], ids=["lost", "dropped"])
+async def test_a_gateway_that_drops_external_ids_never_gets_a_second_create(fault: Fault) -> None:
+    """A caller's external id through a gateway that ignores it: the look-up finds nothing,
+    so the SDK reports the unknown outcome instead of paying for a second task."""
+    async with (
+        KlingEmulator(accept_external_task_id=False, list_mode="404") as emulator,
+        gateway(emulator) as session,
+    ):
+        await session.extend("vid-0", external_task_id="order-0")  # echoes no external id
+        emulator.inject(fault, route="create")
+        with pytest.raises(AmbiguousCreateError) as caught:
+            await session.extend("vid-1", external_task_id="order-1")
+
+    assert "order-1" == caught.value.external_task_id
+    assert 2 == emulator.count("create")
 
 
 @pytest.mark.parametrize("row", list(QUERY_ROWS.values()), ids=list(QUERY_ROWS))
