@@ -89,7 +89,13 @@ def _timestamp(value: Any, _: type) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(stamp / 1000, tz=dt.timezone.utc)
 
 
+_KNOWN_STATUSES = {status.value: status for status in TaskStatus}
+
+
 def _status(value: Any, _: type) -> TaskStatus:
+    known = _KNOWN_STATUSES.get(value) if type(value) is str else None
+    if known is not None:
+        return known
     if not isinstance(value, str) or not value:
         raise TypeError(f"expected a status string, got {value!r}")
     return TaskStatus(value)
@@ -111,7 +117,7 @@ def _or_empty(cls: type, inner: Any, empty: Any) -> Any:
 def _parent_video(value: Any, _: type) -> Video | None:
     if value is None or value == {} or value == []:
         return None
-    return converter.structure(value, Video)
+    return _structure_video(value, Video)
 
 
 def _videos(value: Any, _: type) -> tuple[Video, ...]:
@@ -119,19 +125,17 @@ def _videos(value: Any, _: type) -> tuple[Video, ...]:
         return ()
     if not isinstance(value, list):
         raise TypeError(f"expected a list of videos, got {type(value).__name__}")
-    return tuple(converter.structure(item, Video) for item in value)
+    return tuple(_structure_video(item, Video) for item in value)
 
 
-converter.register_structure_hook(
+_structure_video = make_dict_structure_fn(
     Video,
-    make_dict_structure_fn(
-        Video,
-        converter,
-        id=override(struct_hook=_required_id),
-        url=override(struct_hook=_text),
-        duration=override(struct_hook=_duration),
-    ),
+    converter,
+    id=override(struct_hook=_required_id),
+    url=override(struct_hook=_text),
+    duration=override(struct_hook=_duration),
 )
+converter.register_structure_hook(Video, _structure_video)
 converter.register_structure_hook(
     TaskInfo,
     _or_empty(

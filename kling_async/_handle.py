@@ -62,7 +62,9 @@ class TaskHandle:
 
     async def poll(self) -> Task:
         """Query the task once (with the session's query retries) and return its state."""
-        task = await self._session.get_task(self._task_id)
+        session = self._session
+        session._check_open()
+        task = await session._query(self._task_id)
         self._last = task
         return task
 

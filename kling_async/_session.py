@@ -143,6 +143,7 @@ class KlingSession:
         self._http: aiohttp.ClientSession | None = None
         self._transport: Transport | None = None
         self._limiter: anyio.Semaphore | None = None
+        self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
         self._closing: anyio.Event | None = None
         self._slot_freed: anyio.Event | None = None
         self._created_ids: set[str] = set()
@@ -173,6 +174,9 @@ class KlingSession:
             max_body=self._max_body,
         )
         self._limiter = anyio.Semaphore(self._max_in_flight)
+        # anyio.CancelScope(...) looks the event loop library up on every call; the class it
+        # returns is looked up once here, as each create is sent in a shielded scope.
+        self._scope_class = type(anyio.CancelScope())
         self._closing = anyio.Event()
         self._slot_freed = anyio.Event()
         self._state = _OPEN
@@ -389,7 +393,7 @@ class KlingSession:
             self._in_flight += 1
             try:
                 if shield:
-                    with anyio.CancelScope(shield=True):
+                    with self._scope_class(shield=True):
                         response = await self._transport.send(request, authorization)
                 else:
                     response = await self._transport.send(request, authorization)

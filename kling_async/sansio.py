@@ -109,7 +109,9 @@ def create_request(base_url: str, request: ExtendRequest) -> HTTPRequest:
 
 def query_request(base_url: str, task_id: str) -> HTTPRequest:
     """``GET /v1/videos/video-extend/{id}``: the id may be a task id or an external task id."""
-    path = f"{EXTEND_PATH}/{urllib.parse.quote(task_id, safe='')}"
+    if not (task_id.isascii() and task_id.isalnum()):  # ids are opaque: quote what needs it
+        task_id = urllib.parse.quote(task_id, safe="")
+    path = f"{EXTEND_PATH}/{task_id}"
     return HTTPRequest("GET", base_url + path, path, _JSON_HEADERS)
 
 
@@ -200,6 +202,14 @@ def _data(
             is_json=False,
             excerpt=_excerpt(response.body),
         ) from exc
+    if (
+        type(document) is dict
+        and 200 <= status < 300
+        and type(document.get("code")) is int
+        and document["code"] == 0
+    ):  # the common success reply, read without building an Envelope
+        request_id = document.get("request_id")
+        return document.get("data"), request_id if type(request_id) is str else None, status
     if not isinstance(document, dict):
         if status >= 400:
             raise _http_error(response, now, task_id=task_id)
