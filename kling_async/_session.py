@@ -408,15 +408,22 @@ class KlingSession:
                 self._in_flight -= 1
         finally:
             limiter.release()
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s %s -> %s (attempt %d)", request.method, request.path, response.status, attempt
-            )
         try:
-            return parse(response, dt.datetime.now(dt.timezone.utc))
+            result = parse(response, dt.datetime.now(dt.timezone.utc))
         except KlingError as error:
             _log_failure(request, attempt, error)
             raise
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s -> %s (attempt %d) request_id=%s%s",
+                request.method,
+                request.path,
+                response.status,
+                attempt,
+                sansio.request_id_of(response),
+                f" task_id={result.task_id}" if isinstance(result, Task) else "",
+            )
+        return result
 
     async def _call(
         self,

@@ -46,6 +46,7 @@ __all__ = [
     "parse_task",
     "parse_task_list",
     "query_request",
+    "request_id_of",
 ]
 
 EXTEND_PATH = "/v1/videos/video-extend"  # api.md "Endpoints"
@@ -157,6 +158,16 @@ def parse_task_list(response: HTTPResponse, now: dt.datetime) -> list[Task]:
             request_id=request_id,
         )
     return [_structure_task(item, request_id, response.status) for item in data]
+
+
+def request_id_of(response: HTTPResponse) -> str | None:
+    """The envelope's ``request_id`` (for logs), or None when the body has none."""
+    try:
+        document = json.loads(response.body.decode())
+    except (ValueError, RecursionError):
+        return None
+    request_id = document.get("request_id") if isinstance(document, dict) else None
+    return request_id if isinstance(request_id, str) else None
 
 
 def _structure_task(data: Any, request_id: str | None, status: int) -> Task:

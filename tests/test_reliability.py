@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import re
 import socket
 import time
 
@@ -269,6 +270,8 @@ async def test_logs_carry_the_facts_and_never_a_secret(
     secrets = {emu.secret_key, emu.api_key, *tokens} - {""}
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "GET /v1/videos/video-extend/" in text
+    assert f"task_id={handle.task_id}" in text
+    assert re.search(r"request_id=[0-9a-f-]{36}", text)
     assert "attempt 2" in text
     assert "code=1004" in text
     for secret in secrets:
