@@ -90,26 +90,28 @@ class TaskHandle:
         """Yield the task each time its status changes; end once it is done.
 
         A failed task is yielded like any other (it does not raise): check ``task.status``.
+        Leaving the loop early is fine: between yields nothing is pending.
         """
         if self._last is not None and self._last.done:
             yield self._last
             return
         seen: TaskStatus | None = None
         session = self._session
-        session._waits_pending += 1
-        try:
-            polls = 0
-            while True:
+        polls = 0
+        while True:
+            session._waits_pending += 1
+            try:
+                if polls:
+                    await session._sleep(session.poll_policy.delay(polls, session._rng))
                 task = await self.poll()
-                if task.status != seen:
-                    seen = task.status
-                    yield task
-                if task.done:
-                    return
-                polls += 1
-                await session._sleep(session.poll_policy.delay(polls, session._rng))
-        finally:
-            session._waits_pending -= 1
+            finally:
+                session._waits_pending -= 1
+            polls += 1
+            if task.status != seen:
+                seen = task.status
+                yield task
+            if task.done:
+                return
 
     async def _wait_for(self, condition: Callable[[Task], bool], timeout: float | None) -> Task:
         if timeout is not None and not timeout >= 0:

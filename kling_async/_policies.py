@@ -28,7 +28,14 @@ from .errors import (
     TransportError,
 )
 
-__all__ = ["Action", "PollPolicy", "RetryPolicy", "classify", "parse_retry_after"]
+__all__ = [
+    "Action",
+    "PollPolicy",
+    "RetryPolicy",
+    "classify",
+    "parse_retry_after",
+    "resend_is_safe",
+]
 
 
 def _non_negative(_instance: Any, attribute: Any, value: float) -> None:
@@ -126,13 +133,25 @@ class RetryPolicy:
             return None
         return delay
 
-    def slot_delay(self, retry: int, rng: random.Random) -> float:
-        """Longest wait before trying a create again after 1303 (a finished task ends it sooner)."""
+    def slot_delay(self, retry: int, rng: random.Random, error: KlingError | None = None) -> float:
+        """Longest wait before trying a create again after 1303 (a finished task ends it sooner).
+
+        A ``Retry-After`` on the 1303 reply lengthens it, and beyond ``retry_after_cap`` raises
+        RetryAfterTooLongError, as for any other retry.
+        """
+        retry_after = error.retry_after if isinstance(error, APIError) else None
+        if retry_after is not None and retry_after > self.retry_after_cap:
+            raise RetryAfterTooLongError(
+                error,  # type: ignore[arg-type]  # retry_after is only set on APIError
+                retry_after=retry_after,
+                cap=self.retry_after_cap,
+            ) from error
         if not self.wait:
             return 0.0
-        return _backoff(
+        delay = _backoff(
             self.first_delay, self.growth, self.task_slot_delay, self.jitter, retry, rng
         )
+        return max(delay, retry_after or 0.0)
 
 
 @attrs.frozen(kw_only=True)
@@ -194,6 +213,22 @@ def classify(error: KlingError, *, create: bool) -> Action:
             return Action.RECONCILE
         return Action.RAISE if error.is_json else Action.RETRY
     return Action.RAISE
+
+
+def resend_is_safe(error: KlingError) -> bool:
+    """Whether a create that failed this way is over on the server, so that "no task with
+    this external id" proves no task was made.
+
+    Only Kling's own answer that it failed (5000, internal error) says the create is over. A
+    timeout, a dropped connection, a proxy page or 5002 (internal timeout) may hide a create
+    still in progress behind them.
+    """
+    return (
+        isinstance(error, ServerError)
+        and error.code == 5000
+        and error.gateway_code is None
+        and error.request_id is not None
+    )
 
 
 def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:

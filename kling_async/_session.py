@@ -9,6 +9,7 @@ everything needed to resolve it, and closing the session stops every pending cal
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import ipaddress
@@ -22,7 +23,6 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 import anyio
 import anyio.lowlevel
 import attrs
@@ -30,10 +30,11 @@ import attrs
 from . import sansio
 from ._auth import BearerKey, JWTSigner
 from ._handle import TaskHandle
-from ._policies import Action, PollPolicy, RetryPolicy, classify
-from ._transport import Transport
+from ._policies import Action, PollPolicy, RetryPolicy, classify, resend_is_safe
+from ._transport import Transport, open_http_session
 from .errors import (
     AmbiguousCreateError,
+    InvalidArgumentError,
     InvalidRequestError,
     KlingError,
     ListUnavailableError,
@@ -45,6 +46,8 @@ from .models import ExtendRequest, Task
 if TYPE_CHECKING:
     from types import TracebackType
 
+    import aiohttp
+
 __all__ = ["KlingSession", "SessionStatistics"]
 
 logger = logging.getLogger("kling_async")
@@ -53,7 +56,11 @@ DEFAULT_BASE_URL = "https://api-singapore.klingai.com"  # api.md: official, glob
 _T = TypeVar("_T")
 _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
 _RECONCILE_PAGE_SIZE = 50
-_CLOCK_SKEW = dt.timedelta(seconds=60)
+# Listed tasks for the same video made this long before a lost create was sent are shown as
+# candidates when it cannot be resolved; only one made after the send is ever taken for it.
+_NEARBY = dt.timedelta(seconds=60)
+_REMEMBERED_IDS = 1000  # task ids this session made, kept to tell them apart in the list
+_CLOSED_WHILE_PENDING = "the session was closed while this call was pending"
 
 
 @attrs.frozen(kw_only=True)
@@ -114,8 +121,7 @@ class KlingSession:
             base_url or os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL,
             allow_insecure_http=allow_insecure_http,
         )
-        if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        _check_count("max_in_flight", max_in_flight, None)
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
@@ -133,7 +139,7 @@ class KlingSession:
             isinstance(self._auth, JWTSigner) if stamp_external_id is None else stamp_external_id
         )
         self._borrowed = http_session
-        self._trace_configs = list(trace_configs or ())
+        self._trace_configs = tuple(trace_configs or ())
         self._max_in_flight = max_in_flight
         self._connect_timeout = float(connect_timeout)
         self._read_timeout = float(read_timeout)
@@ -146,14 +152,16 @@ class KlingSession:
         self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
         self._closing: anyio.Event | None = None
         self._slot_freed: anyio.Event | None = None
-        self._created_ids: set[str] = set()
+        self._in_flight_scopes: set[anyio.CancelScope] = set()
+        self._recent_ids: collections.deque[str] = collections.deque(maxlen=_REMEMBERED_IDS)
+        self._tasks_created = 0
         self._keeps_external_ids = False  # set once the server echoes or finds one
         self._requests_sent = 0
         self._retries = 0
         self._in_flight = 0
         self._waits_pending = 0
 
-    # -- lifetime -------------------------------------------------------------------------
+        # -- lifetime -------------------------------------------------------------------------
 
     async def __aenter__(self) -> KlingSession:
         if self._state != _UNOPENED:
@@ -161,11 +169,7 @@ class KlingSession:
         if self._borrowed is not None:
             http = self._borrowed
         else:
-            http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_in_flight),
-                trace_configs=self._trace_configs or None,
-                headers={"User-Agent": _USER_AGENT},
-            )
+            http = open_http_session(limit=self._max_in_flight, trace_configs=self._trace_configs)
             self._http = http
         self._transport = Transport(
             http,
@@ -193,8 +197,9 @@ class KlingSession:
     async def aclose(self) -> None:
         """Close the session: pending calls fail with SessionClosedError, later ones too.
 
-        Remote tasks are not touched: they keep running and can be resumed with
-        `task()` from another session.
+        A create already on the wire that may have made a task fails with
+        AmbiguousCreateError instead. Remote tasks are not touched: they keep running and can
+        be resumed with `task()` from another session.
         """
         if self._state == _CLOSED:
             return
@@ -205,9 +210,11 @@ class KlingSession:
             assert self._closing is not None
             self._closing.set()
             self._task_finished()
+            # Queries on the wire through a borrowed aiohttp session are cancelled here;
+            # those through our own session are aborted by closing it below.
+            for scope in self._in_flight_scopes:
+                scope.cancel()
         if self._http is not None:
-            # Closing the owned aiohttp session aborts requests in flight: their calls fail
-            # with SessionClosedError at once. A borrowed session's requests end on their own.
             http, self._http = self._http, None
             await http.close()
 
@@ -240,7 +247,7 @@ class KlingSession:
             retries=self._retries,
             in_flight=self._in_flight,
             waits_pending=self._waits_pending,
-            tasks_created=len(self._created_ids),
+            tasks_created=self._tasks_created,
         )
 
     # -- public calls ---------------------------------------------------------------------
@@ -275,14 +282,15 @@ class KlingSession:
         if request.external_task_id is None and self._stamp:
             request = attrs.evolve(request, external_task_id=f"kling-async-{uuid.uuid4().hex}")
         task = await self._create(request)
-        self._created_ids.add(task.task_id)
-        return self._handle(task.task_id, task)
+        self._tasks_created += 1
+        self._recent_ids.append(task.task_id)
+        return TaskHandle(self, task.task_id, task)
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task, without I/O: resume a wait after a restart."""
         _check_task_id(task_id)
         self._check_open()
-        return self._handle(task_id, None)
+        return TaskHandle(self, task_id, None)
 
     async def get_task(self, task_id: str) -> Task:
         """Query one task by its task id or external task id (queries retry transient failures)."""
@@ -295,17 +303,13 @@ class KlingSession:
     ) -> AsyncIterator[Task]:
         """Iterate the account's extend tasks, newest first, fetching page by page.
 
-        Raises `ListUnavailableError` (on the first page) where the
-        base URL does not offer listing, as most gateways do not.
+        Raises `ListUnavailableError` (on the first page) where the base URL does not offer
+        listing, as most gateways do not.
         """
-        if isinstance(page_size, bool) or not isinstance(page_size, int):
-            raise TypeError("page_size must be an int")
-        if not 1 <= page_size <= 500:  # api.md: pageSize 1..500
-            raise ValueError(f"page_size must be between 1 and 500, got {page_size}")
-        if not isinstance(first_page, int) or not 1 <= first_page <= 1000:  # pageNum 1..1000
-            raise ValueError(f"first_page must be between 1 and 1000, got {first_page!r}")
-        if max_pages is not None and (not isinstance(max_pages, int) or max_pages < 1):
-            raise ValueError(f"max_pages must be an int >= 1, got {max_pages!r}")
+        _check_count("page_size", page_size, 500)  # api.md: pageSize 1..500
+        _check_count("first_page", first_page, 1000)  # api.md: pageNum 1..1000
+        if max_pages is not None:
+            _check_count("max_pages", max_pages, None)
         self._check_open()
         return self._pages(page_size, first_page, max_pages)
 
@@ -323,9 +327,6 @@ class KlingSession:
 
     # -- internals used by TaskHandle -----------------------------------------------------
 
-    def _handle(self, task_id: str, last: Task | None) -> TaskHandle:
-        return TaskHandle(self, task_id, last)
-
     def _check_open(self) -> None:
         if self._state == _OPEN:
             return
@@ -333,16 +334,18 @@ class KlingSession:
             raise RuntimeError("open the session first: 'async with KlingSession(...) as session'")
         raise SessionClosedError("the session is closed")
 
-    async def _sleep(self, delay: float) -> None:
-        """Sleep, but wake at once when the session closes (and then raise)."""
-        assert self._closing is not None
+    async def _sleep(self, delay: float, wake: anyio.Event | None = None) -> None:
+        """Sleep ``delay`` seconds or until ``wake`` is set; closing the session wakes it too
+        (and then it raises SessionClosedError)."""
+        event = wake if wake is not None else self._closing
+        assert event is not None
         if delay > 0:
             with anyio.move_on_after(delay):
-                await self._closing.wait()
+                await event.wait()
         else:
             await anyio.lowlevel.checkpoint()
         if self._state == _CLOSED:
-            raise SessionClosedError("the session was closed while this call was pending")
+            raise SessionClosedError(_CLOSED_WHILE_PENDING)
 
     def _task_finished(self) -> None:
         """A task left the running set: wake creates that wait for a parallel-task slot."""
@@ -351,7 +354,6 @@ class KlingSession:
         self._slot_freed = anyio.Event()
 
     async def _query(self, task_id: str) -> Task:
-        assert self._transport is not None
         request = sansio.query_request(self._base_url, task_id)
         task = await self._call(
             request, lambda response, now: sansio.parse_task(response, now, task_id=task_id)
@@ -373,11 +375,12 @@ class KlingSession:
         parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
         attempt: int,
         *,
-        shield: bool = False,
+        create: _CreateAttempt | None = None,
     ) -> _T:
         """Send once under the in-flight limiter and parse the reply.
 
-        ``shield`` protects the request, once it holds a slot, from anyio cancel scopes.
+        A create is marked on the wire and shielded from anyio cancel scopes once it holds a
+        slot: its reply is awaited, so a task it makes is not forgotten.
         """
         assert self._transport is not None
         assert self._limiter is not None
@@ -388,21 +391,22 @@ class KlingSession:
             await limiter.acquire()
         try:
             if self._state == _CLOSED:  # closed while this call waited for the limiter
-                raise SessionClosedError("the session was closed while this call was pending")
+                raise SessionClosedError(_CLOSED_WHILE_PENDING)
             self._requests_sent += 1
             self._in_flight += 1
             try:
-                if shield:
+                if create is not None:
+                    create.on_wire = True
                     with self._scope_class(shield=True):
                         response = await self._transport.send(request, authorization)
-                else:
+                elif self._borrowed is None:
                     response = await self._transport.send(request, authorization)
+                else:
+                    response = await self._send_cancellable(request, authorization)
             except KlingError as error:
                 _log_failure(request, attempt, error)
-                if self._state == _CLOSED:
-                    raise SessionClosedError(
-                        "the session was closed while this call was pending"
-                    ) from error
+                if self._state == _CLOSED and not isinstance(error, SessionClosedError):
+                    raise SessionClosedError(_CLOSED_WHILE_PENDING) from error
                 raise
             finally:
                 self._in_flight -= 1
@@ -424,6 +428,21 @@ class KlingSession:
                 f" task_id={result.task_id}" if isinstance(result, Task) else "",
             )
         return result
+
+    async def _send_cancellable(
+        self, request: sansio.HTTPRequest, authorization: str
+    ) -> sansio.HTTPResponse:
+        """Send through a borrowed aiohttp session in a scope that `aclose()` cancels
+        (closing our own aiohttp session does that job when we own it)."""
+        assert self._transport is not None
+        scope = self._scope_class()
+        self._in_flight_scopes.add(scope)
+        try:
+            with scope:
+                return await self._transport.send(request, authorization)
+        finally:
+            self._in_flight_scopes.discard(scope)
+        raise SessionClosedError(_CLOSED_WHILE_PENDING)  # aclose() cancelled the scope
 
     async def _call(
         self,
@@ -461,113 +480,113 @@ class KlingSession:
     async def _create(self, request: ExtendRequest) -> Task:
         """A create with the create retry rules (api.md "Create retries" and "Stamping").
 
-        Each send is shielded from anyio cancel scopes: once a paid create is on the wire its
-        reply is awaited (bounded by the read timeout). Whatever still interrupts a create
-        whose outcome is unknown (a native asyncio cancel, closing the session, a cancel
-        during the look-up) is logged with what finds the task again.
+        Whatever interrupts a create while its outcome is unknown (a native asyncio cancel
+        during the send, a cancel during the look-up) is logged with what finds the task
+        again; closing the session under it raises AmbiguousCreateError.
         """
-        policy = self.retry_policy
-        http_request = sansio.create_request(self._base_url, request)
-        started = time.monotonic()
-        retry = 0
-        slot_waits = 0
-        resigned = False
-        resent_after_lookup = False
-        in_doubt = False
+        attempt = _CreateAttempt()
         try:
-            while True:
-                authorization = self._auth.authorization(time.time())
-                sent_at = dt.datetime.now(dt.timezone.utc)
-                in_doubt = True
-                try:
-                    task = await self._send(
-                        http_request, authorization, sansio.parse_created, retry + 1, shield=True
-                    )
-                except KlingError as error:
-                    action = classify(error, create=True)
-                    in_doubt = action is Action.RECONCILE
-                    elapsed = time.monotonic() - started
-                    if (
-                        action is Action.RESIGN
-                        and not resigned
-                        and self._auth.expire(authorization)
-                    ):
-                        resigned = True
-                        continue
-                    if action is Action.WAIT_SLOT:
-                        if elapsed >= policy.task_slot_timeout:
-                            raise
-                        slot_waits += 1
-                        self._retries += 1
-                        slot_delay = min(
-                            policy.slot_delay(slot_waits, self._rng),
-                            policy.task_slot_timeout - elapsed,
-                        )
-                        logger.info(
-                            "parallel-task limit reached (1303); waiting up to %.2f s", slot_delay
-                        )
-                        await self._wait_for_slot(slot_delay)
-                        continue
-                    if action is Action.RECONCILE:
-                        found = await self._reconcile(request, error, sent_at)
-                        if found is not None:
-                            return found
-                        # The server keeps external ids and has no task with ours: a resend
-                        # with the same id is safe (a second task with it would be refused).
-                        in_doubt = False
-                        resent_after_lookup = True
-                    elif (
-                        resent_after_lookup
-                        and isinstance(error, InvalidRequestError)
-                        and request.external_task_id is not None
-                    ):
-                        # The resend collided with a task the lost create made after all.
-                        with contextlib.suppress(NotFoundError):
-                            return await self._query(request.external_task_id)
-                        raise
-                    elif action is not Action.RETRY:
-                        raise
-                    retry += 1
-                    delay = policy.retry_delay(error, retry=retry, elapsed=elapsed, rng=self._rng)
-                    if delay is None:
-                        raise
-                else:
-                    if (
-                        request.external_task_id is not None
-                        and task.external_task_id == request.external_task_id
-                    ):
-                        self._keeps_external_ids = True
-                    return task
-                self._retries += 1
-                logger.info(
-                    "retrying create for video %s in %.2f s (retry %d)",
-                    request.video_id,
-                    delay,
-                    retry,
-                )
-                await self._sleep(delay)
-        except (anyio.get_cancelled_exc_class(), SessionClosedError):
-            if in_doubt:
+            return await self._create_attempts(request, attempt)
+        except SessionClosedError as error:
+            if not attempt.doubtful:
+                raise
+            raise AmbiguousCreateError(
+                "the session was closed while the create was on the wire",
+                request=request,
+                sent_at=attempt.sent_at,
+                external_task_id=request.external_task_id,
+            ) from error
+        except anyio.get_cancelled_exc_class():
+            if attempt.doubtful:
                 logger.warning(
-                    "a create for video %s was interrupted while its outcome was unknown; "
-                    "it may have made a task%s",
+                    "a create for video %s sent at %s was interrupted while its outcome was "
+                    "unknown; it may have made a task%s",
                     request.video_id,
+                    attempt.sent_at.isoformat(),
                     f" (external_task_id {request.external_task_id})"
                     if request.external_task_id
                     else "",
                 )
             raise
 
-    async def _wait_for_slot(self, delay: float) -> None:
-        assert self._slot_freed is not None
-        event = self._slot_freed  # also set by aclose()
-        if delay > 0:
-            with anyio.move_on_after(delay):
-                await event.wait()
-        else:
-            await anyio.lowlevel.checkpoint()
-        if self._state == _CLOSED:
-            raise SessionClosedError("the session was closed while this call was pending")
+    async def _create_attempts(self, request: ExtendRequest, attempt: _CreateAttempt) -> Task:
+        policy = self.retry_policy
+        http_request = sansio.create_request(self._base_url, request)
+        started = time.monotonic()
+        slot_time = 0.0  # waiting for a 1303 slot does not use up the retry budget
+        retry = 0
+        slot_waits = 0
+        resigned = False
+        resent_after_lookup = False
+        while True:
+            authorization = self._auth.authorization(time.time())
+            attempt.begin()
+            try:
+                task = await self._send(
+                    http_request, authorization, sansio.parse_created, retry + 1, create=attempt
+                )
+            except KlingError as error:
+                if isinstance(error, SessionClosedError):
+                    raise  # _create decides, knowing whether it was on the wire
+                action = classify(error, create=True)
+                attempt.on_wire = False
+                attempt.in_doubt = action is Action.RECONCILE
+                now = time.monotonic()
+                if action is Action.RESIGN and not resigned and self._auth.expire(authorization):
+                    resigned = True
+                    continue
+                if action is Action.WAIT_SLOT:
+                    waited = now - started
+                    if waited >= policy.task_slot_timeout:
+                        raise
+                    slot_waits += 1
+                    self._retries += 1
+                    delay = min(
+                        policy.slot_delay(slot_waits, self._rng, error),
+                        policy.task_slot_timeout - waited,
+                    )
+                    logger.info("parallel-task limit reached (1303); waiting up to %.2f s", delay)
+                    await self._sleep(delay, wake=self._slot_freed)
+                    slot_time += time.monotonic() - now
+                    continue
+                if action is Action.RECONCILE:
+                    found = await self._reconcile(request, error, attempt.sent_at)
+                    if found is not None:
+                        return found
+                    # The server keeps external ids and answered itself that it made no
+                    # task (resend_is_safe): sending again with the same id cannot pay twice.
+                    attempt.in_doubt = False
+                    resent_after_lookup = True
+                elif (
+                    resent_after_lookup
+                    and isinstance(error, InvalidRequestError)
+                    and request.external_task_id is not None
+                ):
+                    # The resend collided with a task the first create made after all.
+                    with contextlib.suppress(NotFoundError):
+                        return await self._query(request.external_task_id)
+                    raise
+                elif action is not Action.RETRY:
+                    raise
+                retry += 1
+                delay_or_none = policy.retry_delay(
+                    error, retry=retry, elapsed=now - started - slot_time, rng=self._rng
+                )
+                if delay_or_none is None:
+                    raise
+                delay = delay_or_none
+            else:
+                if (
+                    request.external_task_id is not None
+                    and task.external_task_id == request.external_task_id
+                ):
+                    self._keeps_external_ids = True
+                return task
+            self._retries += 1
+            logger.info(
+                "retrying create for video %s in %.2f s (retry %d)", request.video_id, delay, retry
+            )
+            await self._sleep(delay)
 
     async def _reconcile(
         self, request: ExtendRequest, error: KlingError, sent_at: dt.datetime
@@ -575,8 +594,9 @@ class KlingSession:
         """Find out whether a create with an unknown outcome made a task.
 
         Looks the task up by its external id, else in the first page of the task list.
-        Returns the task, or None when the server is known to keep external ids and has no
-        task with ours; raises AmbiguousCreateError when it cannot be found out.
+        Returns the task, or None only when a resend cannot pay twice (the server keeps
+        external ids and itself answered that the create failed); otherwise raises
+        AmbiguousCreateError with what is needed to resolve it by hand.
         """
         external_id = request.external_task_id
         logger.warning(
@@ -584,63 +604,87 @@ class KlingSession:
             request.video_id,
             error,
         )
+
+        def ambiguous(why: str, candidates: Sequence[Task] = ()) -> AmbiguousCreateError:
+            return AmbiguousCreateError(
+                f"the create's outcome is unknown ({error}) and {why}",
+                request=request,
+                sent_at=sent_at,
+                external_task_id=external_id,
+                candidates=tuple(candidates),
+            )
+
         if external_id is not None:
             try:
                 found = await self._query(external_id)
             except NotFoundError:
-                if self._keeps_external_ids:
+                if self._keeps_external_ids and resend_is_safe(error):
                     return None
-                # This server never echoed an external id back: it may drop them (as most
-                # gateways do), so "not found" proves nothing. Look in the list instead.
+                # "Not found" proves nothing yet: the create may still be in progress
+                # behind a timeout or a proxy page, or the server may drop external ids
+                # (most gateways do). Look in the list.
             except KlingError as lookup_error:
-                raise AmbiguousCreateError(
-                    f"the create's outcome is unknown ({error}) and looking up its external id "
-                    f"failed ({lookup_error})",
-                    request=request,
-                    sent_at=sent_at,
-                    external_task_id=external_id,
-                ) from error
+                raise ambiguous(f"looking up its external id failed ({lookup_error})") from error
             else:
                 self._keeps_external_ids = True
                 return found
         try:
             tasks = await self._list_page(1, _RECONCILE_PAGE_SIZE)
+        except ListUnavailableError:
+            raise ambiguous("this base URL offers no task list to look it up") from error
         except KlingError as list_error:
-            why = (
-                "this base URL offers no task list to look it up"
-                if isinstance(list_error, ListUnavailableError)
-                else f"listing tasks failed ({list_error})"
-            )
-            raise AmbiguousCreateError(
-                f"the create's outcome is unknown ({error}) and {why}",
-                request=request,
-                sent_at=sent_at,
-                external_task_id=external_id,
-            ) from error
+            raise ambiguous(f"listing tasks failed ({list_error})") from error
         if external_id is not None:
             for task in tasks:
                 if task.external_task_id == external_id:
                     return task
+        # Without an id to match, a task is taken for ours only when it is the one task for
+        # this video that this session did not make, made after the send, with no other one
+        # nearby: another worker extending the same video must not be mistaken for us.
         candidates = [
             task
             for task in tasks
-            if task.task_id not in self._created_ids
+            if task.task_id not in self._recent_ids
             and task.parent_video is not None
             and task.parent_video.id == request.video_id
-            and (task.created_at is None or task.created_at >= sent_at - _CLOCK_SKEW)
+            and (task.created_at is None or task.created_at >= sent_at - _NEARBY)
         ]
+        sent_ms = sent_at.replace(microsecond=sent_at.microsecond // 1000 * 1000)  # wire: ms
         if len(candidates) == 1:
-            return candidates[0]
-        raise AmbiguousCreateError(
-            f"the create's outcome is unknown ({error}) and the task list shows "
-            f"{len(candidates)} new tasks for this video",
-            request=request,
-            sent_at=sent_at,
-            external_task_id=external_id,
+            (candidate,) = candidates
+            if candidate.created_at is not None and candidate.created_at >= sent_ms:
+                return candidate
+        raise ambiguous(
+            f"the task list shows {len(candidates)} recent tasks for this video that it "
+            "cannot tell apart from the one the create may have made",
+            candidates,
         ) from error
 
 
-_USER_AGENT = f"kling_async/0.1 aiohttp/{aiohttp.__version__}"
+@attrs.define
+class _CreateAttempt:
+    """Where one create stands: is it on the wire, and may it have made a task?"""
+
+    sent_at: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.timezone.utc))
+    on_wire: bool = False
+    in_doubt: bool = False
+
+    def begin(self) -> None:
+        self.sent_at = dt.datetime.now(dt.timezone.utc)
+        self.on_wire = False
+        self.in_doubt = False
+
+    @property
+    def doubtful(self) -> bool:
+        return self.on_wire or self.in_doubt
+
+
+def _check_count(name: str, value: object, maximum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1 or (maximum is not None and value > maximum):
+        bound = f" and {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be between 1{bound}, got {value}")
 
 
 def _log_failure(request: sansio.HTTPRequest, attempt: int, error: KlingError) -> None:
@@ -673,9 +717,7 @@ def _credentials(
     if api_key is not None:
         if access_key is not None or secret_key is not None:
             raise ValueError("pass either api_key or access_key + secret_key, not both")
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise ValueError("api_key must be a non-empty string")
-        return BearerKey(api_key.strip())
+        return BearerKey(_header_safe("api_key", api_key))
     if access_key is None and secret_key is None:
         raise ValueError(
             "no credentials: pass api_key (gateway) or access_key + secret_key (Kling), "
@@ -683,7 +725,7 @@ def _credentials(
         )
     if not access_key or not secret_key:
         raise ValueError("access_key and secret_key go together; one of them is missing")
-    return JWTSigner(access_key, secret_key)
+    return JWTSigner(_header_safe("access_key", access_key), secret_key)
 
 
 def _base_url(url: str, *, allow_insecure_http: bool) -> str:
@@ -713,4 +755,14 @@ def _check_task_id(task_id: object) -> None:
     if not isinstance(task_id, str):
         raise TypeError(f"task_id must be a str, not {type(task_id).__name__}")
     if not task_id.strip():
-        raise ValueError("task_id must not be empty")
+        raise InvalidArgumentError("task_id", "must not be empty")
+
+
+def _header_safe(name: str, value: str) -> str:
+    """A credential goes into a header: refuse what would break it (or smuggle another)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string")
+    value = value.strip()
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise ValueError(f"{name} contains control characters")
+    return value

@@ -1,23 +1,36 @@
 """The only module that speaks aiohttp on the client side: send one request, translate failures.
 
-It knows nothing of Kling: it sends an `HTTPRequest`, reads the
-body under a size cap, and turns every aiohttp or socket failure into a
-`TransportError` whose ``sent`` says whether the request may have
-reached the server (api.md "Create retries": a refused connection certainly did not).
+It knows nothing of Kling: it sends an `HTTPRequest`, reads the body under a size cap, and
+turns every aiohttp or socket failure into a `TransportError` whose ``sent`` says whether the
+request may have reached the server (api.md "Create retries": a refused connection certainly
+did not).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import aiohttp
 
-from .errors import ResponseDecodeError, TransportError
+from .errors import ResponseDecodeError, SessionClosedError, TransportError
 from .sansio import HTTPRequest, HTTPResponse
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "open_http_session"]
 
+USER_AGENT = f"kling_async/0.1 aiohttp/{aiohttp.__version__}"
 _CHUNK = 64 * 1024
+
+
+def open_http_session(
+    *, limit: int, trace_configs: Sequence[aiohttp.TraceConfig]
+) -> aiohttp.ClientSession:
+    """The aiohttp session a KlingSession owns: as many connections as requests in flight."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        trace_configs=list(trace_configs) or None,
+        headers={"User-Agent": USER_AGENT},
+    )
 
 
 class Transport:
@@ -53,6 +66,7 @@ class Transport:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                raise_for_status=False,  # a borrowed session's own setting would hide the reply
             ) as response:
                 body = await self._read(response)
                 return HTTPResponse(status=response.status, body=body, headers=response.headers)
@@ -63,18 +77,31 @@ class Transport:
             raise self._error(request, exc, "timed out connecting", sent=False) from exc
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
             raise self._error(request, exc, "timed out waiting for the reply", sent=True) from exc
+        except aiohttp.ClientResponseError as exc:
+            # Not chained: its request_info repr carries our request headers, Authorization too.
+            raise self._error(request, exc, "the reply was malformed", sent=True) from None
         except aiohttp.ClientError as exc:
             raise self._error(request, exc, "the connection failed", sent=True) from exc
         except OSError as exc:
             raise self._error(request, exc, "the connection failed", sent=True) from exc
+        except RuntimeError as exc:
+            if not self._session.closed:
+                raise
+            raise SessionClosedError(
+                "the aiohttp.ClientSession lent to this KlingSession was closed"
+            ) from exc
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        """Read the body, refusing more than ``max_body`` bytes (a runaway gateway page)."""
+        """Read the body, refusing more than ``max_body`` bytes (a runaway gateway page).
+
+        A compressed body is counted after decompression: its Content-Length says nothing
+        of what it unpacks to.
+        """
         length = response.content_length
-        if length is not None and length <= self._max_body:
+        if length is not None and "Content-Encoding" not in response.headers:
+            if length > self._max_body:
+                raise self._too_large(response.status)
             return await response.read()
-        if length is not None:
-            raise self._too_large(response.status)
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(_CHUNK):

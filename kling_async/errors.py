@@ -228,11 +228,13 @@ class AmbiguousCreateError(KlingError):
         request: ExtendRequest,
         sent_at: dt.datetime,
         external_task_id: str | None,
+        candidates: tuple[Task, ...] = (),
     ) -> None:
         super().__init__(message)
         self.request = request
         self.sent_at = sent_at
         self.external_task_id = external_task_id
+        self.candidates = candidates
 
     def __str__(self) -> str:
         ref = (

@@ -123,8 +123,15 @@ def list_request(base_url: str, page: int, page_size: int) -> HTTPRequest:
 
 
 def parse_created(response: HTTPResponse, now: dt.datetime) -> Task:
-    """Read a create reply: ``data`` holds the new task (id, status, times)."""
-    return _structure_task(*_data(response, now, task_id=None))
+    """Read a create reply: ``data`` holds the new task (id, status, times).
+
+    A reply that names the task but leaves out its status still made it: a new task is
+    ``submitted`` (api.md: fields may be missing).
+    """
+    data, request_id, status = _data(response, now, task_id=None)
+    if isinstance(data, dict) and data.get("task_status") is None:
+        data = {**data, "task_status": "submitted"}
+    return _structure_task(data, request_id, status)
 
 
 def parse_task(response: HTTPResponse, now: dt.datetime, *, task_id: str | None = None) -> Task:
@@ -265,7 +272,7 @@ def _int_code(code: object) -> int | None:
     return None
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")  # business codes are small; int() caps long strings
 _EMBEDDED = re.compile(r"\{.*\}", re.DOTALL)
 
 

@@ -163,6 +163,7 @@ def assert_envelope(reply: Reply, status: int, code: int) -> None:
 
 
 async def test_create_and_query_shapes(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Create returns a submitted 18-digit task id; query returns the full task object."""
     before_ms = int(time.time() * 1000)
     reply = await create(http, emu.base_url, prompt="zoom out", cfg_scale=0.3)
     assert_envelope(reply, 200, 0)
@@ -205,6 +206,7 @@ async def test_create_and_query_shapes(emu: KlingEmulator, http: aiohttp.ClientS
 async def test_gateway_prefix_serves_the_same_api(
     emu: KlingEmulator, http: aiohttp.ClientSession
 ) -> None:
+    """The /kling gateway prefix serves create, query, list and media just like the base URL."""
     assert emu.gateway_url == emu.base_url + "/kling"
     reply = await create(http, emu.gateway_url)
     assert_envelope(reply, 200, 0)
@@ -223,6 +225,7 @@ async def test_gateway_prefix_serves_the_same_api(
 
 
 async def test_unknown_route_is_1202(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Unknown paths and methods get 404 with code 1202 and are counted under route 'other'."""
     for method, path in [
         ("GET", "/v1/videos/text2video"),
         ("DELETE", EXTEND + "/123"),
@@ -236,6 +239,7 @@ async def test_unknown_route_is_1202(emu: KlingEmulator, http: aiohttp.ClientSes
 
 
 async def test_media_route_needs_no_auth(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Media URLs serve an MP4 (with an ftyp box) and need no Authorization header."""
     reply = await call(http, "GET", emu.base_url + "/media/123.mp4", headers={})
     assert reply.status == 200
     assert reply.content_type == "video/mp4"
@@ -278,6 +282,7 @@ async def test_media_route_needs_no_auth(emu: KlingEmulator, http: aiohttp.Clien
 async def test_auth_errors(
     emu: KlingEmulator, http: aiohttp.ClientSession, headers: dict[str, str], code: int
 ) -> None:
+    """Missing, wrong or stale credentials get 401 with the matching code and create no task."""
     assert_envelope(await create(http, emu.base_url, headers=headers), 401, code)
     assert_envelope(await call(http, "GET", emu.base_url + EXTEND, headers=headers), 401, code)
     assert_envelope(
@@ -289,6 +294,7 @@ async def test_auth_errors(
 async def test_auth_accepts_api_key_and_jwt(
     emu: KlingEmulator, http: aiohttp.ClientSession
 ) -> None:
+    """Both the API key and an AK/SK HS256 JWT, with or without exp, are accepted."""
     assert (await create(http, emu.base_url, headers=bearer("test-key"))).status == 200
     assert (await create(http, emu.base_url, headers=bearer(make_jwt()))).status == 200
     assert (await create(http, emu.base_url, headers=bearer(make_jwt(exp=None)))).status == 200
@@ -298,6 +304,7 @@ async def test_auth_accepts_api_key_and_jwt(
 async def test_jwt_checks_use_the_emulator_clock(
     emu: KlingEmulator, http: aiohttp.ClientSession
 ) -> None:
+    """JWT exp and nbf are judged by emu.clock: too late gives 1004, too early gives 1003."""
     token = bearer(make_jwt())
     emu.clock = lambda: time.time() + 7200
     assert_envelope(await create(http, emu.base_url, headers=token), 401, 1004)
@@ -306,6 +313,7 @@ async def test_jwt_checks_use_the_emulator_clock(
 
 
 async def test_custom_credentials(http: aiohttp.ClientSession) -> None:
+    """Custom api_key, access_key and secret_key are exposed, accepted and replace defaults."""
     async with KlingEmulator(api_key="k", access_key="ak", secret_key="sk") as emu:
         assert (emu.api_key, emu.access_key, emu.secret_key) == ("k", "ak", "sk")
         assert (await create(http, emu.base_url, headers=bearer("k"))).status == 200
@@ -340,6 +348,7 @@ async def test_custom_credentials(http: aiohttp.ClientSession) -> None:
 async def test_create_validation(
     emu: KlingEmulator, http: aiohttp.ClientSession, body: dict[str, Any], code: int, field: str
 ) -> None:
+    """Each invalid create field gets 400 with code 1201, a message naming it, and no task."""
     reply = await call(http, "POST", emu.base_url + EXTEND, json_body=body)
     assert_envelope(reply, 400, code)
     assert field in reply.body["message"]
@@ -347,6 +356,7 @@ async def test_create_validation(
 
 
 async def test_create_accepts_edge_values(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Create accepts boundary values, explicit nulls and unknown fields."""
     extras: list[dict[str, Any]] = [
         {"prompt": "x" * 2500, "negative_prompt": "", "cfg_scale": 0},
         {"cfg_scale": 1, "callback_url": "https://example.com/hook"},
@@ -360,11 +370,13 @@ async def test_create_accepts_edge_values(emu: KlingEmulator, http: aiohttp.Clie
 async def test_create_body_must_be_a_json_object(
     emu: KlingEmulator, http: aiohttp.ClientSession, data: bytes
 ) -> None:
+    """A create body that is not a JSON object is refused with 400 and code 1200."""
     reply = await call(http, "POST", emu.base_url + EXTEND, data=data)
     assert_envelope(reply, 400, 1200)
 
 
 async def test_require_parent_task_id(http: aiohttp.ClientSession) -> None:
+    """With require_parent_task_id, create needs task_id (else 400/1201) and records it."""
     async with KlingEmulator(require_parent_task_id=True) as emu:
         reply = await create(http, emu.gateway_url)
         assert_envelope(reply, 400, 1201)
@@ -375,6 +387,7 @@ async def test_require_parent_task_id(http: aiohttp.ClientSession) -> None:
 
 
 async def test_forgotten_video_is_1203(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Extending a forgotten video gets 404 with code 1203; other videos still succeed."""
     emu.forget_video("old")
     assert_envelope(await create(http, emu.base_url, video_id="old"), 404, 1203)
     assert_envelope(await create(http, emu.base_url, video_id="new"), 200, 0)
@@ -384,6 +397,7 @@ async def test_forgotten_video_is_1203(emu: KlingEmulator, http: aiohttp.ClientS
 
 
 async def test_progression_by_polls(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """By default polls move a task submitted, processing, succeed, ending in a 9.1 s video."""
     task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
     seen = [(await query(http, emu.base_url, task_id)).body["data"] for _ in range(4)]
     assert [o["task_status"] for o in seen] == ["submitted", "processing", "succeed", "succeed"]
@@ -410,6 +424,7 @@ async def test_progression_by_polls(emu: KlingEmulator, http: aiohttp.ClientSess
 async def test_poll_schedule(
     http: aiohttp.ClientSession, start: int, finish: int, expected: list[str]
 ) -> None:
+    """polls_to_start and polls_to_finish set how many queries see submitted and processing."""
     async with KlingEmulator(polls_to_start=start, polls_to_finish=finish) as emu:
         task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
         statuses = [
@@ -419,6 +434,7 @@ async def test_poll_schedule(
 
 
 async def test_progression_by_time_with_fake_clock(http: aiohttp.ClientSession) -> None:
+    """With step_seconds=60 a task advances one status per 60 s of emu.clock time."""
     clock = FakeClock()
     async with KlingEmulator(step_seconds=60) as emu:
         emu.clock = clock
@@ -435,6 +451,7 @@ async def test_progression_by_time_with_fake_clock(http: aiohttp.ClientSession) 
 
 
 async def test_list_does_not_advance_tasks(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Listing tasks neither advances their status nor counts as a poll."""
     task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
     for _ in range(3):
         listed = await call(http, "GET", emu.base_url + EXTEND)
@@ -443,6 +460,7 @@ async def test_list_does_not_advance_tasks(emu: KlingEmulator, http: aiohttp.Cli
 
 
 async def test_manual_control(http: aiohttp.ClientSession) -> None:
+    """With auto_advance off, tasks change only via set_status; unknown ids raise KeyError."""
     async with KlingEmulator(auto_advance=False) as emu:
         task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
         for _ in range(3):
@@ -465,6 +483,7 @@ async def test_manual_control(http: aiohttp.ClientSession) -> None:
 async def test_set_status_pins_an_auto_task(
     emu: KlingEmulator, http: aiohttp.ClientSession
 ) -> None:
+    """set_status on an auto-advancing task pins it: later polls keep that status."""
     task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
     emu.set_status(task_id, "processing")
     for _ in range(3):
@@ -474,6 +493,7 @@ async def test_set_status_pins_an_auto_task(
 
 
 async def test_fail_video(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Tasks on a fail_video video end failed with its message and empty info and result."""
     emu.fail_video("bad")
     emu.fail_video("worse", "video too long")
     for video, message in [("bad", "content risk control"), ("worse", "video too long")]:
@@ -490,6 +510,7 @@ async def test_fail_video(emu: KlingEmulator, http: aiohttp.ClientSession) -> No
 
 
 async def test_external_task_id(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """external_task_id is echoed and queryable; a duplicate is refused with 400 and 1201."""
     reply = await create(http, emu.base_url, external_task_id="mine-1")
     data = reply.body["data"]
     assert data["task_info"] == {"external_task_id": "mine-1"}
@@ -504,6 +525,7 @@ async def test_external_task_id(emu: KlingEmulator, http: aiohttp.ClientSession)
 
 
 async def test_external_task_id_dropped_by_gateway(http: aiohttp.ClientSession) -> None:
+    """With accept_external_task_id off, the id is silently dropped and unqueryable (1203)."""
     async with KlingEmulator(accept_external_task_id=False) as emu:
         for _ in range(2):
             reply = await create(http, emu.gateway_url, external_task_id="mine-1")
@@ -514,6 +536,7 @@ async def test_external_task_id_dropped_by_gateway(http: aiohttp.ClientSession) 
 
 
 async def test_unknown_task_is_1203(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Querying an unknown task id gets 404 with code 1203."""
     assert_envelope(await query(http, emu.base_url, "999999999999999999"), 404, 1203)
 
 
@@ -521,6 +544,7 @@ async def test_unknown_task_is_1203(emu: KlingEmulator, http: aiohttp.ClientSess
 
 
 async def test_max_running(http: aiohttp.ClientSession) -> None:
+    """Past max_running unfinished tasks create gets 429/1303; a finished task frees a slot."""
     async with KlingEmulator(max_running=2, polls_to_start=0, polls_to_finish=0) as emu:
         first = (await create(http, emu.base_url)).body["data"]["task_id"]
         assert (await create(http, emu.base_url)).status == 200
@@ -531,6 +555,7 @@ async def test_max_running(http: aiohttp.ClientSession) -> None:
 
 
 async def test_list_pages_newest_first(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """List pages tasks newest first by pageNum/pageSize and refuses bad paging with 1201."""
     ids = [(await create(http, emu.base_url)).body["data"]["task_id"] for _ in range(5)]
     full = await call(http, "GET", emu.base_url + EXTEND + "?pageNum=1&pageSize=30")
     assert_envelope(full, 200, 0)
@@ -548,6 +573,7 @@ async def test_list_pages_newest_first(emu: KlingEmulator, http: aiohttp.ClientS
 
 
 async def test_list_modes(http: aiohttp.ClientSession) -> None:
+    """list_mode '404' and 'html' mimic gateways without list; other modes raise ValueError."""
     async with KlingEmulator(list_mode="404") as emu:
         assert_envelope(await call(http, "GET", emu.gateway_url + EXTEND), 404, 1202)
     async with KlingEmulator(list_mode="html") as emu:
@@ -593,6 +619,7 @@ async def test_envelope_faults(
     code: int,
     retry_after: str | None,
 ) -> None:
+    """A reply fault sends its status, code and Retry-After once, without processing."""
     task_id = (await create(http, emu.base_url)).body["data"]["task_id"] if route == "query" else ""
     emu.inject(fault, route=route)
     if route == "create":
@@ -615,6 +642,7 @@ async def test_envelope_faults(
 
 @pytest.mark.parametrize("route", ["create", "query"])
 async def test_page_faults(emu: KlingEmulator, http: aiohttp.ClientSession, route: str) -> None:
+    """HTML, gateway and raw faults return those bodies on create and query, unprocessed."""
     task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
 
     async def send() -> Reply:
@@ -659,6 +687,7 @@ async def test_page_faults(emu: KlingEmulator, http: aiohttp.ClientSession, rout
 
 
 async def test_truncated(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A truncated fault cuts the JSON reply short after the request was processed."""
     emu.inject(Fault.truncated(), route="create")
     reply = await create(http, emu.base_url)
     assert (reply.status, reply.content_type) == (200, "application/json")
@@ -674,6 +703,7 @@ async def test_truncated(emu: KlingEmulator, http: aiohttp.ClientSession) -> Non
 
 
 async def test_delay(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A delay fault holds the reply at least that long, then processes normally."""
     emu.inject(Fault.delay(0.05), route="create")
     started = time.monotonic()
     reply = await create(http, emu.base_url)
@@ -685,6 +715,7 @@ async def test_delay(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
 async def test_delay_past_client_timeout_still_creates(
     emu: KlingEmulator, http: aiohttp.ClientSession
 ) -> None:
+    """A create delayed past the client's timeout still creates the task on the server."""
     emu.inject(Fault.delay(0.1), route="create")
     with pytest.raises(asyncio.TimeoutError):
         await http.post(
@@ -701,6 +732,7 @@ async def test_delay_past_client_timeout_still_creates(
 
 
 async def test_close_does_not_wait_for_delayed_requests(http: aiohttp.ClientSession) -> None:
+    """close() returns promptly, cutting off a delayed request that then creates nothing."""
     emu = KlingEmulator()
     await emu.start()
     emu.inject(Fault.delay(30), route="create")
@@ -719,6 +751,7 @@ async def test_close_does_not_wait_for_delayed_requests(http: aiohttp.ClientSess
 
 
 async def test_drop_on_create(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A dropped create disconnects before processing: no task, but the request is logged."""
     emu.inject(Fault.drop(), route="create")
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await create(http, emu.base_url, external_task_id="x")
@@ -731,6 +764,7 @@ async def test_drop_on_create(emu: KlingEmulator, http: aiohttp.ClientSession) -
 
 
 async def test_reply_lost_on_create(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """reply_lost on create makes the task but loses the reply; its external id recovers it."""
     emu.inject(Fault.reply_lost(), route="create")
     with pytest.raises(aiohttp.ClientConnectionError):
         await create(http, emu.base_url, external_task_id="x")
@@ -744,6 +778,7 @@ async def test_reply_lost_on_create(emu: KlingEmulator, http: aiohttp.ClientSess
 async def test_drop_and_reply_lost_on_query(
     emu: KlingEmulator, http: aiohttp.ClientSession
 ) -> None:
+    """On query, drop skips processing while reply_lost counts the poll; both lose the reply."""
     task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
     # aiohttp retries an idempotent GET once after a disconnect: fault two in a row
     emu.inject(Fault.drop(), route="query", times=2)
@@ -759,6 +794,7 @@ async def test_drop_and_reply_lost_on_query(
 
 
 async def test_injection_queue(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Injections are used oldest first among those matching the route, `times` times each."""
     emu.inject(Fault.http(503), route="query")
     emu.inject(Fault.http(500), times=2)
     emu.inject(Fault.http(504), route="create")
@@ -787,6 +823,7 @@ async def test_injection_queue(emu: KlingEmulator, http: aiohttp.ClientSession) 
 
 
 def test_fault_values() -> None:
+    """Fault constructors pick default codes, compare and hash by value, validate arguments."""
     assert Fault.http(429) == Fault.rate_limited()
     assert Fault.http(400).code == 1201
     assert Fault.http(418).code == 1200
@@ -812,6 +849,7 @@ def test_fault_values() -> None:
 
 
 async def test_inject_and_count_validate(emu: KlingEmulator) -> None:
+    """inject refuses non-injectable routes and times=0; count refuses unknown route names."""
     with pytest.raises(ValueError, match="route"):
         emu.inject(Fault.drop(), route="media")
     with pytest.raises(ValueError, match="times"):
@@ -824,6 +862,7 @@ async def test_inject_and_count_validate(emu: KlingEmulator) -> None:
 
 
 async def test_callbacks_follow_status_changes(http: aiohttp.ClientSession) -> None:
+    """Each status change POSTs the task object to callback_url, set_status changes included."""
     async with receiver() as (url, got), KlingEmulator() as emu:
         task_id = (await create(http, emu.base_url, callback_url=url)).body["data"]["task_id"]
         for _ in range(3):
@@ -838,6 +877,7 @@ async def test_callbacks_follow_status_changes(http: aiohttp.ClientSession) -> N
 
 
 async def test_callbacks_by_time_without_polls(http: aiohttp.ClientSession) -> None:
+    """Time-driven progress fires callbacks without any polls, and close delivers them."""
     clock = FakeClock()
     async with receiver() as (url, got):
         async with KlingEmulator(step_seconds=10) as emu:
@@ -853,6 +893,7 @@ async def test_callbacks_by_time_without_polls(http: aiohttp.ClientSession) -> N
 
 
 async def test_callback_failures_are_ignored(http: aiohttp.ClientSession) -> None:
+    """A callback to an unreachable URL is recorded and does not break the emulator."""
     async with receiver() as (url, _):
         dead_url = url  # closed below: connection refused
     async with KlingEmulator(polls_to_start=0, polls_to_finish=0) as emu:
@@ -863,6 +904,7 @@ async def test_callback_failures_are_ignored(http: aiohttp.ClientSession) -> Non
 
 
 async def test_close_awaits_pending_callbacks(http: aiohttp.ClientSession) -> None:
+    """close() delivers pending callbacks before returning and is idempotent."""
     async with receiver() as (url, got):
         emu = KlingEmulator(auto_advance=False)
         await emu.start()
@@ -880,6 +922,7 @@ async def test_close_awaits_pending_callbacks(http: aiohttp.ClientSession) -> No
 
 
 async def test_request_log(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """Requests are logged as frozen records: method, path, route, status, body, headers."""
     task_id = (await create(http, emu.base_url, prompt="p")).body["data"]["task_id"]
     await query(http, emu.gateway_url, task_id)
     await call(http, "GET", emu.base_url + EXTEND)
@@ -897,6 +940,7 @@ async def test_request_log(emu: KlingEmulator, http: aiohttp.ClientSession) -> N
 
 
 async def test_thousand_concurrent_creates(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A thousand concurrent creates all succeed with distinct task ids."""
     replies = await asyncio.gather(
         *(create(http, emu.base_url, external_task_id=f"e{i}") for i in range(1000))
     )
@@ -908,11 +952,13 @@ async def test_thousand_concurrent_creates(emu: KlingEmulator, http: aiohttp.Cli
 async def test_fixture_from_plugin(
     kling_emulator: KlingEmulator, http: aiohttp.ClientSession
 ) -> None:
+    """The pytest plugin's kling_emulator fixture yields a running loopback emulator."""
     assert kling_emulator.base_url.startswith("http://127.0.0.1:")
     assert (await create(http, kling_emulator.base_url)).status == 200
 
 
 async def test_start_twice_and_unstarted_urls() -> None:
+    """base_url before start() and a second start() both raise RuntimeError."""
     emu = KlingEmulator()
     with pytest.raises(RuntimeError, match="not been started"):
         _ = emu.base_url
@@ -937,6 +983,7 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="uses SIGINT")
 def test_command_line_runs_until_sigint() -> None:
+    """python -m kling_async.testing prints its URLs and key, then exits cleanly on SIGINT."""
     env = dict(os.environ, PYTHONWARNINGS="error")
     proc = subprocess.Popen(
         [sys.executable, "-m", "kling_async.testing", "--port", "0", "--api-key", "cli-key"],

@@ -39,6 +39,9 @@ class Row:
 
 
 # A stamped session (access key + secret key): an unknown outcome is looked up by external id.
+# "Not found" allows a resend only after Kling itself answered that the create failed (5000);
+# behind a timeout, a dropped connection, a proxy page or 5002 the create may still be running,
+# so the outcome is reported (AmbiguousCreateError) rather than risking a second paid task.
 CREATE_ROWS = {
     "429 1302 rate limit: retried": Row(Fault.rate_limited(1302), OK, 2, 1),
     "429 1302 with Retry-After: retried": Row(Fault.rate_limited(1302, retry_after=1), OK, 2, 1),
@@ -48,18 +51,20 @@ CREATE_ROWS = {
     "429 1304 IP whitelist: not retried": Row(Fault.http(429, 1304), PermissionDeniedError, 1, 0),
     "400 1301 content safety: not retried": Row(Fault.http(400, 1301), ContentPolicyError, 1, 0),
     "401 1004 expired token: re-signed once": Row(Fault.http(401, 1004), OK, 2, 1),
-    "500 5000: looked up, then resent": Row(Fault.http(500), OK, 2, 1),
+    "500 5000, Kling's own answer: looked up, then resent": Row(Fault.http(500), OK, 2, 1),
     "503 5001 maintenance: retried": Row(Fault.http(503), OK, 2, 1),
-    "504 5002: looked up, then resent": Row(Fault.http(504), OK, 2, 1),
-    "HTML 502 page: looked up, then resent": Row(Fault.html(502), OK, 2, 1),
-    "HTML 200 page: looked up, then resent": Row(Fault.html(200), OK, 2, 1),
+    "504 5002 (may still run): reported": Row(Fault.http(504), AmbiguousCreateError, 1, 0),
+    "HTML 502 page: reported": Row(Fault.html(502), AmbiguousCreateError, 1, 0),
+    "HTML 200 page: reported": Row(Fault.html(200), AmbiguousCreateError, 1, 0),
     "200 with code 1201: not retried": Row(Fault.business(1201), InvalidRequestError, 1, 0),
-    "gateway string code at 500: looked up": Row(Fault.gateway("upstream_error"), OK, 2, 1),
+    "gateway string code at 500: reported": Row(
+        Fault.gateway("upstream_error"), AmbiguousCreateError, 1, 0
+    ),
     "gateway string code at 429: retried": Row(Fault.gateway("rate_limit", status=429), OK, 2, 1),
-    "garbage bytes at 200: looked up": Row(Fault.raw(200, b"\x00\xff{"), OK, 2, 1),
+    "garbage bytes at 200: reported": Row(Fault.raw(200, b"\x00\xff{"), AmbiguousCreateError, 1, 0),
     "truncated JSON (task made): found": Row(Fault.truncated(), OK, 1, 1),
     "reply lost (task made): found": Row(Fault.reply_lost(), OK, 1, 1),
-    "dropped before processing: resent": Row(Fault.drop(), OK, 2, 1),
+    "dropped (nothing made): reported": Row(Fault.drop(), AmbiguousCreateError, 1, 0),
     "small delay: fine": Row(Fault.delay(0.01), OK, 1, 1),
 }
 

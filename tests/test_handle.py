@@ -265,3 +265,14 @@ async def test_a_create_cancelled_in_flight_still_returns_its_handle() -> None:
         assert handle is not None
         assert [handle.task_id] == list(emulator.tasks)
         assert 1 == session.statistics().tasks_created
+
+
+async def test_leaving_a_watch_early_leaves_nothing_pending(session: KlingSession) -> None:
+    """Breaking out of watch() holds no wait open: nothing is pending between yields."""
+    handle = await session.extend("vid-1")
+
+    async for task in handle.watch():
+        assert TaskStatus.SUBMITTED is task.status
+        break
+
+    assert 0 == session.statistics().waits_pending

@@ -5,24 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import gzip
+import json
 import logging
 import re
 import socket
 import time
 
+import aiohttp
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kling_async import (
+    AmbiguousCreateError,
     AuthenticationError,
     KlingError,
+    KlingSession,
+    NotFoundError,
     RateLimitError,
     ResponseDecodeError,
     RetryAfterTooLongError,
     RetryPolicy,
     ServerError,
+    SessionClosedError,
     TaskLimitError,
     TaskStatus,
     TransportError,
@@ -198,6 +205,17 @@ async def test_concurrent_requests_share_one_token(emu: KlingEmulator) -> None:
 
     tokens = {request.headers["Authorization"] for request in emu.requests}
     assert 1 == len(tokens)
+    assert 1 == session._auth.signed  # type: ignore[union-attr]  # a JWT signer here
+
+
+async def test_an_expired_token_is_replaced_by_one_fresh_signature(emu: KlingEmulator) -> None:
+    """On 1004 the session signs a new token once for all, then carries on."""
+    async with official(emu) as session:
+        handle = await session.extend("vid-1")
+        emu.inject(Fault.http(401, 1004), route="query")
+        await asyncio.gather(handle.poll(), handle.poll())
+
+    assert 2 == session._auth.signed  # type: ignore[union-attr]  # a JWT signer here
 
 
 async def test_a_read_timeout_on_a_query_is_retried(emu: KlingEmulator) -> None:
@@ -212,17 +230,20 @@ async def test_a_read_timeout_on_a_query_is_retried(emu: KlingEmulator) -> None:
     assert 2 == emu.count("query")
 
 
-async def test_a_read_timeout_on_a_create_never_makes_two_tasks(emu: KlingEmulator) -> None:
-    """A create timing out is looked up; the resend carries the same external id, so the
-    late original is refused by the server and exactly one task exists."""
+async def test_a_read_timeout_on_a_create_is_reported_never_resent(emu: KlingEmulator) -> None:
+    """A create that times out may still be running on the server: the SDK reports it with
+    the external id (no second create), and that id finds the one task it made."""
     async with official(emu, read_timeout=0.05) as session:
-        first = await session.extend("vid-0")  # its reply shows the server keeps external ids
+        await session.extend("vid-0")  # its reply shows the server keeps external ids
         emu.inject(Fault.delay(0.3), route="create")
-        handle = await session.extend("vid-1")
+        with pytest.raises(AmbiguousCreateError) as caught:
+            await session.extend("vid-1")
         await anyio.sleep(0.4)  # let the delayed original reach the server's create logic
+        assert caught.value.external_task_id is not None
+        task = await session.get_task(caught.value.external_task_id)
 
-    assert [first.task_id, handle.task_id] == list(emu.tasks)
-    assert 3 == emu.count("create")
+    assert "vid-1" == emu.tasks[task.task_id].video_id
+    assert (2, 2) == (emu.count("create"), len(emu.tasks))
 
 
 async def test_a_refused_connection_is_retried_then_reported() -> None:
@@ -295,11 +316,19 @@ async def test_waits_pending_counts_live_waits() -> None:
         assert TaskStatus.SUCCEED is handle.status
 
 
+def _dumps(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _containers(children: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(children, max_size=4) | st.dictionaries(
+        st.text(max_size=12), children, max_size=5
+    )
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
+    _containers,
     max_leaves=20,
 )
 TASKISH = st.fixed_dictionaries(
@@ -314,11 +343,11 @@ TASKISH = st.fixed_dictionaries(
 )
 BODIES = st.one_of(
     st.binary(max_size=200),
-    JSON.map(lambda value: _dumps(value)),
+    JSON.map(_dumps),
     st.fixed_dictionaries(
         {"code": st.one_of(st.integers(-1, 6000), st.text(max_size=8)), "data": TASKISH | JSON},
         optional={"message": JSON, "request_id": JSON},
-    ).map(lambda value: _dumps(value)),
+    ).map(_dumps),
     st.text(max_size=100_000).map(lambda text: _dumps({"code": 0, "message": text})),
 )
 
@@ -342,17 +371,13 @@ async def test_any_reply_on_any_route_raises_only_kling_errors(body: bytes, stat
         for call in calls:
             with contextlib.suppress(KlingError):
                 await call()
-        assert len(emulator.tasks) <= 3
+        made = [task.video_id for task in emulator.tasks.values()]
+        assert ["vid-0"] == made[:1]
+        assert made.count("vid-1") <= 1  # never paid twice
 
 
 async def _first_page(session: object) -> list[object]:
     return [task async for task in session.list_tasks(max_pages=1)]  # type: ignore[attr-defined]
-
-
-def _dumps(value: object) -> bytes:
-    import json
-
-    return json.dumps(value).encode()
 
 
 class _FakeEmulator:
@@ -362,3 +387,166 @@ class _FakeEmulator:
         self.base_url = base_url
         self.access_key = "ak"
         self.secret_key = "sk"
+
+
+async def test_closing_the_session_under_a_create_on_the_wire_reports_it(
+    emu: KlingEmulator,
+) -> None:
+    """aclose() aborts a create in flight; the caller learns it may have made a task."""
+    session = official(emu)
+    async with session:
+        emu.inject(Fault.delay(0.3), route="create")
+        caught: list[AmbiguousCreateError] = []
+
+        async def create() -> None:
+            with pytest.raises(AmbiguousCreateError) as error:
+                await session.extend("vid-1")
+            caught.append(error.value)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(create)
+            while emu.count("create") < 1:
+                await anyio.sleep(0.001)
+            await session.aclose()
+        await anyio.sleep(0.4)  # the server finishes the create it received
+
+    assert caught[0].external_task_id is not None
+    assert [caught[0].external_task_id] == [t.external_task_id for t in emu.tasks.values()]
+
+
+async def test_closing_fails_a_query_in_flight_on_a_borrowed_http_session_promptly(
+    emu: KlingEmulator,
+) -> None:
+    """Even on a borrowed aiohttp session, a query on the wire ends at aclose(), not later."""
+    async with aiohttp.ClientSession() as http:
+        session = official(emu, http_session=http)
+        async with session:
+            handle = await session.extend("vid-1")
+            emu.inject(Fault.delay(5), route="query")
+            failures: list[float] = []
+
+            async def poll() -> None:
+                with pytest.raises(SessionClosedError):
+                    await handle.poll()
+                failures.append(time.monotonic())
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(poll)
+                while emu.count("query") < 1:
+                    await anyio.sleep(0.001)
+                closed_at = time.monotonic()
+                await session.aclose()
+
+        assert failures[0] - closed_at < 1
+        assert not http.closed
+
+
+async def test_a_1303_retry_after_over_the_cap_fails_at_once() -> None:
+    """A parallel-task refusal asking for a wait over the cap is not waited out."""
+    policy = RetryPolicy.instant(retry_after_cap=30)
+    async with KlingEmulator() as emulator, official(emulator, retry_policy=policy) as session:
+        emulator.inject(Fault.rate_limited(1303, retry_after=120), route="create")
+        with pytest.raises(RetryAfterTooLongError) as caught:
+            await session.extend("vid-1")
+
+    assert isinstance(caught.value.__cause__, TaskLimitError)
+    assert (1, 0) == (emulator.count("create"), len(emulator.tasks))
+
+
+async def test_waiting_for_a_task_slot_leaves_the_retry_budget_intact() -> None:
+    """Time spent waiting for a 1303 slot does not count against total_time."""
+    policy = RetryPolicy(first_delay=0.01, task_slot_delay=0.02, total_time=0.05, jitter=0)
+    async with KlingEmulator() as emulator, official(emulator, retry_policy=policy) as session:
+        emulator.inject(Fault.rate_limited(1303), route="create", times=5)
+        emulator.inject(Fault.rate_limited(1302), route="create")
+
+        handle = await session.extend("vid-1")
+
+    assert [handle.task_id] == list(emulator.tasks)
+    assert 7 == emulator.count("create")
+
+
+async def test_a_borrowed_session_raising_for_status_changes_nothing(emu: KlingEmulator) -> None:
+    """A lent aiohttp session with raise_for_status=True: errors are still read as Kling's,
+    and nothing in the exception chain shows the key."""
+    async with (
+        aiohttp.ClientSession(raise_for_status=True) as http,
+        KlingSession(emu.api_key, base_url=emu.gateway_url, http_session=http) as session,
+    ):
+        with pytest.raises(NotFoundError) as caught:
+            await session.get_task("nope")
+        emu.inject(Fault.rate_limited(1302), route="create")
+        await session.extend("vid-1")
+
+    assert 1 == len(emu.tasks)
+    assert emu.api_key not in _chain_text(caught.value)
+
+
+async def test_no_secret_in_any_error_or_its_causes(emu: KlingEmulator) -> None:
+    """str() and repr() of errors and of every cause they chain carry no key or token."""
+    faults = [
+        Fault.http(500),
+        Fault.html(502),
+        Fault.drop(),
+        Fault.truncated(),
+        Fault.http(401, 1002),
+        Fault.raw(200, b'{"code": 0, "data": {"task_status": 1}}'),
+    ]
+    errors: list[BaseException] = []
+    async with official(emu, retry_policy=RetryPolicy.instant(attempts=1)) as session:
+        handle = await session.extend("vid-0")
+        for fault in faults:
+            emu.inject(fault, route="query", times=2)
+            try:
+                await handle.poll()
+            except KlingError as error:
+                errors.append(error)
+    tokens = {r.headers["Authorization"].removeprefix("Bearer ") for r in emu.requests}
+
+    assert len(errors) == len(faults)
+    for error in errors:
+        text = _chain_text(error)
+        for secret in (emu.secret_key, *tokens):
+            assert secret not in text
+
+
+async def test_a_compressed_body_is_capped_after_decompression(emu: KlingEmulator) -> None:
+    """A small gzip body that unpacks past max_response_bytes is refused."""
+    body = gzip.compress(b'{"code": 0, "data": {"pad": "' + b"x" * 100_000 + b'"}}')
+    async with official(emu, max_response_bytes=8192) as session:
+        handle = await session.extend("vid-1")
+        emu.inject(
+            Fault.raw(200, body, headers={"Content-Encoding": "gzip"}), route="query", times=10
+        )
+        with pytest.raises(ResponseDecodeError, match="larger than 8192"):
+            await handle.poll()
+
+    assert len(body) < 8192
+
+
+async def test_a_task_listed_before_the_create_was_sent_is_not_taken_for_it() -> None:
+    """Reconciling through the list never adopts another worker's earlier task."""
+    async with KlingEmulator() as emulator, gateway(emulator) as a, gateway(emulator) as b:
+        other = await b.extend("vid-1", prompt="zoom out")
+        await anyio.sleep(0.002)  # B's task is older than A's create by the server's clock
+        emulator.inject(Fault.drop(), route="create")
+        with pytest.raises(AmbiguousCreateError) as caught:
+            await a.extend("vid-1", prompt="pan left")
+
+    assert [other.task_id] == [task.task_id for task in caught.value.candidates]
+    assert [other.task_id] == list(emulator.tasks)
+
+
+def test_credentials_with_control_characters_are_refused() -> None:
+    """A key that would break (or smuggle) a header is refused when the session is made."""
+    with pytest.raises(ValueError, match="control characters"):
+        KlingSession("key\r\nX-Evil: 1", base_url="https://gw.example.com/kling")
+
+
+def _chain_text(error: BaseException) -> str:
+    texts = []
+    seen: BaseException | None = error
+    while seen is not None:
+        texts += [str(seen), repr(seen), repr(getattr(seen, "__dict__", ""))]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(texts)

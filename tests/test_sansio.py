@@ -28,6 +28,7 @@ from kling_async import (
     ServerError,
     Task,
     TaskLimitError,
+    TaskStatus,
     sansio,
 )
 
@@ -707,3 +708,22 @@ def test_any_bytes_raise_only_kling_errors(
 ) -> None:
     """Whatever bytes come back, parsing returns models or raises a KlingError, nothing else."""
     _only_kling_errors(reply(status, body, content_type="", retry_after=retry_after))
+
+
+@pytest.mark.parametrize("status", [200, 502])
+def test_a_huge_numeric_string_code_is_a_gateway_code(status: int) -> None:
+    """A code of thousands of digits (int() refuses those) is kept as a gateway code."""
+    error = error_of(reply(status, {"code": "1" * 5000, "message": "x"}))
+
+    assert isinstance(error, APIError)
+    assert error.code is None
+    assert error.gateway_code == "1" * 5000
+
+
+def test_a_create_reply_without_a_status_is_a_submitted_task() -> None:
+    """The task id alone proves the create made a task: its status defaults to submitted."""
+    task = sansio.parse_created(
+        reply(200, {"code": 0, "message": "SUCCEED", "data": {"task_id": "42"}}), NOW
+    )
+
+    assert ("42", TaskStatus.SUBMITTED) == (task.task_id, task.status)
