@@ -64,8 +64,9 @@ async def _demo(args: argparse.Namespace) -> int:
             access_key=emulator.access_key,
             secret_key=emulator.secret_key,
             base_url=emulator.base_url,
-            poll_policy=PollPolicy(first_delay=0.2, growth=1.5, max_delay=1.0),
-            retry_policy=RetryPolicy(first_delay=0.2),
+            # Poll about twice per emulated step, so the demo shows every status.
+            poll_policy=PollPolicy(first_delay=args.step / 2, growth=1.5, max_delay=args.step * 2),
+            retry_policy=RetryPolicy(first_delay=args.step / 2),
         ) as session:
             videos = ["demo-video-1", "demo-video-2", "demo-video-risky"]
             handles = [await session.extend(video, prompt="pull back") for video in videos]
