@@ -396,7 +396,7 @@ class KlingSession:
             self._in_flight += 1
             try:
                 if create is not None:
-                    create.on_wire = True
+                    create.put_on_wire()
                     with self._scope_class(shield=True):
                         response = await self._transport.send(request, authorization)
                 elif self._borrowed is None:
@@ -661,22 +661,32 @@ class KlingSession:
         ) from error
 
 
-@attrs.define
 class _CreateAttempt:
     """Where one create stands: is it on the wire, and may it have made a task?"""
 
-    sent_at: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.timezone.utc))
-    on_wire: bool = False
-    in_doubt: bool = False
+    __slots__ = ("in_doubt", "on_wire", "sent_at")
+
+    def __init__(self) -> None:
+        self.sent_at = _NEVER
+        self.on_wire = False  # sent, no reply yet
+        self.in_doubt = False  # failed in a way that may hide a task (being looked up)
 
     def begin(self) -> None:
+        """A new try: nothing sent yet."""
+        self.on_wire = self.in_doubt = False
+
+    def put_on_wire(self) -> None:
+        """The request leaves now."""
         self.sent_at = dt.datetime.now(dt.timezone.utc)
-        self.on_wire = False
-        self.in_doubt = False
+        self.on_wire = True
 
     @property
     def doubtful(self) -> bool:
+        """Whether a task may exist that the caller has not been told of."""
         return self.on_wire or self.in_doubt
+
+
+_NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
 def _check_count(name: str, value: object, maximum: int | None) -> None:
