@@ -405,7 +405,11 @@ class KlingSession:
                     response = await self._send_cancellable(request, authorization)
             except KlingError as error:
                 _log_failure(request, attempt, error)
-                if self._state == _CLOSED and not isinstance(error, SessionClosedError):
+                if isinstance(error, SessionClosedError):
+                    if create is not None:  # the lent aiohttp session was closed: nothing left
+                        create.on_wire = False
+                    raise
+                if self._state == _CLOSED:
                     raise SessionClosedError(_CLOSED_WHILE_PENDING) from error
                 raise
             finally:

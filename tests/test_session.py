@@ -369,3 +369,17 @@ async def test_callbacks_carry_the_task_object(emu: KlingEmulator, session: Klin
 
     assert ["processing", "succeed"] == [body["task_status"] for body in received]
     assert {handle.task_id} == {body["task_id"] for body in received}
+
+
+async def test_a_closed_borrowed_http_session_is_a_clear_error(emu: KlingEmulator) -> None:
+    """If the lent aiohttp session is closed first, calls raise SessionClosedError, not
+    aiohttp's RuntimeError, and a create (never sent) is not reported as ambiguous."""
+    http = aiohttp.ClientSession()
+    async with official(emu, http_session=http) as session:
+        await http.close()
+        with pytest.raises(SessionClosedError, match="lent"):
+            await session.extend("vid-1")
+        with pytest.raises(SessionClosedError, match="lent"):
+            await session.get_task("1")
+
+    assert [] == emu.requests
