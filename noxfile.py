@@ -41,4 +41,8 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Client CPU per create+query cycle, SDK against raw aiohttp, in one run."""
     session.install("-e", ".")
-    session.run("python", "bench/bench_cycle.py", *session.posargs)
+    if session.posargs:
+        session.run("python", "bench/bench_cycle.py", *session.posargs)
+        return
+    session.run("python", "bench/bench_cycle.py")  # one request at a time
+    session.run("python", "bench/bench_cycle.py", "--concurrency", "16")  # a batch
