@@ -658,11 +658,13 @@ class KlingSession:
             (candidate,) = candidates
             if candidate.created_at is not None and candidate.created_at >= sent_ms:
                 return candidate
-        raise ambiguous(
-            f"the task list shows {len(candidates)} recent tasks for this video that it "
-            "cannot tell apart from the one the create may have made",
-            candidates,
-        ) from error
+        why = (
+            "the task list shows no recent task for this video"
+            if not candidates
+            else f"the task list shows {len(candidates)} recent task(s) for this video, none "
+            "of which can be told apart as the one it made"
+        )
+        raise ambiguous(why, candidates) from error
 
 
 class _CreateAttempt:
