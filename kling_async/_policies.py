@@ -34,7 +34,6 @@ __all__ = [
     "RetryPolicy",
     "classify",
     "parse_retry_after",
-    "resend_is_safe",
 ]
 
 
@@ -213,22 +212,6 @@ def classify(error: KlingError, *, create: bool) -> Action:
             return Action.RECONCILE
         return Action.RAISE if error.is_json else Action.RETRY
     return Action.RAISE
-
-
-def resend_is_safe(error: KlingError) -> bool:
-    """Whether a create that failed this way is over on the server, so that "no task with
-    this external id" proves no task was made.
-
-    Only Kling's own answer that it failed (5000, internal error) says the create is over. A
-    timeout, a dropped connection, a proxy page or 5002 (internal timeout) may hide a create
-    still in progress behind them.
-    """
-    return (
-        isinstance(error, ServerError)
-        and error.code == 5000
-        and error.gateway_code is None
-        and error.request_id is not None
-    )
 
 
 def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:

@@ -10,7 +10,6 @@ everything needed to resolve it, and closing the session stops every pending cal
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -30,16 +29,17 @@ import attrs
 from . import sansio
 from ._auth import BearerKey, JWTSigner
 from ._handle import TaskHandle
-from ._policies import Action, PollPolicy, RetryPolicy, classify, resend_is_safe
+from ._policies import Action, PollPolicy, RetryPolicy, classify
 from ._transport import Transport, open_http_session
 from .errors import (
     AmbiguousCreateError,
+    APIError,
     InvalidArgumentError,
-    InvalidRequestError,
     KlingError,
     ListUnavailableError,
     NotFoundError,
     SessionClosedError,
+    TransportError,
 )
 from .models import ExtendRequest, Task
 
@@ -143,6 +143,9 @@ class KlingSession:
         self._max_in_flight = max_in_flight
         self._connect_timeout = float(connect_timeout)
         self._read_timeout = float(read_timeout)
+        # A create's reply is awaited even when the caller's scope is cancelled; this bounds
+        # that wait (a server trickling bytes would otherwise hold it forever).
+        self._create_deadline = self._connect_timeout + 2 * self._read_timeout
         self._max_body = max_response_bytes
         self._rng = random.Random()
         self._state = _UNOPENED
@@ -210,8 +213,8 @@ class KlingSession:
             assert self._closing is not None
             self._closing.set()
             self._task_finished()
-            # Queries on the wire through a borrowed aiohttp session are cancelled here;
-            # those through our own session are aborted by closing it below.
+            # Requests on the wire end here, before the aiohttp session closes under them
+            # (a reply half read when that happens could otherwise hang or be lost).
             for scope in self._in_flight_scopes:
                 scope.cancel()
         if self._http is not None:
@@ -380,7 +383,8 @@ class KlingSession:
         """Send once under the in-flight limiter and parse the reply.
 
         A create is marked on the wire and shielded from anyio cancel scopes once it holds a
-        slot: its reply is awaited, so a task it makes is not forgotten.
+        slot: its reply is awaited (up to `_create_deadline`), so a task it makes is not
+        forgotten. Only `aclose()` cuts it short, and the caller then hears it is ambiguous.
         """
         assert self._transport is not None
         assert self._limiter is not None
@@ -392,24 +396,20 @@ class KlingSession:
         try:
             if self._state == _CLOSED:  # closed while this call waited for the limiter
                 raise SessionClosedError(_CLOSED_WHILE_PENDING)
+            if self._transport.closed:
+                raise SessionClosedError("the aiohttp.ClientSession lent to this session is closed")
             self._requests_sent += 1
             self._in_flight += 1
             try:
                 if create is not None:
                     create.put_on_wire()
                     with self._scope_class(shield=True):
-                        response = await self._transport.send(request, authorization)
-                elif self._borrowed is None:
-                    response = await self._transport.send(request, authorization)
+                        response = await self._exchange(request, authorization, create=True)
                 else:
-                    response = await self._send_cancellable(request, authorization)
+                    response = await self._exchange(request, authorization, create=False)
             except KlingError as error:
                 _log_failure(request, attempt, error)
-                if isinstance(error, SessionClosedError):
-                    if create is not None:  # the lent aiohttp session was closed: nothing left
-                        create.on_wire = False
-                    raise
-                if self._state == _CLOSED:
+                if self._state == _CLOSED and not isinstance(error, SessionClosedError):
                     raise SessionClosedError(_CLOSED_WHILE_PENDING) from error
                 raise
             finally:
@@ -433,20 +433,33 @@ class KlingSession:
             )
         return result
 
-    async def _send_cancellable(
-        self, request: sansio.HTTPRequest, authorization: str
+    async def _exchange(
+        self, request: sansio.HTTPRequest, authorization: str, *, create: bool
     ) -> sansio.HTTPResponse:
-        """Send through a borrowed aiohttp session in a scope that `aclose()` cancels
-        (closing our own aiohttp session does that job when we own it)."""
+        """One request/reply in a scope that `aclose()` cancels: a request on the wire then
+        ends at once, whether the aiohttp session is ours or borrowed, and whatever part of
+        the reply has arrived. A create also gets an overall deadline, as it is shielded from
+        the caller's own."""
         assert self._transport is not None
-        scope = self._scope_class()
+        if create:
+            scope = self._scope_class(deadline=anyio.current_time() + self._create_deadline)
+        else:
+            scope = self._scope_class()
         self._in_flight_scopes.add(scope)
         try:
             with scope:
                 return await self._transport.send(request, authorization)
         finally:
             self._in_flight_scopes.discard(scope)
-        raise SessionClosedError(_CLOSED_WHILE_PENDING)  # aclose() cancelled the scope
+        if self._state == _CLOSED:
+            raise SessionClosedError(_CLOSED_WHILE_PENDING)
+        raise TransportError(
+            f"{request.method} {request.path}: no complete reply within "
+            f"{self._create_deadline:g} s",
+            method=request.method,
+            path=request.path,
+            sent=True,
+        )
 
     async def _call(
         self,
@@ -517,14 +530,15 @@ class KlingSession:
         policy = self.retry_policy
         http_request = sansio.create_request(self._base_url, request)
         started = time.monotonic()
-        slot_time = 0.0  # waiting for a 1303 slot does not use up the retry budget
+        first_refusal: float | None = None  # when the first 1303 came
+        slot_time = 0.0  # tries refused with 1303 and their waits: not the retry budget's
         retry = 0
         slot_waits = 0
         resigned = False
-        resent_after_lookup = False
         while True:
             authorization = self._auth.authorization(time.time())
             attempt.begin()
+            tried_at = time.monotonic()
             try:
                 task = await self._send(
                     http_request, authorization, sansio.parse_created, retry + 1, create=attempt
@@ -540,37 +554,16 @@ class KlingSession:
                     resigned = True
                     continue
                 if action is Action.WAIT_SLOT:
-                    waited = now - started
-                    if waited >= policy.task_slot_timeout:
-                        raise
+                    first_refusal = tried_at if first_refusal is None else first_refusal
+                    await self._wait_for_slot(error, policy, now - first_refusal, slot_waits + 1)
                     slot_waits += 1
-                    self._retries += 1
-                    delay = min(
-                        policy.slot_delay(slot_waits, self._rng, error),
-                        policy.task_slot_timeout - waited,
-                    )
-                    logger.info("parallel-task limit reached (1303); waiting up to %.2f s", delay)
-                    await self._sleep(delay, wake=self._slot_freed)
-                    slot_time += time.monotonic() - now
+                    slot_time += time.monotonic() - tried_at
                     continue
                 if action is Action.RECONCILE:
-                    found = await self._reconcile(request, error, attempt.sent_at)
-                    if found is not None:
-                        return found
-                    # The server keeps external ids and answered itself that it made no
-                    # task (resend_is_safe): sending again with the same id cannot pay twice.
-                    attempt.in_doubt = False
-                    resent_after_lookup = True
-                elif (
-                    resent_after_lookup
-                    and isinstance(error, InvalidRequestError)
-                    and request.external_task_id is not None
-                ):
-                    # The resend collided with a task the first create made after all.
-                    with contextlib.suppress(NotFoundError):
-                        return await self._query(request.external_task_id)
-                    raise
-                elif action is not Action.RETRY:
+                    # Never resent: a "not found" cannot prove that the first create will not
+                    # still make its task (api.md lists these outcomes as unknown).
+                    return await self._reconcile(request, error, attempt.sent_at)
+                if action is not Action.RETRY:
                     raise
                 retry += 1
                 delay_or_none = policy.retry_delay(
@@ -592,15 +585,33 @@ class KlingSession:
             )
             await self._sleep(delay)
 
+    async def _wait_for_slot(
+        self, error: KlingError, policy: RetryPolicy, waited: float, wait_number: int
+    ) -> None:
+        """After a 1303: wait for a running task to finish, within ``task_slot_timeout``.
+
+        A ``Retry-After`` on the refusal is honoured in full (not cut short by a task
+        finishing); one that ends past the slot timeout fails at once.
+        """
+        remaining = policy.task_slot_timeout - waited
+        if remaining <= 0:
+            raise error
+        delay = policy.slot_delay(wait_number, self._rng, error)  # Retry-After, capped
+        asked = error.retry_after if isinstance(error, APIError) else None
+        if asked is not None and policy.wait and asked > remaining:
+            raise error
+        self._retries += 1
+        logger.info("parallel-task limit reached (1303); waiting up to %.2f s", delay)
+        await self._sleep(min(delay, remaining), wake=self._slot_freed if asked is None else None)
+
     async def _reconcile(
         self, request: ExtendRequest, error: KlingError, sent_at: dt.datetime
-    ) -> Task | None:
+    ) -> Task:
         """Find out whether a create with an unknown outcome made a task.
 
-        Looks the task up by its external id, else in the first page of the task list.
-        Returns the task, or None only when a resend cannot pay twice (the server keeps
-        external ids and itself answered that the create failed); otherwise raises
-        AmbiguousCreateError with what is needed to resolve it by hand.
+        Looks the task up by its external id, else in the first page of the task list, and
+        returns it; raises AmbiguousCreateError with what is needed to resolve it by hand
+        when it cannot be found out.
         """
         external_id = request.external_task_id
         logger.warning(
@@ -622,11 +633,7 @@ class KlingSession:
             try:
                 found = await self._query(external_id)
             except NotFoundError:
-                if self._keeps_external_ids and resend_is_safe(error):
-                    return None
-                # "Not found" proves nothing yet: the create may still be in progress
-                # behind a timeout or a proxy page, or the server may drop external ids
-                # (most gateways do). Look in the list.
+                pass  # not yet made, or never; or the server drops external ids: the list
             except KlingError as lookup_error:
                 raise ambiguous(f"looking up its external id failed ({lookup_error})") from error
             else:
@@ -642,19 +649,21 @@ class KlingSession:
             for task in tasks:
                 if task.external_task_id == external_id:
                     return task
-        # Without an id to match, a task is taken for ours only when it is the one task for
-        # this video that this session did not make, made after the send, with no other one
-        # nearby: another worker extending the same video must not be mistaken for us.
+        # Recent tasks for this video that are not known to be someone else's.
         candidates = [
             task
             for task in tasks
             if task.task_id not in self._recent_ids
             and task.parent_video is not None
             and task.parent_video.id == request.video_id
+            and (task.external_task_id is None or task.external_task_id == external_id)
             and (task.created_at is None or task.created_at >= sent_at - _NEARBY)
         ]
+        # Without an id to match, a task is taken for ours only when it is the one candidate
+        # and was made after the send. Where the server keeps external ids, ours would carry
+        # one: no guess is made then.
         sent_ms = sent_at.replace(microsecond=sent_at.microsecond // 1000 * 1000)  # wire: ms
-        if len(candidates) == 1:
+        if len(candidates) == 1 and not (external_id is not None and self._keeps_external_ids):
             (candidate,) = candidates
             if candidate.created_at is not None and candidate.created_at >= sent_ms:
                 return candidate

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from .errors import ResponseDecodeError, SessionClosedError, TransportError
+from .errors import ResponseDecodeError, TransportError
 from .sansio import HTTPRequest, HTTPResponse
 
 __all__ = ["Transport", "open_http_session"]
@@ -54,6 +54,11 @@ class Transport:
         )
         self._max_body = max_body
 
+    @property
+    def closed(self) -> bool:
+        """True once the aiohttp session is closed (by us, or by its owner if borrowed)."""
+        return self._session.closed
+
     async def send(self, request: HTTPRequest, authorization: str) -> HTTPResponse:
         """Send ``request`` with ``authorization`` and return the whole reply."""
         headers = dict(request.headers)
@@ -85,11 +90,9 @@ class Transport:
         except OSError as exc:
             raise self._error(request, exc, "the connection failed", sent=True) from exc
         except RuntimeError as exc:
-            if not self._session.closed:
-                raise
-            raise SessionClosedError(
-                "the aiohttp.ClientSession lent to this KlingSession was closed"
-            ) from exc
+            # aiohttp's "Session is closed" / "Connection closed." when its session closes
+            # under a request: whether anything left is unknown, so it counts as sent.
+            raise self._error(request, exc, "the aiohttp session was closed", sent=True) from exc
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """Read the body, refusing more than ``max_body`` bytes (a runaway gateway page).

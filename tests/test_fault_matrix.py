@@ -6,6 +6,7 @@ with (how many creates it received, how many tasks exist): a create is never pai
 
 from __future__ import annotations
 
+import anyio
 import attrs
 import pytest
 
@@ -39,9 +40,9 @@ class Row:
 
 
 # A stamped session (access key + secret key): an unknown outcome is looked up by external id.
-# "Not found" allows a resend only after Kling itself answered that the create failed (5000);
-# behind a timeout, a dropped connection, a proxy page or 5002 the create may still be running,
-# so the outcome is reported (AmbiguousCreateError) rather than risking a second paid task.
+# An unknown outcome is never resent: "not found" cannot prove that the first create will not
+# still make its task, so it is reported (AmbiguousCreateError) rather than risking a second
+# paid task; a task that exists is found and its handle returned.
 CREATE_ROWS = {
     "429 1302 rate limit: retried": Row(Fault.rate_limited(1302), OK, 2, 1),
     "429 1302 with Retry-After: retried": Row(Fault.rate_limited(1302, retry_after=1), OK, 2, 1),
@@ -51,7 +52,7 @@ CREATE_ROWS = {
     "429 1304 IP whitelist: not retried": Row(Fault.http(429, 1304), PermissionDeniedError, 1, 0),
     "400 1301 content safety: not retried": Row(Fault.http(400, 1301), ContentPolicyError, 1, 0),
     "401 1004 expired token: re-signed once": Row(Fault.http(401, 1004), OK, 2, 1),
-    "500 5000, Kling's own answer: looked up, then resent": Row(Fault.http(500), OK, 2, 1),
+    "500 5000: looked up, reported": Row(Fault.http(500), AmbiguousCreateError, 1, 0),
     "503 5001 maintenance: retried": Row(Fault.http(503), OK, 2, 1),
     "504 5002 (may still run): reported": Row(Fault.http(504), AmbiguousCreateError, 1, 0),
     "HTML 502 page: reported": Row(Fault.html(502), AmbiguousCreateError, 1, 0),
@@ -96,8 +97,7 @@ QUERY_ROWS = {
 async def test_create_fault(row: Row) -> None:
     """A create under each fault ends as the row says, with the stated creates and tasks.
 
-    A first create succeeds before the fault: its reply echoes the stamped external id, which
-    shows that this server keeps them, so "not found by external id" is then proof enough.
+    A first create succeeds before the fault, so the server is known to keep external ids.
     """
     async with KlingEmulator() as emulator, official(emulator) as session:
         first = await session.extend("vid-0")
@@ -121,11 +121,11 @@ async def test_create_fault(row: Row) -> None:
     ],
     ids=["reply lost: found", "truncated: found", "dropped: reported", "500: reported"],
 )
-async def test_a_first_create_is_never_resent_on_a_not_found(
+async def test_a_first_create_is_found_or_reported(
     fault: Fault, outcome: type[KlingError] | None, tasks: int
 ) -> None:
-    """Before the server has shown that it keeps external ids, "not found" proves nothing:
-    a task is found (by external id or in the list) or the outcome is reported, never resent."""
+    """On a session's first create, too, a task is found (by external id or in the list) or
+    the outcome is reported: never resent."""
     async with KlingEmulator() as emulator, official(emulator) as session:
         emulator.inject(fault, route="create")
         if outcome is None:
@@ -216,3 +216,28 @@ async def test_a_lost_create_reply_with_the_callers_external_id_is_found() -> No
 
     assert TaskStatus.SUCCEED is task.status
     assert (1, 1) == (emulator.count("create"), len(emulator.tasks))
+
+
+async def test_a_task_with_another_external_id_is_never_taken_for_ours() -> None:
+    """Reconciling through the list skips tasks stamped with someone else's external id,
+    even one made for the same video right after our create was sent."""
+    async with (
+        KlingEmulator() as emulator,
+        official(emulator) as mine,
+        official(emulator) as theirs,
+    ):
+        await mine.extend("vid-0")
+        emulator.inject(Fault.drop(), route="create")  # our create: lost before processing
+        emulator.inject(Fault.delay(0.2), route="query")  # our look-up: slow
+
+        async def other_worker() -> None:
+            await anyio.sleep(0.05)  # after our create, before our look-up ends
+            await theirs.extend("vid-1")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(other_worker)
+            with pytest.raises(AmbiguousCreateError) as caught:
+                await mine.extend("vid-1")
+
+    assert () == caught.value.candidates
+    assert 1 == [task.video_id for task in emulator.tasks.values()].count("vid-1")
