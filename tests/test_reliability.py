@@ -550,3 +550,37 @@ def _chain_text(error: BaseException) -> str:
         texts += [str(seen), repr(seen), repr(getattr(seen, "__dict__", ""))]
         seen = seen.__cause__ or seen.__context__
     return "\n".join(texts)
+
+
+async def test_closing_ends_a_create_on_the_wire_and_calls_queued_behind_it(
+    emu: KlingEmulator,
+) -> None:
+    """On a borrowed aiohttp session with one slot, aclose() ends the shielded create on the
+    wire (reported as ambiguous) and the query queued behind it, at once."""
+    async with aiohttp.ClientSession() as http:
+        session = official(emu, http_session=http, max_in_flight=1)
+        async with session:
+            emu.inject(Fault.delay(5), route="create")
+            outcomes: dict[str, float] = {}
+
+            async def create() -> None:
+                with pytest.raises(AmbiguousCreateError):
+                    await session.extend("vid-1")
+                outcomes["create"] = time.monotonic()
+
+            async def query() -> None:
+                with pytest.raises(SessionClosedError):
+                    await session.get_task("123")
+                outcomes["query"] = time.monotonic()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(create)
+                while emu.count("create") < 1:
+                    await anyio.sleep(0.001)
+                group.start_soon(query)
+                await anyio.sleep(0.01)
+                closed_at = time.monotonic()
+                await session.aclose()
+
+    assert max(outcomes.values()) - closed_at < 1
+    assert 0 == emu.count("query")
