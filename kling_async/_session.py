@@ -403,10 +403,7 @@ class KlingSession:
             try:
                 if create is not None:
                     create.put_on_wire()
-                    with self._scope_class(shield=True):
-                        response = await self._exchange(request, authorization, create=True)
-                else:
-                    response = await self._exchange(request, authorization, create=False)
+                response = await self._exchange(request, authorization, create=create is not None)
             except KlingError as error:
                 _log_failure(request, attempt, error)
                 if self._state == _CLOSED and not isinstance(error, SessionClosedError):
@@ -438,11 +435,15 @@ class KlingSession:
     ) -> sansio.HTTPResponse:
         """One request/reply in a scope that `aclose()` cancels: a request on the wire then
         ends at once, whether the aiohttp session is ours or borrowed, and whatever part of
-        the reply has arrived. A create also gets an overall deadline, as it is shielded from
-        the caller's own."""
+        the reply has arrived. A create's scope is also shielded from the caller's scopes
+        (its reply is awaited, so a task it makes is not forgotten) and so has a deadline."""
         assert self._transport is not None
         if create:
-            scope = self._scope_class(deadline=anyio.current_time() + self._create_deadline)
+            # time.monotonic() is the asyncio loop's clock, which anyio's deadlines use;
+            # anyio.current_time() would look the event loop library up on every create.
+            scope = self._scope_class(
+                deadline=time.monotonic() + self._create_deadline, shield=True
+            )
         else:
             scope = self._scope_class()
         self._in_flight_scopes.add(scope)
