@@ -76,9 +76,11 @@ class RetryPolicy:
     ``total_time`` seconds. Waits grow from ``first_delay`` by ``growth`` up to ``max_delay``,
     each shortened by a random fraction up to ``jitter``. A ``Retry-After`` the server sends
     is honoured up to ``retry_after_cap`` seconds; a longer one fails at once with
-    `RetryAfterTooLongError`. A create refused with 1303 (too many
-    running tasks) waits for a free slot up to ``task_slot_timeout`` seconds, trying again at
-    the latest every ``task_slot_delay`` seconds, or as soon as the session sees a task finish.
+    `RetryAfterTooLongError`. A create refused with 1303 (too many running tasks) waits for a
+    free slot up to ``task_slot_timeout`` seconds from the first refusal, trying again at the
+    latest every ``task_slot_delay`` seconds or as soon as the session sees a task finish
+    (after the full ``Retry-After`` when the refusal has one); those waits are not part of
+    ``total_time``.
 
     Added in version 0.1.
     """
