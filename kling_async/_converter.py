@@ -56,6 +56,16 @@ def _optional_text(value: Any, _: type) -> str | None:
     return _text(value, str) or None
 
 
+def _loose_text(value: Any, _: type) -> str | None:
+    """An optional informative field (``final_unit_deduction``): text, a number as text, or
+    None for anything else, so that a server's odd spelling never fails a whole reply."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    return None
+
+
 def _number(value: Any) -> float | None:
     """A JSON number or a numeric string (durations come as ``"5.1"``); empty means unknown."""
     if value is None or value == "":
@@ -134,6 +144,7 @@ _structure_video = make_dict_structure_fn(
     id=override(struct_hook=_required_id),
     url=override(struct_hook=_text),
     duration=override(struct_hook=_duration),
+    watermark_url=override(struct_hook=_optional_text),
 )
 converter.register_structure_hook(Video, _structure_video)
 converter.register_structure_hook(
@@ -169,6 +180,7 @@ converter.register_structure_hook(
         updated_at=override(struct_hook=_timestamp),
         info=override(rename="task_info"),
         result=override(rename="task_result"),
+        final_unit_deduction=override(struct_hook=_loose_text),
     ),
 )
 converter.register_structure_hook(
@@ -191,5 +203,9 @@ converter.register_unstructure_hook(
         parent_task_id=override(
             rename="task_id"
         ),  # api.md: gateways name the parent task "task_id"
+        # api.md "Watermarks and deductions (2026)": watermark_info: {"enabled": bool}
+        watermark=override(
+            rename="watermark_info", unstruct_hook=lambda enabled: {"enabled": enabled}
+        ),
     ),
 )

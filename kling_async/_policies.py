@@ -38,12 +38,17 @@ __all__ = [
 
 
 def _non_negative(_instance: Any, attribute: Any, value: float) -> None:
-    if not (isinstance(value, (int, float)) and value >= 0 and not math.isnan(value)):
+    if not (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value >= 0
+        and not math.isnan(value)
+    ):
         raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
 
 
 def _fraction(_instance: Any, attribute: Any, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
         raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
 
 
@@ -157,27 +162,50 @@ class RetryPolicy:
 
 @attrs.frozen(kw_only=True)
 class PollPolicy:
-    """How often a wait asks for a task's status.
+    """When waits ask for a task's status: densely where it may finish, sparsely elsewhere.
 
-    The defaults suit a job that takes 30 s to 4 minutes: 2 s, then 1.5 times longer each
-    time up to 15 s, each shortened by up to 10 % so that many waits do not poll in step.
+    Without knowledge a task is expected to finish between ``min_duration`` and
+    ``max_duration`` seconds after it was made (Kling: usually within about 4 minutes). In that
+    window a task is queried every ``interval`` seconds, or refreshed through the task list
+    every ``list_interval`` seconds (one list page refreshes many tasks). Before it, polls come
+    at ``first_delay`` seconds and then ``growth`` times later each (a task may fail early);
+    past it they space out up to ``max_delay``. Each wait is shortened by up to ``jitter`` so
+    that many waits do not poll in step. With ``learn`` (the default) the session replaces the
+    window by the durations of the tasks it saw succeed.
 
-    Added in version 0.1.
+    Added in version 0.1; the schedule by window, ``interval``, ``list_interval``,
+    ``min_duration``, ``max_duration`` and ``learn`` in 0.2.
     """
 
-    first_delay: float = attrs.field(default=2.0, validator=_non_negative)
-    growth: float = attrs.field(default=1.5, validator=_growth)
+    first_delay: float = attrs.field(default=10.0, validator=_non_negative)
+    growth: float = attrs.field(default=2.0, validator=_growth)
+    interval: float = attrs.field(default=2.75, validator=_non_negative)
+    list_interval: float = attrs.field(default=1.75, validator=_non_negative)
+    min_duration: float = attrs.field(default=30.0, validator=_non_negative)
+    max_duration: float = attrs.field(default=240.0, validator=_non_negative)
     max_delay: float = attrs.field(default=15.0, validator=_non_negative)
     jitter: float = attrs.field(default=0.1, validator=_fraction)
+    learn: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_duration < self.min_duration:
+            raise ValueError(
+                f"max_duration ({self.max_duration}) must be >= min_duration ({self.min_duration})"
+            )
 
     @classmethod
     def instant(cls) -> PollPolicy:
         """A policy for tests: poll again at once."""
-        return cls(first_delay=0.0, max_delay=0.0, jitter=0.0)
-
-    def delay(self, poll: int, rng: random.Random) -> float:
-        """Seconds to wait after poll number ``poll`` (counting from 1) before the next one."""
-        return _backoff(self.first_delay, self.growth, self.max_delay, self.jitter, poll, rng)
+        return cls(
+            first_delay=0.0,
+            interval=0.0,
+            list_interval=0.0,
+            min_duration=0.0,
+            max_duration=0.0,
+            max_delay=0.0,
+            jitter=0.0,
+            learn=False,
+        )
 
 
 class Action(enum.Enum):

@@ -1,47 +1,35 @@
-"""KlingSession: credentials, lifetime, the in-flight limiter, and the retry loops.
+"""KlingSession: credentials, configuration, lifetime and the public calls.
 
-The protocol is decided in ``sansio`` and ``_policies``; this module only sequences it: it
-sends through ``_transport``, sleeps where a policy says so, and keeps the promises of
-api.md "Decisions for the SDK": a create is repeated only where no task can exist, an
-ambiguous create is reconciled (by the stamped external id, else the list) or reported with
-everything needed to resolve it, and closing the session stops every pending call.
+The request layer is ``_wire``, a create's life is ``_create`` and waiting is ``_watch``; the
+session wires them together, owns (or borrows) the aiohttp session, and keeps api.md
+"Opening": after closing, every call raises, and closing stops every pending call.
 """
 
 from __future__ import annotations
 
-import collections
-import datetime as dt
 import ipaddress
-import logging
+import math
 import os
-import random
-import time
 import urllib.parse
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
-import anyio.lowlevel
 import attrs
 
 from . import sansio
 from ._auth import BearerKey, JWTSigner
+from ._create import Creator
 from ._handle import TaskHandle
-from ._policies import Action, PollPolicy, RetryPolicy, classify
+from ._policies import PollPolicy, RetryPolicy
 from ._transport import Transport, open_http_session
-from .errors import (
-    AmbiguousCreateError,
-    APIError,
-    InvalidArgumentError,
-    KlingError,
-    ListUnavailableError,
-    NotFoundError,
-    SessionClosedError,
-    TransportError,
-)
+from ._watch import Watcher
+from ._wire import Wire
+from .errors import InvalidArgumentError, KlingError
 from .models import ExtendRequest, Task
+from .models import check_text as _check_text
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -50,17 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KlingSession", "SessionStatistics"]
 
-logger = logging.getLogger("kling_async")
-
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"  # api.md: official, global
-_T = TypeVar("_T")
-_UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
-_RECONCILE_PAGE_SIZE = 50
-# Listed tasks for the same video made this long before a lost create was sent are shown as
-# candidates when it cannot be resolved; only one made after the send is ever taken for it.
-_NEARBY = dt.timedelta(seconds=60)
-_REMEMBERED_IDS = 1000  # task ids this session made, kept to tell them apart in the list
-_CLOSED_WHILE_PENDING = "the session was closed while this call was pending"
 
 
 @attrs.frozen(kw_only=True)
@@ -77,9 +55,15 @@ class SessionStatistics:
     in_flight: int
     """Requests on the wire right now."""
     waits_pending: int
-    """``wait()``/``wait_started()``/``watch()`` calls in progress."""
+    """``wait()``/``wait_started()``/``watch()``/``as_completed()`` calls in progress."""
     tasks_created: int
     """Tasks this session created (or found again after an ambiguous create)."""
+    list_requests: int = 0
+    """List pages read to refresh pending waits (versionadded 0.2)."""
+    list_refresh: bool | None = None
+    """Whether waits refresh through the list: None while undecided (versionadded 0.2)."""
+    rate_limit: float | None = None
+    """Requests per second the session holds itself to after a 1302, or None (0.2)."""
 
 
 class KlingSession:
@@ -94,6 +78,8 @@ class KlingSession:
     otherwise the session owns one. ``max_in_flight`` bounds the requests on the wire at once;
     ``stamp_external_id`` (default: on with access keys, off with a gateway key) stamps a
     generated ``external_task_id`` on each create so an ambiguous create can be found again.
+    ``list_refresh`` (default None: where the base URL offers it) lets one list page refresh
+    many pending waits; True forces it, False never lists.
 
     Added in version 0.1.
     """
@@ -112,81 +98,91 @@ class KlingSession:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         stamp_external_id: bool | None = None,
+        list_refresh: bool | None = None,
         allow_insecure_http: bool = False,
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         max_response_bytes: int = 8 * 1024 * 1024,
     ) -> None:
-        self._auth = _credentials(api_key, access_key, secret_key)
-        self._base_url = _base_url(
-            base_url or os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL,
-            allow_insecure_http=allow_insecure_http,
-        )
+        auth = _credentials(api_key, access_key, secret_key)
+        if base_url is None:
+            base_url = os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL
+        base = _base_url(base_url, allow_insecure_http=allow_insecure_http)
         _check_count("max_in_flight", max_in_flight, None)
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise InvalidArgumentError(name, f"must be a finite number > 0, got {value!r}")
         if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int):
             raise TypeError("max_response_bytes must be an int")
         if max_response_bytes < 1:
             raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
+        if list_refresh not in (None, True, False):
+            raise TypeError(f"list_refresh must be None, True or False, not {list_refresh!r}")
         if http_session is not None and trace_configs is not None:
             raise ValueError(
                 "trace_configs go on the aiohttp.ClientSession you pass as http_session"
             )
         self.poll_policy = poll_policy if poll_policy is not None else PollPolicy()
         self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
+        self._auth = auth
+        self._base_url = base
         self._stamp = (
-            isinstance(self._auth, JWTSigner) if stamp_external_id is None else stamp_external_id
+            isinstance(auth, JWTSigner) if stamp_external_id is None else stamp_external_id
         )
         self._borrowed = http_session
         self._trace_configs = tuple(trace_configs or ())
         self._max_in_flight = max_in_flight
         self._connect_timeout = float(connect_timeout)
         self._read_timeout = float(read_timeout)
+        self._max_body = max_response_bytes
+        self._http: aiohttp.ClientSession | None = None
         # A create's reply is awaited even when the caller's scope is cancelled; this bounds
         # that wait (a server trickling bytes would otherwise hold it forever).
-        self._create_deadline = self._connect_timeout + 2 * self._read_timeout
-        self._max_body = max_response_bytes
-        self._rng = random.Random()
-        self._state = _UNOPENED
-        self._http: aiohttp.ClientSession | None = None
-        self._transport: Transport | None = None
-        self._limiter: anyio.Semaphore | None = None
-        self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
-        self._closing: anyio.Event | None = None
-        self._slot_freed: anyio.Event | None = None
-        self._in_flight_scopes: set[anyio.CancelScope] = set()
-        self._recent_ids: collections.deque[str] = collections.deque(maxlen=_REMEMBERED_IDS)
+        self._wire = Wire(
+            base_url=base,
+            auth=auth,
+            retry_policy=self.retry_policy,
+            max_in_flight=max_in_flight,
+            create_deadline=self._connect_timeout + 2 * self._read_timeout,
+        )
+        self._creator = Creator(self._wire)
+        self._watcher = Watcher(
+            self._wire,
+            self.poll_policy,
+            list_refresh=list_refresh,
+            on_finished=self._creator.gate.release,
+        )
         self._tasks_created = 0
-        self._keeps_external_ids = False  # set once the server echoes or finds one
-        self._requests_sent = 0
-        self._retries = 0
-        self._in_flight = 0
-        self._waits_pending = 0
 
-        # -- lifetime -------------------------------------------------------------------------
+    # -- lifetime -------------------------------------------------------------------------
 
     async def __aenter__(self) -> KlingSession:
-        if self._state != _UNOPENED:
-            raise RuntimeError(f"a KlingSession can be opened once; this one is {self._state}")
-        if self._borrowed is not None:
-            http = self._borrowed
-        else:
-            http = open_http_session(limit=self._max_in_flight, trace_configs=self._trace_configs)
-            self._http = http
-        self._transport = Transport(
-            http,
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
-            max_body=self._max_body,
-        )
-        self._limiter = anyio.Semaphore(self._max_in_flight)
-        # anyio.CancelScope(...) looks the event loop library up on every call; the class it
-        # returns is looked up once here, as each create is sent in a shielded scope.
-        self._scope_class = type(anyio.CancelScope())
-        self._closing = anyio.Event()
-        self._slot_freed = anyio.Event()
-        self._state = _OPEN
+        if self._wire.state != "unopened":
+            raise RuntimeError(f"a KlingSession can be opened once; this one is {self._wire.state}")
+        transport_http = self._borrowed
+        try:
+            if transport_http is None:
+                transport_http = open_http_session(
+                    limit=self._max_in_flight, trace_configs=self._trace_configs
+                )
+                self._http = transport_http
+            self._wire.open(
+                Transport(
+                    transport_http,
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
+                    max_body=self._max_body,
+                )
+            )
+        except BaseException:
+            if self._http is not None:
+                await self._http.close()
+                self._http = None
+            raise
         return self
 
     async def __aexit__(
@@ -204,25 +200,19 @@ class KlingSession:
         AmbiguousCreateError instead. Remote tasks are not touched: they keep running and can
         be resumed with `task()` from another session.
         """
-        if self._state == _CLOSED:
+        if self._wire.closed:
             return
-        opened = self._state == _OPEN
-        self._state = _CLOSED
-        if opened:
+        if self._wire.close():
             # Wake every sleeping wait and slot wait; each then sees the state and raises.
-            assert self._closing is not None
-            self._closing.set()
-            self._task_finished()
-            # Requests on the wire end here, before the aiohttp session closes under them
-            # (a reply half read when that happens could otherwise hang or be lost).
-            for scope in self._in_flight_scopes:
-                scope.cancel()
+            self._watcher.close()
+            self._creator.gate.release_all()
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if getattr(self, "_state", None) == _OPEN:
+        wire = getattr(self, "_wire", None)
+        if wire is not None and wire.state == "open":
             _warn(
                 f"{self!r} was never closed; use 'async with KlingSession(...)' or aclose()",
                 ResourceWarning,
@@ -231,7 +221,7 @@ class KlingSession:
             )
 
     def __repr__(self) -> str:
-        return f"<KlingSession {self._base_url} {self._auth!r} {self._state}>"
+        return f"<KlingSession {self._base_url} {self._auth!r} {self._wire.state}>"
 
     @property
     def base_url(self) -> str:
@@ -241,16 +231,20 @@ class KlingSession:
     @property
     def closed(self) -> bool:
         """True once `aclose()` was called."""
-        return self._state == _CLOSED
+        return self._wire.closed
 
     def statistics(self) -> SessionStatistics:
         """What the session is doing now and has done so far."""
+        wire, watcher = self._wire, self._watcher
         return SessionStatistics(
-            requests_sent=self._requests_sent,
-            retries=self._retries,
-            in_flight=self._in_flight,
-            waits_pending=self._waits_pending,
+            requests_sent=wire.requests_sent,
+            retries=wire.retries,
+            in_flight=wire.in_flight,
+            waits_pending=watcher.waits,
             tasks_created=self._tasks_created,
+            list_requests=watcher.list_requests,
+            list_refresh=watcher.list_mode,
+            rate_limit=wire.pace.rate,
         )
 
     # -- public calls ---------------------------------------------------------------------
@@ -265,12 +259,13 @@ class KlingSession:
         callback_url: str | None = None,
         parent_task_id: str | None = None,
         external_task_id: str | None = None,
+        watermark: bool | None = None,
     ) -> TaskHandle:
         """Submit one extend task (a paid job) and return its handle.
 
         Arguments are validated before anything is sent. The create is repeated only where
         the server certainly made no task; an unknown outcome is looked up, or raised as
-        `AmbiguousCreateError`.
+        `AmbiguousCreateError`. ``watermark`` asks for a watermarked copy as well (2026 API).
         """
         request = ExtendRequest(
             video_id=video_id,
@@ -280,26 +275,91 @@ class KlingSession:
             callback_url=callback_url,
             parent_task_id=parent_task_id,
             external_task_id=external_task_id,
+            watermark=watermark,
         )
-        self._check_open()
+        return await self._submit(request, None)
+
+    async def extend_many(
+        self, requests: Iterable[ExtendRequest], *, timeout: float | None = None
+    ) -> list[TaskHandle | KlingError]:
+        """Submit many extends at once; return, in input order, a handle or the error for each.
+
+        Unlike ``gather(*extends)``, a failed create never drops the handles of the others.
+        Creates go out as fast as ``max_in_flight``, 1303 slot waits and the session's pace
+        allow. ``timeout`` bounds the waiting before each send: a create not yet sent by then
+        gets `SubmitTimeoutError` (nothing was sent); one already on the wire is awaited.
+
+        Added in version 0.2.
+        """
+        batch = list(requests)
+        for index, request in enumerate(batch):
+            if not isinstance(request, ExtendRequest):
+                raise TypeError(
+                    f"requests[{index}] must be an ExtendRequest, not {type(request).__name__}"
+                )
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self._wire.check_open()
+        deadline = None if timeout is None else self._wire.clock() + timeout
+        results: list[TaskHandle | KlingError | None] = [None] * len(batch)
+
+        async def submit(index: int, request: ExtendRequest) -> None:
+            try:
+                results[index] = await self._submit(request, deadline)
+            except KlingError as error:
+                results[index] = error
+
+        async with anyio.create_task_group() as group:
+            for index, request in enumerate(batch):
+                group.start_soon(submit, index, request)
+        return [result for result in results if result is not None]
+
+    async def _submit(self, request: ExtendRequest, deadline: float | None) -> TaskHandle:
+        self._wire.check_open()
         if request.external_task_id is None and self._stamp:
             request = attrs.evolve(request, external_task_id=f"kling-async-{uuid.uuid4().hex}")
-        task = await self._create(request)
+        task = await self._creator.create(request, deadline=deadline)
         self._tasks_created += 1
-        self._recent_ids.append(task.task_id)
-        return TaskHandle(self, task.task_id, task)
+        return TaskHandle(self._watcher, self._watcher.created(task))
 
     def task(self, task_id: str) -> TaskHandle:
-        """A handle for an existing task, without I/O: resume a wait after a restart."""
+        """A handle for an existing task, without I/O: resume a wait after a restart.
+
+        Every handle of one task id in a session shares its state and its polls.
+        """
         _check_task_id(task_id)
-        self._check_open()
-        return TaskHandle(self, task_id, None)
+        self._wire.check_open()
+        return TaskHandle(self._watcher, self._watcher.state(task_id))
 
     async def get_task(self, task_id: str) -> Task:
         """Query one task by its task id or external task id (queries retry transient failures)."""
         _check_task_id(task_id)
-        self._check_open()
-        return await self._query(task_id)
+        self._wire.check_open()
+        return await self._watcher.query(task_id)
+
+    def as_completed(
+        self, handles: Iterable[TaskHandle], *, timeout: float | None = None
+    ) -> AsyncIterator[Task]:
+        """Yield each task once it is done (``succeed`` or ``failed``), in the order they finish.
+
+        It never raises `TaskFailedError`: check ``task.status``. After ``timeout`` seconds it
+        raises `WaitTimeoutError` (once the finished ones were yielded) whose ``pending`` holds
+        the ids still running. Tasks are polled together: through one list page where the base
+        URL offers it, else one query each, on the session's schedule.
+
+        Added in version 0.2.
+        """
+        states = []
+        for handle in handles:
+            if not isinstance(handle, TaskHandle):
+                raise TypeError(f"as_completed() takes TaskHandles, not {type(handle).__name__}")
+            if handle._watcher is not self._watcher:
+                raise ValueError(f"{handle!r} belongs to another session")
+            states.append(handle._state)
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self._wire.check_open()
+        return self._watcher.as_completed(states, timeout)
 
     def list_tasks(
         self, *, page_size: int = 30, first_page: int = 1, max_pages: int | None = None
@@ -313,14 +373,17 @@ class KlingSession:
         _check_count("first_page", first_page, 1000)  # api.md: pageNum 1..1000
         if max_pages is not None:
             _check_count("max_pages", max_pages, None)
-        self._check_open()
+        self._wire.check_open()
         return self._pages(page_size, first_page, max_pages)
 
     async def _pages(self, page_size: int, page: int, max_pages: int | None) -> AsyncIterator[Task]:
+        wire = self._wire
         fetched = 0
         while page <= 1000 and (max_pages is None or fetched < max_pages):
-            self._check_open()
-            tasks = await self._list_page(page, page_size)
+            wire.check_open()
+            tasks = await wire.call(
+                sansio.list_request(wire.base_url, page, page_size), sansio.parse_task_list
+            )
             fetched += 1
             for task in tasks:
                 yield task
@@ -328,406 +391,13 @@ class KlingSession:
                 return
             page += 1
 
-    # -- internals used by TaskHandle -----------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._state == _OPEN:
-            return
-        if self._state == _UNOPENED:
-            raise RuntimeError("open the session first: 'async with KlingSession(...) as session'")
-        raise SessionClosedError("the session is closed")
-
-    async def _sleep(self, delay: float, wake: anyio.Event | None = None) -> None:
-        """Sleep ``delay`` seconds or until ``wake`` is set; closing the session wakes it too
-        (and then it raises SessionClosedError)."""
-        event = wake if wake is not None else self._closing
-        assert event is not None
-        if delay > 0:
-            with anyio.move_on_after(delay):
-                await event.wait()
-        else:
-            await anyio.lowlevel.checkpoint()
-        if self._state == _CLOSED:
-            raise SessionClosedError(_CLOSED_WHILE_PENDING)
-
-    def _task_finished(self) -> None:
-        """A task left the running set: wake creates that wait for a parallel-task slot."""
-        assert self._slot_freed is not None
-        self._slot_freed.set()
-        self._slot_freed = anyio.Event()
-
-    async def _query(self, task_id: str) -> Task:
-        request = sansio.query_request(self._base_url, task_id)
-        task = await self._call(
-            request, lambda response, now: sansio.parse_task(response, now, task_id=task_id)
-        )
-        if task.done:
-            self._task_finished()
-        return task
-
-    async def _list_page(self, page: int, page_size: int) -> list[Task]:
-        request = sansio.list_request(self._base_url, page, page_size)
-        return await self._call(request, sansio.parse_task_list)
-
-    # -- the retry loops ------------------------------------------------------------------
-
-    async def _send(
-        self,
-        request: sansio.HTTPRequest,
-        authorization: str,
-        parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
-        attempt: int,
-        *,
-        create: _CreateAttempt | None = None,
-    ) -> _T:
-        """Send once under the in-flight limiter and parse the reply.
-
-        A create is marked on the wire and shielded from anyio cancel scopes once it holds a
-        slot: its reply is awaited (up to `_create_deadline`), so a task it makes is not
-        forgotten. Only `aclose()` cuts it short, and the caller then hears it is ambiguous.
-        """
-        assert self._transport is not None
-        assert self._limiter is not None
-        limiter = self._limiter
-        try:
-            limiter.acquire_nowait()  # the common case, without a trip through the event loop
-        except anyio.WouldBlock:
-            await limiter.acquire()
-        try:
-            if self._state == _CLOSED:  # closed while this call waited for the limiter
-                raise SessionClosedError(_CLOSED_WHILE_PENDING)
-            if self._transport.closed:
-                raise SessionClosedError("the aiohttp.ClientSession lent to this session is closed")
-            self._requests_sent += 1
-            self._in_flight += 1
-            try:
-                if create is not None:
-                    create.put_on_wire()
-                response = await self._exchange(request, authorization, create=create is not None)
-            except KlingError as error:
-                _log_failure(request, attempt, error)
-                if self._state == _CLOSED and not isinstance(error, SessionClosedError):
-                    raise SessionClosedError(_CLOSED_WHILE_PENDING) from error
-                raise
-            finally:
-                self._in_flight -= 1
-        finally:
-            limiter.release()
-        try:
-            result = parse(response, dt.datetime.now(dt.timezone.utc))
-        except KlingError as error:
-            _log_failure(request, attempt, error)
-            raise
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s %s -> %s (attempt %d) request_id=%s%s",
-                request.method,
-                request.path,
-                response.status,
-                attempt,
-                sansio.request_id_of(response),
-                f" task_id={result.task_id}" if isinstance(result, Task) else "",
-            )
-        return result
-
-    async def _exchange(
-        self, request: sansio.HTTPRequest, authorization: str, *, create: bool
-    ) -> sansio.HTTPResponse:
-        """One request/reply in a scope that `aclose()` cancels: a request on the wire then
-        ends at once, whether the aiohttp session is ours or borrowed, and whatever part of
-        the reply has arrived. A create's scope is also shielded from the caller's scopes
-        (its reply is awaited, so a task it makes is not forgotten) and so has a deadline."""
-        assert self._transport is not None
-        if create:
-            # time.monotonic() is the asyncio loop's clock, which anyio's deadlines use;
-            # anyio.current_time() would look the event loop library up on every create.
-            scope = self._scope_class(
-                deadline=time.monotonic() + self._create_deadline, shield=True
-            )
-        else:
-            scope = self._scope_class()
-        self._in_flight_scopes.add(scope)
-        try:
-            with scope:
-                return await self._transport.send(request, authorization)
-        finally:
-            self._in_flight_scopes.discard(scope)
-        if self._state == _CLOSED:
-            raise SessionClosedError(_CLOSED_WHILE_PENDING)
-        raise TransportError(
-            f"{request.method} {request.path}: no complete reply within "
-            f"{self._create_deadline:g} s",
-            method=request.method,
-            path=request.path,
-            sent=True,
-        )
-
-    async def _call(
-        self,
-        request: sansio.HTTPRequest,
-        parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
-    ) -> _T:
-        """A GET with the query retry rules (api.md "Query retries")."""
-        policy = self.retry_policy
-        started = time.monotonic()
-        retry = 0
-        resigned = False
-        while True:
-            authorization = self._auth.authorization(time.time())
-            try:
-                return await self._send(request, authorization, parse, retry + 1)
-            except KlingError as error:
-                action = classify(error, create=False)
-                if action is Action.RESIGN and not resigned and self._auth.expire(authorization):
-                    resigned = True
-                    continue
-                if action is not Action.RETRY:
-                    raise
-                retry += 1
-                delay = policy.retry_delay(
-                    error, retry=retry, elapsed=time.monotonic() - started, rng=self._rng
-                )
-                if delay is None:
-                    raise
-            self._retries += 1
-            logger.info(
-                "retrying %s %s in %.2f s (retry %d)", request.method, request.path, delay, retry
-            )
-            await self._sleep(delay)
-
-    async def _create(self, request: ExtendRequest) -> Task:
-        """A create with the create retry rules (api.md "Create retries" and "Stamping").
-
-        Whatever interrupts a create while its outcome is unknown (a native asyncio cancel
-        during the send, a cancel during the look-up) is logged with what finds the task
-        again; closing the session under it raises AmbiguousCreateError.
-        """
-        attempt = _CreateAttempt()
-        try:
-            return await self._create_attempts(request, attempt)
-        except SessionClosedError as error:
-            if not attempt.doubtful:
-                raise
-            raise AmbiguousCreateError(
-                "the session was closed while the create was on the wire",
-                request=request,
-                sent_at=attempt.sent_at,
-                external_task_id=request.external_task_id,
-            ) from error
-        except anyio.get_cancelled_exc_class():
-            if attempt.doubtful:
-                logger.warning(
-                    "a create for video %s sent at %s was interrupted while its outcome was "
-                    "unknown; it may have made a task%s",
-                    request.video_id,
-                    attempt.sent_at.isoformat(),
-                    f" (external_task_id {request.external_task_id})"
-                    if request.external_task_id
-                    else "",
-                )
-            raise
-
-    async def _create_attempts(self, request: ExtendRequest, attempt: _CreateAttempt) -> Task:
-        policy = self.retry_policy
-        http_request = sansio.create_request(self._base_url, request)
-        started = time.monotonic()
-        first_refusal: float | None = None  # when the first 1303 came
-        slot_time = 0.0  # tries refused with 1303 and their waits: not the retry budget's
-        retry = 0
-        slot_waits = 0
-        resigned = False
-        while True:
-            authorization = self._auth.authorization(time.time())
-            attempt.begin()
-            tried_at = time.monotonic()
-            try:
-                task = await self._send(
-                    http_request, authorization, sansio.parse_created, retry + 1, create=attempt
-                )
-            except KlingError as error:
-                if isinstance(error, SessionClosedError):
-                    raise  # _create decides, knowing whether it was on the wire
-                action = classify(error, create=True)
-                attempt.on_wire = False
-                attempt.in_doubt = action is Action.RECONCILE
-                now = time.monotonic()
-                if action is Action.RESIGN and not resigned and self._auth.expire(authorization):
-                    resigned = True
-                    continue
-                if action is Action.WAIT_SLOT:
-                    first_refusal = tried_at if first_refusal is None else first_refusal
-                    await self._wait_for_slot(error, policy, now - first_refusal, slot_waits + 1)
-                    slot_waits += 1
-                    slot_time += time.monotonic() - tried_at
-                    continue
-                if action is Action.RECONCILE:
-                    # Never resent: a "not found" cannot prove that the first create will not
-                    # still make its task (api.md lists these outcomes as unknown).
-                    return await self._reconcile(request, error, attempt.sent_at)
-                if action is not Action.RETRY:
-                    raise
-                retry += 1
-                delay_or_none = policy.retry_delay(
-                    error, retry=retry, elapsed=now - started - slot_time, rng=self._rng
-                )
-                if delay_or_none is None:
-                    raise
-                delay = delay_or_none
-            else:
-                if (
-                    request.external_task_id is not None
-                    and task.external_task_id == request.external_task_id
-                ):
-                    self._keeps_external_ids = True
-                return task
-            self._retries += 1
-            logger.info(
-                "retrying create for video %s in %.2f s (retry %d)", request.video_id, delay, retry
-            )
-            await self._sleep(delay)
-
-    async def _wait_for_slot(
-        self, error: KlingError, policy: RetryPolicy, waited: float, wait_number: int
-    ) -> None:
-        """After a 1303: wait for a running task to finish, within ``task_slot_timeout``.
-
-        A ``Retry-After`` on the refusal is honoured in full (not cut short by a task
-        finishing); one that ends past the slot timeout fails at once.
-        """
-        remaining = policy.task_slot_timeout - waited
-        if remaining <= 0:
-            raise error
-        delay = policy.slot_delay(wait_number, self._rng, error)  # Retry-After, capped
-        asked = error.retry_after if isinstance(error, APIError) else None
-        if asked is not None and policy.wait and asked > remaining:
-            raise error
-        self._retries += 1
-        logger.info("parallel-task limit reached (1303); waiting up to %.2f s", delay)
-        await self._sleep(min(delay, remaining), wake=self._slot_freed if asked is None else None)
-
-    async def _reconcile(
-        self, request: ExtendRequest, error: KlingError, sent_at: dt.datetime
-    ) -> Task:
-        """Find out whether a create with an unknown outcome made a task.
-
-        Looks the task up by its external id, else in the first page of the task list, and
-        returns it; raises AmbiguousCreateError with what is needed to resolve it by hand
-        when it cannot be found out.
-        """
-        external_id = request.external_task_id
-        logger.warning(
-            "create for video %s has an unknown outcome (%s); looking it up",
-            request.video_id,
-            error,
-        )
-
-        def ambiguous(why: str, candidates: Sequence[Task] = ()) -> AmbiguousCreateError:
-            return AmbiguousCreateError(
-                f"the create's outcome is unknown ({error}) and {why}",
-                request=request,
-                sent_at=sent_at,
-                external_task_id=external_id,
-                candidates=tuple(candidates),
-            )
-
-        if external_id is not None:
-            try:
-                found = await self._query(external_id)
-            except NotFoundError:
-                pass  # not yet made, or never; or the server drops external ids: the list
-            except KlingError as lookup_error:
-                raise ambiguous(f"looking up its external id failed ({lookup_error})") from error
-            else:
-                self._keeps_external_ids = True
-                return found
-        try:
-            tasks = await self._list_page(1, _RECONCILE_PAGE_SIZE)
-        except ListUnavailableError:
-            raise ambiguous("this base URL offers no task list to look it up") from error
-        except KlingError as list_error:
-            raise ambiguous(f"listing tasks failed ({list_error})") from error
-        if external_id is not None:
-            for task in tasks:
-                if task.external_task_id == external_id:
-                    return task
-        # Recent tasks for this video that are not known to be someone else's.
-        candidates = [
-            task
-            for task in tasks
-            if task.task_id not in self._recent_ids
-            and task.parent_video is not None
-            and task.parent_video.id == request.video_id
-            and (task.external_task_id is None or task.external_task_id == external_id)
-            and (task.created_at is None or task.created_at >= sent_at - _NEARBY)
-        ]
-        # Without an id to match, a task is taken for ours only when it is the one candidate
-        # and was made after the send. Where the server keeps external ids, ours would carry
-        # one: no guess is made then.
-        sent_ms = sent_at.replace(microsecond=sent_at.microsecond // 1000 * 1000)  # wire: ms
-        if len(candidates) == 1 and not (external_id is not None and self._keeps_external_ids):
-            (candidate,) = candidates
-            if candidate.created_at is not None and candidate.created_at >= sent_ms:
-                return candidate
-        why = (
-            "the task list shows no recent task for this video"
-            if not candidates
-            else f"the task list shows {len(candidates)} recent task(s) for this video, none "
-            "of which can be told apart as the one it made"
-        )
-        raise ambiguous(why, candidates) from error
-
-
-class _CreateAttempt:
-    """Where one create stands: is it on the wire, and may it have made a task?"""
-
-    __slots__ = ("in_doubt", "on_wire", "sent_at")
-
-    def __init__(self) -> None:
-        self.sent_at = _NEVER
-        self.on_wire = False  # sent, no reply yet
-        self.in_doubt = False  # failed in a way that may hide a task (being looked up)
-
-    def begin(self) -> None:
-        """A new try: nothing sent yet."""
-        self.on_wire = self.in_doubt = False
-
-    def put_on_wire(self) -> None:
-        """The request leaves now."""
-        self.sent_at = dt.datetime.now(dt.timezone.utc)
-        self.on_wire = True
-
-    @property
-    def doubtful(self) -> bool:
-        """Whether a task may exist that the caller has not been told of."""
-        return self.on_wire or self.in_doubt
-
-
-_NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-
 
 def _check_count(name: str, value: object, maximum: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < 1 or (maximum is not None and value > maximum):
-        bound = f" and {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} must be between 1{bound}, got {value}")
-
-
-def _log_failure(request: sansio.HTTPRequest, attempt: int, error: KlingError) -> None:
-    if logger.isEnabledFor(logging.DEBUG):
-        extra: dict[str, Any] = {
-            name: getattr(error, name)
-            for name in ("status", "code", "request_id", "task_id")
-            if getattr(error, name, None) is not None
-        }
-        logger.debug(
-            "%s %s failed (attempt %d): %s %s",
-            request.method,
-            request.path,
-            attempt,
-            type(error).__name__,
-            " ".join(f"{k}={v}" for k, v in extra.items()),
-        )
+        bound = f"between 1 and {maximum}" if maximum is not None else "at least 1"
+        raise ValueError(f"{name} must be {bound}, got {value}")
 
 
 def _credentials(
@@ -755,15 +425,40 @@ def _credentials(
 
 
 def _base_url(url: str, *, allow_insecure_http: bool) -> str:
-    parsed = urllib.parse.urlsplit(url)
+    """Check a base URL before anything is sent: every later request is built from it."""
+    if not isinstance(url, str):
+        raise TypeError(f"base_url must be a str, not {type(url).__name__}")
+    if not url.strip():
+        raise InvalidArgumentError("base_url", "must not be empty")
+    _check_text("base_url", url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise InvalidArgumentError("base_url", f"is not a valid URL: {exc}") from None
+    if "@" in parsed.netloc:
+        # The credential would be sent to every host and shown in every repr and log line.
+        raise InvalidArgumentError(
+            "base_url", "must not carry a user name or password; pass api_key instead"
+        )
+    try:
+        port = parsed.port  # raises for ":abc" and ports past 65535
+    except ValueError as exc:
+        raise InvalidArgumentError("base_url", f"is not a valid URL ({exc}): {url!r}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+        raise InvalidArgumentError("base_url", f"must be an http(s) URL, got {url!r}")
+    if port == 0:
+        raise InvalidArgumentError("base_url", f"port 0 is not a port to connect to: {url!r}")
     if parsed.query or parsed.fragment:
-        raise ValueError(f"base_url must not have a query or fragment, got {url!r}")
+        raise InvalidArgumentError("base_url", f"must not have a query or fragment, got {url!r}")
+    if any(char.isspace() or ord(char) < 0x20 for char in url):
+        raise InvalidArgumentError(
+            "base_url", f"must not contain spaces or control characters: {url!r}"
+        )
     if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.hostname):
-        raise ValueError(
-            f"refusing plain http:// to {parsed.hostname}: credentials would travel unencrypted; "
-            "use https:// or pass allow_insecure_http=True"
+        raise InvalidArgumentError(
+            "base_url",
+            f"refusing plain http:// to {parsed.hostname}: credentials would travel "
+            "unencrypted; use https:// or pass allow_insecure_http=True",
         )
     return url.rstrip("/")
 
@@ -782,6 +477,7 @@ def _check_task_id(task_id: object) -> None:
         raise TypeError(f"task_id must be a str, not {type(task_id).__name__}")
     if not task_id.strip():
         raise InvalidArgumentError("task_id", "must not be empty")
+    _check_text("task_id", task_id)
 
 
 def _header_safe(name: str, value: str) -> str:
@@ -791,4 +487,5 @@ def _header_safe(name: str, value: str) -> str:
     value = value.strip()
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
         raise ValueError(f"{name} contains control characters")
+    _check_text(name, value)
     return value

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Sequence
 
 import aiohttp
+import yarl
 
 from .errors import ResponseDecodeError, TransportError
 from .sansio import HTTPRequest, HTTPResponse
@@ -60,13 +61,24 @@ class Transport:
         return self._session.closed
 
     async def send(self, request: HTTPRequest, authorization: str) -> HTTPResponse:
-        """Send ``request`` with ``authorization`` and return the whole reply."""
+        """Send ``request`` with ``authorization`` and return the whole reply.
+
+        Every failure becomes a `TransportError` raised outside the ``except`` block that
+        caught it, so that neither ``__cause__`` nor ``__context__`` leads to aiohttp's
+        request objects, whose headers hold the ``Authorization`` credential.
+        """
+        try:
+            # encoded=True: the URL is sent exactly as sansio built it (no requoting, no
+            # normalisation of "%2E%2E" into another path).
+            url = yarl.URL(request.url, encoded=True)
+        except ValueError as exc:
+            raise self._error(request, exc, "the URL is not valid", sent=False) from exc
         headers = dict(request.headers)
         headers["Authorization"] = authorization
         try:
             async with self._session.request(
                 request.method,
-                request.url,
+                url,
                 data=request.body,
                 headers=headers,
                 timeout=self._timeout,
@@ -75,24 +87,47 @@ class Transport:
             ) as response:
                 body = await self._read(response)
                 return HTTPResponse(status=response.status, body=body, headers=response.headers)
-        except aiohttp.ClientConnectorError as exc:
+        except ResponseDecodeError:
+            raise
+        except BaseException as exc:
+            failure = self._translate(request, exc)
+            if failure is None:
+                raise
+            if _holds_no_request(exc):
+                failure.__cause__ = exc
+        del headers, authorization
+        raise failure
+
+    def _translate(self, request: HTTPRequest, exc: BaseException) -> TransportError | None:
+        """The TransportError for an aiohttp or socket failure, or None to let it through.
+
+        ``sent`` is False only where the request certainly never left (api.md "Create
+        retries"): no connection, a URL aiohttp refused, a loop that cannot run it.
+        """
+        if isinstance(exc, aiohttp.ClientConnectorError):
             # DNS, refused connection, TLS handshake: the request never left.
-            raise self._error(request, exc, "could not connect", sent=False) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise self._error(request, exc, "timed out connecting", sent=False) from exc
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-            raise self._error(request, exc, "timed out waiting for the reply", sent=True) from exc
-        except aiohttp.ClientResponseError as exc:
-            # Not chained: its request_info repr carries our request headers, Authorization too.
-            raise self._error(request, exc, "the reply was malformed", sent=True) from None
-        except aiohttp.ClientError as exc:
-            raise self._error(request, exc, "the connection failed", sent=True) from exc
-        except OSError as exc:
-            raise self._error(request, exc, "the connection failed", sent=True) from exc
-        except RuntimeError as exc:
+            return self._error(request, exc, "could not connect", sent=False)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return self._error(request, exc, "timed out connecting", sent=False)
+        if isinstance(exc, aiohttp.InvalidURL):
+            return self._error(request, exc, "the URL was refused before sending", sent=False)
+        if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+            return self._error(request, exc, "timed out waiting for the reply", sent=True)
+        if isinstance(exc, aiohttp.ClientResponseError):
+            # Its repr carries request_info (our headers): only its status and message are kept.
+            detail = f"{exc.status}, {exc.message}" if exc.message else str(exc.status)
+            return self._error(request, detail, "the reply was malformed", sent=True)
+        if isinstance(exc, (aiohttp.ClientError, OSError)):
+            return self._error(request, exc, "the connection failed", sent=True)
+        if isinstance(exc, RuntimeError):
+            text = str(exc).lower()
+            if "loop" in text and ("closed" in text or "different" in text):
+                # A closed or foreign event loop fails before anything is written.
+                return self._error(request, exc, "the event loop cannot run it", sent=False)
             # aiohttp's "Session is closed" / "Connection closed." when its session closes
             # under a request: whether anything left is unknown, so it counts as sent.
-            raise self._error(request, exc, "the aiohttp session was closed", sent=True) from exc
+            return self._error(request, exc, "the aiohttp session was closed", sent=True)
+        return None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """Read the body, refusing more than ``max_body`` bytes (a runaway gateway page).
@@ -121,12 +156,28 @@ class Transport:
 
     @staticmethod
     def _error(
-        request: HTTPRequest, exc: BaseException, what: str, *, sent: bool
+        request: HTTPRequest, exc: BaseException | str, what: str, *, sent: bool
     ) -> TransportError:
-        detail = str(exc) or type(exc).__name__
+        detail = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
         return TransportError(
-            f"{request.method} {request.path}: {what}: {detail}",
+            f"{request.method} {request.url}: {what}: {detail}",
             method=request.method,
             path=request.path,
             sent=sent,
         )
+
+
+def _holds_no_request(exc: BaseException) -> bool:
+    """Whether ``exc`` and what it chains are safe to keep as a cause: aiohttp's
+    ``request_info`` (on ClientResponseError) carries our request headers, credential and all."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if hasattr(current, "request_info") or isinstance(current, aiohttp.ClientResponseError):
+            return False
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return True

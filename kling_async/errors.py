@@ -23,6 +23,7 @@ subclass of one. The tree::
     ├── ListUnavailableError          the base URL does not offer the list endpoint
     ├── TaskFailedError               the task ended with status ``failed``
     ├── WaitTimeoutError              a bounded wait ran out (also a ``TimeoutError``)
+    ├── SubmitTimeoutError            extend_many() ran out of time before a send (nothing sent)
     └── SessionClosedError            the session is closed (also a ``RuntimeError``)
 
     InvalidArgumentError (a ValueError): an argument failed validation before any I/O.
@@ -54,6 +55,7 @@ __all__ = [
     "RetryAfterTooLongError",
     "ServerError",
     "SessionClosedError",
+    "SubmitTimeoutError",
     "TaskFailedError",
     "TaskLimitError",
     "TransportError",
@@ -263,17 +265,59 @@ class TaskFailedError(KlingError):
 
 
 class WaitTimeoutError(KlingError, TimeoutError):
-    """A bounded wait ran out; the remote task keeps running and the handle stays usable."""
+    """A bounded wait ran out; the remote task keeps running and the handle stays usable.
 
-    def __init__(self, task_id: str, *, timeout: float, last: Task | None) -> None:
-        status = last.status.value if last is not None else "unknown"
-        super().__init__(
-            f"task {task_id} was still {status} after waiting {timeout:g} s; "
-            "it keeps running on the server and the handle can wait again"
-        )
+    ``task_id`` is the task a handle waited on; for `KlingSession.as_completed` it is None
+    and ``pending`` holds the ids of the tasks that had not finished.
+    """
+
+    def __init__(
+        self,
+        task_id: str | None,
+        *,
+        timeout: float,
+        last: Task | None,
+        pending: tuple[str, ...] = (),
+    ) -> None:
+        if task_id is not None:
+            status = last.status.value if last is not None else "unknown"
+            message = (
+                f"task {task_id} was still {status} after waiting {timeout:g} s; "
+                "it keeps running on the server and the handle can wait again"
+            )
+        else:
+            shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
+            message = (
+                f"{len(pending)} task(s) were still running after waiting {timeout:g} s "
+                f"({shown}); they keep running on the server and their handles can wait again"
+            )
+        super().__init__(message)
         self.task_id = task_id
         self.timeout = timeout
         self.last = last
+        self.pending = pending if pending or task_id is None else (task_id,)
+
+
+class SubmitTimeoutError(KlingError, TimeoutError):
+    """`KlingSession.extend_many`'s timeout ran out before this create was sent.
+
+    No task was made for ``request``: it is safe to submit it again. ``last_error`` is the
+    refusal it was waiting out (a 1303 or a 1302), if any.
+
+    Added in version 0.2.
+    """
+
+    def __init__(
+        self, *, request: ExtendRequest, timeout: float, last_error: KlingError | None
+    ) -> None:
+        why = f" (last refused: {last_error})" if last_error is not None else ""
+        super().__init__(
+            f"the create for video {request.video_id!r} was not sent within {timeout:g} s; "
+            f"nothing was sent, so it is safe to submit again{why}"
+        )
+        self.request = request
+        self.timeout = timeout
+        self.last_error = last_error
 
 
 class SessionClosedError(KlingError, RuntimeError):

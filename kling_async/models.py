@@ -17,7 +17,7 @@ import attrs
 
 from .errors import InvalidArgumentError
 
-__all__ = ["ExtendRequest", "Task", "TaskInfo", "TaskResult", "TaskStatus", "Video"]
+__all__ = ["ExtendRequest", "Task", "TaskInfo", "TaskResult", "TaskStatus", "Video", "check_text"]
 
 MAX_PROMPT_LENGTH = (
     2500  # api.md "Create body": prompt and negative_prompt, at most 2500 characters
@@ -74,6 +74,8 @@ class Video:
     id: str
     url: str = ""
     duration: float | None = None
+    watermark_url: str | None = None
+    """The watermarked copy, when the create asked for one (2026 API; versionadded 0.2)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -106,6 +108,8 @@ class Task:
     updated_at: dt.datetime | None = None
     info: TaskInfo = TaskInfo()
     result: TaskResult = TaskResult()
+    final_unit_deduction: str | None = None
+    """What the task cost in units, as the server spells it (2026 API; versionadded 0.2)."""
 
     @property
     def done(self) -> bool:
@@ -136,6 +140,16 @@ class Task:
 _Validator = Callable[[Any, Any, Any], None]
 
 
+def check_text(field: str, value: str) -> None:
+    """Refuse text that cannot travel as UTF-8 (lone surrogates) before anything is sent."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            field, f"is not valid Unicode text (a lone surrogate at position {exc.start})"
+        ) from None
+
+
 def _check_text(field: str, max_length: int | None) -> _Validator:
     def check(_instance: object, _attribute: object, value: object) -> None:
         if value is None:
@@ -146,6 +160,7 @@ def _check_text(field: str, max_length: int | None) -> _Validator:
             raise InvalidArgumentError(
                 field, f"at most {max_length} characters allowed, got {len(value)}"
             )
+        check_text(field, value)
 
     return check
 
@@ -158,6 +173,7 @@ def _check_id(field: str, *, required: bool) -> _Validator:
             raise TypeError(f"{field} must be a str, not {type(value).__name__}")
         if not value.strip():
             raise InvalidArgumentError(field, "must not be empty")
+        check_text(field, value)
 
     return check
 
@@ -176,9 +192,21 @@ def _check_callback_url(_instance: Any, _attribute: Any, value: Any) -> None:
         return
     if not isinstance(value, str):
         raise TypeError(f"callback_url must be a str, not {type(value).__name__}")
-    parsed = urllib.parse.urlsplit(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    check_text("callback_url", value)
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        parsed.port  # noqa: B018  # raises for ":abc" and ports past 65535
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            "callback_url", f"is not a valid URL ({exc}): {value!r}"
+        ) from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise InvalidArgumentError("callback_url", f"must be an http(s) URL, got {value!r}")
+
+
+def _check_watermark(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"watermark must be a bool, not {type(value).__name__}")
 
 
 @attrs.frozen(kw_only=True)
@@ -209,3 +237,5 @@ class ExtendRequest:
         default=None,
         validator=_check_id("external_task_id", required=False),
     )
+    watermark: bool | None = attrs.field(default=None, validator=_check_watermark)
+    """Ask for a watermarked copy too; sent as ``watermark_info`` (2026 API, versionadded 0.2)."""

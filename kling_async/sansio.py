@@ -109,11 +109,23 @@ def create_request(base_url: str, request: ExtendRequest) -> HTTPRequest:
 
 
 def query_request(base_url: str, task_id: str) -> HTTPRequest:
-    """``GET /v1/videos/video-extend/{id}``: the id may be a task id or an external task id."""
-    if not (task_id.isascii() and task_id.isalnum()):  # ids are opaque: quote what needs it
-        task_id = urllib.parse.quote(task_id, safe="")
+    """``GET /v1/videos/video-extend/{id}``: the id may be a task id or an external task id.
+
+    Ids are opaque: what is not unreserved is percent-encoded, and so is an id of dots, so
+    that ``..`` or ``a/b`` reach the server as one literal path segment, never another
+    endpoint. The URL is sent exactly as built (the transport does not requote).
+    """
+    if not (task_id.isascii() and task_id.isalnum()):
+        task_id = _quote_segment(task_id)
     path = f"{EXTEND_PATH}/{task_id}"
     return HTTPRequest("GET", base_url + path, path, _JSON_HEADERS)
+
+
+def _quote_segment(text: str) -> str:
+    quoted = urllib.parse.quote(text, safe="")  # UTF-8; "/" too
+    if quoted in (".", ".."):  # a dot segment would be resolved away by any URL library
+        quoted = quoted.replace(".", "%2E")
+    return quoted
 
 
 def list_request(base_url: str, page: int, page_size: int) -> HTTPRequest:
@@ -273,7 +285,6 @@ def _int_code(code: object) -> int | None:
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,9}")  # business codes are small; int() caps long strings
-_EMBEDDED = re.compile(r"\{.*\}", re.DOTALL)
 
 
 def _envelope_error(
@@ -306,11 +317,13 @@ def _envelope_error(
 
 
 def _embedded_kling_error(message: str) -> tuple[int, str, str | None] | None:
-    match = _EMBEDDED.search(message)
-    if match is None:
+    # From the first "{" to the last "}": found in linear time (a regex like \{.*\} would
+    # take quadratic time on a message full of braces, and a message may be megabytes).
+    start, end = message.find("{"), message.rfind("}")
+    if start < 0 or end < start:
         return None
     try:
-        inner = json.loads(match.group(0))
+        inner = json.loads(message[start : end + 1])
     except (ValueError, RecursionError):
         return None
     if not isinstance(inner, dict):

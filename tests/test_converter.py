@@ -7,6 +7,7 @@ import json
 import pathlib
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -131,15 +132,21 @@ def test_query_unknown_status_is_kept() -> None:
     assert expected == (task.status.value, task.status.known, task.done, task.parent_video)
 
 
-def test_query_with_newer_fields_ignores_what_it_does_not_use() -> None:
-    """``watermark_info``, ``watermark_url`` and ``final_unit_deduction`` are ignored."""
+def test_query_with_newer_fields_reads_watermark_url_and_deduction() -> None:
+    """2026 fields: ``watermark_url`` and ``final_unit_deduction`` are read, the rest ignored."""
+    watermarked = attrs.evolve(
+        RESULT,
+        watermark_url="https://cdn.klingai.com/bs2/upload-kling-api/4852135741/extendvideo/"
+        "CjjdLmgHPbcAAAAAAYEfqA-0_watermark_video_1.mp4",
+    )
     expected = Task(
         task_id=TASK_ID,
         status=TaskStatus.SUCCEED,
         created_at=CREATED,
         updated_at=dt.datetime(2025, 11, 6, 9, 8, 9, 31000, tzinfo=UTC),
         info=TaskInfo(parent_video=PARENT, external_task_id="order-2025-11-06-0042"),
-        result=TaskResult(videos=(RESULT,)),
+        result=TaskResult(videos=(watermarked,)),
+        final_unit_deduction="2",
     )
     assert expected == sansio.parse_task(ok(sample("query_newer_fields.json")), NOW)
 

@@ -450,13 +450,17 @@ async def test_progression_by_time_with_fake_clock(http: aiohttp.ClientSession) 
         assert (await query(http, emu.base_url, task_id)).body["data"]["task_status"] == "succeed"
 
 
-async def test_list_does_not_advance_tasks(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
-    """Listing tasks neither advances their status nor counts as a poll."""
+async def test_a_list_page_counts_as_a_look_at_each_task_on_it(
+    emu: KlingEmulator, http: aiohttp.ClientSession
+) -> None:
+    """A list page advances the tasks it shows as a query would (list refresh is a poll)."""
     task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
+    statuses = []
     for _ in range(3):
         listed = await call(http, "GET", emu.base_url + EXTEND)
-        assert listed.body["data"][0]["task_status"] == "submitted"
-    assert emu.tasks[task_id].polls == 0
+        statuses.append(listed.body["data"][0]["task_status"])
+    assert ["submitted", "processing", "succeed"] == statuses
+    assert 3 == emu.tasks[task_id].polls
 
 
 async def test_manual_control(http: aiohttp.ClientSession) -> None:

@@ -24,6 +24,7 @@ from kling_async import (
     sansio,
 )
 from kling_async._policies import Action, classify, parse_retry_after
+from kling_async._watch import Schedule
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2025, 11, 6, 9, 10, tzinfo=UTC)
@@ -66,13 +67,19 @@ def test_retry_policy_defaults() -> None:
 
 
 def test_poll_policy_defaults() -> None:
-    """The defaults suit a 30 s to 4 minute job: 2 s, growing 1.5 times up to 15 s, 10 % jitter."""
+    """The defaults suit a 30 s to 4 minute job: sparse before 30 s, every 2.75 s (1.75 s by
+    list) up to 240 s, then up to 15 s apart; 10 % jitter; learning on."""
     policy = PollPolicy()
-    assert (2.0, 1.5, 15.0, 0.1) == (
+    assert (10.0, 2.0, 2.75, 1.75, 30.0, 240.0, 15.0, 0.1, True) == (
         policy.first_delay,
         policy.growth,
+        policy.interval,
+        policy.list_interval,
+        policy.min_duration,
+        policy.max_duration,
         policy.max_delay,
         policy.jitter,
+        policy.learn,
     )
 
 
@@ -113,6 +120,10 @@ def test_retry_policy_rejects_bad_values(kwargs: dict[str, Any]) -> None:
         {"growth": 0.99},
         {"max_delay": -0.5},
         {"jitter": 2},
+        {"interval": math.nan},
+        {"list_interval": -1},
+        {"min_duration": True},
+        {"max_duration": 10},
     ],
     ids=repr,
 )
@@ -126,8 +137,11 @@ def test_poll_policy_rejects_bad_values(kwargs: dict[str, Any]) -> None:
 def test_policies_accept_boundary_values() -> None:
     """Zero delays, growth 1, jitter 0 or 1, one attempt and no time budget are all valid."""
     retry = RetryPolicy(attempts=1, total_time=0, first_delay=0, growth=1, max_delay=0, jitter=1)
-    poll = PollPolicy(first_delay=0, growth=1, max_delay=0, jitter=0)
-    assert (1, 0.0) == (retry.attempts, poll.delay(1, random.Random(0)))
+    poll = PollPolicy(
+        first_delay=0, growth=1, interval=0, min_duration=0, max_duration=0, max_delay=0, jitter=0
+    )
+    delay = Schedule(poll).delay(0.0, listed=False, rng=random.Random(0))
+    assert (1, 0.0) == (retry.attempts, delay)
 
 
 def test_policies_are_frozen_keyword_only_values() -> None:
@@ -150,12 +164,32 @@ def test_retry_backoff_grows_and_is_capped_without_jitter() -> None:
     assert [0.5, 1.0, 2.0, 3.0, 3.0] == [policy.backoff(n, rng) for n in range(1, 6)]
 
 
-def test_poll_delays_grow_and_are_capped_without_jitter() -> None:
-    """Poll delays follow the same rule: 2, 3, 4.5, 6.75, ... up to 15 s."""
-    policy = PollPolicy(jitter=0)
+def test_poll_delays_follow_the_window_without_jitter() -> None:
+    """Sparse before the window (ages 10, 20, 30), dense in it, spacing out to 15 s past it."""
+    schedule = Schedule(PollPolicy(jitter=0))
     rng = random.Random(0)
-    delays = [policy.delay(n, rng) for n in range(1, 9)]
-    assert [2.0, 3.0, 4.5, 6.75, 10.125, 15.0, 15.0, 15.0] == delays
+    ages = [0, 5, 10, 20, 30, 100, 239, 300, 1000]
+    delays = [schedule.delay(age, listed=False, rng=rng) for age in ages]
+    assert [10.0, 5.0, 10.0, 10.0, 2.75, 2.75, 2.75, 8.75, 15.0] == delays
+    assert 1.75 == schedule.delay(100, listed=True, rng=rng)
+
+
+def test_the_schedule_learns_the_window_from_tasks_seen_succeed() -> None:
+    """Three successes of 100-120 s move the dense window to about 87-150 s."""
+    schedule = Schedule(PollPolicy(jitter=0))
+    for seconds in (100, 110, 120):
+        schedule.observe(seconds)
+    start, end = schedule.window()
+    assert (87.25, 150.0) == (start, end)
+    assert 10.0 == schedule.delay(30, listed=False, rng=random.Random(0))  # early: sparse
+
+
+def test_the_schedule_does_not_learn_when_told_not_to() -> None:
+    """``learn=False`` keeps the policy's window whatever the session sees."""
+    schedule = Schedule(PollPolicy(learn=False))
+    for seconds in (100, 110, 120):
+        schedule.observe(seconds)
+    assert (30.0, 240.0) == schedule.window()
 
 
 def test_jitter_shortens_each_wait_by_at_most_its_fraction() -> None:
@@ -170,9 +204,9 @@ def test_jitter_shortens_each_wait_by_at_most_its_fraction() -> None:
 
 def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
     """The randomness is injected: the same seed gives the same waits."""
-    policy = PollPolicy()
-    first = [policy.delay(n, random.Random(7)) for n in range(1, 6)]
-    again = [policy.delay(n, random.Random(7)) for n in range(1, 6)]
+    schedule = Schedule(PollPolicy())
+    first = [schedule.delay(n * 20, listed=False, rng=random.Random(7)) for n in range(1, 6)]
+    again = [schedule.delay(n * 20, listed=False, rng=random.Random(7)) for n in range(1, 6)]
     assert first == again
 
 
@@ -190,9 +224,10 @@ def test_backoff_stays_between_zero_and_the_cap(
 ) -> None:
     """For any valid policy and any attempt number the wait is a number in [0, max_delay]."""
     retry = RetryPolicy(first_delay=first, growth=growth, max_delay=cap, jitter=jitter)
+    assert 0 <= retry.backoff(n, random.Random(seed)) <= cap
     poll = PollPolicy(first_delay=first, growth=growth, max_delay=cap, jitter=jitter)
-    for wait in (retry.backoff(n, random.Random(seed)), poll.delay(n, random.Random(seed))):
-        assert 0 <= wait <= cap
+    wait = Schedule(poll).delay(float(n), listed=False, rng=random.Random(seed))
+    assert 0 <= wait <= max(cap, poll.interval, poll.min_duration)
 
 
 def test_slot_delay_is_capped_by_task_slot_delay() -> None:
@@ -207,9 +242,12 @@ def test_slot_delay_is_capped_by_task_slot_delay() -> None:
 
 def test_instant_poll_policy_never_waits() -> None:
     """``PollPolicy.instant()`` polls again at once, however many polls."""
-    policy = PollPolicy.instant()
+    schedule = Schedule(PollPolicy.instant())
     rng = random.Random(0)
-    assert [0.0] * 50 == [policy.delay(n, rng) for n in range(1, 51)]
+    for seconds in (1, 2, 3):
+        schedule.observe(seconds)  # learning is off too
+    delays = [schedule.delay(n, listed=n % 2 == 0, rng=rng) for n in range(50)]
+    assert [0.0] * 50 == delays
 
 
 def test_instant_retry_policy_never_waits() -> None:

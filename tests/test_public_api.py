@@ -32,6 +32,7 @@ EXPECTED_ALL = {
     "ServerError",
     "SessionClosedError",
     "SessionStatistics",
+    "SubmitTimeoutError",
     "Task",
     "TaskFailedError",
     "TaskHandle",

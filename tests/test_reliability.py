@@ -290,7 +290,7 @@ async def test_logs_carry_the_facts_and_never_a_secret(
     tokens = {r.headers.get("Authorization", "").removeprefix("Bearer ") for r in emu.requests}
     secrets = {emu.secret_key, emu.api_key, *tokens} - {""}
     text = "\n".join(record.getMessage() for record in caplog.records)
-    assert "GET /v1/videos/video-extend/" in text
+    assert f"GET {emu.base_url}/v1/videos/video-extend/" in text  # the full URL
     assert f"task_id={handle.task_id}" in text
     assert re.search(r"request_id=[0-9a-f-]{36}", text)
     assert "attempt 2" in text

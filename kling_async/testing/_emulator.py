@@ -265,7 +265,8 @@ class KlingEmulator:
     (``Bearer <api_key>``) and an official HS256 JWT (``iss`` = `access_key`, signed with
     `secret_key`) are accepted.
 
-    Tasks advance when queried: `polls_to_start` queries show ``submitted``, the next
+    Tasks advance when a client looks at them (a query, or a list page that holds them):
+    `polls_to_start` looks show ``submitted``, the next
     `polls_to_finish` queries show ``processing``, later ones the final status (``succeed``, or
     ``failed`` for videos passed to `fail_video`). With `step_seconds` they advance by time
     instead (measured with `clock`). `auto_advance=False` leaves them to `set_status`.
@@ -635,6 +636,11 @@ class KlingEmulator:
         task = self._find(ident)
         if task is None:
             raise _BadRequest(404, 1203, f"task {ident} does not exist")
+        self._observe(task)
+        return _success(task.to_json())
+
+    def _observe(self, task: EmulatedTask) -> None:
+        """A client saw the task (a query, or a list page that holds it): advance it."""
         before = task.polls
         task.polls += 1
         if self.auto_advance and not task.manual:
@@ -647,14 +653,16 @@ class KlingEmulator:
             else:
                 stage = 0
             self._advance(task, stage)
-        return _success(task.to_json())
 
     def _list(self, query: Mapping[str, str]) -> _Reply:
         page_num = _page_param(query, "pageNum", 1, 1000)
         page_size = _page_param(query, "pageSize", 30, 500)
         newest_first = list(reversed(self.tasks.values()))
         start = (page_num - 1) * page_size
-        return _success([t.to_json() for t in newest_first[start : start + page_size]])
+        page = newest_first[start : start + page_size]
+        for task in page:
+            self._observe(task)
+        return _success([t.to_json() for t in page])
 
     # ------------------------------------------------------------------ task progression
 
