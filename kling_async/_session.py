@@ -163,6 +163,7 @@ class KlingSession:
     async def __aenter__(self) -> KlingSession:
         if self._wire.state != "unopened":
             raise RuntimeError(f"a KlingSession can be opened once; this one is {self._wire.state}")
+        self._wire.running_loop()  # before aiohttp, which fails obscurely without asyncio
         transport_http = self._borrowed
         try:
             if transport_http is None:

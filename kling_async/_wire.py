@@ -76,15 +76,20 @@ class Wire:
 
     # -- lifetime -------------------------------------------------------------------------
 
-    def open(self, transport: Transport) -> None:
-        """Bind to the running asyncio loop (the SDK runs on asyncio: aiohttp needs it)."""
+    @staticmethod
+    def running_loop() -> asyncio.AbstractEventLoop:
+        """The running asyncio loop, or a clear RuntimeError (under trio, say)."""
         try:
-            loop = asyncio.get_running_loop()
+            return asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
                 "kling_async runs on asyncio (aiohttp needs it): open the session inside "
                 "asyncio.run(...), or anyio.run(..., backend='asyncio'); trio is not supported"
             ) from None
+
+    def open(self, transport: Transport) -> None:
+        """Bind to the running asyncio loop (the SDK runs on asyncio: aiohttp needs it)."""
+        loop = self.running_loop()
         self._loop = loop
         self.clock = loop.time  # anyio's deadlines are on this clock, not time.monotonic()
         self._transport = transport
@@ -115,7 +120,7 @@ class Wire:
     def check_open(self) -> None:
         """Raise unless the session is open and used from the loop it was opened on."""
         if self.state == _OPEN:
-            if asyncio.get_running_loop() is not self._loop:
+            if self.running_loop() is not self._loop:
                 raise RuntimeError(
                     "this KlingSession was opened in another event loop; a session (like its "
                     "aiohttp session) works only in the loop that opened it"
