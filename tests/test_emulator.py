@@ -838,8 +838,7 @@ def test_fault_values() -> None:
 
 
 async def test_inject_and_count_validate(emu: KlingEmulator) -> None:
-    """inject refuses unknown routes, kinds foreign to the route and times=0; count refuses
-    unknown route names."""
+    """inject refuses unknown routes, non-faults and times=0; count refuses unknown routes."""
     with pytest.raises(ValueError, match="route"):
         emu.inject(Fault.drop(), route="other")
     with pytest.raises(ValueError, match="times"):
