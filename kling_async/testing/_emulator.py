@@ -1042,7 +1042,7 @@ class KlingEmulator:
     ) -> None:
         task.status = status
         task.status_message = message
-        now_ms = self._now_ms() if at is None else int(at * 1000)
+        now_ms = self._now_ms() if at is None else round(at * 1000)
         task.updated_at_ms = max(now_ms, task.created_at_ms)
         if status in _RUNNING:
             self._running.add(task.task_id)
