@@ -289,12 +289,11 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
             return False
         return max(size - suffix, 0), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None
     if first >= size:
         return False
-    return first, min(last, size - 1)
+    return first, size - 1 if not last_text else min(int(last_text), size - 1)
 
 
 def _optional_text(body: Mapping[str, Any], name: str) -> str | None:
