@@ -680,6 +680,26 @@ async def test_truncated(emu: KlingEmulator, http: aiohttp.ClientSession) -> Non
     assert emu.requests[-1].status == 200
 
 
+async def test_cut_on_create(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A cut create reply makes the task, then breaks off mid-body: a payload error."""
+    emu.inject(Fault.cut(), route="create")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await create(http, emu.base_url)
+    assert (1, 200) == (len(emu.tasks), emu.requests[-1].status)
+
+
+async def test_chunked_on_query(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A chunked query reply has no Content-Length and the normal body."""
+    task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
+    emu.inject(Fault.chunked(), route="query")
+    reply = await query(http, emu.base_url, task_id)
+    assert (None, "chunked", task_id) == (
+        reply.headers.get("Content-Length"),
+        reply.headers.get("Transfer-Encoding"),
+        reply.body["data"]["task_id"],
+    )
+
+
 async def test_delay(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
     """A delay fault holds the reply at least that long, then processes normally."""
     emu.inject(Fault.delay(0.05), route="create")

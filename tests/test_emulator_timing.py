@@ -178,3 +178,20 @@ async def test_twelve_hundred_timed_tasks(http: aiohttp.ClientSession) -> None:
             (status, [t["task_status"] for t in listed].count(status))
             for status in {"processing", "succeed"}
         )
+
+
+async def test_a_restarted_emulator_keeps_ticking(http: aiohttp.ClientSession) -> None:
+    """After close() and start(), time-driven tasks still advance in the background."""
+    clock = FakeClock()
+    emu = KlingEmulator(task_seconds=lambda task: (0.0, 1.0))
+    emu.clock = clock
+    await emu.start()
+    try:
+        await create(http, emu.base_url)
+    finally:
+        await emu.close()
+    clock.now += 2
+    async with emu:
+        await until(lambda: ["succeed"] == [t.status for t in emu.tasks.values()])
+        (task,) = emu.tasks.values()
+        assert task.media_base_url == emu.media_url

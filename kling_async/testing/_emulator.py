@@ -505,6 +505,8 @@ class KlingEmulator:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_CALLBACK_TIMEOUT))
         for task in self.tasks.values():
             task.media_base_url = self._media_url
+        if self._deadlines:  # restarted with time-driven tasks still running
+            self._start_ticker()
 
     async def _serve_on(self, port: int, *, media: bool) -> str:
         app = web.Application()
@@ -1000,6 +1002,10 @@ class KlingEmulator:
         task.finishes_at = task.starts_at + working
         heapq.heappush(self._deadlines, (task.starts_at, 1, task.index, task.task_id))
         heapq.heappush(self._deadlines, (task.finishes_at, 2, task.index, task.task_id))
+        self._start_ticker()
+
+    def _start_ticker(self) -> None:
+        """Run the background ticker while there are deadlines and the emulator serves."""
         if self._ticker is None and self._closing is not None and not self._closing.is_set():
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
@@ -1146,7 +1152,7 @@ class KlingEmulator:
             ) as response:
                 await response.read()
                 return response.status, None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except Exception as exc:  # any failure is the receiver's problem: note it, go on
             return None, f"{type(exc).__name__}: {exc}"
 
     def _record_callback(self, callback: _Callback, status: int | None, error: str | None) -> None:
