@@ -142,8 +142,10 @@ def _envelope(
     *,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> _Reply:
-    """A Kling error reply: ``{code, message, request_id}`` without ``data`` (api.md "Error
-    bodies"; only gateways add ``data: null``)."""
+    """A Kling error reply: ``{code, message, request_id}``, without ``data``.
+
+    api.md "Error bodies": only gateways add ``data: null`` (see `Fault.gateway`).
+    """
     body = {
         "code": code,
         "message": _MESSAGES.get(code, "Error") if message is None else message,
@@ -240,8 +242,10 @@ def _path_segments(raw_target: str) -> tuple[str, list[str]]:
 
 
 def _classify(method: str, segments: list[str]) -> tuple[str, str | None, bool]:
-    """Map decoded path segments to a route, the task id or media name, and whether the path
-    lies under ``/v1`` (or ``/kling/v1``), where credentials are checked before routing."""
+    """Map decoded path segments to ``(route, task id or media name, under /v1)``.
+
+    Kling checks credentials before routing on everything under ``/v1`` (or ``/kling/v1``).
+    """
     if segments[:1] == ["kling"]:
         segments = segments[1:]
     under_v1 = segments[:1] == ["v1"]
@@ -262,8 +266,10 @@ def _classify(method: str, segments: list[str]) -> tuple[str, str | None, bool]:
 
 @functools.lru_cache(maxsize=32)
 def _media_content(video_id: str, size: int) -> bytes:
-    """Deterministic bytes for a video: an MP4 ``ftyp`` box, then an ``mdat`` box whose payload
-    is SHAKE-256 of the id, `size` bytes in all."""
+    """Deterministic bytes for a video, `size` in all.
+
+    An MP4 ``ftyp`` box, then an ``mdat`` box whose payload is SHAKE-256 of the id.
+    """
     ftyp = (24).to_bytes(4, "big") + b"ftypmp42" + bytes(4) + b"mp42isom"
     mdat = max(size - len(ftyp), 0).to_bytes(4, "big") + b"mdat"
     head = ftyp + mdat
@@ -274,9 +280,10 @@ def _media_content(video_id: str, size: int) -> bytes:
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
-    """``(first, last)`` of a single ``bytes=`` range; False when it cannot be satisfied;
-    None when the header is not one we honour (then the whole body is sent, as RFC 9110
-    allows)."""
+    """The ``(first, last)`` bytes of a single ``bytes=`` range, or False if unsatisfiable.
+
+    None when the header is not one we honour: then the whole body is sent, as RFC 9110 allows.
+    """
     match = _RANGE.fullmatch(header)
     if match is None:
         return None
@@ -1028,8 +1035,11 @@ class KlingEmulator:
                 self._advance(task, stage)
 
     def _advance(self, task: EmulatedTask, stage: int) -> None:
-        """Move an automatic task up to `stage`, through each status on the way (each change
-        is a callback); time-driven changes carry their scheduled time as updated_at."""
+        """Move an automatic task up to `stage`, through each status on the way.
+
+        Each change sends its callback; time-driven changes carry their scheduled time as
+        updated_at.
+        """
         current = _STAGES.get(task.status)
         if current is None or stage <= current:
             return
@@ -1139,8 +1149,10 @@ class KlingEmulator:
             self._record_callback(callback, status, error)
 
     async def _post(self, callback: _Callback) -> tuple[int | None, str | None]:
-        """Send the bare task object, unsigned, as Kling does; the receiver's status or why
-        there was none."""
+        """Send the bare task object, unsigned, as Kling does.
+
+        Returns the receiver's HTTP status, or None and why there was none.
+        """
         session = self._http
         if session is None or session.closed:
             return None, "the emulator is not running"

@@ -1,5 +1,4 @@
-"""What the emulator remembers: the requests it received, the callbacks it attempted and the
-tasks it created."""
+"""What the emulator remembers: requests received, callbacks attempted, tasks created."""
 
 from __future__ import annotations
 
@@ -67,8 +66,9 @@ class RecordedCallback:
 
 @attrs.define(kw_only=True)
 class EmulatedTask:
-    """A video-extend task held by the emulator; `to_json()` is what query, list and callbacks
-    carry.
+    """A video-extend task held by the emulator; `to_json()` is its Kling task object.
+
+    Query, list and callbacks all carry that same object.
 
     `index` is the task's position in creation order (0 for the first). `manual` becomes True
     once `KlingEmulator.set_status` touched the task: from then on only further `set_status`
@@ -107,8 +107,11 @@ class EmulatedTask:
 
     @property
     def final_unit_deduction(self) -> str | None:
-        """The units charged: `unit_deduction` once succeeded, ``"0"`` while running or after
-        a failure; None (the field left out) for an unfinished task of the older shape."""
+        """The ``final_unit_deduction`` of the task object, None when it is left out.
+
+        `unit_deduction` once succeeded, ``"0"`` after a failure and while a task created with
+        ``watermark_info`` runs; left out while a task of the older shape runs.
+        """
         if self.status == "succeed":
             return self.unit_deduction
         if self.status == "failed" or self.watermark is not None:
