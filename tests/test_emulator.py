@@ -7,19 +7,18 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import attrs
 import pytest
-from aiohttp import web
 
 from kling_async.testing import EmulatedTask, Fault, KlingEmulator, RecordedRequest
 
@@ -125,38 +124,16 @@ async def emu() -> AsyncIterator[KlingEmulator]:
         yield emulator
 
 
-@asynccontextmanager
-async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A tiny callback receiver on loopback: yields its URL and the bodies it got."""
-    got: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", got
-    finally:
-        await runner.cleanup()
-
-
 def assert_envelope(reply: Reply, status: int, code: int) -> None:
+    """Kling's envelope: success carries `data`; an error is {code, message, request_id}."""
     assert reply.status == status, reply.body
     assert reply.content_type == "application/json"
-    assert set(reply.body) == {"code", "message", "request_id", "data"}
+    keys = {"code", "message", "request_id"}
+    assert (keys | {"data"} if code == 0 else keys) == set(reply.body)
     assert reply.body["code"] == code, reply.body
     assert isinstance(reply.body["message"], str)
     assert reply.body["message"]
     assert len(reply.body["request_id"]) == 36
-    if code != 0:
-        assert reply.body["data"] is None
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -191,7 +168,7 @@ async def test_create_and_query_shapes(emu: KlingEmulator, http: aiohttp.ClientS
         "task_info": {
             "parent_video": {
                 "id": "827942411241803822",
-                "url": f"{emu.base_url}/media/827942411241803822.mp4",
+                "url": f"{emu.media_url}/media/827942411241803822.mp4",
                 "duration": "5.0",
             }
         },
@@ -240,11 +217,12 @@ async def test_unknown_route_is_1202(emu: KlingEmulator, http: aiohttp.ClientSes
 
 async def test_media_route_needs_no_auth(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
     """Media URLs serve an MP4 (with an ftyp box) and need no Authorization header."""
-    reply = await call(http, "GET", emu.base_url + "/media/123.mp4", headers={})
-    assert reply.status == 200
-    assert reply.content_type == "video/mp4"
-    assert reply.raw[4:8] == b"ftyp"
-    assert emu.count("media") == 1
+    for origin in (emu.media_url, emu.base_url):
+        reply = await call(http, "GET", origin + "/media/123.mp4", headers={})
+        assert reply.status == 200
+        assert reply.content_type == "video/mp4"
+        assert reply.raw[4:8] == b"ftyp"
+    assert emu.count("media") == 2
 
 
 # ---------------------------------------------------------------------------- auth
@@ -404,7 +382,7 @@ async def test_progression_by_polls(emu: KlingEmulator, http: aiohttp.ClientSess
     final = seen[-1]
     (video,) = final["task_result"]["videos"]
     assert video["duration"] == "9.1"
-    assert video["url"] == f"{emu.base_url}/media/{video['id']}.mp4"
+    assert video["url"] == f"{emu.media_url}/media/{video['id']}.mp4"
     assert final["task_status_msg"] == ""
     assert final["updated_at"] >= final["created_at"]
     assert emu.tasks[task_id].polls == 4
@@ -706,6 +684,26 @@ async def test_truncated(emu: KlingEmulator, http: aiohttp.ClientSession) -> Non
     assert emu.requests[-1].status == 200
 
 
+async def test_cut_on_create(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A cut create reply makes the task, then breaks off mid-body: a payload error."""
+    emu.inject(Fault.cut(), route="create")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await create(http, emu.base_url)
+    assert (1, 200) == (len(emu.tasks), emu.requests[-1].status)
+
+
+async def test_chunked_on_query(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
+    """A chunked query reply has no Content-Length and the normal body."""
+    task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
+    emu.inject(Fault.chunked(), route="query")
+    reply = await query(http, emu.base_url, task_id)
+    assert (None, "chunked", task_id) == (
+        reply.headers.get("Content-Length"),
+        reply.headers.get("Transfer-Encoding"),
+        reply.body["data"]["task_id"],
+    )
+
+
 async def test_delay(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
     """A delay fault holds the reply at least that long, then processes normally."""
     emu.inject(Fault.delay(0.05), route="create")
@@ -850,76 +848,53 @@ def test_fault_values() -> None:
         Fault.http(429, retry_after=-1)
     with pytest.raises(TypeError):
         Fault.raw(200, "text")  # type: ignore[arg-type]
+    assert repr(Fault.cut(after=10)) == "Fault.cut(after=10)"
+    assert Fault.cut() == Fault.cut()
+    assert Fault.callback_delayed(2).seconds == 2.0
+    assert [Fault.chunked().processes_request, Fault.callback_lost().processes_request] == [
+        True,
+        False,
+    ]
+    with pytest.raises(ValueError, match="after"):
+        Fault.cut(after=-1)
+    with pytest.raises(ValueError, match="seconds"):
+        Fault.callback_delayed(math.inf)
 
 
 async def test_inject_and_count_validate(emu: KlingEmulator) -> None:
-    """inject refuses non-injectable routes and times=0; count refuses unknown route names."""
+    """inject refuses unknown routes, non-faults and times=0; count refuses unknown routes."""
     with pytest.raises(ValueError, match="route"):
-        emu.inject(Fault.drop(), route="media")
+        emu.inject(Fault.drop(), route="other")
     with pytest.raises(ValueError, match="times"):
         emu.inject(Fault.drop(), times=0)
     with pytest.raises(ValueError, match="route"):
         emu.count("creates")
+    with pytest.raises(TypeError):
+        emu.inject("drop")  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------------------- callbacks
-
-
-async def test_callbacks_follow_status_changes(http: aiohttp.ClientSession) -> None:
-    """Each status change POSTs the task object to callback_url, set_status changes included."""
-    async with receiver() as (url, got), KlingEmulator() as emu:
-        task_id = (await create(http, emu.base_url, callback_url=url)).body["data"]["task_id"]
-        for _ in range(3):
-            await query(http, emu.base_url, task_id)
-        await emu.drain_callbacks()
-        assert [b["task_status"] for b in got] == ["processing", "succeed"]
-        assert got[-1] == emu.tasks[task_id].to_json()
-        assert emu.callbacks == [(url, b) for b in got]
-        emu.set_status(task_id, "failed", message="late")
-        await emu.drain_callbacks()
-        assert got[-1]["task_status_msg"] == "late"
-
-
-async def test_callbacks_by_time_without_polls(http: aiohttp.ClientSession) -> None:
-    """Time-driven progress fires callbacks without any polls, and close delivers them."""
-    clock = FakeClock()
-    async with receiver() as (url, got):
-        async with KlingEmulator(step_seconds=10) as emu:
-            emu.clock = clock
-            await create(http, emu.base_url, callback_url=url)
-            clock.now += 25
-            for _ in range(200):  # the background ticker notices the new time
-                if len(got) == 1:
-                    break
-                await asyncio.sleep(0.01)
-        # closing the emulator delivered everything
-        assert [b["task_status"] for b in got] == ["succeed"]
-
-
-async def test_callback_failures_are_ignored(http: aiohttp.ClientSession) -> None:
-    """A callback to an unreachable URL is recorded and does not break the emulator."""
-    async with receiver() as (url, _):
-        dead_url = url  # closed below: connection refused
-    async with KlingEmulator(polls_to_start=0, polls_to_finish=0) as emu:
-        task_id = (await create(http, emu.base_url, callback_url=dead_url)).body["data"]["task_id"]
-        await query(http, emu.base_url, task_id)
-        await emu.drain_callbacks()
-        assert [(u, b["task_status"]) for u, b in emu.callbacks] == [(dead_url, "succeed")]
-
-
-async def test_close_awaits_pending_callbacks(http: aiohttp.ClientSession) -> None:
-    """close() delivers pending callbacks before returning and is idempotent."""
-    async with receiver() as (url, got):
-        emu = KlingEmulator(auto_advance=False)
-        await emu.start()
-        try:
-            task_id = (await create(http, emu.base_url, callback_url=url)).body["data"]["task_id"]
-            emu.set_status(task_id, "processing")
-            emu.set_status(task_id, "succeed")
-        finally:
-            await emu.close()
-        assert [b["task_status"] for b in got] == ["processing", "succeed"]
-        await emu.close()  # idempotent
+@pytest.mark.parametrize(
+    ("fault", "route"),
+    [
+        (Fault.range_ignored(), "create"),
+        (Fault.range_ignored(), "any"),
+        (Fault.callback_lost(), "query"),
+        (Fault.callback_lost(), "media"),
+        (Fault.business(1303), "media"),
+        (Fault.gateway(), "media"),
+        (Fault.reply_lost(), "media"),
+        (Fault.drop(), "callback"),
+        (Fault.http(500), "callback"),
+    ],
+    ids=repr,
+)
+async def test_inject_refuses_kinds_foreign_to_the_route(
+    emu: KlingEmulator, fault: Fault, route: str
+) -> None:
+    """A fault kind that means nothing on a route cannot be injected there."""
+    with pytest.raises(ValueError, match="cannot be injected"):
+        emu.inject(fault, route=route)
+    assert emu.count("create") == 0
 
 
 # ---------------------------------------------------------------------------- log, load, plugin

@@ -38,7 +38,7 @@ async def test_awaiting_a_handle_returns_the_finished_task(
     assert task is handle.last
     assert task.video is not None
     assert isinstance(task.video.duration, float)
-    assert task.video.url.startswith(emu.base_url)
+    assert task.video.url.startswith(emu.media_url)
     assert task.created_at is not None
     assert dt.timezone.utc == task.created_at.tzinfo
 

@@ -367,7 +367,7 @@ async def test_callbacks_carry_the_task_object(emu: KlingEmulator, session: Klin
     finally:
         await runner.cleanup()
 
-    assert ["processing", "succeed"] == [body["task_status"] for body in received]
+    assert ["submitted", "processing", "succeed"] == [body["task_status"] for body in received]
     assert {handle.task_id} == {body["task_id"] for body in received}
 
 

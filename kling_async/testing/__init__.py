@@ -1,15 +1,16 @@
 """Test helpers for code that talks to Kling: an emulator of the video-extend API.
 
 `KlingEmulator` is a real HTTP server on loopback that answers like Kling (and like the
-gateways in front of it), with `Fault` injection, a log of `RecordedRequest` entries and the
-`EmulatedTask` objects it created. The pytest plugin (`kling_async.testing.pytest_plugin`)
-offers it as the ``kling_emulator`` fixture.
+gateways in front of it), with `Fault` injection on requests, media downloads and callbacks, a
+log of `RecordedRequest` and `RecordedCallback` entries, and the `EmulatedTask` objects it
+created. The pytest plugin (`kling_async.testing.pytest_plugin`) offers it as the
+``kling_emulator`` fixture.
 """
 
 from __future__ import annotations
 
 from kling_async.testing._emulator import KlingEmulator
 from kling_async.testing._fault import Fault
-from kling_async.testing._records import EmulatedTask, RecordedRequest
+from kling_async.testing._records import EmulatedTask, RecordedCallback, RecordedRequest
 
-__all__ = ["EmulatedTask", "Fault", "KlingEmulator", "RecordedRequest"]
+__all__ = ["EmulatedTask", "Fault", "KlingEmulator", "RecordedCallback", "RecordedRequest"]

@@ -1,50 +1,60 @@
 """A Kling video-extend server on loopback, with fault injection, for tests.
 
 `KlingEmulator` runs a real `aiohttp.web` server that answers like Kling (official paths and
-the gateway's ``/kling`` prefix), keeps every request and task for inspection, moves tasks
-through their statuses (by polls, by time, or by hand) and POSTs callbacks. It shares no code
-with the SDK on purpose: it is an independent peer to test the SDK against.
+the gateway's ``/kling`` prefix), keeps every request, callback and task for inspection, moves
+tasks through their statuses (by polls, by time, or by hand), POSTs callbacks and serves the
+result videos from a second loopback origin (the "media host"). It shares no code with the SDK
+on purpose: it is an independent peer to test the SDK against.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
+import hashlib
+import heapq
 import http
 import json
 import math
+import re
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import attrs
 from aiohttp import web
 
 from kling_async.testing._auth import check_authorization
-from kling_async.testing._fault import Fault
-from kling_async.testing._records import EmulatedTask, RecordedRequest
+from kling_async.testing._fault import API_KINDS, CALLBACK_KINDS, MEDIA_KINDS, Fault
+from kling_async.testing._records import EmulatedTask, RecordedCallback, RecordedRequest
 
 __all__ = ["KlingEmulator"]
 
-_BASE_PATH: Final = "/v1/videos/video-extend"
+_EXTEND_SEGMENTS: Final = ("v1", "videos", "video-extend")
 _GATEWAY_PREFIX: Final = "/kling"
 _ROUTES: Final = frozenset({"create", "query", "list", "media", "other"})
-_INJECT_ROUTES: Final = frozenset({"create", "query", "list", "any"})
 _API_ROUTES: Final = frozenset({"create", "query", "list"})
+_INJECT_ROUTES: Final = frozenset({"create", "query", "list", "any", "media", "callback"})
 _LIST_MODES: Final = frozenset({"ok", "404", "html"})
 _RUNNING: Final = frozenset({"submitted", "processing"})
+_FINAL: Final = frozenset({"succeed", "failed"})
 # Progress of an automatically advanced task: 0 submitted, 1 processing, 2 finished.
 _STAGES: Final = {"submitted": 0, "processing": 1, "succeed": 2, "failed": 2}
 _MAX_TEXT: Final = 2500
 _CALLBACK_TIMEOUT: Final = 10.0
 _SHUTDOWN_TIMEOUT: Final = 2.0
-_MEDIA_BYTES: Final = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 40
+# The background ticker wakes at the next deadline, but at least this often (a replaced clock
+# may jump at any time) and at most this often (no busy loop when deadlines pile up).
+_TICK_MAX: Final = 0.05
+_TICK_MIN: Final = 0.001
+_CHUNK: Final = 16 * 1024
 _NO_JSON: Final = object()
+_RANGE: Final = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
 
 _MESSAGES: Final = {
     1000: "Authentication failed",
@@ -70,6 +80,9 @@ _MESSAGES: Final = {
     5002: "Server internal timeout",
 }
 
+# Error codes of an object store in front of the media, as its XML error pages name them.
+_STORAGE_CODES: Final = {403: "AccessDenied", 404: "NoSuchKey", 410: "ObjectExpired"}
+
 _LIST_HTML_PAGE: Final = (
     b'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>API Gateway</title>'
     b"</head><body><noscript>You need to enable JavaScript to run this app.</noscript>"
@@ -94,8 +107,18 @@ class _Injection:
     remaining: int
 
 
+@attrs.frozen(kw_only=True)
+class _Callback:
+    """A callback waiting to be sent: where, what, and the fault it took."""
+
+    task_id: str
+    url: str
+    body: dict[str, Any]
+    fault: Fault | None
+
+
 class _BadRequest(Exception):
-    """A create body that fails validation; carries the HTTP status, code and message."""
+    """A request that fails validation; carries the HTTP status, code and message."""
 
     def __init__(self, status: int, code: int, message: str) -> None:
         super().__init__(message)
@@ -116,21 +139,24 @@ def _envelope(
     status: int,
     code: int,
     message: str | None = None,
-    data: Any = None,
     *,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> _Reply:
+    """A Kling error reply: ``{code, message, request_id}``, without ``data``.
+
+    api.md "Error bodies": only gateways add ``data: null`` (see `Fault.gateway`).
+    """
     body = {
         "code": code,
         "message": _MESSAGES.get(code, "Error") if message is None else message,
         "request_id": _new_request_id(),
-        "data": data,
     }
     return _Reply(status=status, body=_json_bytes(body), headers=headers)
 
 
 def _success(data: Any) -> _Reply:
-    return _envelope(200, 0, "SUCCEED", data)
+    body = {"code": 0, "message": "SUCCEED", "request_id": _new_request_id(), "data": data}
+    return _Reply(status=200, body=_json_bytes(body))
 
 
 def _reason(status: int) -> str:
@@ -149,15 +175,33 @@ def _nginx_page(status: int) -> bytes:
     ).encode("ascii")
 
 
-def _fault_reply(fault: Fault) -> _Reply:
+def _storage_error(status: int, message: str | None) -> bytes:
+    code = _STORAGE_CODES.get(status, _reason(status).replace(" ", ""))
+    text = _reason(status) if message is None else message
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{text}</Message>"
+        f"<RequestId>{_new_request_id()}</RequestId></Error>\n"
+    ).encode()
+
+
+def _retry_after(fault: Fault) -> tuple[tuple[str, str], ...]:
+    return () if fault.retry_after is None else (("Retry-After", str(fault.retry_after)),)
+
+
+def _fault_reply(fault: Fault, *, media: bool) -> _Reply:
     """The reply a non-processing fault sends instead of handling the request."""
     status = fault.status if fault.status is not None else 500
+    if fault.kind == "http" and media:
+        return _Reply(
+            status=status,
+            body=_storage_error(status, fault.message),
+            content_type="application/xml",
+            headers=_retry_after(fault),
+        )
     if fault.kind in ("http", "business"):
         code = fault.code if isinstance(fault.code, int) else 5000
-        headers: tuple[tuple[str, str], ...] = ()
-        if fault.retry_after is not None:
-            headers = (("Retry-After", str(fault.retry_after)),)
-        return _envelope(status, code, fault.message, headers=headers)
+        return _envelope(status, code, fault.message, headers=_retry_after(fault))
     if fault.kind == "html":
         return _Reply(status=status, body=_nginx_page(status), content_type="text/html")
     if fault.kind == "gateway":
@@ -176,26 +220,87 @@ def _fault_reply(fault: Fault) -> _Reply:
     raise AssertionError(f"fault {fault!r} has no reply of its own")  # pragma: no cover
 
 
-def _classify(method: str, path: str) -> tuple[str, str | None]:
-    """Map a request to its route name and the task id or media name in the path."""
-    if path == _GATEWAY_PREFIX or path.startswith(_GATEWAY_PREFIX + "/"):
-        path = path[len(_GATEWAY_PREFIX) :]
-    if path == _BASE_PATH:
-        if method == "POST":
-            return "create", None
-        if method == "GET":
-            return "list", None
-        return "other", None
-    if path.startswith(_BASE_PATH + "/"):
-        ident = path[len(_BASE_PATH) + 1 :]
-        if ident and "/" not in ident and method == "GET":
-            return "query", ident
-        return "other", None
-    if path.startswith("/media/"):
-        name = path[len("/media/") :]
-        if name and "/" not in name and method in ("GET", "HEAD"):
-            return "media", name
-    return "other", None
+def _path_segments(raw_target: str) -> tuple[str, list[str]]:
+    """Split a raw request target into its raw path and its percent-decoded segments.
+
+    Literal ``.`` and ``..`` segments are resolved (RFC 3986 5.2.4); escaped ones such as
+    ``%2E%2E`` and escaped slashes (``a%2Fb``) are data inside one segment.
+    """
+    raw_path = raw_target.split("?", 1)[0].split("#", 1)[0]
+    if not raw_path.startswith("/"):  # absolute-form target: http://host/path
+        raw_path = urlsplit(raw_path).path or "/"
+    segments: list[str] = []
+    for segment in raw_path[1:].split("/"):
+        if segment == ".":
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return raw_path, [unquote(segment, errors="replace") for segment in segments]
+
+
+def _classify(method: str, segments: list[str]) -> tuple[str, str | None, bool]:
+    """Map decoded path segments to ``(route, task id or media name, under /v1)``.
+
+    Kling checks credentials before routing on everything under ``/v1`` (or ``/kling/v1``).
+    """
+    if segments[:1] == ["kling"]:
+        segments = segments[1:]
+    under_v1 = segments[:1] == ["v1"]
+    if tuple(segments[:3]) == _EXTEND_SEGMENTS:
+        rest = segments[3:]
+        if not rest:
+            if method == "POST":
+                return "create", None, under_v1
+            if method == "GET":
+                return "list", None, under_v1
+        elif len(rest) == 1 and rest[0] and method == "GET":
+            return "query", rest[0], under_v1
+        return "other", None, under_v1
+    if len(segments) == 2 and segments[0] == "media" and segments[1] and method in ("GET", "HEAD"):
+        return "media", segments[1], False
+    return "other", None, under_v1
+
+
+@functools.lru_cache(maxsize=32)
+def _media_content(video_id: str, size: int) -> bytes:
+    """Deterministic bytes for a video, `size` in all.
+
+    An MP4 ``ftyp`` box, then an ``mdat`` box whose payload is SHAKE-256 of the id.
+    """
+    ftyp = (24).to_bytes(4, "big") + b"ftypmp42" + bytes(4) + b"mp42isom"
+    mdat = max(size - len(ftyp), 0).to_bytes(4, "big") + b"mdat"
+    head = ftyp + mdat
+    payload = hashlib.shake_256(b"kling-emulator/" + video_id.encode()).digest(
+        max(size - len(head), 0)
+    )
+    return (head + payload)[:size]
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
+    """The ``(first, last)`` bytes of a single ``bytes=`` range, or False if unsatisfiable.
+
+    None when the header is not one we honour: then the whole body is sent, as RFC 9110 allows.
+    """
+    match = _RANGE.fullmatch(header)
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text:
+        if not last_text:
+            return None
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            return False
+        return max(size - suffix, 0), size - 1
+    first = int(first_text)
+    if last_text and int(last_text) < first:
+        return None
+    if first >= size:
+        return False
+    return first, size - 1 if not last_text else min(int(last_text), size - 1)
 
 
 def _optional_text(body: Mapping[str, Any], name: str) -> str | None:
@@ -244,6 +349,19 @@ def _validate_callback_url(body: Mapping[str, Any]) -> str | None:
     return value
 
 
+def _validate_watermark(body: Mapping[str, Any]) -> bool | None:
+    """``watermark_info: {"enabled": bool}`` (api.md "Watermarks and deductions")."""
+    value = body.get("watermark_info")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _BadRequest(400, 1201, "watermark_info must be an object")
+    enabled = value.get("enabled")
+    if not isinstance(enabled, bool):
+        raise _BadRequest(400, 1201, "watermark_info.enabled must be a boolean")
+    return enabled
+
+
 def _page_param(query: Mapping[str, str], name: str, default: int, maximum: int) -> int:
     raw = query.get(name)
     if raw is None:
@@ -257,22 +375,35 @@ def _page_param(query: Mapping[str, str], name: str, default: int, maximum: int)
     return value
 
 
+def _check_durations(value: Any) -> tuple[float, float]:
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(f"task_seconds must return (submitted, processing), got {value!r}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise TypeError(f"task_seconds must return two numbers, got {value!r}")
+        if not math.isfinite(item) or item < 0:
+            raise ValueError(f"task_seconds must return finite numbers >= 0, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
 class KlingEmulator:
     """A Kling video-extend API on loopback, for tests of clients such as this SDK.
 
     Use it as ``async with KlingEmulator() as emu:`` and point a client at `base_url`
     (official style) or `gateway_url` (``/kling`` prefix). Both a gateway API key
     (``Bearer <api_key>``) and an official HS256 JWT (``iss`` = `access_key`, signed with
-    `secret_key`) are accepted.
+    `secret_key`) are accepted. Result and parent videos are served, without credentials,
+    from `media_url`: a second port standing for Kling's media host.
 
     Tasks advance when a client looks at them (a query, or a list page that holds them):
     `polls_to_start` looks show ``submitted``, the next
-    `polls_to_finish` queries show ``processing``, later ones the final status (``succeed``, or
-    ``failed`` for videos passed to `fail_video`). With `step_seconds` they advance by time
-    instead (measured with `clock`). `auto_advance=False` leaves them to `set_status`.
+    `polls_to_finish` looks show ``processing``, later ones the final status (``succeed``, or
+    ``failed`` for videos passed to `fail_video`). With `step_seconds` (or, per task,
+    `task_seconds`) they advance by time instead (measured with `clock`). `auto_advance=False`
+    leaves them to `set_status`.
 
-    `inject` queues faults for the next matching requests; `requests`, `tasks`, `count` and
-    `callbacks` let a test check what the client really did.
+    `inject` queues faults for the next matching requests or callbacks; `requests`, `tasks`,
+    `count` and `callbacks` let a test check what the client really did.
     """
 
     def __init__(
@@ -280,54 +411,75 @@ class KlingEmulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        media_port: int = 0,
         api_key: str = "test-key",
         access_key: str = "test-access-key",
         secret_key: str = "test-secret-key",
         polls_to_start: int = 1,
         polls_to_finish: int = 1,
         step_seconds: float | None = None,
+        task_seconds: Callable[[EmulatedTask], tuple[float, float]] | None = None,
         auto_advance: bool = True,
         max_running: int | None = None,
         list_mode: str = "ok",
         require_parent_task_id: bool = False,
         accept_external_task_id: bool = True,
+        media_bytes: int = 256 * 1024,
+        unit_deduction: str = "1",
     ) -> None:
         if polls_to_start < 0 or polls_to_finish < 0:
             raise ValueError("polls_to_start and polls_to_finish must be >= 0")
         if step_seconds is not None and (not math.isfinite(step_seconds) or step_seconds < 0):
             raise ValueError("step_seconds must be None or a finite number >= 0")
+        if task_seconds is not None and not callable(task_seconds):
+            raise TypeError("task_seconds must be None or a callable")
         if max_running is not None and max_running < 0:
             raise ValueError("max_running must be None or >= 0")
         if list_mode not in _LIST_MODES:
             raise ValueError(f"list_mode must be one of {sorted(_LIST_MODES)}, got {list_mode!r}")
+        if isinstance(media_bytes, bool) or not isinstance(media_bytes, int) or media_bytes < 0:
+            raise ValueError(f"media_bytes must be an int >= 0, got {media_bytes!r}")
+        if not isinstance(unit_deduction, str):
+            raise TypeError("unit_deduction must be a string, as Kling sends it")
         self.host = host
         self.port = port
+        self.media_port = media_port
         self.api_key = api_key
         self.access_key = access_key
         self.secret_key = secret_key
         self.polls_to_start = polls_to_start
         self.polls_to_finish = polls_to_finish
         self.step_seconds = step_seconds
+        self.task_seconds = task_seconds
         self.auto_advance = auto_advance
         self.max_running = max_running
         self.list_mode = list_mode
         self.require_parent_task_id = require_parent_task_id
         self.accept_external_task_id = accept_external_task_id
+        self.media_bytes = media_bytes
+        self.unit_deduction = unit_deduction
         self.clock: Callable[[], float] = time.time
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, EmulatedTask] = {}
-        self.callbacks: list[tuple[str, dict[str, Any]]] = []
+        self.callbacks: list[RecordedCallback] = []
+        self._order: list[str] = []  # task ids in creation order, for paging newest first
+        self._running: set[str] = set()  # ids of tasks submitted or processing (1303 check)
+        self._deadlines: list[tuple[float, int, int, str]] = []  # (at, stage, index, task id)
         self._by_external_id: dict[str, str] = {}
         self._failed_videos: dict[str, str] = {}
         self._forgotten_videos: set[str] = set()
         self._injections: list[_Injection] = []
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
         self._base_url: str | None = None
+        self._media_url: str | None = None
         self._http: aiohttp.ClientSession | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._closing: asyncio.Event | None = None
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._callback_chain: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, list[_Callback]] = {}
+        # While a request is dispatched (synchronously), the callbacks it must await.
+        self._reply_waits: list[asyncio.Task[None]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -344,46 +496,58 @@ class KlingEmulator:
         await self.close()
 
     async def start(self) -> None:
-        """Start serving on `host`/`port` (port 0 picks a free one, see `base_url`)."""
-        if self._runner is not None:
+        """Start serving on `host`/`port` and `host`/`media_port` (0 picks a free port)."""
+        if self._runners:
             raise RuntimeError("the emulator is already running")
+        try:
+            self._base_url = await self._serve_on(self.port, media=False)
+            self._media_url = await self._serve_on(self.media_port, media=True)
+        except BaseException:
+            for runner in self._runners:
+                await runner.cleanup()
+            self._runners, self._base_url, self._media_url = [], None, None
+            raise
+        self.port = int(self._runners[0].addresses[0][1])
+        self.media_port = int(self._runners[1].addresses[0][1])
+        self._closing = asyncio.Event()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_CALLBACK_TIMEOUT))
+        for task in self.tasks.values():
+            task.media_base_url = self._media_url
+        if self._deadlines:  # restarted with time-driven tasks still running
+            self._start_ticker()
+
+    async def _serve_on(self, port: int, *, media: bool) -> str:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        handler = self._handle_media_host if media else self._handle
+        app.router.add_route("*", "/{tail:.*}", handler)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT, handler_cancellation=False
         )
         await runner.setup()
-        try:
-            # A deep backlog: tests fire a thousand connections at once.
-            site = web.TCPSite(runner, self.host, self.port, backlog=4096)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
+        self._runners.append(runner)
+        # A deep backlog: tests fire a thousand connections at once.
+        site = web.TCPSite(runner, self.host, port, backlog=4096)
+        await site.start()
         address = runner.addresses[0]
-        host, port = str(address[0]), int(address[1])
-        self.port = port
-        self._base_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        self._runner = runner
-        self._closing = asyncio.Event()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_CALLBACK_TIMEOUT))
-        for task in self.tasks.values():
-            task.media_base_url = self._base_url
-        if self.step_seconds is not None and self.auto_advance:
-            self._ticker = asyncio.get_running_loop().create_task(self._tick(self.step_seconds))
+        host, bound = str(address[0]), int(address[1])
+        return f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
 
     async def close(self) -> None:
-        """Stop serving, deliver pending callbacks and release every socket; idempotent."""
+        """Stop serving, deliver pending callbacks and release every socket; idempotent.
+
+        Delays of held requests and delayed callbacks are cut short: the requests are dropped,
+        the callbacks sent at once.
+        """
         if self._closing is not None:
-            self._closing.set()  # wakes requests held by Fault.delay: they are dropped
+            self._closing.set()
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.cancel()
             await asyncio.wait([ticker])
         # Deliver callbacks while still serving: they may target the emulator itself.
         await self.drain_callbacks()
-        runner, self._runner = self._runner, None
-        if runner is not None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
             await runner.cleanup()
         await self.drain_callbacks()  # from requests that were still being handled
         session, self._http = self._http, None
@@ -402,6 +566,13 @@ class KlingEmulator:
         """`base_url` + ``/kling``: the gateway-style base URL."""
         return self.base_url + _GATEWAY_PREFIX
 
+    @property
+    def media_url(self) -> str:
+        """``http://127.0.0.1:<media_port>``: the media host that video URLs point at."""
+        if self._media_url is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._media_url
+
     # ------------------------------------------------------------------ test controls
 
     def count(self, route: str, *, method: str | None = None) -> int:
@@ -414,18 +585,25 @@ class KlingEmulator:
         )
 
     def inject(self, fault: Fault, *, route: str = "any", times: int = 1) -> None:
-        """Give the next `times` requests to `route` this fault.
+        """Give the next `times` requests to `route` (or callbacks) this fault.
 
-        `route` is ``create``, ``query``, ``list`` or ``any`` (any of those three; media and
-        unknown paths are never faulted). Injections queue up: a request takes the oldest one
-        that matches its route.
+        `route` is ``create``, ``query``, ``list`` or ``any`` (any of those three), ``media``
+        (video downloads) or ``callback`` (the ``Fault.callback_*`` kinds); unknown paths are
+        never faulted. A fault kind that means nothing on the route raises ValueError.
+        Injections queue up: a request or callback takes the oldest one that matches.
         """
         if not isinstance(fault, Fault):
             raise TypeError(f"fault must be a Fault, got {type(fault).__name__}")
         if route not in _INJECT_ROUTES:
             raise ValueError(f"route must be one of {sorted(_INJECT_ROUTES)}, got {route!r}")
-        if times < 1:
-            raise ValueError(f"times must be >= 1, got {times!r}")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be an int >= 1, got {times!r}")
+        allowed = {"media": MEDIA_KINDS, "callback": CALLBACK_KINDS}.get(route, API_KINDS)
+        if fault.kind not in allowed:
+            raise ValueError(
+                f"{fault!r} cannot be injected on route {route!r}; "
+                f"kinds allowed there: {', '.join(sorted(allowed))}"
+            )
         self._injections.append(_Injection(fault=fault, route=route, remaining=times))
 
     def set_status(self, task_id: str, status: str, *, message: str = "") -> None:
@@ -450,15 +628,39 @@ class KlingEmulator:
         """Make later creates for `video_id` answer HTTP 404 code 1203 (video expired)."""
         self._forgotten_videos.add(video_id)
 
+    def media_content(self, video_id: str) -> bytes:
+        """The bytes the media host serves for `video_id` (``/media/<video_id>.mp4``).
+
+        Deterministic: the same id and `media_bytes` always give the same bytes.
+        """
+        return _media_content(video_id, self.media_bytes)
+
     async def drain_callbacks(self) -> None:
-        """Wait until every callback scheduled so far has been attempted."""
-        while self._callback_tasks:
+        """Wait until every callback scheduled so far has been attempted.
+
+        Callbacks held by ``Fault.callback_reordered()`` are released first; delayed ones are
+        waited for (or, while closing, sent at once).
+        """
+        while True:
+            for task_id in list(self._held):
+                self._release_held(task_id)
+            if not self._callback_tasks:
+                return
             await asyncio.wait(list(self._callback_tasks))
 
     # ------------------------------------------------------------------ request handling
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        route, ident = _classify(request.method, request.path)
+        return await self._serve(request, media_host=False)
+
+    async def _handle_media_host(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, media_host=True)
+
+    async def _serve(self, request: web.Request, *, media_host: bool) -> web.StreamResponse:
+        raw_path, segments = _path_segments(request.raw_path)
+        route, ident, under_v1 = _classify(request.method, segments)
+        if media_host and route != "media":  # the media host serves videos only
+            route, ident, under_v1 = "other", None, False
         too_large = False
         try:
             body = await request.read()
@@ -476,6 +678,7 @@ class KlingEmulator:
             RecordedRequest(
                 method=request.method,
                 path=request.path,
+                raw_path=raw_path,
                 route=route,
                 headers=request.headers,
                 json=None if parsed is _NO_JSON else parsed,
@@ -487,23 +690,41 @@ class KlingEmulator:
         if fault is not None and fault.kind == "drop":
             return self._drop(request)
         if fault is not None and not fault.processes_request and fault.kind != "delay":
-            return self._send(index, _fault_reply(fault))
+            return self._send(index, _fault_reply(fault, media=route == "media"))
         if (
             fault is not None
             and fault.kind == "delay"
             and await self._sleep_unless_closing(fault.seconds or 0.0)
         ):
             return self._drop(request)
-        if too_large:
-            reply = _envelope(413, 1200, "request body too large")
-        else:
-            reply = self._dispatch(route, ident, request, parsed)
+        waits: list[asyncio.Task[None]] = []
+        self._reply_waits = waits
+        try:
+            if too_large:
+                reply = _envelope(413, 1200, "request body too large")
+            elif route == "media":
+                assert ident is not None
+                reply = self._media(request, ident, fault)
+            elif media_host:
+                reply = _Reply(status=404, body=b"Not Found", content_type="text/plain")
+            else:
+                reply = self._dispatch(route, ident, under_v1, request, parsed)
+        finally:
+            self._reply_waits = None
+        if waits:  # Fault.callback_before_reply: the callback lands before the reply
+            await asyncio.wait(waits)
         if fault is not None and fault.kind == "reply_lost":
             return self._drop(request)
         if fault is not None and fault.kind == "truncated":
-            reply = _Reply(
-                status=200, body=reply.body[: len(reply.body) // 2], headers=reply.headers
-            )
+            half = reply.body[: len(reply.body) // 2]
+            if route == "media":  # a short file, served as if whole
+                reply = attrs.evolve(reply, body=half)
+            else:  # half a JSON body behind HTTP 200, as a broken gateway sends it
+                reply = _Reply(status=200, body=half, headers=reply.headers)
+        if fault is not None and fault.kind == "cut":
+            return self._cut(request, index, reply, fault.after)
+        if fault is not None and fault.kind == "chunked":
+            return await self._send_chunked(request, index, reply)
         return self._send(index, reply)
 
     async def _sleep_unless_closing(self, seconds: float) -> bool:
@@ -512,57 +733,110 @@ class KlingEmulator:
         if closing is None:  # pragma: no cover - only reachable while serving
             await asyncio.sleep(seconds)
             return False
+        if closing.is_set():
+            return True
         try:
             await asyncio.wait_for(closing.wait(), seconds)
         except asyncio.TimeoutError:
             return False
         return True
 
+    def _record_status(self, index: int, status: int) -> None:
+        self.requests[index] = attrs.evolve(self.requests[index], status=status)
+
     def _send(self, index: int, reply: _Reply) -> web.Response:
-        self.requests[index] = attrs.evolve(self.requests[index], status=reply.status)
+        self._record_status(index, reply.status)
         response = web.Response(status=reply.status, body=reply.body)
         response.content_type = reply.content_type
         for name, value in reply.headers:
             response.headers[name] = value
         return response
 
+    async def _send_chunked(
+        self, request: web.Request, index: int, reply: _Reply
+    ) -> web.StreamResponse:
+        """Send `reply` with ``Transfer-Encoding: chunked`` and no ``Content-Length``."""
+        self._record_status(index, reply.status)
+        response = web.StreamResponse(status=reply.status)
+        response.content_type = reply.content_type
+        for name, value in reply.headers:
+            response.headers[name] = value
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if request.method != "HEAD":
+            for start in range(0, len(reply.body), _CHUNK):
+                await response.write(reply.body[start : start + _CHUNK])
+        await response.write_eof()
+        return response
+
+    def _cut(
+        self, request: web.Request, index: int, reply: _Reply, after: int | None
+    ) -> web.Response:
+        """Announce the whole body, send part of it and close the connection."""
+        body = b"" if request.method == "HEAD" else reply.body
+        keep = len(body) // 2 if after is None else after
+        keep = min(keep, max(len(body) - 1, 0))
+        lines = [
+            f"HTTP/1.1 {reply.status} {_reason(reply.status)}",
+            f"Content-Type: {reply.content_type}",
+            f"Content-Length: {len(reply.body)}",
+            *(f"{name}: {value}" for name, value in reply.headers),
+            "Connection: close",
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        transport = request.transport
+        if transport is not None:
+            transport.write(head + body[:keep])
+        self._record_status(index, reply.status)
+        return self._drop(request)
+
     @staticmethod
     def _drop(request: web.Request) -> web.Response:
-        """Close the connection without a reply; aiohttp then fails to write and stays quiet."""
+        """Close the connection (flushing what was written); aiohttp then stays quiet."""
         transport = request.transport
         if transport is not None:
             transport.close()
         return web.Response(status=500)
 
     def _take_fault(self, route: str) -> Fault | None:
-        if route not in _API_ROUTES:
+        if route not in _API_ROUTES and route != "media":
             return None
         for injection in self._injections:
-            if injection.route in ("any", route):
-                injection.remaining -= 1
-                if injection.remaining <= 0:
-                    self._injections.remove(injection)
-                return injection.fault
+            if injection.route == route or (injection.route == "any" and route != "media"):
+                return self._use(injection)
         return None
 
-    def _dispatch(self, route: str, ident: str | None, request: web.Request, parsed: Any) -> _Reply:
-        if route == "media":
-            return _Reply(status=200, body=_MEDIA_BYTES, content_type="video/mp4")
-        if route == "other":
-            return _envelope(404, 1202, f"no route for {request.method} {request.path}")
+    def _use(self, injection: _Injection) -> Fault:
+        injection.remaining -= 1
+        if injection.remaining <= 0:
+            self._injections.remove(injection)
+        return injection.fault
+
+    def _dispatch(
+        self,
+        route: str,
+        ident: str | None,
+        under_v1: bool,
+        request: web.Request,
+        parsed: Any,
+    ) -> _Reply:
+        # A gateway that does not route the list answers before anything checks the key.
         if route == "list" and self.list_mode == "404":
             return _envelope(404, 1202, f"no route for {request.method} {request.path}")
         if route == "list" and self.list_mode == "html":
             return _Reply(status=200, body=_LIST_HTML_PAGE, content_type="text/html")
-        denied = check_authorization(
-            request.headers.get("Authorization"),
-            api_key=self.api_key,
-            access_key=self.access_key,
-            secret_key=self.secret_key,
-            now=self.clock(),
-        )
-        if denied is not None:
-            return _envelope(401, denied[0], denied[1])
+        if under_v1:  # Kling authenticates every /v1 path before routing it
+            denied = check_authorization(
+                request.headers.get("Authorization"),
+                api_key=self.api_key,
+                access_key=self.access_key,
+                secret_key=self.secret_key,
+                now=self.clock(),
+            )
+            if denied is not None:
+                return _envelope(401, denied[0], denied[1])
+        if route == "other":
+            return _envelope(404, 1202, f"no route for {request.method} {request.path}")
         try:
             if route == "create":
                 return self._create(parsed)
@@ -587,6 +861,7 @@ class KlingEmulator:
         negative_prompt = _optional_text(parsed, "negative_prompt")
         cfg_scale = _validate_cfg_scale(parsed)
         callback_url = _validate_callback_url(parsed)
+        watermark = _validate_watermark(parsed)
         parent_task_id = _optional_id(parsed, "task_id")
         if self.require_parent_task_id and parent_task_id is None:
             raise _BadRequest(400, 1201, "task_id is required (the parent task of video_id)")
@@ -599,11 +874,9 @@ class KlingEmulator:
             external_id in self._by_external_id or external_id in self.tasks
         ):
             raise _BadRequest(400, 1201, "external_task_id already exists")
-        if self.max_running is not None:
-            self._refresh_by_time()
-            running = sum(1 for t in self.tasks.values() if t.status in _RUNNING)
-            if running >= self.max_running:
-                raise _BadRequest(429, 1303, _MESSAGES[1303])
+        self._refresh_due()
+        if self.max_running is not None and len(self._running) >= self.max_running:
+            raise _BadRequest(429, 1303, _MESSAGES[1303])
         now_ms = self._now_ms()
         task = EmulatedTask(
             task_id=self._new_id(),
@@ -617,11 +890,18 @@ class KlingEmulator:
             created_at_ms=now_ms,
             updated_at_ms=now_ms,
             result_video_id=self._new_id(),
-            media_base_url=self._base_url or "",
+            media_base_url=self._media_url or "",
+            index=len(self._order),
+            watermark=watermark,
+            unit_deduction=self.unit_deduction,
         )
+        self._schedule_times(task)
         self.tasks[task.task_id] = task
+        self._order.append(task.task_id)
+        self._running.add(task.task_id)
         if external_id is not None:
             self._by_external_id[external_id] = task.task_id
+        self._emit_callback(task)  # submitted is a status change too (api.md "Callbacks")
         data: dict[str, Any] = {
             "task_id": task.task_id,
             "task_status": task.status,
@@ -644,7 +924,7 @@ class KlingEmulator:
         before = task.polls
         task.polls += 1
         if self.auto_advance and not task.manual:
-            if self.step_seconds is not None:
+            if task.timed:
                 stage = self._time_stage(task)
             elif before >= self.polls_to_start + self.polls_to_finish:
                 stage = 2
@@ -657,12 +937,49 @@ class KlingEmulator:
     def _list(self, query: Mapping[str, str]) -> _Reply:
         page_num = _page_param(query, "pageNum", 1, 1000)
         page_size = _page_param(query, "pageSize", 30, 500)
-        newest_first = list(reversed(self.tasks.values()))
-        start = (page_num - 1) * page_size
-        page = newest_first[start : start + page_size]
-        for task in page:
-            self._observe(task)
-        return _success([t.to_json() for t in page])
+        self._refresh_due()
+        # Newest first without copying the whole list: index from the end.
+        stop = len(self._order) - (page_num - 1) * page_size
+        page: list[dict[str, Any]] = []
+        for position in range(stop - 1, max(stop - page_size, 0) - 1, -1):
+            task = self.tasks.get(self._order[position])
+            if task is not None:
+                self._observe(task)  # a list page is a look at each task on it
+                page.append(task.to_json())
+        return _success(page)
+
+    # ------------------------------------------------------------------ media
+
+    def _media(self, request: web.Request, name: str, fault: Fault | None) -> _Reply:
+        """A video from the media host: whole, or the ``Range: bytes=...`` asked for."""
+        video_id = name.removesuffix(".mp4")
+        content = self.media_content(video_id)
+        size = len(content)
+        digest = hashlib.sha256(f"{video_id}/{size}".encode()).hexdigest()[:32]
+        etag = f'"{digest}"'
+        ranges = fault is None or fault.kind != "range_ignored"
+        headers: list[tuple[str, str]] = [("ETag", etag)]
+        if ranges:
+            headers.append(("Accept-Ranges", "bytes"))
+        wanted = request.headers.get("Range") if ranges else None
+        if_range = request.headers.get("If-Range")
+        if wanted is not None and (if_range is None or if_range == etag):
+            span = _parse_range(wanted, size)
+            if span is False:
+                headers.append(("Content-Range", f"bytes */{size}"))
+                return _Reply(
+                    status=416, body=b"", content_type="text/plain", headers=tuple(headers)
+                )
+            if isinstance(span, tuple):
+                first, last = span
+                headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+                return _Reply(
+                    status=206,
+                    body=content[first : last + 1],
+                    content_type="video/mp4",
+                    headers=tuple(headers),
+                )
+        return _Reply(status=200, body=content, content_type="video/mp4", headers=tuple(headers))
 
     # ------------------------------------------------------------------ task progression
 
@@ -681,75 +998,188 @@ class KlingEmulator:
             if candidate not in self.tasks and candidate not in self._by_external_id:
                 return candidate
 
-    def _time_stage(self, task: EmulatedTask) -> int:
-        assert self.step_seconds is not None
-        elapsed = self.clock() - task.created_at_ms / 1000
-        if elapsed >= 2 * self.step_seconds:
-            return 2
-        return 1 if elapsed >= self.step_seconds else 0
-
-    def _refresh_by_time(self) -> None:
-        if self.step_seconds is None or not self.auto_advance:
+    def _schedule_times(self, task: EmulatedTask) -> None:
+        """Fix a time-driven task's schedule at create (`task_seconds`, else `step_seconds`)."""
+        if self.task_seconds is not None:
+            try:
+                waiting, working = _check_durations(self.task_seconds(task))
+            except Exception as exc:
+                raise _BadRequest(500, 5000, f"task_seconds failed: {exc!r}") from exc
+        elif self.step_seconds is not None:
+            waiting = working = self.step_seconds
+        else:
             return
-        for task in list(self.tasks.values()):
-            if not task.manual:
-                self._advance(task, self._time_stage(task))
+        created = task.created_at_ms / 1000
+        task.timed = True
+        task.starts_at = created + waiting
+        task.finishes_at = task.starts_at + working
+        heapq.heappush(self._deadlines, (task.starts_at, 1, task.index, task.task_id))
+        heapq.heappush(self._deadlines, (task.finishes_at, 2, task.index, task.task_id))
+        self._start_ticker()
+
+    def _start_ticker(self) -> None:
+        """Run the background ticker while there are deadlines and the emulator serves."""
+        if self._ticker is None and self._closing is not None and not self._closing.is_set():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    def _time_stage(self, task: EmulatedTask) -> int:
+        now = self.clock()
+        if task.finishes_at is not None and now >= task.finishes_at:
+            return 2
+        return 1 if task.starts_at is not None and now >= task.starts_at else 0
+
+    def _refresh_due(self) -> None:
+        """Advance the time-driven tasks whose next deadline has passed; O(due), not O(n)."""
+        if not self.auto_advance:
+            return
+        now = self.clock()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, stage, _, task_id = heapq.heappop(deadlines)
+            task = self.tasks.get(task_id)
+            if task is not None and not task.manual:
+                self._advance(task, stage)
 
     def _advance(self, task: EmulatedTask, stage: int) -> None:
+        """Move an automatic task up to `stage`, through each status on the way.
+
+        Each change sends its callback; time-driven changes carry their scheduled time as
+        updated_at.
+        """
         current = _STAGES.get(task.status)
         if current is None or stage <= current:
             return
-        if stage == 1:
-            self._change(task, "processing", "")
-        elif task.video_id in self._failed_videos:
-            self._change(task, "failed", self._failed_videos[task.video_id])
+        if current < 1:
+            self._change(task, "processing", "", at=task.starts_at)
+        if stage < 2:
+            return
+        if task.video_id in self._failed_videos:
+            self._change(task, "failed", self._failed_videos[task.video_id], at=task.finishes_at)
         else:
-            self._change(task, "succeed", "")
+            self._change(task, "succeed", "", at=task.finishes_at)
 
-    def _change(self, task: EmulatedTask, status: str, message: str) -> None:
+    def _change(
+        self, task: EmulatedTask, status: str, message: str, at: float | None = None
+    ) -> None:
         task.status = status
         task.status_message = message
-        task.updated_at_ms = max(self._now_ms(), task.created_at_ms)
-        if task.callback_url:
-            self._schedule_callback(task.task_id, task.callback_url, task.to_json())
+        now_ms = self._now_ms() if at is None else round(at * 1000)
+        task.updated_at_ms = max(now_ms, task.created_at_ms)
+        if status in _RUNNING:
+            self._running.add(task.task_id)
+        else:
+            self._running.discard(task.task_id)
+        if status in _FINAL and not task.timed:
+            task.finishes_at = self.clock()
+        self._emit_callback(task)
 
-    async def _tick(self, step_seconds: float) -> None:
+    async def _tick(self) -> None:
         """Advance time-driven tasks in the background, so callbacks come without polling."""
-        interval = min(max(step_seconds / 4, 0.01), 0.05)
         while True:
-            await asyncio.sleep(interval)
-            self._refresh_by_time()
+            delay = _TICK_MAX
+            if self._deadlines:
+                delay = min(max(self._deadlines[0][0] - self.clock(), _TICK_MIN), _TICK_MAX)
+            await asyncio.sleep(delay)
+            self._refresh_due()
 
     # ------------------------------------------------------------------ callbacks
 
-    def _schedule_callback(self, task_id: str, url: str, body: dict[str, Any]) -> None:
-        if self._http is None:  # not serving (closed): nothing to send with, note the attempt
-            self.callbacks.append((url, body))
+    def _emit_callback(self, task: EmulatedTask) -> None:
+        """POST the task object, as the query would answer it now, to its callback_url."""
+        if not task.callback_url:
             return
-        previous = self._callback_chain.get(task_id)
-        job = asyncio.get_running_loop().create_task(self._deliver(url, body, previous))
+        callback = _Callback(
+            task_id=task.task_id,
+            url=task.callback_url,
+            body=task.to_json(),
+            fault=self._take_callback_fault(in_request=self._reply_waits is not None),
+        )
+        kind = None if callback.fault is None else callback.fault.kind
+        if self._http is None:  # not serving (closed): nothing to send with, note the attempt
+            self._record_callback(callback, None, "the emulator is not running")
+            return
+        if kind == "callback_lost":
+            self._record_callback(callback, None, "lost")
+            return
+        if kind == "callback_reordered":
+            self._held.setdefault(task.task_id, []).append(callback)
+            return
+        job = self._schedule(callback, chained=kind != "callback_delayed")
+        if kind == "callback_before_reply" and self._reply_waits is not None:
+            self._reply_waits.append(job)
+        self._release_held(task.task_id)
+
+    def _take_callback_fault(self, *, in_request: bool) -> Fault | None:
+        for injection in self._injections:
+            if injection.route != "callback":
+                continue
+            if injection.fault.kind == "callback_before_reply" and not in_request:
+                continue
+            return self._use(injection)
+        return None
+
+    def _release_held(self, task_id: str) -> None:
+        for callback in self._held.pop(task_id, []):
+            if self._http is None:
+                self._record_callback(callback, None, "the emulator is not running")
+            else:
+                self._schedule(callback, chained=True)
+
+    def _schedule(self, callback: _Callback, *, chained: bool) -> asyncio.Task[None]:
+        """Start delivering `callback`; a chained one waits for the task's previous ones."""
+        previous = self._callback_chain.get(callback.task_id) if chained else None
+        job = asyncio.get_running_loop().create_task(self._deliver(callback, previous))
         self._callback_tasks.add(job)
-        self._callback_chain[task_id] = job
-        job.add_done_callback(lambda done: self._callback_done(task_id, done))
+        if chained:
+            self._callback_chain[callback.task_id] = job
+        job.add_done_callback(functools.partial(self._callback_done, callback.task_id))
+        return job
 
     def _callback_done(self, task_id: str, job: asyncio.Task[None]) -> None:
         self._callback_tasks.discard(job)
         if self._callback_chain.get(task_id) is job:
             del self._callback_chain[task_id]
         if not job.cancelled():
-            job.exception()  # mark retrieved; _deliver swallows its own errors anyway
+            job.exception()  # mark retrieved; _deliver records its own errors
 
-    async def _deliver(
-        self, url: str, body: dict[str, Any], previous: asyncio.Task[None] | None
-    ) -> None:
-        """POST one callback after the previous one for the same task (keeps their order)."""
+    async def _deliver(self, callback: _Callback, previous: asyncio.Task[None] | None) -> None:
+        """POST one callback (twice if duplicated), after `previous` and any injected delay."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        fault = callback.fault
+        if fault is not None and fault.kind == "callback_delayed":
+            await self._sleep_unless_closing(fault.seconds or 0.0)
+        copies = 2 if fault is not None and fault.kind == "callback_duplicated" else 1
+        for _ in range(copies):
+            status, error = await self._post(callback)
+            self._record_callback(callback, status, error)
+
+    async def _post(self, callback: _Callback) -> tuple[int | None, str | None]:
+        """Send the bare task object, unsigned, as Kling does.
+
+        Returns the receiver's HTTP status, or None and why there was none.
+        """
+        session = self._http
+        if session is None or session.closed:
+            return None, "the emulator is not running"
         try:
-            if previous is not None:
-                await asyncio.wait([previous])
-            session = self._http
-            if session is not None and not session.closed:
-                with contextlib.suppress(Exception):
-                    async with session.post(url, json=body) as response:
-                        await response.read()
-        finally:
-            self.callbacks.append((url, body))
+            async with session.post(
+                callback.url,
+                data=_json_bytes(callback.body),
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                await response.read()
+                return response.status, None
+        except Exception as exc:  # any failure is the receiver's problem: note it, go on
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def _record_callback(self, callback: _Callback, status: int | None, error: str | None) -> None:
+        self.callbacks.append(
+            RecordedCallback(
+                url=callback.url,
+                body=callback.body,
+                fault=callback.fault,
+                status=status,
+                error=error,
+            )
+        )

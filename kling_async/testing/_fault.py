@@ -1,9 +1,10 @@
-"""Fault values the emulator can inject into its next replies.
+"""Fault values the emulator can inject into its next replies, media downloads and callbacks.
 
 A `Fault` describes one way a reply can go wrong: a Kling error envelope, a gateway's HTML page
-or string-coded envelope, a truncated body, a delay, a dropped connection or a lost reply.
-Faults are plain frozen values, so tests can build them up front and compare them with the
-request log afterwards.
+or string-coded envelope, a truncated or cut-off body, a delay, a dropped connection or a lost
+reply; for media, also chunked bodies and ignored ``Range`` headers; for callbacks, lost,
+duplicated, reordered, delayed or early deliveries. Faults are plain frozen values, so tests
+can build them up front and compare them with the request and callback logs afterwards.
 """
 
 from __future__ import annotations
@@ -28,7 +29,37 @@ _DEFAULT_CODES: dict[int, int] = {
 }
 
 # Kinds whose request is processed normally (the fault only changes what the client sees).
-PROCESSING_KINDS = frozenset({"truncated", "delay", "reply_lost"})
+PROCESSING_KINDS = frozenset(
+    {"truncated", "delay", "reply_lost", "cut", "chunked", "range_ignored"}
+)
+# Which kinds make sense on which routes; `KlingEmulator.inject` refuses the other pairs.
+API_KINDS = frozenset(
+    {
+        "http",
+        "business",
+        "html",
+        "gateway",
+        "raw",
+        "drop",
+        "delay",
+        "truncated",
+        "reply_lost",
+        "cut",
+        "chunked",
+    }
+)
+MEDIA_KINDS = frozenset(
+    {"http", "html", "raw", "drop", "delay", "truncated", "cut", "chunked", "range_ignored"}
+)
+CALLBACK_KINDS = frozenset(
+    {
+        "callback_lost",
+        "callback_duplicated",
+        "callback_reordered",
+        "callback_delayed",
+        "callback_before_reply",
+    }
+)
 
 
 def default_code(status: int) -> int:
@@ -50,6 +81,14 @@ def _check_status(status: int) -> int:
     return status
 
 
+def _check_seconds(seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"seconds must be a number, got {seconds!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
+    return float(seconds)
+
+
 def _check_retry_after(retry_after: int | str | None) -> int | str | None:
     if retry_after is None or isinstance(retry_after, str):
         return retry_after
@@ -64,7 +103,9 @@ class Fault:
 
     `kind` is one of ``http``, ``business``, ``html``, ``gateway``, ``raw`` (a reply sent
     instead of processing the request), ``drop`` (connection closed before processing),
-    ``truncated``, ``delay`` and ``reply_lost`` (the request is processed normally first).
+    ``truncated``, ``cut``, ``chunked``, ``delay``, ``reply_lost`` and ``range_ignored`` (the
+    request is processed normally first), or one of the ``callback_*`` kinds, which apply to
+    callbacks (``inject(..., route="callback")``) instead of requests.
     """
 
     kind: str
@@ -76,6 +117,7 @@ class Fault:
     body: bytes | None = None
     content_type: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    after: int | None = None
 
     @classmethod
     def http(
@@ -87,6 +129,8 @@ class Fault:
         retry_after: int | str | None = None,
     ) -> Fault:
         """A Kling error envelope with HTTP `status`; the request is not processed.
+
+        On the media route, the status comes with a storage-style XML error body instead.
 
         `code` defaults to the business code Kling pairs with the status (429 -> 1302,
         503 -> 5001, ...). `retry_after` adds a ``Retry-After`` header (seconds or any string,
@@ -132,13 +176,72 @@ class Fault:
         return cls(kind="truncated")
 
     @classmethod
+    def cut(cls, after: int | None = None) -> Fault:
+        """Process the request, then close the connection partway through the body.
+
+        The headers announce the whole body's ``Content-Length``; the connection closes after
+        `after` bytes of it (default half, and always short of the whole body).
+        """
+        if after is not None and (
+            isinstance(after, bool) or not isinstance(after, int) or after < 0
+        ):
+            raise ValueError(f"after must be None or an int >= 0, got {after!r}")
+        return cls(kind="cut", after=after)
+
+    @classmethod
+    def chunked(cls) -> Fault:
+        """Process the request and send the normal reply without ``Content-Length`` (chunked)."""
+        return cls(kind="chunked")
+
+    @classmethod
+    def range_ignored(cls) -> Fault:
+        """Media only: answer 200 with the whole body whatever the ``Range`` header says.
+
+        As a server without range support does: no ``Accept-Ranges`` header either.
+        """
+        return cls(kind="range_ignored")
+
+    @classmethod
     def delay(cls, seconds: float) -> Fault:
         """Sleep `seconds`, then process the request normally (to exercise client timeouts)."""
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(f"seconds must be a number, got {seconds!r}")
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
-        return cls(kind="delay", seconds=float(seconds))
+        return cls(kind="delay", seconds=_check_seconds(seconds))
+
+    @classmethod
+    def callback_lost(cls) -> Fault:
+        """Callbacks only: the callback is never delivered (it is still logged)."""
+        return cls(kind="callback_lost")
+
+    @classmethod
+    def callback_duplicated(cls) -> Fault:
+        """Callbacks only: the callback is delivered twice, one POST after the other."""
+        return cls(kind="callback_duplicated")
+
+    @classmethod
+    def callback_reordered(cls) -> Fault:
+        """Callbacks only: hold the callback back until the task's next callback is sent.
+
+        A later status thus arrives first; `KlingEmulator.drain_callbacks` releases what is
+        still held.
+        """
+        return cls(kind="callback_reordered")
+
+    @classmethod
+    def callback_delayed(cls, seconds: float) -> Fault:
+        """Callbacks only: deliver the callback `seconds` late (closing cuts the wait short).
+
+        The task's later callbacks do not wait for it, so a long delay reorders them too.
+        """
+        return cls(kind="callback_delayed", seconds=_check_seconds(seconds))
+
+    @classmethod
+    def callback_before_reply(cls) -> Fault:
+        """Callbacks only: deliver the callback before the reply of the request that caused it.
+
+        The ``submitted`` callback of a create (or the one of a change a query revealed) is
+        sent and its answer awaited before the create's reply goes out. Callbacks that no
+        request causes (time-driven, `set_status`) skip this fault.
+        """
+        return cls(kind="callback_before_reply")
 
     @classmethod
     def drop(cls) -> Fault:
@@ -173,7 +276,10 @@ class Fault:
 
     @property
     def processes_request(self) -> bool:
-        """Whether the emulator still handles the request (creating tasks, counting polls)."""
+        """Whether the emulator still handles the request (creating tasks, counting polls).
+
+        Always False for the ``callback_*`` kinds, which do not apply to requests.
+        """
         return self.kind in PROCESSING_KINDS
 
     def __repr__(self) -> str:

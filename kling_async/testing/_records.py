@@ -1,4 +1,4 @@
-"""What the emulator remembers: the requests it received and the tasks it created."""
+"""What the emulator remembers: requests received, callbacks attempted, tasks created."""
 
 from __future__ import annotations
 
@@ -9,20 +9,22 @@ import attrs
 
 from kling_async.testing._fault import Fault
 
-__all__ = ["EmulatedTask", "RecordedRequest"]
+__all__ = ["EmulatedTask", "RecordedCallback", "RecordedRequest"]
 
 PARENT_DURATION = "5.0"
 RESULT_DURATION = "9.1"
+WATERMARK_SUFFIX = "_wm"
 
 
 @attrs.frozen(kw_only=True)
 class RecordedRequest:
     """One request as the emulator received it, with the fault applied and the status sent.
 
-    `route` is ``create``, ``query``, ``list``, ``media`` or ``other``; `json` is the parsed
-    body (None when there was none or it did not parse); `status` is None when no reply was
-    sent (a dropped connection, a lost reply, or a request still being handled). `query` holds
-    the URL query parameters.
+    `route` is ``create``, ``query``, ``list``, ``media`` or ``other``; `path` is the decoded
+    path and `raw_path` the path as sent (percent-escapes kept, no query string); `json` is the
+    parsed body (None when there was none or it did not parse); `status` is None when no reply
+    was sent (a dropped connection, a lost reply, or a request still being handled). `query`
+    holds the URL query parameters; `headers` are the request headers as received.
     """
 
     method: str
@@ -33,14 +35,47 @@ class RecordedRequest:
     fault: Fault | None
     status: int | None
     query: Mapping[str, str] = attrs.field(factory=dict)
+    raw_path: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class RecordedCallback:
+    """One callback POST the emulator attempted (or, for ``Fault.callback_lost()``, skipped).
+
+    `body` is the bare task object that was (or would have been) sent; `fault` the injected
+    callback fault, if any; `status` the HTTP status the receiver answered, None when there was
+    no answer; `error` says why not (``"lost"``, a connection error, a timeout), else None.
+    """
+
+    url: str
+    body: Mapping[str, Any]
+    fault: Fault | None
+    status: int | None
+    error: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        """The body's ``task_id``."""
+        return str(self.body.get("task_id", ""))
+
+    @property
+    def task_status(self) -> str:
+        """The body's ``task_status``."""
+        return str(self.body.get("task_status", ""))
 
 
 @attrs.define(kw_only=True)
 class EmulatedTask:
-    """A video-extend task held by the emulator; `to_json()` is what query and list answer.
+    """A video-extend task held by the emulator; `to_json()` is its Kling task object.
 
-    `manual` becomes True once `KlingEmulator.set_status` touched the task: from then on only
-    further `set_status` calls change it.
+    Query, list and callbacks all carry that same object.
+
+    `index` is the task's position in creation order (0 for the first). `manual` becomes True
+    once `KlingEmulator.set_status` touched the task: from then on only further `set_status`
+    calls change it. `timed` tasks advance by time: `starts_at` and `finishes_at` are when they
+    turn ``processing`` and finish (Unix seconds of the emulator's clock, fixed at create).
+    Other tasks get `finishes_at` when they reach ``succeed`` or ``failed``. `watermark` is the
+    create's ``watermark_info.enabled`` (None when it sent none: the older task shape).
     """
 
     task_id: str
@@ -59,10 +94,29 @@ class EmulatedTask:
     result_video_id: str = ""
     media_base_url: str = ""
     manual: bool = False
+    index: int = 0
+    watermark: bool | None = None
+    unit_deduction: str = "1"
+    timed: bool = False
+    starts_at: float | None = None
+    finishes_at: float | None = None
 
     def media_url(self, video_id: str) -> str:
         """Where the emulator serves the (fake) video `video_id`."""
         return f"{self.media_base_url}/media/{video_id}.mp4"
+
+    @property
+    def final_unit_deduction(self) -> str | None:
+        """The ``final_unit_deduction`` of the task object, None when it is left out.
+
+        `unit_deduction` once succeeded, ``"0"`` after a failure and while a task created with
+        ``watermark_info`` runs; left out while a task of the older shape runs.
+        """
+        if self.status == "succeed":
+            return self.unit_deduction
+        if self.status == "failed" or self.watermark is not None:
+            return "0"
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """The full Kling task object (durations are strings, times are Unix milliseconds)."""
@@ -77,14 +131,15 @@ class EmulatedTask:
             if self.external_task_id is not None:
                 task_info["external_task_id"] = self.external_task_id
         if self.status == "succeed":
-            task_result["videos"] = [
-                {
-                    "id": self.result_video_id,
-                    "url": self.media_url(self.result_video_id),
-                    "duration": RESULT_DURATION,
-                }
-            ]
-        return {
+            video = {
+                "id": self.result_video_id,
+                "url": self.media_url(self.result_video_id),
+                "duration": RESULT_DURATION,
+            }
+            if self.watermark:
+                video["watermark_url"] = self.media_url(self.result_video_id + WATERMARK_SUFFIX)
+            task_result["videos"] = [video]
+        obj: dict[str, Any] = {
             "task_id": self.task_id,
             "task_status": self.status,
             "task_status_msg": self.status_message,
@@ -93,3 +148,9 @@ class EmulatedTask:
             "created_at": self.created_at_ms,
             "updated_at": self.updated_at_ms,
         }
+        if self.watermark is not None:
+            obj["watermark_info"] = {"enabled": self.watermark}
+        deduction = self.final_unit_deduction
+        if deduction is not None:
+            obj["final_unit_deduction"] = deduction
+        return obj
