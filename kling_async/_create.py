@@ -213,6 +213,8 @@ class Creator:
         resigned = False
         last_error: KlingError | None = None
         while True:
+            if deadline is not None and clock() >= deadline:
+                raise self._timed_out(request, deadline, started, last_error) from last_error
             authorization = wire.auth.authorization(time.time())
             attempt.begin()
             tried_at = clock()

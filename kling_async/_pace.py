@@ -53,7 +53,9 @@ class Pace:
 
     def sent(self, now: float) -> None:
         """Count one request leaving (measures the rate the session really sends at)."""
-        if now - self._bucket_start >= _BUCKET:
+        if self._bucket_sends == 0 and self._measured == 0:
+            self._bucket_start = now  # the first request starts the first bucket
+        elif now - self._bucket_start >= _BUCKET:
             elapsed = now - self._bucket_start
             current = self._bucket_sends / elapsed if elapsed > 0 else 0.0
             self._measured = _SMOOTHING * self._measured + (1 - _SMOOTHING) * current
@@ -79,7 +81,7 @@ class Pace:
         """
         if sent_at < self._last_cut:
             return
-        current = self._rate if self.enabled else max(self._measured, self._recent(now))
+        current = self._rate if self.enabled else self._recent(now)
         if not self.enabled:
             self.enabled = True
             self._tokens = 1.0  # the request that met the 1302 may try again at once
@@ -97,13 +99,15 @@ class Pace:
         t = now - self._last_cut
         cubic = _SCALE * (t - self._k) ** 3 + self._w_max
         # Never run far ahead of what the session really sends (botocore caps at 2x too).
-        ceiling = max(2.0 * max(self._measured, self._recent(now)), _MIN_RATE)
+        ceiling = max(2.0 * self._recent(now), _MIN_RATE)
         self._refill(now)
         self._rate = max(_MIN_RATE, min(cubic, max(ceiling, self._rate)))
 
     def _recent(self, now: float) -> float:
-        elapsed = now - self._bucket_start
-        return self._bucket_sends / elapsed if elapsed > 0.05 else self._measured
+        """The send rate now: the smoothed one, or the current bucket's if that is higher (a
+        burst shows in the bucket long before it shows in the average)."""
+        elapsed = max(now - self._bucket_start, _BUCKET / 10)
+        return max(self._measured, self._bucket_sends / elapsed)
 
     def _refill(self, now: float) -> None:
         elapsed = now - self._last_refill

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from . import sansio
 from ._policies import PollPolicy
@@ -180,7 +181,7 @@ class Watcher:
         self.list_mode: bool | None = list_refresh  # None: try it; False: never (again)
         self._forced = list_refresh is True
         self._round: anyio.Event | None = None  # set when the list refresh in flight ends
-        self._round_started = 0.0
+        self._round_wanted: dict[str, TaskState] = {}
         self._fruitless = 0
         self.waits = 0
         self.list_requests = 0
@@ -318,6 +319,9 @@ class Watcher:
         self._interest(state, +1)
         try:
             with anyio.move_on_after(timeout):
+                # One turn of the loop first: waits started together (a gather) all count as
+                # pending before the first of them polls, so they can share a list page.
+                await anyio.lowlevel.checkpoint()
                 while True:
                     last = state.last
                     if last is not None and condition(last):
@@ -430,8 +434,9 @@ class Watcher:
     async def _lead_many(self, due: list[TaskState]) -> None:
         """Poll every due task: one list refresh where it serves, else queries side by side."""
         if self._listing() and due:
+            asked = self._wire.clock()
             await self._list_round()
-            due = [s for s in due if not s.busy and s.next_due <= self._wire.clock()]
+            due = [s for s in due if not s.busy and s.next_due <= asked]  # not refreshed
         if not due:
             return
         if len(due) == 1:
@@ -458,27 +463,37 @@ class Watcher:
 
     async def _refresh_by_list(self, state: TaskState) -> bool:
         """Refresh through the list (shared with every due wait); True if it found ``state``."""
-        if state.list_miss:
-            return False
         asked = self._wire.clock()
-        await self._list_round()
-        return not state.list_miss and state.next_due > asked
+        for _ in range(2):  # a round already under way may have started without this state
+            if state.list_miss or self.list_mode is False:
+                return False
+            included = await self._list_round(state)
+            if included:
+                return not state.list_miss and state.next_due > asked
+        return False
 
-    async def _list_round(self) -> None:
-        """One refresh of every pending task through the list pages, single-flight."""
+    async def _list_round(self, state: TaskState | None = None) -> bool:
+        """One refresh of every pending task through the list pages, single-flight.
+
+        Returns whether the round waited on covered ``state`` (a round already under way
+        covers only the tasks pending when it started).
+        """
         if self._round is not None:
+            covered = state is None or state.task_id in self._round_wanted
             await self._round.wait()
-            return
+            return covered
         done = self._round = anyio.Event()
+        self._round_wanted = {task_id: s for task_id, s in self._pending.items() if not s.list_miss}
         try:
-            await self._read_pages()
+            await self._read_pages(dict(self._round_wanted))
         finally:
             self._round = None
+            self._round_wanted = {}
             done.set()
+        return True
 
-    async def _read_pages(self) -> None:
+    async def _read_pages(self, wanted: dict[str, TaskState]) -> None:
         wire = self._wire
-        wanted = {task_id: s for task_id, s in self._pending.items() if not s.list_miss}
         if not wanted:
             return
         oldest = min((s.born for s in wanted.values() if s.born is not None), default=None)
