@@ -152,8 +152,27 @@ def _task_json(task: Task) -> dict[str, Any]:
     }
 
 
+class _OutputClosed(Exception):
+    """Stdout's reader went away (``kling-async list | head -1``, or Ctrl+C in a pipeline)."""
+
+
 def _show(task: Task, as_json: bool) -> None:
-    print(json.dumps(_task_json(task)) if as_json else _task_line(task), flush=True)
+    try:
+        print(json.dumps(_task_json(task)) if as_json else _task_line(task), flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+        raise _OutputClosed from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _clock(seconds: float) -> str:
@@ -703,12 +722,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "emulator":
         return emulator_cli.run(args)
     with _logging(args.verbose):
-        if args.command == "demo":
-            try:
+        try:
+            if args.command == "demo":
                 return anyio.run(_demo, args)
-            except KeyboardInterrupt:
-                return 130
-        return _main_remote(args, command)
+            return _main_remote(args, command)
+        except KeyboardInterrupt:
+            return 130
+        except (_OutputClosed, BrokenPipeError):  # nobody reads the rest: stop quietly
+            _silence_stdout()
+            return 1
 
 
 def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
@@ -729,19 +751,20 @@ def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> 
     except KeyboardInterrupt:
         _show_last(state, args)
         handle = state.handle
-        if handle is None:
+        if handle is None and args.command == "extend":
+            _say(
+                "interrupted before Kling answered the create: it may have made a (paid) task; "
+                f"look for it with '{PROG} list' or in the Kling console before extending "
+                "the video again"
+            )
+        elif handle is None:
             _say("interrupted")
         else:
             _say(f"interrupted: stopped waiting for task {handle.task_id}; it keeps running")
             _say(f"resume with: {_resume_command(args, handle.task_id)}")
         return 130
     except KlingError as error:
-        if isinstance(error, TaskFailedError):
-            if not state.shown:
-                _show(error.task, args.json)
-                state.shown = True
-        else:
-            _show_last(state, args)
+        _show_last(state, args, error.task if isinstance(error, TaskFailedError) else None)
         _say(_kling_message(error, args, _resumable(state, error)))
         return 1
     except ValueError as error:  # the SDK refused an argument; nothing was sent for it
@@ -761,9 +784,11 @@ def _resumable(state: _State, error: KlingError) -> str | None:
     return None
 
 
-def _show_last(state: _State, args: argparse.Namespace) -> None:
+def _show_last(state: _State, args: argparse.Namespace, task: Task | None = None) -> None:
     """When a wait ends early, stdout still gets the task's last known state (and its id)."""
-    handle = state.handle
-    if handle is not None and handle.last is not None and not state.shown:
-        _show(handle.last, args.json)
+    if task is None and state.handle is not None:
+        task = state.handle.last
+    if task is not None and not state.shown:
         state.shown = True
+        with contextlib.suppress(_OutputClosed):  # the message on stderr matters more
+            _show(task, args.json)

@@ -659,6 +659,19 @@ def test_ctrl_c_prints_the_command_that_resumes_the_wait(slow_gateway: dict[str,
     ] == err.splitlines()[-2:]
 
 
+def test_a_closed_stdout_ends_the_command_quietly(
+    capsys: pytest.CaptureFixture[str], gateway: dict[str, str]
+) -> None:
+    """`kling-async list | head -0`: exit 1 without a traceback (also after Ctrl+C in a pipe)."""
+    finished_task(capsys, "vid-11")
+    process = cli("list", env=gateway, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.close()  # the reader is gone before the first line
+    _, err = process.communicate(timeout=60)
+
+    assert (1, "") == (process.returncode, err)
+
+
 # -- defect 8: -v shows the retries; the error is one line ---------------------------------
 
 
