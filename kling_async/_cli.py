@@ -305,9 +305,15 @@ class _RichProgress:
             return
         self._closed = True
         self._live.stop()
-        if self._task is not None and self._task.done:
-            mark = "[green]✓[/]" if self._task.status is TaskStatus.SUCCEED else "[red]✗[/]"
-            self._console.print(f"{mark} {self._describe()}", highlight=False)
+        # The view goes; one line stays: ✓ succeed, ✗ failed, … still running (Ctrl+C, timeout).
+        status = self._task.status if self._task is not None else None
+        mark: dict[TaskStatus | None, str] = {
+            TaskStatus.SUCCEED: "[green]✓[/]",
+            TaskStatus.FAILED: "[red]✗[/]",
+        }
+        self._console.print(
+            f"{mark.get(status, '[yellow]…[/]')} {self._describe()}", highlight=False
+        )
 
 
 def _progress(task_id: str, quiet: bool) -> _Progress:
@@ -545,6 +551,41 @@ environment:
   KLING_BASE_URL                      the base URL (--base-url overrides it)"""
 
 
+_VERBOSE = "log retries on stderr (INFO); -vv logs every request (DEBUG)"
+
+
+def _add_verbose(parser: argparse.ArgumentParser | Any) -> None:
+    # SUPPRESS: a -v before the command is not reset by the command's own default.
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=_VERBOSE)
+
+
+def _add_waiting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help="give up waiting after SECONDS"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--base-url",
+        type=_text,
+        metavar="URL",
+        help="Kling's or a gateway's base URL (default: KLING_BASE_URL, else Kling's global API)",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow a plain http:// base URL that is not on this machine (the key travels "
+        "unencrypted)",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="print each task as one JSON object per line"
+    )
+    _add_verbose(group)
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -552,44 +593,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    verbose = "log retries on stderr (INFO); -vv logs every request (DEBUG)"
-    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose)
-    common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: a -v before the command is not reset by the command's own default.
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose)
-    remote = argparse.ArgumentParser(add_help=False, parents=[common])
-    remote.add_argument(
-        "--base-url",
-        type=_text,
-        metavar="URL",
-        help="Kling's or a gateway's base URL (default: KLING_BASE_URL, else Kling's global API)",
-    )
-    remote.add_argument(
-        "--allow-insecure-http",
-        action="store_true",
-        help="allow a plain http:// base URL that is not on this machine (the key travels "
-        "unencrypted)",
-    )
-    remote.add_argument(
-        "--json", action="store_true", help="print each task as one JSON object per line"
-    )
-    wait = argparse.ArgumentParser(add_help=False)
-    wait.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
-    wait.add_argument(
-        "--timeout", type=_seconds, metavar="SECONDS", help="give up waiting after SECONDS"
-    )
-
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subs: dict[str, argparse.ArgumentParser] = {}
 
-    def add(name: str, help: str, description: str, parents: Sequence[Any] = ()) -> Any:
-        remote_command = name in _REMOTE
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help,
             description=description,
-            parents=list(parents),
-            epilog=_ENVIRONMENT if remote_command else None,
+            epilog=_ENVIRONMENT if name in _REMOTE else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         subs[name] = sub
@@ -599,7 +612,6 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "demo",
         "run against the built-in emulator (no account needed)",
         "Extend three videos on an in-process emulator: one create is retried, one task fails.",
-        [common],
     )
     demo.add_argument(
         "--step",
@@ -608,12 +620,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         metavar="SECONDS",
         help="emulated seconds per status step (default %(default)s)",
     )
+    _add_verbose(demo)
+
     extend = add(
         "extend",
         "submit an extend task (a paid job)",
-        "Submit one extend task and print it; with --wait, show its progress on stderr and "
-        "print its final state.",
-        [remote, wait],
+        "Submit one extend task (a paid job) and print it. With --wait, show its progress\n"
+        "on stderr, then print its final state.",
     )
     extend.add_argument("video_id", metavar="VIDEO_ID", type=_text, help="the video to extend")
     extend.add_argument("--prompt", metavar="TEXT", help="at most 2500 characters")
@@ -625,25 +638,29 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     extend.add_argument("--external-task-id", metavar="ID", help="your own id for the task")
     extend.add_argument("--wait", action="store_true", help="wait until the task is done")
+    _add_waiting(extend)
+    _add_connection(extend)
+
     get = add(
-        "get",
-        "show a task by task id or external task id",
-        "Query one task once and print it.",
-        [remote],
+        "get", "show a task by task id or external task id", "Query one task once and print it."
     )
     get.add_argument("task_id", metavar="TASK_ID", type=_text)
+    _add_connection(get)
+
     waiting = add(
         "wait",
         "wait until a task is done",
-        "Wait until a task is done, showing its progress on stderr, and print its final state.",
-        [remote, wait],
+        "Wait until a task is done, showing its progress on stderr, then print its final\n"
+        "state. The task keeps running if the wait ends early (Ctrl+C, --timeout).",
     )
     waiting.add_argument("task_id", metavar="TASK_ID", type=_text)
+    _add_waiting(waiting)
+    _add_connection(waiting)
+
     listing = add(
         "list",
         "list tasks, newest first",
         "Print the account's extend tasks, newest first (most gateways do not offer it).",
-        [remote],
     )
     listing.add_argument(
         "--page-size",
@@ -659,6 +676,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         metavar="N",
         help="pages to fetch, 1 to 1000 (default %(default)s)",
     )
+    _add_connection(listing)
+
     emulator = add(
         "emulator", "serve an emulated Kling API (no account needed)", emulator_cli.DESCRIPTION
     )
