@@ -13,6 +13,7 @@ speak in flags and commands, not in the SDK's Python names.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -53,6 +54,9 @@ PROG = "kling-async"
 _REMOTE = ("extend", "get", "wait", "list")
 # Extra KlingSession options; the tests put instant poll and retry policies here.
 _SESSION_OPTIONS: dict[str, Any] = {}
+# Ctrl+C ends anyio.run() with KeyboardInterrupt; on Python 3.10 (no Task.uncancel()) the
+# runner cannot tell it from another cancellation and lets the CancelledError out instead.
+_INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)
 # Plain progress repeats the status at most this often while it does not change.
 _HEARTBEAT_SECONDS = 30.0
 # The SDK's Python names, as a CLI user knows them (for SDK messages the CLI passes on).
@@ -745,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "demo":
                 return anyio.run(_demo, args)
             return _main_remote(args, command)
-        except KeyboardInterrupt:
+        except _INTERRUPTED:
             return 130
         except (_OutputClosed, BrokenPipeError):  # nobody reads the rest: stop quietly
             _silence_stdout()
@@ -767,7 +771,7 @@ def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> 
     state = _State()
     try:
         return anyio.run(_remote, session, args, state)
-    except KeyboardInterrupt:
+    except _INTERRUPTED:
         _show_last(state, args)
         handle = state.handle
         if handle is None and args.command == "extend":

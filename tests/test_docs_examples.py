@@ -110,7 +110,7 @@ def mypy_errors(
     errors: dict[str, list[str]] = {page: [] for page in pages()}
     if not modules:
         return errors
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     cache_dir = cache.mkdir("mypy-docs") if cache is not None else folder / ".mypy_cache"
     with pytest.MonkeyPatch.context() as patch:
         # The examples import the kling_async under test, not another installed copy.
