@@ -1,7 +1,8 @@
-"""``python -m kling_async``: see `_cli`."""
+"""``python -m kling_async``: the command line, the same as ``kling-async`` (see `_cli`)."""
 
 import sys
 
 from ._cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

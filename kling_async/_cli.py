@@ -1,27 +1,129 @@
-"""The command line: ``python -m kling_async`` (or ``kling-async``).
+"""The command line: ``kling-async`` (also ``python -m kling_async``).
 
-``demo`` runs the SDK against the built-in emulator, no account needed; ``extend``, ``get``,
-``wait`` and ``list`` talk to Kling or a gateway with the credentials from the environment
-(``KLING_API_KEY`` or ``KLING_ACCESS_KEY`` + ``KLING_SECRET_KEY``, and ``KLING_BASE_URL``).
-This module is the CLI's output layer: it alone prints.
+``demo`` runs the SDK against the built-in emulator and ``emulator`` serves one (no account
+needed); ``extend``, ``get``, ``wait`` and ``list`` talk to Kling or a gateway with the
+credentials from the environment (``KLING_API_KEY`` or ``KLING_ACCESS_KEY`` +
+``KLING_SECRET_KEY``, and ``KLING_BASE_URL``).
+
+This module is the CLI's output layer: it alone prints. Results go to stdout, progress,
+logs and errors to stderr. Every argument is checked before anything is sent, and messages
+speak in flags and commands, not in the SDK's Python names.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import logging
+import math
+import os
+import re
+import shlex
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TextIO
 
 import anyio
 
+from . import __version__
+from ._handle import TaskHandle
 from ._policies import PollPolicy, RetryPolicy
 from ._session import KlingSession
-from .errors import KlingError, TaskFailedError
-from .models import Task
+from .errors import (
+    AmbiguousCreateError,
+    InvalidArgumentError,
+    KlingError,
+    ListUnavailableError,
+    RateLimitError,
+    ResponseDecodeError,
+    RetryAfterTooLongError,
+    ServerError,
+    TaskFailedError,
+    TransportError,
+    WaitTimeoutError,
+)
+from .models import ExtendRequest, Task, TaskStatus
+from .testing import __main__ as emulator_cli
 
 __all__ = ["main"]
+
+PROG = "kling-async"
+_REMOTE = ("extend", "get", "wait", "list")
+# Extra KlingSession options; the tests put instant poll and retry policies here.
+_SESSION_OPTIONS: dict[str, Any] = {}
+# Ctrl+C ends anyio.run() with KeyboardInterrupt; on Python 3.10 (no Task.uncancel()) the
+# runner cannot tell it from another cancellation and lets the CancelledError out instead.
+_INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)
+# Plain progress repeats the status at most this often while it does not change.
+_HEARTBEAT_SECONDS = 30.0
+# The SDK's Python names, as a CLI user knows them (for SDK messages the CLI passes on).
+_FLAGS = {
+    "video_id": "VIDEO_ID",
+    "task_id": "TASK_ID",
+    "prompt": "--prompt",
+    "negative_prompt": "--negative-prompt",
+    "cfg_scale": "--cfg-scale",
+    "callback_url": "--callback-url",
+    "parent_task_id": "--parent-task-id",
+    "external_task_id": "--external-task-id",
+    "timeout": "--timeout",
+    "page_size": "--page-size",
+    "max_pages": "--pages",
+    "api_key": "KLING_API_KEY",
+    "access_key": "KLING_ACCESS_KEY",
+    "secret_key": "KLING_SECRET_KEY",
+}
+
+
+# -- argument types: argparse reports a bad value as a one-line usage error ------------------
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _seconds(text: str) -> float:
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _count(maximum: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from 1 to {maximum}, got {text!r}"
+            )
+        return value
+
+    return check
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+# -- output ---------------------------------------------------------------------------------
 
 
 def _task_line(task: Task) -> str:
@@ -35,6 +137,7 @@ def _task_line(task: Task) -> str:
 
 
 def _task_json(task: Task) -> dict[str, Any]:
+    parent = task.parent_video
     return {
         "task_id": task.task_id,
         "status": task.status.value,
@@ -42,14 +145,234 @@ def _task_json(task: Task) -> dict[str, Any]:
         "created_at": task.created_at.isoformat() if task.created_at else None,
         "updated_at": task.updated_at.isoformat() if task.updated_at else None,
         "external_task_id": task.external_task_id,
+        "parent_video": (
+            None
+            if parent is None
+            else {"id": parent.id, "url": parent.url, "duration": parent.duration}
+        ),
         "videos": [
             {"id": video.id, "url": video.url, "duration": video.duration} for video in task.videos
         ],
     }
 
 
+class _OutputClosed(Exception):
+    """Stdout's reader went away (``kling-async list | head -1``, or Ctrl+C in a pipeline)."""
+
+
 def _show(task: Task, as_json: bool) -> None:
-    print(json.dumps(_task_json(task)) if as_json else _task_line(task))
+    try:
+        print(json.dumps(_task_json(task)) if as_json else _task_line(task), flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+        raise _OutputClosed from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _clock(seconds: float) -> str:
+    """Elapsed time as ``m:ss`` (``h:mm:ss`` past an hour)."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _say(message: str) -> None:
+    print(_one_line(message), file=sys.stderr, flush=True)
+
+
+# -- progress on stderr ---------------------------------------------------------------------
+
+
+class _Progress(Protocol):
+    heartbeat: float
+
+    def update(self, task: Task) -> None: ...
+    def tick(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Quiet:
+    heartbeat = math.inf
+
+    def update(self, task: Task) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _PlainProgress:
+    """One line per status change, with the elapsed time; repeated at most every heartbeat."""
+
+    def __init__(
+        self,
+        task_id: str,
+        stream: TextIO,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        heartbeat: float | None = None,
+    ) -> None:
+        self.heartbeat = _HEARTBEAT_SECONDS if heartbeat is None else heartbeat
+        self._stream = stream
+        self._clock = clock
+        self._started = self._last_line = clock()
+        self._status: TaskStatus | None = None
+        self._write(f"waiting for task {task_id} (Ctrl+C stops waiting; the task keeps running)")
+
+    def _write(self, line: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr must not end the wait
+            print(line, file=self._stream, flush=True)
+
+    def update(self, task: Task) -> None:
+        self._status = task.status
+        now = self._last_line = self._clock()
+        message = f"  ({task.status_message})" if task.status_message else ""
+        self._write(f"{_clock(now - self._started)}  {task.status.value}{message}")
+
+    def tick(self) -> None:
+        now = self._clock()
+        if self._status is not None and now - self._last_line >= self.heartbeat:
+            self._last_line = now
+            self._write(f"{_clock(now - self._started)}  still {self._status.value}")
+
+    def close(self) -> None:
+        pass
+
+
+class _RichProgress:
+    """A spinner line with the task id, its status and the elapsed time, on a terminal."""
+
+    heartbeat = math.inf  # rich refreshes the view by itself
+
+    def __init__(
+        self, task_id: str, console: Any, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        from rich.live import Live  # type: ignore[import-not-found, unused-ignore]
+        from rich.spinner import Spinner  # type: ignore[import-not-found, unused-ignore]
+
+        self._task_id = task_id
+        self._console = console
+        self._clock = clock
+        self._started = clock()
+        self._task: Task | None = None
+        self._spinner = Spinner("dots", style="cyan")
+        self._live = Live(
+            self,
+            console=console,
+            transient=True,
+            refresh_per_second=8,
+            redirect_stdout=False,
+            redirect_stderr=True,  # -v log lines show above the view
+        )
+        self._closed = False
+        self._live.start()
+
+    def _describe(self) -> str:
+        from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
+
+        task = self._task
+        status = escape(task.status.value) if task is not None else "querying"
+        message = f" ({escape(task.status_message)})" if task and task.status_message else ""
+        elapsed = _clock(self._clock() - self._started)
+        return f"task {escape(self._task_id)}  [bold]{status}[/]{message}  {elapsed}"
+
+    def __rich__(self) -> Any:
+        self._spinner.update(text=self._describe() + "  [dim](Ctrl+C stops waiting)[/]")
+        return self._spinner
+
+    def update(self, task: Task) -> None:
+        self._task = task
+        self._live.refresh()
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._live.stop()
+        # The view goes; one line stays: ✓ succeed, ✗ failed, … still running (Ctrl+C, timeout).
+        status = self._task.status if self._task is not None else None
+        mark: dict[TaskStatus | None, str] = {
+            TaskStatus.SUCCEED: "[green]✓[/]",
+            TaskStatus.FAILED: "[red]✗[/]",
+        }
+        self._console.print(
+            f"{mark.get(status, '[yellow]…[/]')} {self._describe()}", highlight=False
+        )
+
+
+def _progress(task_id: str, quiet: bool) -> _Progress:
+    """Rich on a terminal when it is installed (``kling-async[cli]``), else plain lines."""
+    if quiet:
+        return _Quiet()
+    if sys.stderr.isatty():
+        try:
+            from rich.console import Console  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            pass
+        else:
+            return _RichProgress(task_id, Console(stderr=True))
+    return _PlainProgress(task_id, sys.stderr)
+
+
+async def _follow(handle: TaskHandle, timeout: float | None, progress: _Progress) -> Task:
+    """Wait for the task, reporting each status change; raise as ``handle.wait()`` would."""
+    failure: BaseException | None = None
+    with anyio.move_on_after(timeout) as deadline:
+        async with anyio.create_task_group() as group:
+            if math.isfinite(progress.heartbeat):
+
+                async def beat() -> None:
+                    while True:
+                        await anyio.sleep(progress.heartbeat / 4)
+                        progress.tick()
+
+                group.start_soon(beat)
+            try:
+                async for task in handle.watch():
+                    progress.update(task)
+            except Exception as error:  # re-raised below, outside the task group
+                failure = error
+            finally:
+                group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    last = handle.last
+    if deadline.cancelled_caught or last is None or not last.done:
+        raise WaitTimeoutError(handle.task_id, timeout=timeout or 0.0, last=last)
+    if last.status is TaskStatus.FAILED:
+        raise TaskFailedError(last)
+    return last
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+class _State:
+    """What main() must know when a command ends early: the task, and whether it was shown."""
+
+    def __init__(self) -> None:
+        self.handle: TaskHandle | None = None
+        self.shown = False
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -73,7 +396,7 @@ async def _demo(args: argparse.Namespace) -> int:
             for video, handle in zip(videos, handles, strict=True):
                 print(f"submitted {video} as task {handle.task_id}")
 
-            async def follow(video: str, handle: Any) -> None:
+            async def follow(video: str, handle: TaskHandle) -> None:
                 async for task in handle.watch():
                     print(f"{video}: {_task_line(task)}")
 
@@ -88,10 +411,15 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace) -> int:
-    if args.command == "demo":
-        return await _demo(args)
-    async with KlingSession(base_url=args.base_url) as session:
+async def _remote(session: KlingSession, args: argparse.Namespace, state: _State) -> int:
+    async with session:
+        if args.command == "get":
+            _show(await session.get_task(args.task_id), args.json)
+            return 0
+        if args.command == "list":
+            async for listed in session.list_tasks(page_size=args.page_size, max_pages=args.pages):
+                _show(listed, args.json)
+            return 0
         if args.command == "extend":
             handle = await session.extend(
                 args.video_id,
@@ -102,74 +430,388 @@ async def _run(args: argparse.Namespace) -> int:
                 parent_task_id=args.parent_task_id,
                 external_task_id=args.external_task_id,
             )
-            assert handle.last is not None
-            _show(handle.last, args.json)
-            if args.wait:
-                _show(await handle.wait(timeout=args.timeout), args.json)
-        elif args.command == "get":
-            _show(await session.get_task(args.task_id), args.json)
-        elif args.command == "wait":
-            _show(await session.task(args.task_id).wait(timeout=args.timeout), args.json)
-        elif args.command == "list":
-            async for task in session.list_tasks(page_size=args.page_size, max_pages=args.pages):
-                _show(task, args.json)
+            state.handle = handle
+            if not args.wait:
+                _show(
+                    handle.last or Task(task_id=handle.task_id, status=TaskStatus.SUBMITTED),
+                    args.json,
+                )
+                state.shown = True
+                return 0
+        else:
+            handle = state.handle = session.task(args.task_id)
+        progress = _progress(handle.task_id, args.quiet)
+        try:
+            task = await _follow(handle, args.timeout, progress)
+        finally:
+            progress.close()
+        _show(task, args.json)
+        state.shown = True
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m kling_async", description="Extend Kling videos from the command line."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run against the built-in emulator (no account)")
-    demo.add_argument(
-        "--step", type=float, default=0.5, help="emulated seconds per status step (default 0.5)"
-    )
+# -- errors in the CLI's words --------------------------------------------------------------
 
-    def remote(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help)
-        sub.add_argument("--base-url", default=None, help="default: KLING_BASE_URL or Kling's")
-        sub.add_argument("--json", action="store_true", help="one JSON object per line")
+
+def _resume_command(args: argparse.Namespace, task_id: str) -> str:
+    words = [PROG, "wait", task_id]
+    if args.base_url is not None:
+        words += ["--base-url", args.base_url]
+    if args.allow_insecure_http:
+        words.append("--allow-insecure-http")
+    if args.json:
+        words.append("--json")
+    return shlex.join(words)
+
+
+def _in_flags(message: str, args: argparse.Namespace) -> str:
+    """An SDK ValueError's text with its Python names replaced by flags and variables."""
+    base_url = "--base-url" if getattr(args, "base_url", None) is not None else "KLING_BASE_URL"
+    words = {
+        **_FLAGS,
+        "base_url": base_url,
+        "allow_insecure_http=True": "--allow-insecure-http",
+        "step_seconds": "--step",
+    }
+    pattern = "|".join(re.escape(name) for name in sorted(words, key=len, reverse=True))
+    return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: words[m.group(1)], message)
+
+
+def _kling_message(error: KlingError, args: argparse.Namespace, task_id: str | None) -> str:
+    """One line for a KlingError, saying what the user can run next."""
+    if isinstance(error, WaitTimeoutError):
+        status = error.last.status.value if error.last is not None else "not yet seen"
+        text = (
+            f"task {error.task_id} was still {status} after waiting {error.timeout:g} s; "
+            "it keeps running on the server"
+        )
+    elif isinstance(error, AmbiguousCreateError):
+        how = (
+            f"look it up with '{PROG} get {error.external_task_id}'"
+            if error.external_task_id
+            else f"look for it with '{PROG} list' or in the Kling console"
+        )
+        text = (
+            f"{error.args[0] if error.args else 'the create outcome is unknown'}; the create for "
+            f"video {error.request.video_id} sent at {error.sent_at.isoformat()} may have made a "
+            f"(paid) task: {how} before you extend that video again"
+        )
+    elif isinstance(error, RetryAfterTooLongError):
+        text = (
+            f"the server asked to retry after {error.retry_after:g} s, longer than the "
+            f"{error.cap:g} s this command waits; try again later ({error.error})"
+        )
+    elif isinstance(error, ListUnavailableError):
+        text = f"{error}; most gateways do not offer it: use '{PROG} get TASK_ID' instead"
+    else:
+        text = str(error)
+    text = f"error: {type(error).__name__}: {text}"
+    if task_id is not None:
+        text += f"; resume the wait with '{_resume_command(args, task_id)}'"
+    return text
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Like ``parser.error()`` (the command's usage, then one line), but return 2."""
+    parser.print_usage(sys.stderr)
+    _say(f"{parser.prog}: error: {message}")
+    return 2
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """What argparse cannot check alone; None if the command may run."""
+    if args.command == "extend":
+        if args.timeout is not None and not args.wait:
+            return "--timeout bounds --wait; pass --wait too"
+        try:
+            ExtendRequest(
+                video_id=args.video_id,
+                prompt=args.prompt,
+                negative_prompt=args.negative_prompt,
+                cfg_scale=args.cfg_scale,
+                callback_url=args.callback_url,
+                parent_task_id=args.parent_task_id,
+                external_task_id=args.external_task_id,
+            )
+        except InvalidArgumentError as error:
+            flag = _FLAGS.get(error.field, error.field)
+            return f"{flag}: {str(error).removeprefix(f'{error.field}: ')}"
+    if not any(
+        os.environ.get(name) for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY")
+    ):
+        return (
+            "no credentials: set KLING_API_KEY (a gateway's key) or "
+            "KLING_ACCESS_KEY and KLING_SECRET_KEY (Kling's keys)"
+        )
+    return None
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+_ENVIRONMENT = """\
+environment:
+  KLING_API_KEY                       a gateway's API key, or
+  KLING_ACCESS_KEY, KLING_SECRET_KEY  Kling's access key and secret key
+  KLING_BASE_URL                      the base URL (--base-url overrides it)"""
+
+
+_VERBOSE = "log retries on stderr (INFO); -vv logs every request (DEBUG)"
+
+
+def _add_verbose(parser: argparse.ArgumentParser | Any) -> None:
+    # SUPPRESS: a -v before the command is not reset by the command's own default.
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=_VERBOSE)
+
+
+def _add_waiting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help="give up waiting after SECONDS"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--base-url",
+        type=_text,
+        metavar="URL",
+        help="Kling's or a gateway's base URL (default: KLING_BASE_URL, else Kling's global API)",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow a plain http:// base URL that is not on this machine (the key travels "
+        "unencrypted)",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="print each task as one JSON object per line"
+    )
+    _add_verbose(group)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Extend Kling videos from the command line.",
+        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs: dict[str, argparse.ArgumentParser] = {}
+
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=_ENVIRONMENT if name in _REMOTE else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        subs[name] = sub
         return sub
 
-    extend = remote("extend", "submit an extend task")
-    extend.add_argument("video_id")
-    extend.add_argument("--prompt")
-    extend.add_argument("--negative-prompt")
-    extend.add_argument("--cfg-scale", type=float)
-    extend.add_argument("--callback-url")
-    extend.add_argument("--parent-task-id", help="the parent task id some gateways require")
-    extend.add_argument("--external-task-id")
+    demo = add(
+        "demo",
+        "run against the built-in emulator (no account needed)",
+        "Extend three videos on an in-process emulator: one create is retried, one task fails.",
+    )
+    demo.add_argument(
+        "--step",
+        type=_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="emulated seconds per status step (default %(default)s)",
+    )
+    _add_verbose(demo)
+
+    extend = add(
+        "extend",
+        "submit an extend task (a paid job)",
+        "Submit one extend task (a paid job) and print it. With --wait, show its progress\n"
+        "on stderr, then print its final state.",
+    )
+    extend.add_argument("video_id", metavar="VIDEO_ID", type=_text, help="the video to extend")
+    extend.add_argument("--prompt", metavar="TEXT", help="at most 2500 characters")
+    extend.add_argument("--negative-prompt", metavar="TEXT", help="at most 2500 characters")
+    extend.add_argument("--cfg-scale", type=_fraction, metavar="X", help="0 to 1")
+    extend.add_argument("--callback-url", metavar="URL", help="where Kling POSTs status changes")
+    extend.add_argument(
+        "--parent-task-id", metavar="ID", help="the parent task id some gateways require"
+    )
+    extend.add_argument("--external-task-id", metavar="ID", help="your own id for the task")
     extend.add_argument("--wait", action="store_true", help="wait until the task is done")
-    extend.add_argument("--timeout", type=float, default=None, help="bound the wait (seconds)")
-    get = remote("get", "show a task by task id or external task id")
-    get.add_argument("task_id")
-    wait = remote("wait", "wait until a task is done")
-    wait.add_argument("task_id")
-    wait.add_argument("--timeout", type=float, default=None, help="bound the wait (seconds)")
-    listing = remote("list", "list tasks, newest first")
-    listing.add_argument("--page-size", type=int, default=30)
-    listing.add_argument("--pages", type=int, default=1, help="pages to fetch (default 1)")
-    return parser
+    _add_waiting(extend)
+    _add_connection(extend)
+
+    get = add(
+        "get", "show a task by task id or external task id", "Query one task once and print it."
+    )
+    get.add_argument("task_id", metavar="TASK_ID", type=_text)
+    _add_connection(get)
+
+    waiting = add(
+        "wait",
+        "wait until a task is done",
+        "Wait until a task is done, showing its progress on stderr, then print its final\n"
+        "state. The task keeps running if the wait ends early (Ctrl+C, --timeout).",
+    )
+    waiting.add_argument("task_id", metavar="TASK_ID", type=_text)
+    _add_waiting(waiting)
+    _add_connection(waiting)
+
+    listing = add(
+        "list",
+        "list tasks, newest first",
+        "Print the account's extend tasks, newest first (most gateways do not offer it).",
+    )
+    listing.add_argument(
+        "--page-size",
+        type=_count(500),
+        default=30,
+        metavar="N",
+        help="tasks per page, 1 to 500 (default %(default)s)",
+    )
+    listing.add_argument(
+        "--pages",
+        type=_count(1000),
+        default=1,
+        metavar="N",
+        help="pages to fetch, 1 to 1000 (default %(default)s)",
+    )
+    _add_connection(listing)
+
+    emulator = add(
+        "emulator", "serve an emulated Kling API (no account needed)", emulator_cli.DESCRIPTION
+    )
+    emulator_cli.add_arguments(emulator)
+    return parser, subs
+
+
+# -- logging --------------------------------------------------------------------------------
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the current ``sys.stderr`` (a live view may have redirected it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging(verbosity: int) -> Iterator[None]:
+    """``-v``: the SDK's INFO lines (retries) on stderr; ``-vv``: DEBUG (every request)."""
+    if not verbosity:
+        yield
+        return
+    logger = logging.getLogger("kling_async")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    level = logger.level
+    logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def _exit_status(exit: SystemExit) -> int:
+    return exit.code if isinstance(exit.code, int) else 2 if exit.code else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (1 for a Kling error, 2 for bad usage)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "extend" and args.timeout is not None and not args.wait:
-        parser.error("--timeout bounds --wait; pass --wait too")
+    """Run the CLI and return its exit status.
+
+    0 success, 1 a Kling error (including a failed task or a timeout), 2 bad usage (nothing
+    was sent), 130 interrupted (the remote task keeps running).
+    """
+    parser, commands = _parser()
     try:
-        return anyio.run(_run, args)
-    except TaskFailedError as error:
-        _show(error.task, getattr(args, "json", False))
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KlingError as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error argparse printed
+        return _exit_status(exit)
+    command = commands[args.command]
+    if unknown:  # argparse would blame the top-level parser and show its usage
+        return _usage_error(command, f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "emulator":
+        return emulator_cli.run(args)
+    with _logging(args.verbose):
+        try:
+            if args.command == "demo":
+                return anyio.run(_demo, args)
+            return _main_remote(args, command)
+        except _INTERRUPTED:
+            return 130
+        except (_OutputClosed, BrokenPipeError):  # nobody reads the rest: stop quietly
+            _silence_stdout()
+            return 1
+
+
+def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+    problem = _check(args)
+    if problem is not None:
+        return _usage_error(command, problem)
+    try:
+        session = KlingSession(
+            base_url=args.base_url,
+            allow_insecure_http=args.allow_insecure_http,
+            **_SESSION_OPTIONS,
+        )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        return _usage_error(command, _in_flags(str(error), args))
+    state = _State()
+    try:
+        return anyio.run(_remote, session, args, state)
+    except _INTERRUPTED:
+        _show_last(state, args)
+        handle = state.handle
+        if handle is None and args.command == "extend":
+            _say(
+                "interrupted before Kling answered the create: it may have made a (paid) task; "
+                f"look for it with '{PROG} list' or in the Kling console before extending "
+                "the video again"
+            )
+        elif handle is None:
+            _say("interrupted")
+        else:
+            _say(f"interrupted: stopped waiting for task {handle.task_id}; it keeps running")
+            _say(f"resume with: {_resume_command(args, handle.task_id)}")
         return 130
+    except KlingError as error:
+        _show_last(state, args, error.task if isinstance(error, TaskFailedError) else None)
+        _say(_kling_message(error, args, _resumable(state, error)))
+        return 1
+    except ValueError as error:  # the SDK refused an argument; nothing was sent for it
+        return _usage_error(command, _in_flags(str(error), args))
+
+
+def _resumable(state: _State, error: KlingError) -> str | None:
+    """The id of a task whose wait ended early for a reason that waiting again can outlast."""
+    handle = state.handle
+    if handle is None or handle.done:
+        return None
+    if isinstance(error, WaitTimeoutError):
+        return handle.task_id
+    transient = (TransportError, ServerError, RateLimitError, ResponseDecodeError)
+    if handle.last is not None and isinstance(error, (*transient, RetryAfterTooLongError)):
+        return handle.task_id
+    return None
+
+
+def _show_last(state: _State, args: argparse.Namespace, task: Task | None = None) -> None:
+    """When a wait ends early, stdout still gets the task's last known state (and its id)."""
+    if task is None and state.handle is not None:
+        task = state.handle.last
+    if task is not None and not state.shown:
+        state.shown = True
+        with contextlib.suppress(_OutputClosed):  # the message on stderr matters more
+            _show(task, args.json)
