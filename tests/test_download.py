@@ -344,12 +344,10 @@ async def test_no_credential_reaches_the_media_host(
 async def test_a_borrowed_sessions_defaults_are_not_sent_to_the_media_host(
     emu: KlingEmulator, tmp_path: pathlib.Path
 ) -> None:
-    """Default headers, auth and cookies of a borrowed aiohttp session stay off media requests."""
-    async with aiohttp.ClientSession(
-        headers={"Authorization": "Bearer borrowed-secret", "X-Team": "a"},
-        auth=None,
-        cookie_jar=aiohttp.CookieJar(unsafe=True),
-    ) as http:
+    """Default headers and cookies of a borrowed aiohttp session stay off media requests."""
+    defaults = {"Authorization": "Bearer borrowed", "Proxy-Authorization": "x", "X-Team": "a"}
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(headers=defaults, cookie_jar=jar) as http:
         http.cookie_jar.update_cookies({"session": "cookie-secret"})
         async with official(emu, http_session=http) as session:
             await session.download(video(emu), tmp_path)
