@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import pathlib
 import urllib.parse
 import uuid
 import warnings
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from . import sansio
+from . import _download, sansio
 from ._auth import BearerKey, JWTSigner
 from ._create import Creator
 from ._handle import TaskHandle
@@ -28,7 +29,7 @@ from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
 from .errors import InvalidArgumentError, KlingError
-from .models import ExtendRequest, Task
+from .models import ExtendRequest, Task, Video
 from .models import check_text as _check_text
 
 if TYPE_CHECKING:
@@ -337,6 +338,41 @@ class KlingSession:
         _check_task_id(task_id)
         self._wire.check_open()
         return await self._watcher.query(task_id)
+
+    async def download(
+        self,
+        video_or_task: Video | Task,
+        dest: str | os.PathLike[str],
+        *,
+        progress: Callable[[int, int | None], object] | None = None,
+    ) -> pathlib.Path:
+        """Download a result video to ``dest`` and return the path of the finished file.
+
+        ``video_or_task`` is a `Video` or a succeeded `Task` (its first video); ``dest`` is a
+        file path, or an existing directory (the file is then named after the video id and
+        the URL's extension, ``.mp4`` by default). The video is streamed into a hidden
+        temporary file next to it, checked against ``Content-Length``, fsynced and renamed
+        into place: a partial file never has the final name. A body that breaks off is
+        resumed with ``Range`` within the retry policy. No credential is sent to the media
+        host. ``progress(bytes_done, total_or_None)`` is called at most every 100 ms or each
+        whole percent, and once at the end. Each connection takes one of the
+        ``max_in_flight`` slots.
+
+        Raises `MediaExpiredError` when the media host answers 403, 404 or 410 (Kling keeps
+        results for 30 days) and `DownloadError` for other failures; local file errors are
+        raised as the `OSError` they are.
+
+        Added in version 0.2.
+        """
+        return await _download.download(
+            self._wire,
+            self._http if self._http is not None else self._borrowed,
+            video_or_task,
+            dest,
+            progress=progress,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+        )
 
     def as_completed(
         self, handles: Iterable[TaskHandle], *, timeout: float | None = None

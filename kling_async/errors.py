@@ -24,7 +24,9 @@ subclass of one. The tree::
     ├── TaskFailedError               the task ended with status ``failed``
     ├── WaitTimeoutError              a bounded wait ran out (also a ``TimeoutError``)
     ├── SubmitTimeoutError            extend_many() ran out of time before a send (nothing sent)
-    └── SessionClosedError            the session is closed (also a ``RuntimeError``)
+    ├── SessionClosedError            the session is closed (also a ``RuntimeError``)
+    └── DownloadError                 a result video could not be downloaded
+        └── MediaExpiredError         403/404/410 from the media host: the result is gone
 
     InvalidArgumentError (a ValueError): an argument failed validation before any I/O.
 """
@@ -43,10 +45,12 @@ __all__ = [
     "AmbiguousCreateError",
     "AuthenticationError",
     "ContentPolicyError",
+    "DownloadError",
     "InvalidArgumentError",
     "InvalidRequestError",
     "KlingError",
     "ListUnavailableError",
+    "MediaExpiredError",
     "NotFoundError",
     "PermissionDeniedError",
     "QuotaExhaustedError",
@@ -322,3 +326,53 @@ class SubmitTimeoutError(KlingError, TimeoutError):
 
 class SessionClosedError(KlingError, RuntimeError):
     """The session is closed (or was closed while this call was pending)."""
+
+
+class DownloadError(KlingError):
+    """A result video could not be downloaded (`KlingSession.download`).
+
+    ``url`` is the media URL without its query string or fragment (signed CDN URLs carry
+    their secret there); ``status`` is the last HTTP status the media host sent, or None when
+    no reply came; ``received`` is how many bytes of the video had arrived when it stopped.
+    The partial file is removed.
+
+    Added in version 0.2.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        video_id: str | None = None,
+        status: int | None = None,
+        received: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.video_id = video_id
+        self.status = status
+        self.received = received
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.status}" if self.status is not None else "no reply"]
+        parts.append(f"{self.received} bytes received")
+        video = f"video {self.video_id} " if self.video_id is not None else ""
+        return f"{self.message}: {video}from {self.url} ({', '.join(parts)})"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, url={self.url!r}, "
+            f"video_id={self.video_id!r}, status={self.status}, received={self.received})"
+        )
+
+
+class MediaExpiredError(DownloadError):
+    """The media host answered 403, 404 or 410: the URL has expired or the result is gone.
+
+    Kling keeps result videos for 30 days. A signed URL can also expire sooner than the
+    video: query the task again for a fresh URL; past 30 days the result cannot be had.
+
+    Added in version 0.2.
+    """

@@ -15,12 +15,14 @@ EXPECTED_ALL = {
     "AmbiguousCreateError",
     "AuthenticationError",
     "ContentPolicyError",
+    "DownloadError",
     "ExtendRequest",
     "InvalidArgumentError",
     "InvalidRequestError",
     "KlingError",
     "KlingSession",
     "ListUnavailableError",
+    "MediaExpiredError",
     "NotFoundError",
     "PermissionDeniedError",
     "PollPolicy",
@@ -144,6 +146,7 @@ def test_session_closed_error_is_a_runtime_error() -> None:
         ("RateLimitError", "APIError"),
         ("TaskLimitError", "RateLimitError"),
         ("ServerError", "APIError"),
+        ("MediaExpiredError", "DownloadError"),
     ],
 )
 def test_exception_tree(child: str, parent: str) -> None:
