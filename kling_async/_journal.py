@@ -35,7 +35,7 @@ found. ``flock`` locks belong to the open file, so two instances in one process 
 too; a child made by ``fork`` shares its parent's lock until it exits. Local file systems
 only (``flock`` over NFS is not reliable). Where ``fcntl`` is missing (Windows) an owner
 counts as alive while its lock file exists: a crash then leaves the file behind, and its keys
-stay BUSY until that file is deleted by hand (a BUSY claim names it in ``entry.owner``).
+stay BUSY until that file is deleted by hand (`SQLiteJournal.owner_file` names it).
 
 **Durability.** WAL mode with ``synchronous=NORMAL`` by default: a commit is in the OS before
 it returns, so it survives the process being killed at any point, which is the failure this
@@ -166,7 +166,7 @@ class JournalEntry:
     refusal_code: int | None = None
     refusal_reason: str | None = None
     owner: str | None = None
-    """The owner token (SQLite: the lock file's path on BUSY claims), or None."""
+    """The token of the instance creating this key right now (on BUSY: the live one), or None."""
 
     @property
     def external_task_id(self) -> str | None:
@@ -551,6 +551,10 @@ class SQLiteJournal:
         """This instance's owner token (empty until opened)."""
         return self._owners.token
 
+    def owner_file(self, token: str) -> pathlib.Path:
+        """The lock file whose lock says that owner ``token`` is alive (for messages)."""
+        return self._owners.path(token)
+
     # -- the protocol ---------------------------------------------------------------------
 
     async def claim(
@@ -609,16 +613,14 @@ class SQLiteJournal:
             key,
             "state = 'sending', sent_at = ?",
             (stamp,),
-            from_states=("intent",),
+            from_state="intent",
             what="mark_sending",
         )
 
     async def mark_not_sent(self, key: str) -> None:
         """SENDING -> INTENT: the create certainly never reached the server; still owned."""
         _check_key(key)
-        await self._write(
-            key, "state = 'intent'", (), from_states=("sending",), what="mark_not_sent"
-        )
+        await self._write(key, "state = 'intent'", (), from_state="sending", what="mark_not_sent")
 
     async def mark_created(
         self, key: str, task_id: str, task: Mapping[str, Any] | None = None
@@ -634,7 +636,7 @@ class SQLiteJournal:
             key,
             "state = 'created', owner = NULL, task_id = ?, task = ?",
             (task_id, text),
-            from_states=("sending",),
+            from_state="sending",
             what="mark_created",
             task_id=task_id,
         )
@@ -654,7 +656,7 @@ class SQLiteJournal:
             key,
             "state = 'refused', owner = NULL, refusal_code = ?, refusal_reason = ?",
             (code, reason),
-            from_states=("sending",),
+            from_state="sending",
             what="mark_refused",
         )
 
@@ -712,13 +714,13 @@ class SQLiteJournal:
         assignments: str,
         values: tuple[Any, ...],
         *,
-        from_states: tuple[str, ...],
+        from_state: str,
         what: str,
         task_id: str | None = None,
     ) -> None:
         """One owned transition, shielded: it completes even in a cancelled ``finally``."""
         await self._run(
-            self._transition_sync, key, assignments, values, from_states, what, task_id, shield=True
+            self._transition_sync, key, assignments, values, from_state, what, task_id, shield=True
         )
         if "owner = NULL" in assignments:
             self._wake()
@@ -770,8 +772,11 @@ class SQLiteJournal:
         try:
             connection.row_factory = sqlite3.Row
             self._configure(connection)
-            self._owners.acquire()
-            self._owners.sweep()
+            try:
+                self._owners.acquire()
+                self._owners.sweep()
+            except OSError as error:
+                raise JournalError(f"cannot make the journal's owner lock file: {error}") from error
         except BaseException:
             connection.close()
             self._owners.release()
@@ -894,7 +899,17 @@ class SQLiteJournal:
                         claimed_at,
                     ),
                 )
-                return Claim(outcome=ClaimOutcome.FRESH, entry=self._get_in(db, key))
+                return Claim(
+                    outcome=ClaimOutcome.FRESH,
+                    entry=JournalEntry(
+                        key=key,
+                        request=sent,
+                        stamped=stamp is not None,
+                        state=EntryState.INTENT,
+                        claimed_at=dt.datetime.fromisoformat(claimed_at),
+                        owner=token,
+                    ),
+                )
             # The record's own stamp is not part of the request's identity: a request that
             # carries it (a resume claiming entry.request) matches as the bare request.
             via_stamp = (
@@ -916,8 +931,7 @@ class SQLiteJournal:
                 return Claim(outcome=ClaimOutcome.REFUSED, entry=self._entry(row))
             owner = row["owner"]
             if owner is not None and self._owners.alive(owner):
-                shown = owner if owner == token else str(self._owners.path(owner))
-                return Claim(outcome=ClaimOutcome.BUSY, entry=self._entry(row, owner=shown))
+                return Claim(outcome=ClaimOutcome.BUSY, entry=self._entry(row))
             if state is EntryState.INTENT:
                 # Nothing left the machine: take it over with this call's request and stamp
                 # (the same request by fingerprint; the stamp may differ, or be gone).
@@ -932,48 +946,47 @@ class SQLiteJournal:
                     " external_task_id = ? WHERE key = ?",
                     (token, claimed_at, _canonical(sent), stamped, sent.external_task_id, key),
                 )
-                return Claim(outcome=ClaimOutcome.FRESH, entry=self._get_in(db, key))
+                entry = attrs.evolve(
+                    self._entry(row),
+                    request=sent,
+                    stamped=stamped,
+                    claimed_at=dt.datetime.fromisoformat(claimed_at),
+                    owner=token,
+                )
+                return Claim(outcome=ClaimOutcome.FRESH, entry=entry)
             db.execute("UPDATE creates SET owner = ? WHERE key = ?", (token, key))
-            return Claim(outcome=ClaimOutcome.IN_DOUBT, entry=self._get_in(db, key))
-
-    def _get_in(self, db: sqlite3.Connection, key: str) -> JournalEntry:
-        row = db.execute(f"SELECT {_COLUMNS} FROM creates WHERE key = ?", (key,)).fetchone()
-        return self._entry(row)
+            return Claim(outcome=ClaimOutcome.IN_DOUBT, entry=self._entry(row, owner=token))
 
     def _transition_sync(
         self,
         key: str,
         assignments: str,
         values: tuple[Any, ...],
-        from_states: tuple[str, ...],
+        from_state: str,
         what: str,
         task_id: str | None,
     ) -> None:
+        """One guarded UPDATE (the common case: one statement); a miss is explained after."""
         token = self._owners.token
         with self._db(write=True) as db:
+            guard = "key = ? AND owner = ? AND state = ?"
+            arguments: tuple[Any, ...] = (*values, key, token, from_state)
+            if task_id is not None:  # one task is never recorded for two keys
+                guard += " AND NOT EXISTS (SELECT 1 FROM creates WHERE task_id = ? AND key != ?)"
+                arguments += (task_id, key)
+            if db.execute(f"UPDATE creates SET {assignments} WHERE {guard}", arguments).rowcount:
+                return
             row = db.execute("SELECT state, owner FROM creates WHERE key = ?", (key,)).fetchone()
             if row is None:
                 raise RuntimeError(f"{what}({key!r}): the key was never claimed")
             if row["owner"] != token:
                 raise RuntimeError(f"{what}({key!r}): this journal instance does not own the key")
-            if row["state"] not in from_states:
-                raise RuntimeError(
-                    f"{what}({key!r}): the key is {row['state']}, not {' or '.join(from_states)}"
-                )
-            if task_id is not None:
-                other = db.execute(
-                    "SELECT key FROM creates WHERE task_id = ? AND key != ?", (task_id, key)
-                ).fetchone()
-                if other is not None:
-                    raise ValueError(
-                        f"task {task_id!r} is already journaled for key {other['key']!r}"
-                    )
-            placeholders = ", ".join(["?"] * len(from_states))
-            db.execute(
-                f"UPDATE creates SET {assignments} WHERE key = ? AND owner = ? "
-                f"AND state IN ({placeholders})",
-                (*values, key, token, *from_states),
-            )
+            if row["state"] != from_state:
+                raise RuntimeError(f"{what}({key!r}): the key is {row['state']}, not {from_state}")
+            other = db.execute(
+                "SELECT key FROM creates WHERE task_id = ? AND key != ?", (task_id, key)
+            ).fetchone()
+            raise ValueError(f"task {task_id!r} is already journaled for key {other['key']!r}")
 
     def _release_sync(self, key: str) -> None:
         with self._db(write=True) as db:
