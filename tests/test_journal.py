@@ -384,7 +384,9 @@ async def test_a_busy_claim_gives_up_after_its_wait(
 
     assert ClaimOutcome.BUSY == claim.outcome
     assert 0.2 <= time.monotonic() - started < 2
-    assert str(db_owners(journal) / f"{journal.token}.lock") == claim.entry.owner
+    assert journal.token == claim.entry.owner
+    assert db_owners(journal) / f"{journal.token}.lock" == other.owner_file(journal.token)
+    assert other.owner_file(journal.token).exists()
 
 
 def db_owners(journal: SQLiteJournal) -> pathlib.Path:
@@ -536,6 +538,7 @@ def test_two_processes_never_both_create_for_one_key(db: pathlib.Path) -> None:
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
+        # (nothing arrives between "ready" and the result, so readline() buffered nothing)
         outputs = [process.communicate(timeout=120)[0] for process in children]
     finally:
         for process in children:
@@ -562,24 +565,24 @@ def test_two_processes_never_both_create_for_one_key(db: pathlib.Path) -> None:
 def test_a_process_killed_mid_way_leaves_a_consistent_journal(db: pathlib.Path, seed: int) -> None:
     """kill -9 at a random point: INTENT is taken over, SENDING is in doubt, CREATED is kept."""
     rng = random.Random(seed)
-    process = child("crash", str(db))
     acked: dict[str, str] = {}
-    try:
-        assert process.stdout is not None
-        token = process.stdout.readline().split()[1]
-        lines = rng.randrange(3, 300)
-        for _ in range(lines):
-            state, key = process.stdout.readline().split()
-            acked[key] = state
-        # while the child lives, its keys are its own
-        anyio.run(expect_busy, db, "key-0")
-        time.sleep(rng.random() * 0.01)
-        os.kill(process.pid, signal.SIGKILL)
-        rest = process.communicate(timeout=30)[0]
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with child("crash", str(db)) as process:  # leaving closes the pipes and reaps the child
+        try:
+            assert process.stdout is not None
+            token = process.stdout.readline().split()[1]
+            for _ in range(rng.randrange(3, 300)):
+                state, key = process.stdout.readline().split()
+                acked[key] = state
+            # while the child lives, its keys are its own
+            anyio.run(expect_busy, db, "key-0")
+            time.sleep(rng.random() * 0.01)
+            os.kill(process.pid, signal.SIGKILL)
+            # Through the same buffered stream: communicate() would read the pipe past lines
+            # readline() has already buffered, and lose them.
+            rest = process.stdout.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
     assert -signal.SIGKILL == process.returncode
     for line in rest.splitlines():  # steps committed (and printed) before the kill landed
         state, key = line.split()
