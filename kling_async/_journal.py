@@ -23,6 +23,9 @@ A FRESH or IN_DOUBT claim makes this instance the key's owner until `mark_create
 `mark_refused`, `release` or `aclose` (or the process's death) ends it; the session calls
 ``release(key)`` in a ``finally`` so that a create that gives up leaves no owner behind.
 Every write is shielded from cancellation, so it may be called from such a ``finally``.
+``claim`` is not: cancelled before its transaction it records nothing, and once that runs
+its result is returned and the cancellation lands at the caller's next ``await`` (so the
+session enters its ``try`` right after ``claim`` returns, with no ``await`` between).
 
 **Owner liveness.** Each open `SQLiteJournal` holds an exclusive ``fcntl.flock`` on its own
 lock file, ``<journal>.owners/<token>.lock``, named by a random 128-bit token; records carry
