@@ -464,8 +464,11 @@ def _resume_command(args: argparse.Namespace, task_id: str) -> str:
     return shlex.join(words)
 
 
-def _in_flags(message: str, args: argparse.Namespace) -> str:
+def _in_flags(error: ValueError | str, args: argparse.Namespace) -> str:
     """An SDK ValueError's text with its Python names replaced by flags and variables."""
+    message = str(error)
+    if isinstance(error, InvalidArgumentError):  # "field: why" reads "--flag why" here
+        message = f"{error.field} {message.removeprefix(f'{error.field}: ')}"
     base_url = "--base-url" if getattr(args, "base_url", None) is not None else "KLING_BASE_URL"
     words = {
         **_FLAGS,
@@ -767,7 +770,7 @@ def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> 
             **_SESSION_OPTIONS,
         )
     except ValueError as error:
-        return _usage_error(command, _in_flags(str(error), args))
+        return _usage_error(command, _in_flags(error, args))
     state = _State()
     try:
         return anyio.run(_remote, session, args, state)
@@ -791,7 +794,7 @@ def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> 
         _say(_kling_message(error, args, _resumable(state, error)))
         return 1
     except ValueError as error:  # the SDK refused an argument; nothing was sent for it
-        return _usage_error(command, _in_flags(str(error), args))
+        return _usage_error(command, _in_flags(error, args))
 
 
 def _resumable(state: _State, error: KlingError) -> str | None:

@@ -46,6 +46,7 @@ NOT_YET_TYPED = {
     "docs/index.md": "the README example: task.video may be None",
     "docs/recipes.md": "undefined helpers (db, save_task_id), untyped defs, fastapi",
     "docs/testing.md": "top-level async with, untyped test functions",
+    "docs/downloads.md": "top-level await in the examples",
 }
 
 
