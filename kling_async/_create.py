@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import anyio
 
@@ -24,6 +25,8 @@ from ._wire import DeadlinePassed, Wire
 from .errors import (
     AmbiguousCreateError,
     APIError,
+    ContentPolicyError,
+    InvalidRequestError,
     KlingError,
     ListUnavailableError,
     NotFoundError,
@@ -32,7 +35,7 @@ from .errors import (
 )
 from .models import ExtendRequest, Task
 
-__all__ = ["CreateAttempt", "Creator"]
+__all__ = ["CreateAttempt", "CreateRecord", "Creator"]
 
 logger = logging.getLogger("kling_async")
 
@@ -45,13 +48,40 @@ _REMEMBERED_DOUBTS = 1_000  # creates that ended ambiguous: they may still own a
 _NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
+class CreateRecord(Protocol):
+    """Where a keyed create is made durable (the session's journal, for one key)."""
+
+    async def sending(self, sent_at: dt.datetime) -> None:
+        """Immediately before the bytes leave."""
+
+    async def not_sent(self) -> None:
+        """The try certainly made no task (a refused connection, 1302, 1303, ...)."""
+
+    async def created(self, task: Task) -> None:
+        """The task is known (from the reply, or found again)."""
+
+    async def refused(self, error: KlingError) -> None:
+        """The server will not make this task (an invalid request, content policy)."""
+
+
 class CreateAttempt:
     """Where one create stands: is it on the wire, and may it have made a task?"""
 
-    __slots__ = ("_off_wire", "in_doubt", "on_wire", "resolved", "sent_at", "video_id")
+    __slots__ = (
+        "_off_wire",
+        "in_doubt",
+        "on_wire",
+        "record",
+        "recorded",
+        "resolved",
+        "sent_at",
+        "video_id",
+    )
 
-    def __init__(self, video_id: str) -> None:
+    def __init__(self, video_id: str, record: CreateRecord | None = None) -> None:
         self.video_id = video_id
+        self.record = record
+        self.recorded = False  # the record says "sending" for the current try
         self.sent_at = _NEVER
         self.on_wire = False  # sent, no reply yet
         self.in_doubt = False  # failed in a way that may hide a task
@@ -61,6 +91,12 @@ class CreateAttempt:
     def begin(self) -> None:
         """A new try: nothing sent yet."""
         self.on_wire = self.in_doubt = False
+
+    async def before_send(self) -> None:
+        """Make the send durable first (journal: INTENT -> SENDING), then it leaves."""
+        if self.record is not None:
+            await self.record.sending(dt.datetime.now(dt.timezone.utc))
+            self.recorded = True
 
     def put_on_wire(self) -> None:
         """The request leaves now."""
@@ -152,16 +188,23 @@ class Creator:
         if len(known) > _REMEMBERED_IDS:
             del known[next(iter(known))]
 
-    async def create(self, request: ExtendRequest, *, deadline: float | None = None) -> Task:
+    async def create(
+        self,
+        request: ExtendRequest,
+        *,
+        deadline: float | None = None,
+        record: CreateRecord | None = None,
+    ) -> Task:
         """A create with the create retry rules (api.md "Create retries" and "Stamping").
 
         ``deadline`` (on the loop's clock) stops waiting before a send, never a create on
         the wire: past it, a create that has not been sent raises `SubmitTimeoutError`.
         Whatever interrupts a create while its outcome is unknown (a native asyncio cancel
         during the send, a cancel during the look-up) is logged with what finds the task
-        again; closing the session under it raises AmbiguousCreateError.
+        again; closing the session under it raises AmbiguousCreateError. ``record`` (a
+        journal's, for one key) hears of each step so that a crash loses nothing.
         """
-        attempt = CreateAttempt(request.video_id)
+        attempt = CreateAttempt(request.video_id, record)
         self._active.add(attempt)
         try:
             task = await self._attempts(request, attempt, deadline)
@@ -231,10 +274,17 @@ class Creator:
                 raise self._timed_out(request, deadline, started, last_error) from last_error
             except KlingError as error:
                 if isinstance(error, SessionClosedError):
+                    if not attempt.doubtful:
+                        await self._not_sent(attempt)
                     raise  # create() decides, knowing whether it was on the wire
                 action = classify(error, create=True)
                 attempt.in_doubt = action is Action.RECONCILE
                 attempt.take_off_wire()
+                if action is Action.RAISE and isinstance(error, _REFUSALS):
+                    if attempt.record is not None:
+                        await attempt.record.refused(error)
+                elif action is not Action.RECONCILE:
+                    await self._not_sent(attempt)
                 now = clock()
                 if action is Action.RESIGN and not resigned and wire.auth.expire(authorization):
                     resigned = True
@@ -251,7 +301,10 @@ class Creator:
                 if action is Action.RECONCILE:
                     # Never resent: a "not found" cannot prove that the first create will not
                     # still make its task (api.md lists these outcomes as unknown).
-                    return await self._reconcile(request, error, attempt)
+                    found = await self._reconcile(request, error, attempt)
+                    if attempt.record is not None:
+                        await attempt.record.created(found)
+                    return found
                 if action is not Action.RETRY:
                     raise
                 retry += 1
@@ -266,6 +319,8 @@ class Creator:
                 # Claimed at once, before any await: a concurrent look-up must not take it.
                 self.remember(task.task_id)
                 attempt.take_off_wire()
+                if attempt.record is not None:
+                    await attempt.record.created(task)
                 if (
                     request.external_task_id is not None
                     and task.external_task_id == request.external_task_id
@@ -284,6 +339,37 @@ class Creator:
                 await wire.sleep(max(0.0, deadline - clock()))
                 raise self._timed_out(request, deadline, started, last_error) from last_error
             await wire.sleep(delay)
+
+    async def reconcile(
+        self, request: ExtendRequest, *, sent_at: dt.datetime, record: CreateRecord | None
+    ) -> Task:
+        """Settle a create a journal left sent and unanswered (the process died mid-create):
+        find its task, or raise AmbiguousCreateError; it is never sent again."""
+        attempt = CreateAttempt(request.video_id, record)
+        attempt.sent_at = sent_at
+        attempt.in_doubt = True
+        self._active.add(attempt)
+        try:
+            cause = AmbiguousCreateError(
+                "a journaled create was sent and never answered",
+                request=request,
+                sent_at=sent_at,
+                external_task_id=request.external_task_id,
+            )
+            task = await self._reconcile(request, cause, attempt)
+        except AmbiguousCreateError:
+            self._doubts.append(attempt)
+            raise
+        attempt.resolved = True
+        self._active.discard(attempt)
+        if record is not None:
+            await record.created(task)
+        return task
+
+    async def _not_sent(self, attempt: CreateAttempt) -> None:
+        if attempt.record is not None and attempt.recorded:
+            attempt.recorded = False
+            await attempt.record.not_sent()
 
     def _timed_out(
         self,
@@ -439,6 +525,11 @@ class Creator:
         for other in (*self._active, *self._doubts):
             if other is not attempt and other.video_id == attempt.video_id:
                 yield other
+
+
+# Refusals of this very request (api.md "Errors"): sending it again cannot help, so a
+# journal remembers them. Account and auth errors are not among them: a re-run may succeed.
+_REFUSALS = (InvalidRequestError, NotFoundError, ContentPolicyError)
 
 
 def _ms(when: dt.datetime) -> dt.datetime:

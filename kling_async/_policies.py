@@ -169,18 +169,19 @@ class PollPolicy:
     window a task is queried every ``interval`` seconds, or refreshed through the task list
     every ``list_interval`` seconds (one list page refreshes many tasks). Before it, polls come
     at ``first_delay`` seconds and then ``growth`` times later each (a task may fail early);
-    past it they space out up to ``max_delay``. Each wait is shortened by up to ``jitter`` so
-    that many waits do not poll in step. With ``learn`` (the default) the session replaces the
-    window by the durations of the tasks it saw succeed.
+    past it they space out up to ``max_delay``. Each query's wait is shortened (an early
+    poll's lengthened) by up to ``jitter`` so that many waits do not poll in step; list
+    refreshes keep one cadence for the whole session. With ``learn`` (the default) the
+    session replaces the window's start by what the tasks it saw succeed took.
 
     Added in version 0.1; the schedule by window, ``interval``, ``list_interval``,
     ``min_duration``, ``max_duration`` and ``learn`` in 0.2.
     """
 
-    first_delay: float = attrs.field(default=10.0, validator=_non_negative)
+    first_delay: float = attrs.field(default=15.0, validator=_non_negative)
     growth: float = attrs.field(default=2.0, validator=_growth)
     interval: float = attrs.field(default=2.75, validator=_non_negative)
-    list_interval: float = attrs.field(default=1.75, validator=_non_negative)
+    list_interval: float = attrs.field(default=1.9, validator=_non_negative)
     min_duration: float = attrs.field(default=30.0, validator=_non_negative)
     max_duration: float = attrs.field(default=240.0, validator=_non_negative)
     max_delay: float = attrs.field(default=15.0, validator=_non_negative)

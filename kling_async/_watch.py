@@ -11,6 +11,8 @@ State a handle has seen never goes backwards (`newer`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -70,16 +72,17 @@ class TaskState:
 
     __slots__ = (
         "__weakref__",
-        "_changed",
         "born",
         "busy",
         "generation",
         "last",
         "list_miss",
+        "listed_in",
         "listeners",
         "next_due",
         "outcome",
         "polls",
+        "sleepers",
         "task_id",
         "waiters",
     )
@@ -96,19 +99,20 @@ class TaskState:
         # The last poll that came to an end: its generation and its task or error.
         self.outcome: tuple[int, Task | KlingError] | None = None
         self.list_miss = False
+        self.listed_in = 0  # the list refresh that last saw it
         self.listeners: list[anyio.Event] | None = None
-        self._changed: anyio.Event | None = None
-
-    def changed(self) -> anyio.Event:
-        """An event set at the next change: a poll done, a new state, the session closing."""
-        if self._changed is None:
-            self._changed = anyio.Event()
-        return self._changed
+        # Waits dozing until the next change: bare futures, lighter than an event and a
+        # cancel scope each (a thousand pending waits are a thousand of these).
+        self.sleepers: list[asyncio.Future[None]] | None = None
 
     def notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        """A change (a poll done, a new state, the session closing): wake whoever waits."""
+        sleepers = self.sleepers
+        if sleepers:
+            self.sleepers = None
+            for future in sleepers:
+                if not future.done():
+                    future.set_result(None)
         if self.listeners:
             for event in self.listeners:
                 event.set()
@@ -142,8 +146,11 @@ class Schedule:
         """Where completions are expected, in seconds of a task's age."""
         policy = self._policy
         if len(self._samples) >= 3:
+            # The first successes of a batch are its fastest tasks: they tell where the window
+            # starts, not where it ends, so the policy's end stays unless they show a later one.
             low, high = min(self._samples), max(self._samples)
-            return max(0.0, low * 0.9 - policy.interval), max(high * 1.25, low + policy.interval)
+            start = max(0.0, low * 0.9 - policy.interval)
+            return start, max(high * 1.25, policy.max_duration, start + policy.interval)
         return policy.min_duration, policy.max_duration
 
     def delay(self, age: float, *, listed: bool, rng: random.Random) -> float:
@@ -152,11 +159,16 @@ class Schedule:
         interval = policy.list_interval if listed else policy.interval
         start, end = self.window()
         if age < start:
+            # Early polls land on (or just after) their points, never just before one: a poll
+            # a moment early would be followed by another a moment later.
             delay = _next_early(policy.first_delay, policy.growth, age, start) - age
-        elif age < end:
+            return delay * (1 + policy.jitter * rng.random())
+        if age < end:
             delay = interval
         else:  # overdue: polls space out by a tenth of the time past the window
             delay = max(interval, min(policy.max_delay, interval + (age - end) / 10))
+        if listed:
+            return delay  # list refreshes are session-wide: nothing to spread
         return max(0.0, delay * (1 - policy.jitter * rng.random()))
 
 
@@ -182,6 +194,7 @@ class Watcher:
         self._forced = list_refresh is True
         self._round: anyio.Event | None = None  # set when the list refresh in flight ends
         self._round_wanted: dict[str, TaskState] = {}
+        self._rounds = 0
         self._fruitless = 0
         self.waits = 0
         self.list_requests = 0
@@ -318,7 +331,7 @@ class Watcher:
         self.waits += 1
         self._interest(state, +1)
         try:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(timeout) if timeout is not None else _NO_SCOPE:
                 # One turn of the loop first: waits started together (a gather) all count as
                 # pending before the first of them polls, so they can share a list page.
                 await anyio.lowlevel.checkpoint()
@@ -343,10 +356,30 @@ class Watcher:
         await self._lead(state, self._listing())
 
     async def _doze(self, state: TaskState, seconds: float) -> None:
+        """Sleep ``seconds`` or until the state changes (closing the session changes it)."""
         wire = self._wire
         if wire.closed:
             raise SessionClosedError(_CLOSED)
-        await wire.sleep(max(0.0, seconds), wake=state.changed())
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+        else:
+            loop = wire.loop
+            future: asyncio.Future[None] = loop.create_future()
+            if state.sleepers is None:
+                state.sleepers = [future]
+            else:
+                state.sleepers.append(future)
+            timer = None if math.isinf(seconds) else loop.call_later(seconds, _wake, future)
+            try:
+                await future
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                sleepers = state.sleepers
+                if sleepers is not None and not future.done():
+                    sleepers.remove(future)
+        if wire.closed:
+            raise SessionClosedError(_CLOSED)
 
     def _interest(self, state: TaskState, change: int) -> None:
         state.waiters += change
@@ -434,9 +467,8 @@ class Watcher:
     async def _lead_many(self, due: list[TaskState]) -> None:
         """Poll every due task: one list refresh where it serves, else queries side by side."""
         if self._listing() and due:
-            asked = self._wire.clock()
-            await self._list_round()
-            due = [s for s in due if not s.busy and s.next_due <= asked]  # not refreshed
+            number = await self._list_round()
+            due = [s for s in due if not s.busy and s.listed_in != number]  # not refreshed
         if not due:
             return
         if len(due) == 1:
@@ -463,40 +495,44 @@ class Watcher:
 
     async def _refresh_by_list(self, state: TaskState) -> bool:
         """Refresh through the list (shared with every due wait); True if it found ``state``."""
-        asked = self._wire.clock()
         for _ in range(2):  # a round already under way may have started without this state
             if state.list_miss or self.list_mode is False:
                 return False
-            included = await self._list_round(state)
-            if included:
-                return not state.list_miss and state.next_due > asked
+            number = await self._list_round(state)
+            if number is not None:
+                return state.listed_in == number
         return False
 
-    async def _list_round(self, state: TaskState | None = None) -> bool:
+    async def _list_round(self, state: TaskState | None = None) -> int | None:
         """One refresh of every pending task through the list pages, single-flight.
 
-        Returns whether the round waited on covered ``state`` (a round already under way
-        covers only the tasks pending when it started).
+        Returns the number of the round waited on, or None when it did not cover ``state``
+        (a round already under way covers only the tasks pending when it started).
         """
         if self._round is not None:
+            number = self._rounds
             covered = state is None or state.task_id in self._round_wanted
             await self._round.wait()
-            return covered
+            return number if covered else None
+        self._rounds += 1
+        number = self._rounds
         done = self._round = anyio.Event()
         self._round_wanted = {task_id: s for task_id, s in self._pending.items() if not s.list_miss}
         try:
-            await self._read_pages(dict(self._round_wanted))
+            await self._read_pages(dict(self._round_wanted), number)
         finally:
             self._round = None
             self._round_wanted = {}
             done.set()
-        return True
+        return number
 
-    async def _read_pages(self, wanted: dict[str, TaskState]) -> None:
+    async def _read_pages(self, wanted: dict[str, TaskState], number: int) -> None:
         wire = self._wire
         if not wanted:
             return
         oldest = min((s.born for s in wanted.values() if s.born is not None), default=None)
+        # One cadence for the session: no task is due again before the next round is.
+        next_round = wire.clock() + self.policy.list_interval
         found = 0
         for page in range(1, _LIST_MAX_PAGES + 1):
             try:
@@ -522,6 +558,8 @@ class Watcher:
                     found += 1
                     self._merge(state, task)
                     self._reschedule(state, listed=True)
+                    state.next_due = max(state.next_due, next_round)
+                    state.listed_in = number
             if not wanted or len(tasks) < _LIST_PAGE_SIZE:
                 break
             last_made = tasks[-1].created_at if tasks else None
@@ -538,6 +576,14 @@ class Watcher:
                 self.list_mode = False
         elif found:
             self._fruitless = 0
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_NO_SCOPE = contextlib.nullcontext()
 
 
 def _next_early(first: float, growth: float, age: float, start: float) -> float:

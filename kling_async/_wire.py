@@ -117,6 +117,12 @@ class Wire:
     def closed(self) -> bool:
         return self.state == _CLOSED
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the session was opened on."""
+        assert self._loop is not None
+        return self._loop
+
     def check_open(self) -> None:
         """Raise unless the session is open and used from the loop it was opened on."""
         if self.state == _OPEN:
@@ -241,6 +247,8 @@ class Wire:
             pace.sent(sent_at)
             try:
                 if create is not None:
+                    if create.record is not None:
+                        await create.before_send()
                     create.put_on_wire()
                 response = await self._exchange(request, authorization, create=create is not None)
             except KlingError as error:

@@ -67,10 +67,10 @@ def test_retry_policy_defaults() -> None:
 
 
 def test_poll_policy_defaults() -> None:
-    """The defaults suit a 30 s to 4 minute job: sparse before 30 s, every 2.75 s (1.75 s by
+    """The defaults suit a 30 s to 4 minute job: at 15 s and 30 s, then every 2.75 s (1.9 s by
     list) up to 240 s, then up to 15 s apart; 10 % jitter; learning on."""
     policy = PollPolicy()
-    assert (10.0, 2.0, 2.75, 1.75, 30.0, 240.0, 15.0, 0.1, True) == (
+    assert (15.0, 2.0, 2.75, 1.9, 30.0, 240.0, 15.0, 0.1, True) == (
         policy.first_delay,
         policy.growth,
         policy.interval,
@@ -165,23 +165,42 @@ def test_retry_backoff_grows_and_is_capped_without_jitter() -> None:
 
 
 def test_poll_delays_follow_the_window_without_jitter() -> None:
-    """Sparse before the window (ages 10, 20, 30), dense in it, spacing out to 15 s past it."""
+    """Sparse before the window (ages 15, 30), dense in it, spacing out to 15 s past it."""
     schedule = Schedule(PollPolicy(jitter=0))
     rng = random.Random(0)
-    ages = [0, 5, 10, 20, 30, 100, 239, 300, 1000]
+    ages = [0, 5, 15, 20, 30, 100, 239, 300, 1000]
     delays = [schedule.delay(age, listed=False, rng=rng) for age in ages]
-    assert [10.0, 5.0, 10.0, 10.0, 2.75, 2.75, 2.75, 8.75, 15.0] == delays
-    assert 1.75 == schedule.delay(100, listed=True, rng=rng)
+    assert [15.0, 10.0, 15.0, 10.0, 2.75, 2.75, 2.75, 8.75, 15.0] == delays
+    assert 1.9 == schedule.delay(100, listed=True, rng=rng)
+
+
+def test_jitter_never_brings_an_early_poll_before_its_point() -> None:
+    """An early poll lands on or after its point, so no second poll follows a moment later."""
+    schedule = Schedule(PollPolicy())
+    rng = random.Random(3)
+    for age in (0.0, 3.0, 14.9, 15.0, 29.0):
+        target = 15.0 if age < 15 else 30.0
+        landing = age + schedule.delay(age, listed=False, rng=rng)
+        assert target <= landing <= target + (target - age) * 0.1 + 1e-9
+
+
+def test_list_refreshes_are_not_jittered() -> None:
+    """A list refresh serves the whole session: its cadence is the interval itself."""
+    schedule = Schedule(PollPolicy())
+    assert {1.9} == {schedule.delay(60, listed=True, rng=random.Random(n)) for n in range(20)}
 
 
 def test_the_schedule_learns_the_window_from_tasks_seen_succeed() -> None:
-    """Three successes of 100-120 s move the dense window to about 87-150 s."""
+    """Three successes of 100-120 s move the window's start to about 87 s (its end stays)."""
     schedule = Schedule(PollPolicy(jitter=0))
     for seconds in (100, 110, 120):
         schedule.observe(seconds)
     start, end = schedule.window()
-    assert (87.25, 150.0) == (start, end)
-    assert 10.0 == schedule.delay(30, listed=False, rng=random.Random(0))  # early: sparse
+    assert (87.25, 240.0) == (start, end)
+    assert 30.0 == schedule.delay(30, listed=False, rng=random.Random(0))  # early: sparse
+    for seconds in (250, 300, 310):
+        schedule.observe(seconds)
+    assert (87.25, 387.5) == schedule.window()  # slower ones than expected move the end
 
 
 def test_the_schedule_does_not_learn_when_told_not_to() -> None:
@@ -205,8 +224,8 @@ def test_jitter_shortens_each_wait_by_at_most_its_fraction() -> None:
 def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
     """The randomness is injected: the same seed gives the same waits."""
     schedule = Schedule(PollPolicy())
-    first = [schedule.delay(n * 20, listed=False, rng=random.Random(7)) for n in range(1, 6)]
-    again = [schedule.delay(n * 20, listed=False, rng=random.Random(7)) for n in range(1, 6)]
+    first = [schedule.delay(n * 10, listed=False, rng=random.Random(7)) for n in range(6)]
+    again = [schedule.delay(n * 10, listed=False, rng=random.Random(7)) for n in range(6)]
     assert first == again
 
 
@@ -227,7 +246,7 @@ def test_backoff_stays_between_zero_and_the_cap(
     assert 0 <= retry.backoff(n, random.Random(seed)) <= cap
     poll = PollPolicy(first_delay=first, growth=growth, max_delay=cap, jitter=jitter)
     wait = Schedule(poll).delay(float(n), listed=False, rng=random.Random(seed))
-    assert 0 <= wait <= max(cap, poll.interval, poll.min_duration)
+    assert 0 <= wait <= max(cap, poll.interval, poll.min_duration * (1 + jitter))
 
 
 def test_slot_delay_is_capped_by_task_slot_delay() -> None:
