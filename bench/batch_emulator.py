@@ -8,7 +8,8 @@ here. A small control server on loopback makes them on demand and reports what t
   ``durations[i]`` seconds (keyed by video, not creation order, so that concurrent creates and
   separate emulators give the same video the same schedule). Answers its name and URLs.
 - ``GET /emulators/<name>`` answers every task (id, video, created, ``starts_at``,
-  ``finishes_at``, status) and every request (arrival time, route, task id of a query).
+  ``finishes_at``, status) and every request (arrival time, route, status sent, the task id
+  of a query, the page number of a list read).
 - ``DELETE /emulators/<name>`` closes it.
 
 The first line on stdout is ``control: <url>``. The process ends when stdin closes (the parent
@@ -95,6 +96,7 @@ class Control:
             "route": [r.route for r in log],
             "task_id": [r.path.rpartition("/")[2] if r.route == "query" else None for r in log],
             "status": [r.status for r in log],
+            "page": [r.query.get("pageNum") if r.route == "list" else None for r in log],
         }
         return web.json_response({"tasks": tasks, "requests": requests})
 

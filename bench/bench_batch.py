@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import gc
+import itertools
 import json
 import math
 import os
@@ -225,6 +227,28 @@ def analyse(
     for task_id, times in queries.items():
         for at in times:
             by_age[int((at - tasks[task_id]["created"]) // 10)] += 1
+    # The k-th query of each task at which age: the schedule as the tasks saw it.
+    query_ages = []
+    for k in range(6):
+        ages = [
+            times[k] - tasks[task_id]["created"]
+            for task_id, times in queries.items()
+            if len(times) > k
+        ]
+        query_ages.append(
+            {
+                "k": k + 1,
+                "tasks": len(ages),
+                "p10": percentile(ages, 0.1),
+                "p50": percentile(ages, 0.5),
+                "p90": percentile(ages, 0.9),
+            }
+        )
+    # List refreshes: a round starts with page 1; the gaps between rounds.
+    round_starts = sorted(
+        at for at, page in zip(requests["time"], requests["page"], strict=True) if page in ("1", 1)
+    )
+    gaps = [b - a for a, b in itertools.pairwise(round_starts)]
     # Latency by task duration, in four bands.
     durations = {t: tasks[t]["finishes_at"] - tasks[t]["created"] for t in tasks}
     bands = _bands(durations, latencies)
@@ -260,6 +284,15 @@ def analyse(
         "cpu_ms_per_task": cpu / n * 1000,
         "queries_before_finish_per_task": before / n,
         "queries_after_finish_per_task": after / n,
+        "query_ages": query_ages,
+        "list_rounds": {
+            "rounds": len(round_starts),
+            "pages": routes["list"],
+            "gap_p10": percentile(gaps, 0.1),
+            "gap_p50": percentile(gaps, 0.5),
+            "gap_p90": percentile(gaps, 0.9),
+            "gaps_under_1s": sum(gap < 1.0 for gap in gaps),
+        },
         "timeline_10s": {str(k): dict(v) for k, v in sorted(timeline.items())},
         "queries_by_age_10s": {str(k): v for k, v in sorted(by_age.items())},
         "latest": [
@@ -276,8 +309,6 @@ def analyse(
 
 
 def _first_at_or_after(ordered: list[float], moment: float) -> list[float]:
-    import bisect
-
     index = bisect.bisect_left(ordered, moment)
     return ordered[index : index + 1]
 
@@ -782,6 +813,22 @@ def print_details(mode: dict[str, Any]) -> None:
         "  queries by task age per 10 s: "
         + " ".join(f"{int(k) * 10}s:{v}" for k, v in mode["queries_by_age_10s"].items())
     )
+    if mode["query_ages"][0]["tasks"]:
+        print(
+            "  age of each task's k-th query, p10/p50/p90 s: "
+            + "; ".join(
+                f"#{q['k']} {fmt(q['p10'], '.1f')}/{fmt(q['p50'], '.1f')}/{fmt(q['p90'], '.1f')}"
+                for q in mode["query_ages"]
+                if q["tasks"]
+            )
+        )
+    rounds = mode["list_rounds"]
+    if rounds["rounds"]:
+        print(
+            f"  list refresh: {rounds['rounds']} rounds, {rounds['pages']} pages; gap between "
+            f"rounds p10/p50/p90 {fmt(rounds['gap_p10'])}/{fmt(rounds['gap_p50'])}/"
+            f"{fmt(rounds['gap_p90'])} s, {rounds['gaps_under_1s']} gaps under 1 s"
+        )
     if "statistics" in mode:
         print(f"  session statistics: {mode['statistics']}")
 
