@@ -23,9 +23,11 @@ of which a share drawn uniformly from 10-20 % is spent ``submitted`` and the res
 
 Detection latency is the time the client saw a task done (``time.time()`` when its wait
 returned, as_completed yielded it, or the naive poll read it) minus the emulator's
-``finishes_at`` for it: the same machine's clock on both sides. Wall time runs from the first
-create to the last task collected; the target compares it with 1.1 x the longest task's
-duration plus the time the creates took.
+``finishes_at`` for it: the same machine's clock on both sides. The details split it into
+"finish to first look" (the first query of the task, or list page read, after its finish,
+by the emulator's arrival stamps) and "look to waiter" (from there to the client). Wall
+time runs from the first create to the last task collected; the target compares it with
+1.1 x the longest task's duration plus the time the creates took.
 
     python bench/bench_batch.py [--tasks 1000] [--min 30] [--max 90] [--seed 1]
                                 [--modes naive,gateway-gather,...] [--json [PATH]]
