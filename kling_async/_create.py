@@ -341,10 +341,21 @@ class Creator:
             await wire.sleep(delay)
 
     async def reconcile(
-        self, request: ExtendRequest, *, sent_at: dt.datetime, record: CreateRecord | None
+        self, request: ExtendRequest, *, sent_at: dt.datetime, record: CreateRecord
     ) -> Task:
-        """Settle a create a journal left sent and unanswered (the process died mid-create):
-        find its task, or raise AmbiguousCreateError; it is never sent again."""
+        """Settle a create a journal left sent and unanswered (the process died mid-create).
+
+        Once a create sent then could no longer be waiting for its reply (``create_deadline``
+        after ``sent_at``), it is looked up by its external id and in the task list. Found:
+        its task. Provably absent (the id unknown and the list, read fine, shows no task for
+        the video since the send): nothing left the machine, so it is sent now, with the same
+        external id. Anything else raises AmbiguousCreateError; it is never resent blindly.
+        """
+        wire = self._wire
+        settled_at = sent_at + dt.timedelta(seconds=wire.create_deadline)
+        wait = (settled_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        if wait > 0 and wire.retry_policy.wait:
+            await wire.sleep(wait)
         attempt = CreateAttempt(request.video_id, record)
         attempt.sent_at = sent_at
         attempt.in_doubt = True
@@ -356,14 +367,20 @@ class Creator:
                 sent_at=sent_at,
                 external_task_id=request.external_task_id,
             )
-            task = await self._reconcile(request, cause, attempt)
+            task = await self._reconcile(request, cause, attempt, absent_is_unsent=True)
+        except _Absent:
+            self._active.discard(attempt)
+            logger.info("journaled create for video %s never arrived; sending it", request.video_id)
+            attempt.recorded = True  # the journal says "sending"
+            await self._not_sent(attempt)
+            return await self.create(request, record=record)
         except AmbiguousCreateError:
             self._doubts.append(attempt)
+            self._active.discard(attempt)
             raise
         attempt.resolved = True
         self._active.discard(attempt)
-        if record is not None:
-            await record.created(task)
+        await record.created(task)
         return task
 
     async def _not_sent(self, attempt: CreateAttempt) -> None:
@@ -414,7 +431,12 @@ class Creator:
             await wire.sleep(delay)
 
     async def _reconcile(
-        self, request: ExtendRequest, error: KlingError, attempt: CreateAttempt
+        self,
+        request: ExtendRequest,
+        error: KlingError,
+        attempt: CreateAttempt,
+        *,
+        absent_is_unsent: bool = False,
     ) -> Task:
         """Find out whether a create with an unknown outcome made a task.
 
@@ -507,6 +529,8 @@ class Creator:
                 self.remember(candidate.task_id)
                 return candidate
         if not candidates:
+            if absent_is_unsent and not rivals:
+                raise _Absent
             why = "the task list shows no recent task for this video"
         elif rivals:
             why = (
@@ -525,6 +549,10 @@ class Creator:
         for other in (*self._active, *self._doubts):
             if other is not attempt and other.video_id == attempt.video_id:
                 yield other
+
+
+class _Absent(Exception):
+    """The look-up proved a create absent: neither its external id nor the list knows it."""
 
 
 # Refusals of this very request (api.md "Errors"): sending it again cannot help, so a

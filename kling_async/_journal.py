@@ -80,7 +80,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .errors import KlingError
+from .errors import JournalError
 from .models import ExtendRequest, TaskStatus
 
 try:
@@ -112,10 +112,6 @@ _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _LOCK_SUFFIX = ".lock"
 _FIRST_POLL, _MAX_POLL = 0.005, 0.1  # waiting for another process's create to end
-
-
-class JournalError(KlingError):
-    """The journal file cannot be used: not a journal, a newer schema, or an I/O failure."""
 
 
 class EntryState(str, enum.Enum):

@@ -8,6 +8,7 @@ session wires them together, owns (or borrows) the aiohttp session, and keeps ap
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 import pathlib
@@ -24,11 +25,13 @@ from . import _download, sansio
 from ._auth import BearerKey, JWTSigner
 from ._create import Creator
 from ._handle import TaskHandle
+from ._journal import EntryState, Journal, SQLiteJournal
+from ._keyed import keyed_create
 from ._policies import PollPolicy, RetryPolicy
 from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
-from .errors import InvalidArgumentError, KlingError
+from .errors import AmbiguousCreateError, InvalidArgumentError, KlingError
 from .models import ExtendRequest, Task, Video
 from .models import check_text as _check_text
 
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = ["KlingSession", "SessionStatistics"]
+
+logger = logging.getLogger("kling_async")
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"  # api.md: official, global
 
@@ -80,7 +85,8 @@ class KlingSession:
     ``stamp_external_id`` (default: on with access keys, off with a gateway key) stamps a
     generated ``external_task_id`` on each create so an ambiguous create can be found again.
     ``list_refresh`` (default None: where the base URL offers it) lets one list page refresh
-    many pending waits; True forces it, False never lists.
+    many pending waits; True forces it, False never lists. ``journal`` (a file path, or a
+    `Journal`) makes keyed creates survive a crash: see `extend`'s ``key`` and `resume`.
 
     Added in version 0.1.
     """
@@ -103,6 +109,7 @@ class KlingSession:
         allow_insecure_http: bool = False,
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         max_response_bytes: int = 8 * 1024 * 1024,
+        journal: str | os.PathLike[str] | Journal | None = None,
     ) -> None:
         auth = _credentials(api_key, access_key, secret_key)
         if base_url is None:
@@ -158,6 +165,17 @@ class KlingSession:
             on_finished=self._creator.gate.release,
         )
         self._tasks_created = 0
+        self._journal: Journal | None
+        self._owns_journal = False
+        if journal is None or isinstance(journal, Journal):
+            self._journal = journal
+        elif isinstance(journal, (str, os.PathLike)):
+            self._journal = SQLiteJournal(journal)
+            self._owns_journal = True
+        else:
+            raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
+        if self._journal is not None:
+            self._watcher.on_done = self._journal_finished
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -180,7 +198,11 @@ class KlingSession:
                     max_body=self._max_body,
                 )
             )
+            if self._owns_journal:
+                assert self._journal is not None
+                await self._journal.__aenter__()
         except BaseException:
+            self._wire.close()
             if self._http is not None:
                 await self._http.close()
                 self._http = None
@@ -211,6 +233,9 @@ class KlingSession:
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
+        if self._owns_journal:
+            assert self._journal is not None
+            await self._journal.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         wire = getattr(self, "_wire", None)
@@ -262,12 +287,18 @@ class KlingSession:
         parent_task_id: str | None = None,
         external_task_id: str | None = None,
         watermark: bool | None = None,
+        key: str | None = None,
     ) -> TaskHandle:
         """Submit one extend task (a paid job) and return its handle.
 
         Arguments are validated before anything is sent. The create is repeated only where
         the server certainly made no task; an unknown outcome is looked up, or raised as
         `AmbiguousCreateError`. ``watermark`` asks for a watermarked copy as well (2026 API).
+
+        ``key`` (with a ``journal``) is the caller's id for this request, such as a row id:
+        the create is recorded before it is sent, and a later ``extend`` with the same key,
+        in this process or another, returns the recorded task and sends nothing. The same
+        key with another request raises ``ValueError``.
         """
         request = ExtendRequest(
             video_id=video_id,
@@ -279,7 +310,14 @@ class KlingSession:
             external_task_id=external_task_id,
             watermark=watermark,
         )
-        return await self._submit(request, None)
+        if key is not None:
+            if not isinstance(key, str):
+                raise TypeError(f"key must be a str, not {type(key).__name__}")
+            if not key.strip():
+                raise ValueError("key must not be empty")
+            if self._journal is None:
+                raise ValueError("a key needs a journal: KlingSession(journal='batch.sqlite3')")
+        return await self._submit(request, None, key)
 
     async def extend_many(
         self, requests: Iterable[ExtendRequest], *, timeout: float | None = None
@@ -316,13 +354,61 @@ class KlingSession:
                 group.start_soon(submit, index, request)
         return [result for result in results if result is not None]
 
-    async def _submit(self, request: ExtendRequest, deadline: float | None) -> TaskHandle:
+    async def _submit(
+        self, request: ExtendRequest, deadline: float | None, key: str | None = None
+    ) -> TaskHandle:
         self._wire.check_open()
+        stamp = None
         if request.external_task_id is None and self._stamp:
-            request = attrs.evolve(request, external_task_id=f"kling-async-{uuid.uuid4().hex}")
-        task = await self._creator.create(request, deadline=deadline)
+            stamp = f"kling-async-{uuid.uuid4().hex}"
+        if key is not None:
+            assert self._journal is not None
+            task_id, made = await keyed_create(
+                self._creator,
+                self._journal,
+                key,
+                request,
+                stamp=stamp,
+                deadline=deadline,
+                busy_wait=self._wire.create_deadline,
+            )
+            if made is None:  # created before (maybe by another process): nothing sent
+                return TaskHandle(self._watcher, self._watcher.state(task_id))
+            task = made
+        else:
+            if stamp is not None:
+                request = attrs.evolve(request, external_task_id=stamp)
+            task = await self._creator.create(request, deadline=deadline)
         self._tasks_created += 1
         return TaskHandle(self._watcher, self._watcher.created(task))
+
+    async def resume(self) -> list[TaskHandle]:
+        """Handles for every journaled task not yet seen finished, to wait on after a restart.
+
+        A create the last process died in the middle of is looked up first (by its external
+        id, else the list) and never sent again; one that cannot be settled is left in the
+        journal and logged (``extend`` with its key raises `AmbiguousCreateError` for it).
+
+        Added in version 0.2.
+        """
+        journal = self._journal
+        if journal is None:
+            raise ValueError("resume() reads the journal: KlingSession(journal=...)")
+        self._wire.check_open()
+        handles = []
+        for entry in await journal.pending():
+            if entry.state is EntryState.CREATED and entry.task_id is not None:
+                handles.append(TaskHandle(self._watcher, self._watcher.state(entry.task_id)))
+                continue
+            try:
+                handles.append(await self._submit(entry.request, None, entry.key))
+            except AmbiguousCreateError as error:
+                logger.warning("journaled key %r is still unsettled: %s", entry.key, error)
+        return handles
+
+    async def _journal_finished(self, task: Task) -> None:
+        assert self._journal is not None
+        await self._journal.mark_finished(task.task_id, task.status.value)
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task, without I/O: resume a wait after a restart.

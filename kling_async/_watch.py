@@ -18,7 +18,7 @@ import logging
 import math
 import random
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -82,6 +82,7 @@ class TaskState:
         "next_due",
         "outcome",
         "polls",
+        "recorded",
         "sleepers",
         "task_id",
         "waiters",
@@ -100,6 +101,7 @@ class TaskState:
         self.outcome: tuple[int, Task | KlingError] | None = None
         self.list_miss = False
         self.listed_in = 0  # the list refresh that last saw it
+        self.recorded = False  # its end was handed to `Watcher.on_done`
         self.listeners: list[anyio.Event] | None = None
         # Waits dozing until the next change: bare futures, lighter than an event and a
         # cancel scope each (a thousand pending waits are a thousand of these).
@@ -198,6 +200,8 @@ class Watcher:
         self._fruitless = 0
         self.waits = 0
         self.list_requests = 0
+        # Told once of each task a wait saw finish (the session's journal records it).
+        self.on_done: Callable[[Task], Awaitable[None]] | None = None
 
     # -- states -----------------------------------------------------------------------------
 
@@ -325,6 +329,7 @@ class Watcher:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         last = state.last
         if last is not None and condition(last):
+            await self._finished(state)
             return last
         wire = self._wire
         wire.check_open()
@@ -338,6 +343,7 @@ class Watcher:
                 while True:
                     last = state.last
                     if last is not None and condition(last):
+                        await self._finished(state)
                         return last
                     await self._step(state)
         finally:
@@ -401,6 +407,7 @@ class Watcher:
         waiting: list[TaskState] = []
         for state in unique:
             if state.last is not None and state.last.done:
+                await self._finished(state)
                 yield state.last
             else:
                 waiting.append(state)
@@ -423,6 +430,7 @@ class Watcher:
                         self._forget(state, moved)
                     for state in finished:
                         assert state.last is not None
+                        await self._finished(state)
                         yield state.last
                     continue
                 now = wire.clock()
@@ -448,6 +456,15 @@ class Watcher:
             self.waits -= 1
             for state in waiting:
                 self._forget(state, moved)
+
+    async def _finished(self, state: TaskState) -> None:
+        """Hand a finished task to `on_done`, once per task id."""
+        if self.on_done is None or state.recorded:
+            return
+        last = state.last
+        if last is not None and last.done:
+            state.recorded = True
+            await self.on_done(last)
 
     def _forget(self, state: TaskState, moved: anyio.Event) -> None:
         if state.listeners is not None and moved in state.listeners:

@@ -25,6 +25,7 @@ subclass of one. The tree::
     ├── WaitTimeoutError              a bounded wait ran out (also a ``TimeoutError``)
     ├── SubmitTimeoutError            extend_many() ran out of time before a send (nothing sent)
     ├── SessionClosedError            the session is closed (also a ``RuntimeError``)
+    ├── JournalError                  the journal file cannot be used
     └── DownloadError                 a result video could not be downloaded
         └── MediaExpiredError         403/404/410 from the media host: the result is gone
 
@@ -48,6 +49,7 @@ __all__ = [
     "DownloadError",
     "InvalidArgumentError",
     "InvalidRequestError",
+    "JournalError",
     "KlingError",
     "ListUnavailableError",
     "MediaExpiredError",
@@ -373,6 +375,13 @@ class MediaExpiredError(DownloadError):
 
     Kling keeps result videos for 30 days. A signed URL can also expire sooner than the
     video: query the task again for a fresh URL; past 30 days the result cannot be had.
+
+    Added in version 0.2.
+    """
+
+
+class JournalError(KlingError):
+    """The journal file cannot be used: not a journal, a newer schema, or an I/O failure.
 
     Added in version 0.2.
     """

@@ -19,6 +19,7 @@ EXPECTED_ALL = {
     "ExtendRequest",
     "InvalidArgumentError",
     "InvalidRequestError",
+    "JournalError",
     "KlingError",
     "KlingSession",
     "ListUnavailableError",
