@@ -307,6 +307,8 @@ class CallbackReceiver:
         token (or a closed session's); 413: over ``max_body_bytes``. It never waits for a
         query: the waits of the task do that.
         """
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"body must be the raw bytes, not {type(body).__name__}")
         binding = self._lookup(token)
         if binding is None:
             return 404

@@ -432,8 +432,10 @@ async def test_memory_does_not_grow_per_callback() -> None:
         handle = await session.extend("vid-1")
         token = token_of(callback_url_of(emu, handle))
         body = json.dumps({"task_id": handle.task_id, "task_status": "processing"}).encode()
+        started = time.perf_counter()
         for _ in range(100):
             assert 200 == await receiver.deliver(token, body)
+        assert (time.perf_counter() - started) / 100 < 0.005  # well under 50 ms, no query
         assert 1 == len(receiver._bindings)
         link = session._link
         assert link is not None
@@ -466,3 +468,52 @@ def test_receiver_options_are_checked() -> None:
         CallbackReceiver("https://x/cb", safety_interval=0)
     with pytest.raises(TypeError):
         CallbackReceiver("https://x/cb", confirm=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_the_asgi_app_on_its_own() -> None:
+    """Served at the root (no mount): lifespan, 405, 404, 413 by header and by stream."""
+    receiver = CallbackReceiver("http://127.0.0.1:9")
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    def receiver_of(*messages: dict[str, Any]) -> Any:
+        queue = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            return queue.pop(0)
+
+        return receive
+
+    lifespan = receiver_of({"type": "lifespan.startup"}, {"type": "lifespan.shutdown"})
+    await receiver.asgi_app({"type": "lifespan"}, lifespan, send)
+    assert ["lifespan.startup.complete", "lifespan.shutdown.complete"] == [m["type"] for m in sent]
+
+    async def status(scope: dict[str, Any], *messages: dict[str, Any]) -> int:
+        sent.clear()
+        await receiver.asgi_app({"type": "http", **scope}, receiver_of(*messages), send)
+        return int(sent[0]["status"])
+
+    body = {"type": "http.request", "body": b"{}", "more_body": False}
+    assert 405 == await status({"method": "GET", "path": "/x", "headers": []}, body)
+    assert 404 == await status({"method": "POST", "path": "/x", "headers": []}, body)
+    assert 404 == await status({"method": "POST", "path": "/a/b", "headers": []}, body)
+    async with (
+        KlingEmulator(auto_advance=False) as emu,
+        official(emu, callbacks=receiver) as session,
+    ):
+        handle = await session.extend("vid-1")
+        path = "/" + token_of(callback_url_of(emu, handle))
+        big = [(b"content-length", b"999999")]
+        assert 413 == await status({"method": "POST", "path": path, "headers": big}, body)
+        chunk = {"type": "http.request", "body": b"x" * 40000, "more_body": True}
+        assert 413 == await status({"method": "POST", "path": path, "headers": []}, chunk, chunk)
+        task = json.dumps({"task_id": handle.task_id, "task_status": "processing"}).encode()
+        parts = [
+            {"type": "http.request", "body": task[:10], "more_body": True},
+            {"type": "http.request", "body": task[10:], "more_body": False},
+        ]
+        assert 200 == await status({"method": "POST", "path": path, "headers": []}, *parts)
+        assert "processing" == handle.status
