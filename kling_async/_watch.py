@@ -51,7 +51,7 @@ _RANK = {"submitted": 0, "processing": 1, "succeed": 2, "failed": 2}
 _CLOSED = "the session was closed while this call was pending"
 # A final callback asks for a confirming query at most this often per task: forged ones
 # that repeat cannot turn a token into a stream of queries.
-_CONFIRM_SPACING = 1.0
+_CONFIRM_SPACING = 0.25
 
 
 def newer(old: Task | None, new: Task) -> bool:
