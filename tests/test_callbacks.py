@@ -102,8 +102,9 @@ def callback_url_of(emu: KlingEmulator, handle: TaskHandle) -> str:
 
 
 def spread(count: int) -> Any:
-    """Task timing: processing after 0.15 s, then each finishing 4 ms after the previous."""
-    return lambda task: (0.15, 0.15 + (task.index % count) * 0.004)
+    """Task timing: processing after 0.2 s (while the batch is still being created), then
+    each finishing 4 ms after the previous one, from 0.55 s on."""
+    return lambda task: (0.2, 0.35 + (task.index % count) * 0.004)
 
 
 @pytest.mark.anyio
