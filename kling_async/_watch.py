@@ -311,12 +311,14 @@ class Watcher:
             state.confirm_wanted = False
             state.confirmed_at = self._wire.clock()
             listed = False  # a confirm is one query: it must not wait for a list round
+        answered = False
         try:
             if listed and await self._refresh_by_list(state):
                 task = state.last
                 assert task is not None
             else:
                 task = await self.query(state.task_id)
+                answered = True
                 state.polls += 1
                 self._reschedule(state, listed=False, confirmed=confirming)
             if state.confirm_wanted and not task.done:
@@ -330,6 +332,8 @@ class Watcher:
             state.outcome = (state.generation + 1, task)
             return task
         finally:
+            if confirming and not answered:
+                state.confirm_wanted = True  # failed or cancelled: the next poll confirms
             state.busy = False
             state.generation += 1
             state.notify()
