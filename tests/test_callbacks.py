@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -521,3 +522,24 @@ async def test_the_asgi_app_on_its_own() -> None:
         ]
         assert 200 == await status({"method": "POST", "path": path, "headers": []}, *parts)
         assert "processing" == handle.status
+
+
+@pytest.mark.anyio
+async def test_a_receiver_served_from_another_thread_hands_over_to_the_session_loop() -> None:
+    """deliver() on another event loop applies the hint on the session's own loop."""
+    receiver = CallbackReceiver("http://127.0.0.1:9/kling/callbacks", confirm=False)
+    async with (
+        KlingEmulator(auto_advance=False) as emu,
+        official(emu, callbacks=receiver, poll_policy=SLOW) as session,
+    ):
+        handle = await session.extend("vid-1")
+        token = token_of(callback_url_of(emu, handle))
+        body = json.dumps({"task_id": handle.task_id, "task_status": "processing"}).encode()
+
+        def elsewhere() -> int:
+            return asyncio.run(receiver.deliver(token, body))
+
+        assert 200 == await anyio.to_thread.run_sync(elsewhere)
+        with anyio.fail_after(2):
+            while handle.status != "processing":
+                await anyio.sleep(0.005)
