@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._handle import TaskHandle
 from ._policies import PollPolicy, RetryPolicy
 from ._session import KlingSession, SessionStatistics
+from .callbacks import CallbackReceiver
 from .errors import (
     AccountError,
     AmbiguousCreateError,
@@ -46,6 +47,7 @@ __all__ = [
     "AccountError",
     "AmbiguousCreateError",
     "AuthenticationError",
+    "CallbackReceiver",
     "ContentPolicyError",
     "DownloadError",
     "ExtendRequest",

@@ -11,6 +11,7 @@ a create it can belong to.
 from __future__ import annotations
 
 import collections
+import contextvars
 import datetime as dt
 import logging
 import time
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import anyio
+import attrs
 
 from . import sansio
 from ._policies import Action, RetryPolicy, classify
@@ -35,7 +37,7 @@ from .errors import (
 )
 from .models import ExtendRequest, Task
 
-__all__ = ["CreateAttempt", "CreateRecord", "Creator"]
+__all__ = ["CALLBACK_SLOT", "CallbackSlot", "CreateAttempt", "CreateRecord", "Creator"]
 
 logger = logging.getLogger("kling_async")
 
@@ -46,6 +48,25 @@ _NEARBY = dt.timedelta(seconds=60)
 _REMEMBERED_IDS = 10_000  # task ids this session made or claimed, kept to tell them apart
 _REMEMBERED_DOUBTS = 1_000  # creates that ended ambiguous: they may still own a listed task
 _NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+class CallbackSlot:
+    """The callback URL a session's receiver issued for the create made in this context.
+
+    A keyed create journals the caller's request (its identity); the URL, with its one-time
+    token, is added only to what goes on the wire. ``sent`` tells whether it did.
+    """
+
+    __slots__ = ("sent", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sent = False
+
+
+CALLBACK_SLOT: contextvars.ContextVar[CallbackSlot | None] = contextvars.ContextVar(
+    "kling_async_callback_slot", default=None
+)
 
 
 class CreateRecord(Protocol):
@@ -204,6 +225,10 @@ class Creator:
         again; closing the session under it raises AmbiguousCreateError. ``record`` (a
         journal's, for one key) hears of each step so that a crash loses nothing.
         """
+        slot = CALLBACK_SLOT.get()
+        if slot is not None and request.callback_url is None:
+            request = attrs.evolve(request, callback_url=slot.url)
+            slot.sent = True
         attempt = CreateAttempt(request.video_id, record)
         self._active.add(attempt)
         try:

@@ -23,7 +23,7 @@ import attrs
 
 from . import _download, sansio
 from ._auth import BearerKey, JWTSigner
-from ._create import Creator
+from ._create import CALLBACK_SLOT, CallbackSlot, Creator
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, SQLiteJournal
 from ._keyed import keyed_create
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import aiohttp
+
+    from .callbacks import CallbackReceiver, _SessionLink
 
 __all__ = ["KlingSession", "SessionStatistics"]
 
@@ -87,8 +89,10 @@ class KlingSession:
     ``list_refresh`` (default None: where the base URL offers it) lets one list page refresh
     many pending waits; True forces it, False never lists. ``journal`` (a file path, or a
     `Journal`) makes keyed creates survive a crash: see `extend`'s ``key`` and `resume`.
+    ``callbacks`` (a `CallbackReceiver`) gives each create without its own ``callback_url``
+    one of the receiver's URLs, so that its callbacks wake the waits on it at once.
 
-    Added in version 0.1.
+    Added in version 0.1; ``callbacks`` in 0.2.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class KlingSession:
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         max_response_bytes: int = 8 * 1024 * 1024,
         journal: str | os.PathLike[str] | Journal | None = None,
+        callbacks: CallbackReceiver | None = None,
     ) -> None:
         auth = _credentials(api_key, access_key, secret_key)
         if base_url is None:
@@ -176,6 +181,15 @@ class KlingSession:
             raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
         if self._journal is not None:
             self._watcher.on_done = self._journal_finished
+        if callbacks is not None:
+            from .callbacks import CallbackReceiver
+
+            if not isinstance(callbacks, CallbackReceiver):
+                raise TypeError(
+                    f"callbacks must be a CallbackReceiver, not {type(callbacks).__name__}"
+                )
+        self._callbacks = callbacks
+        self._link: _SessionLink | None = None
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -201,6 +215,10 @@ class KlingSession:
             if self._owns_journal:
                 assert self._journal is not None
                 await self._journal.__aenter__()
+            if self._callbacks is not None:
+                self._link = self._callbacks._attach(
+                    self._watcher, self._wire.loop, gateway=isinstance(self._auth, BearerKey)
+                )
         except BaseException:
             self._wire.close()
             if self._http is not None:
@@ -230,6 +248,9 @@ class KlingSession:
             # Wake every sleeping wait and slot wait; each then sees the state and raises.
             self._watcher.close()
             self._creator.gate.release_all()
+        if self._link is not None:
+            link, self._link = self._link, None
+            link.close()  # its tokens are forgotten: their callbacks get 404 from now on
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
@@ -358,6 +379,34 @@ class KlingSession:
         self, request: ExtendRequest, deadline: float | None, key: str | None = None
     ) -> TaskHandle:
         self._wire.check_open()
+        link = self._link
+        if link is None or request.callback_url is not None:
+            return await self._submit_one(request, deadline, key, None)
+        # A caller's own callback_url is sent unchanged; else the create gets a token of the
+        # receiver's, registered before it is sent (a callback may beat the reply).
+        binding, url = link.issue()
+        slot = CallbackSlot(url)
+        reset = CALLBACK_SLOT.set(slot)
+        try:
+            handle = await self._submit_one(request, deadline, key, slot)
+        except BaseException:
+            link.discard(binding)
+            raise
+        finally:
+            CALLBACK_SLOT.reset(reset)
+        if slot.sent:
+            link.bind(binding, handle._state)
+        else:  # a key created before: nothing was sent with this token
+            link.discard(binding)
+        return handle
+
+    async def _submit_one(
+        self,
+        request: ExtendRequest,
+        deadline: float | None,
+        key: str | None,
+        slot: CallbackSlot | None,
+    ) -> TaskHandle:
         stamp = None
         if request.external_task_id is None and self._stamp:
             stamp = f"kling-async-{uuid.uuid4().hex}"
@@ -380,7 +429,11 @@ class KlingSession:
                 request = attrs.evolve(request, external_task_id=stamp)
             task = await self._creator.create(request, deadline=deadline)
         self._tasks_created += 1
-        return TaskHandle(self._watcher, self._watcher.created(task))
+        safety = None
+        if slot is not None and slot.sent:
+            assert self._callbacks is not None
+            safety = self._callbacks.safety_interval
+        return TaskHandle(self._watcher, self._watcher.created(task, safety=safety))
 
     async def resume(self) -> list[TaskHandle]:
         """Handles for every journaled task not yet seen finished, to wait on after a restart.

@@ -7,6 +7,11 @@ stalling the others (the next waiter takes over). Where the base URL offers the 
 list page refreshes every pending task it contains (api.md "List refresh"); the schedule
 polls densely only where completions are expected and learns that from tasks it saw finish.
 State a handle has seen never goes backwards (`newer`).
+
+Callbacks (``callbacks``) are hints fed in through `Watcher.hint`: a status on the way is
+merged like any reply; a final one (with confirmation on) only makes the task's poll due
+now, so the waits themselves confirm it with one query. A task whose callbacks come to a
+receiver is polled on the slow safety cadence only (``TaskState.safety``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ _SAMPLES = 64  # durations of finished tasks the schedule learns from
 _STEP_SLACK = 0.05  # as_completed: seconds by which a poll may come early to join a step
 _RANK = {"submitted": 0, "processing": 1, "succeed": 2, "failed": 2}
 _CLOSED = "the session was closed while this call was pending"
+# A final callback asks for a confirming query at most this often per task: forged ones
+# that repeat cannot turn a token into a stream of queries.
+_CONFIRM_SPACING = 0.25
 
 
 def newer(old: Task | None, new: Task) -> bool:
@@ -75,6 +83,8 @@ class TaskState:
         "__weakref__",
         "born",
         "busy",
+        "confirm_wanted",
+        "confirmed_at",
         "generation",
         "last",
         "list_miss",
@@ -84,6 +94,8 @@ class TaskState:
         "outcome",
         "polls",
         "recorded",
+        "retire",
+        "safety",
         "sleepers",
         "task_id",
         "waiters",
@@ -103,6 +115,13 @@ class TaskState:
         self.list_miss = False
         self.listed_in = 0  # the list refresh that last saw it
         self.recorded = False  # its end was handed to `Watcher.on_done`
+        # Callbacks: the safety cadence (seconds) when they come to a receiver, else None;
+        # a final callback waiting for its confirming query; when the last confirm was led;
+        # told once when the task is seen done (the receiver retires its token).
+        self.safety: float | None = None
+        self.confirm_wanted = False
+        self.confirmed_at = -math.inf
+        self.retire: Callable[[], None] | None = None
         self.listeners: list[anyio.Event] | None = None
         # Waits dozing until the next change: bare futures, lighter than an event and a
         # cancel scope each (a thousand pending waits are a thousand of these).
@@ -214,13 +233,41 @@ class Watcher:
             self._states[task_id] = state
         return state
 
-    def created(self, task: Task) -> TaskState:
-        """A task this session just made: its state, first poll scheduled by its age."""
+    def created(self, task: Task, *, safety: float | None = None) -> TaskState:
+        """A task this session just made: its state, first poll scheduled by its age.
+
+        ``safety``: its callbacks come to a receiver; poll it only every ``safety`` seconds.
+        """
         state = self.state(task.task_id)
         state.born = self._wire.clock()
+        if safety is not None:
+            state.safety = safety
         self._merge(state, task)
         self._reschedule(state, listed=False)
         return state
+
+    def hint(self, state: TaskState, task: Task, *, confirm: bool) -> None:
+        """A callback's task for ``state`` (its id already checked): a hint, never the truth.
+
+        A status on the way is merged (never backwards). A final one is merged only without
+        ``confirm``; with it, the task's poll becomes due now and its waits wake, so that one
+        of them confirms with a query before any returns. Nothing here awaits or queries.
+        """
+        if self._wire.closed:
+            return
+        last = state.last
+        if last is not None and last.done:
+            return  # already seen finished: a duplicate or a late one changes nothing
+        if not (task.done and confirm):
+            self._merge(state, task)
+            return
+        state.confirm_wanted = True
+        if state.busy:
+            return  # the poll in flight may predate the callback: `_lead` confirms after it
+        due = max(self._wire.clock(), state.confirmed_at + _CONFIRM_SPACING)
+        if due < state.next_due:
+            state.next_due = due
+        state.notify()
 
     def close(self) -> None:
         """Wake every wait (each then sees the session closed and raises)."""
@@ -260,14 +307,25 @@ class Watcher:
     async def _lead(self, state: TaskState, listed: bool = False) -> Task:
         """Do this state's poll for everyone waiting on it."""
         state.busy = True
+        confirming = state.confirm_wanted
+        if confirming:
+            state.confirm_wanted = False
+            state.confirmed_at = self._wire.clock()
+            listed = False  # a confirm is one query: it must not wait for a list round
+        answered = False
         try:
             if listed and await self._refresh_by_list(state):
                 task = state.last
                 assert task is not None
             else:
                 task = await self.query(state.task_id)
+                answered = True
                 state.polls += 1
-                self._reschedule(state, listed=False)
+                self._reschedule(state, listed=False, confirmed=confirming)
+            if state.confirm_wanted and not task.done:
+                # A final callback came while this poll was in flight: confirm it next.
+                due = max(self._wire.clock(), state.confirmed_at + _CONFIRM_SPACING)
+                state.next_due = min(state.next_due, due)
         except KlingError as error:
             state.outcome = (state.generation + 1, error)
             raise
@@ -275,6 +333,8 @@ class Watcher:
             state.outcome = (state.generation + 1, task)
             return task
         finally:
+            if confirming and not answered:
+                state.confirm_wanted = True  # failed or cancelled: the next poll confirms
             state.busy = False
             state.generation += 1
             state.notify()
@@ -291,6 +351,10 @@ class Watcher:
                 state.notify()
             if task.done:
                 self._pending.pop(state.task_id, None)
+                state.confirm_wanted = False
+                retire, state.retire = state.retire, None
+                if retire is not None:
+                    retire()
         return state.last  # type: ignore[return-value]  # set above or before
 
     def _saw(self, task: Task) -> None:
@@ -314,10 +378,17 @@ class Watcher:
         age = (dt.datetime.now(dt.timezone.utc) - task.created_at).total_seconds()
         return now - max(0.0, age)
 
-    def _reschedule(self, state: TaskState, *, listed: bool) -> None:
+    def _reschedule(self, state: TaskState, *, listed: bool, confirmed: bool = False) -> None:
         now = self._wire.clock()
         age = now - (state.born if state.born is not None else now)
         delay = self.schedule.delay(age, listed=listed, rng=self._wire.rng)
+        safety = state.safety
+        if safety is not None:
+            # Callbacks tell of changes: polls are only the safety net for lost ones. After
+            # a confirm that did not show the task done (a forged callback, or a query that
+            # lags behind it), the usual schedule checks once more, then the safety net again.
+            jittered = safety * (1 - self.policy.jitter * self._wire.rng.random())
+            delay = min(delay, jittered) if confirmed else jittered
         state.next_due = now + delay
 
     # -- waiting ----------------------------------------------------------------------------
@@ -360,7 +431,7 @@ class Watcher:
             await self._doze(state, state.next_due - now if not state.busy else math.inf)
             _outcome(state, generation)  # the poll this wait dozed through failed: so does it
             return
-        await self._lead(state, self._listing())
+        await self._lead(state, self._listing() and not state.confirm_wanted)
 
     async def _doze(self, state: TaskState, seconds: float) -> None:
         """Sleep ``seconds`` or until the state changes (closing the session changes it)."""
@@ -484,8 +555,14 @@ class Watcher:
         return fresh
 
     async def _lead_many(self, due: list[TaskState]) -> None:
-        """Poll every due task: one list refresh where it serves, else queries side by side."""
-        if self._listing() and due:
+        """Poll every due task: one list refresh where it serves, else queries side by side.
+
+        Confirms of final callbacks go first, as queries of their own, without a list round.
+        """
+        confirms = [s for s in due if s.confirm_wanted]
+        if confirms:
+            due = confirms
+        elif self._listing() and due:
             number = await self._list_round()
             due = [s for s in due if not s.busy and s.listed_in != number]  # not refreshed
         if not due:

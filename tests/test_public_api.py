@@ -14,6 +14,7 @@ EXPECTED_ALL = {
     "AccountError",
     "AmbiguousCreateError",
     "AuthenticationError",
+    "CallbackReceiver",
     "ContentPolicyError",
     "DownloadError",
     "ExtendRequest",
