@@ -11,7 +11,6 @@ a create it can belong to.
 from __future__ import annotations
 
 import collections
-import contextvars
 import datetime as dt
 import logging
 import time
@@ -37,7 +36,7 @@ from .errors import (
 )
 from .models import ExtendRequest, Task
 
-__all__ = ["CALLBACK_SLOT", "CallbackSlot", "CreateAttempt", "CreateRecord", "Creator"]
+__all__ = ["CallbackSlot", "CreateAttempt", "CreateRecord", "Creator"]
 
 logger = logging.getLogger("kling_async")
 
@@ -51,7 +50,7 @@ _NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
 class CallbackSlot:
-    """The callback URL a session's receiver issued for the create made in this context.
+    """The callback URL a session's receiver issued for one create.
 
     A keyed create journals the caller's request (its identity); the URL, with its one-time
     token, is added only to what goes on the wire. ``sent`` tells whether it did.
@@ -62,11 +61,6 @@ class CallbackSlot:
     def __init__(self, url: str) -> None:
         self.url = url
         self.sent = False
-
-
-CALLBACK_SLOT: contextvars.ContextVar[CallbackSlot | None] = contextvars.ContextVar(
-    "kling_async_callback_slot", default=None
-)
 
 
 class CreateRecord(Protocol):
@@ -215,6 +209,7 @@ class Creator:
         *,
         deadline: float | None = None,
         record: CreateRecord | None = None,
+        callback: CallbackSlot | None = None,
     ) -> Task:
         """A create with the create retry rules (api.md "Create retries" and "Stamping").
 
@@ -224,11 +219,11 @@ class Creator:
         during the send, a cancel during the look-up) is logged with what finds the task
         again; closing the session under it raises AmbiguousCreateError. ``record`` (a
         journal's, for one key) hears of each step so that a crash loses nothing.
+        ``callback`` is the receiver's URL for this create, added to what is sent only.
         """
-        slot = CALLBACK_SLOT.get()
-        if slot is not None and request.callback_url is None:
-            request = attrs.evolve(request, callback_url=slot.url)
-            slot.sent = True
+        if callback is not None and request.callback_url is None:
+            request = attrs.evolve(request, callback_url=callback.url)
+            callback.sent = True
         attempt = CreateAttempt(request.video_id, record)
         self._active.add(attempt)
         try:
@@ -366,7 +361,12 @@ class Creator:
             await wire.sleep(delay)
 
     async def reconcile(
-        self, request: ExtendRequest, *, sent_at: dt.datetime, record: CreateRecord
+        self,
+        request: ExtendRequest,
+        *,
+        sent_at: dt.datetime,
+        record: CreateRecord,
+        callback: CallbackSlot | None = None,
     ) -> Task:
         """Settle a create a journal left sent and unanswered (the process died mid-create).
 
@@ -398,7 +398,7 @@ class Creator:
             logger.info("journaled create for video %s never arrived; sending it", request.video_id)
             attempt.recorded = True  # the journal says "sending"
             await self._not_sent(attempt)
-            return await self.create(request, record=record)
+            return await self.create(request, record=record, callback=callback)
         except AmbiguousCreateError:
             self._doubts.append(attempt)
             self._active.discard(attempt)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ._create import Creator
+from ._create import CallbackSlot, Creator
 from ._journal import ClaimOutcome, Journal
 from .errors import APIError, KlingError
 from .models import ExtendRequest, Task
@@ -51,6 +51,7 @@ async def keyed_create(
     stamp: str | None,
     deadline: float | None,
     busy_wait: float,
+    callback: CallbackSlot | None = None,
 ) -> tuple[str, Task | None]:
     """Create ``request`` under ``key`` at most once; return its task id (and the task when
     this call made or found it).
@@ -86,10 +87,15 @@ async def keyed_create(
             # The process that sent it died before the reply: look it up, never resend.
             entry = claim.entry
             task = await creator.reconcile(
-                claim.request, sent_at=entry.sent_at or entry.claimed_at, record=record
+                claim.request,
+                sent_at=entry.sent_at or entry.claimed_at,
+                record=record,
+                callback=callback,
             )
         else:
-            task = await creator.create(claim.request, deadline=deadline, record=record)
+            task = await creator.create(
+                claim.request, deadline=deadline, record=record, callback=callback
+            )
         return task.task_id, task
     finally:
         if claim.outcome in (ClaimOutcome.FRESH, ClaimOutcome.IN_DOUBT):

@@ -23,7 +23,7 @@ import attrs
 
 from . import _download, sansio
 from ._auth import BearerKey, JWTSigner
-from ._create import CALLBACK_SLOT, CallbackSlot, Creator
+from ._create import CallbackSlot, Creator
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, SQLiteJournal
 from ._keyed import keyed_create
@@ -386,14 +386,11 @@ class KlingSession:
         # receiver's, registered before it is sent (a callback may beat the reply).
         binding, url = link.issue()
         slot = CallbackSlot(url)
-        reset = CALLBACK_SLOT.set(slot)
         try:
             handle = await self._submit_one(request, deadline, key, slot)
         except BaseException:
             link.discard(binding)
             raise
-        finally:
-            CALLBACK_SLOT.reset(reset)
         if slot.sent:
             link.bind(binding, handle._state)
         else:  # a key created before: nothing was sent with this token
@@ -420,6 +417,7 @@ class KlingSession:
                 stamp=stamp,
                 deadline=deadline,
                 busy_wait=self._wire.create_deadline,
+                callback=slot,
             )
             if made is None:  # created before (maybe by another process): nothing sent
                 return TaskHandle(self._watcher, self._watcher.state(task_id))
@@ -427,7 +425,7 @@ class KlingSession:
         else:
             if stamp is not None:
                 request = attrs.evolve(request, external_task_id=stamp)
-            task = await self._creator.create(request, deadline=deadline)
+            task = await self._creator.create(request, deadline=deadline, callback=slot)
         self._tasks_created += 1
         safety = None
         if slot is not None and slot.sent:
