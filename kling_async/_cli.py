@@ -448,16 +448,27 @@ class _RichDownload:
             redirect_stdout=False,
         )
         self._task = self._bar.add_task("download", total=None)
+        self._name = name
+        self._console = console
+        self._done = 0
+        self._complete = False
         self._bar.start()
         self._closed = False
 
     def update(self, done: int, total: int | None) -> None:
+        self._done = done
+        self._complete = done == total  # the last call is (size, size)
         self._bar.update(self._task, completed=done, total=total)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._bar.stop()
+            if not self._complete:
+                return
+            self._console.print(
+                f"[green]✓[/] downloaded {self._name} ({_size(self._done)})", highlight=False
+            )
 
 
 def _download_progress(name: str, quiet: bool) -> _DownloadProgress:
