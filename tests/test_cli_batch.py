@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -352,6 +353,42 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(
 # -- progress -------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_a_terminal_gets_the_live_view(gateway: dict[str, str], tmp_path: Path) -> None:
+    """Stderr a terminal, rich installed: a live view that ends as one ✓ line; stdout plain."""
+    pytest.importorskip("rich")
+    import pty
+
+    file = write_jsonl(tmp_path / "rows.jsonl", rows_of(3, "i"))
+    controller, terminal = pty.openpty()
+    process = cli(
+        "batch",
+        str(file),
+        "--out",
+        str(tmp_path / "out"),
+        env={**gateway, **FAST, "TERM": "xterm-256color", "COLUMNS": "120"},
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = bytearray()
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(controller, 4096):
+            shown += chunk
+    os.close(controller)
+    out, _ = process.communicate(timeout=60)
+    screen = shown.decode("utf-8", "replace")
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+
+    assert 0 == process.returncode
+    assert "\x1b[" in screen  # drawn with escape codes
+    assert "✓ batch 3/3 done in 0:0" in plain
+    assert "succeed 3  |  downloaded 3/3" in plain
+    assert "batch of 3 rows" not in plain  # not the plain lines
+    assert "\x1b" not in out
+    assert ["i-0", "i-1", "i-2"] == [line.split()[0] for line in out.splitlines()]
+
+
 def test_plain_progress_prints_changes_at_a_bounded_rate() -> None:
     """A changed line at most every interval, a repeat every heartbeat, the last at close."""
     now = [0.0]
@@ -446,3 +483,50 @@ def test_the_test_poll_variable_sets_a_fast_policy(monkeypatch: pytest.MonkeyPat
     policy = _cli._session_options()["poll_policy"]
     assert (0.05, 0.05, 0.05) == (policy.first_delay, policy.interval, policy.max_delay)
     assert os.environ[_cli._TEST_POLL_VARIABLE] == "0.05"
+
+
+# -- rows without a result ------------------------------------------------------------------
+
+
+def test_a_refused_create_is_an_error_row_and_is_not_sent_again(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The gateway refuses a row: `error` with the reason, exit 1; the re-run sends nothing."""
+    file = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"key": "j-1", "video_id": "j-video-1", "parent_task_id": "p-1"},
+            {"key": "j-2", "video_id": "j-video-2"},  # no parent task: refused
+        ],
+    )
+    with serving("kling_async", "emulator", "--require-parent-task-id") as url:
+        use(monkeypatch, url)
+        status, out, err = run(capsys, "batch", str(file), "--json")
+        again, _, _ = run(capsys, "batch", str(file), "--json")
+        tasks = tasks_on(capsys)
+
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert (1, 1) == (status, again)
+    assert "succeed" == first["status"]
+    assert ("error", None) == (second["status"], second["task_id"])
+    assert "task_id is required" in second["message"]
+    assert "1 of 2 rows failed; results in" in err.splitlines()[-1]
+    assert 1 == len(tasks)
+
+
+@pytest.mark.usefixtures("gateway")
+def test_a_key_edited_to_another_request_is_an_error_row(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The journal knows the key with another prompt: that row is `error`, nothing is sent."""
+    file = write_jsonl(tmp_path / "rows.jsonl", rows_of(1, "k"))
+    assert 0 == run(capsys, "batch", str(file))[0]
+    before = len(tasks_on(capsys))
+    write_jsonl(file, [{**rows_of(1, "k")[0], "prompt": "something else"}])
+
+    status, out, _ = run(capsys, "batch", str(file), "--json")
+
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert (1, "error") == (status, row["status"])
+    assert "k-0" in row["message"]
+    assert before == len(tasks_on(capsys))
