@@ -166,8 +166,10 @@ def read_rows(path: pathlib.Path) -> list[Row]:
     """Every row of the batch file, checked; raises `BatchFileError` naming the line."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise BatchFileError(f"cannot read {path}: {error}") from None
+    except OSError as error:
+        raise BatchFileError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise BatchFileError(f"cannot read {path}: it is not UTF-8 text") from None
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         as_json = True
@@ -175,7 +177,13 @@ def read_rows(path: pathlib.Path) -> list[Row]:
         as_json = False
     else:  # sniff: JSON Lines start with an object
         as_json = text.lstrip().startswith("{")
-    records = _json_records(text) if as_json else _csv_records(text)
+    try:
+        return _checked(_json_records(text) if as_json else _csv_records(text))
+    except BatchFileError as error:
+        raise BatchFileError(f"{path}: {error}") from None
+
+
+def _checked(records: Iterable[tuple[int, dict[str, object]]]) -> list[Row]:
     rows: list[Row] = []
     keys: dict[str, int] = {}
     external: dict[str, int] = {}
@@ -193,7 +201,7 @@ def read_rows(path: pathlib.Path) -> list[Row]:
             external[stamp] = line
         rows.append(row)
     if not rows:
-        raise BatchFileError(f"{path} has no rows")
+        raise BatchFileError("no rows")
     return rows
 
 
@@ -620,9 +628,7 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     try:
         rows = read_rows(args.file)
     except BatchFileError as error:
-        return _usage_error(
-            command, f"{args.file}: {error}" if "line" in str(error) else str(error)
-        )
+        return _usage_error(command, str(error))
     problem = _check(args)
     if problem is not None:
         return _usage_error(command, problem)

@@ -223,7 +223,7 @@ def test_a_file_without_a_known_suffix_is_sniffed(
         ("r.jsonl", '["k1", "v"]\n', "line 1: expected a JSON object"),
         ("r.jsonl", '{"key": "k1", "video_id": "v", "prompt": 5}\n', "line 1: prompt must be a"),
         ("r.jsonl", '{"key": "k1"}\n', "line 1: video_id is missing"),
-        ("r.jsonl", "\n", "has no rows"),
+        ("r.jsonl", "\n", "r.jsonl: no rows"),
         ("r.csv", "key,video_id,colour\nk1,v,red\n", "line 1: unknown column 'colour'"),
         ("r.csv", "key,video_id\nk1,v\nk2,\n", "line 3: video_id is missing"),
         ("r.csv", "key,video_id,cfg_scale\nk1,v,high\n", "line 2: cfg_scale must be a number"),
