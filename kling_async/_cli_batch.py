@@ -43,7 +43,7 @@ from ._cli import (
 from ._download import file_name
 from ._handle import TaskHandle
 from ._session import KlingSession
-from .errors import InvalidArgumentError, KlingError
+from .errors import InvalidArgumentError, KlingError, TaskFailedError
 from .models import ExtendRequest, Task, TaskStatus
 
 __all__ = ["read_rows", "run"]
@@ -505,12 +505,18 @@ async def _execute(
     args: argparse.Namespace,
     progress: BatchProgress,
 ) -> None:
+    """Each row on its own: submit (bounded), wait, download (bounded).
+
+    Rows are waited for as soon as they are created, not after the last create: the waits
+    share the session's poll scheduler (single-flight queries, list refresh) just as
+    ``as_completed`` would, and a create refused with 1303 (too many running tasks) gets its
+    slot as soon as a wait sees a task finish.
+    """
     out: pathlib.Path | None = args.out
     creates = anyio.CapacityLimiter(args.concurrency)
     fetches = anyio.CapacityLimiter(args.concurrency)
-    by_task: dict[str, Outcome] = {}
 
-    async def submit(row: Row, outcome: Outcome) -> None:
+    async def submit(row: Row, outcome: Outcome) -> TaskHandle | None:
         request = row.request
         async with creates:
             try:
@@ -528,11 +534,11 @@ async def _execute(
             except (KlingError, ValueError, RuntimeError) as error:
                 # Refused (remembered by the journal), unsettled, or the key changed meaning.
                 outcome.status, outcome.message = "error", _message(error)
-                return
+                return None
         outcome.handle = handle
         outcome.task_id = handle.task_id
         outcome.status = handle.last.status.value if handle.last else "submitted"
-        by_task[handle.task_id] = outcome
+        return handle
 
     async def fetch(outcome: Outcome, task: Task) -> None:
         assert out is not None
@@ -558,6 +564,29 @@ async def _execute(
         outcome.file = str(path)
         run.downloads_done += 1
 
+    async def one(row: Row, outcome: Outcome) -> None:
+        handle = await submit(row, outcome)
+        if handle is None:
+            return
+        try:
+            task = await handle.wait()
+        except TaskFailedError as error:
+            task = error.task
+        except KlingError as error:  # the queries gave up (an outage, a vanished task)
+            outcome.status = "error"
+            outcome.message = (
+                f"stopped waiting: {_message(error)}; the task may still be running: "
+                "run the same command again to resume"
+            )
+            return
+        outcome.message = task.status_message
+        if task.status is TaskStatus.SUCCEED and out is not None:
+            outcome.status = "downloading"
+            await fetch(outcome, task)
+            if outcome.status != "downloading":  # the download failed
+                return
+        outcome.status = task.status.value
+
     async def beat() -> None:
         while True:
             await anyio.sleep(_TICK)
@@ -567,26 +596,8 @@ async def _execute(
         ticker.start_soon(beat)
         async with anyio.create_task_group() as group:
             for row, outcome in zip(rows, run.outcomes, strict=True):
-                group.start_soon(submit, row, outcome)
-        handles = [o.handle for o in run.outcomes if o.handle is not None]
-        async with anyio.create_task_group() as group:
-            async for task in session.as_completed(handles):
-                outcome = by_task[task.task_id]
-                outcome.message = task.status_message
-                if task.status is TaskStatus.SUCCEED and out is not None:
-                    outcome.status = "downloading"
-                    group.start_soon(fetch_then_finish, fetch, outcome, task)
-                else:
-                    outcome.status = task.status.value
+                group.start_soon(one, row, outcome)
         ticker.cancel_scope.cancel()
-
-
-async def fetch_then_finish(
-    fetch: Callable[[Outcome, Task], Any], outcome: Outcome, task: Task
-) -> None:
-    await fetch(outcome, task)
-    if outcome.status == "downloading":
-        outcome.status = task.status.value
 
 
 def _write_results(path: pathlib.Path, outcomes: Iterable[Outcome]) -> None:
