@@ -530,3 +530,20 @@ def test_a_key_edited_to_another_request_is_an_error_row(
     assert (1, "error") == (status, row["status"])
     assert "k-0" in row["message"]
     assert before == len(tasks_on(capsys))
+
+
+def test_a_batch_larger_than_the_parallel_task_limit_finishes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Kling's limit (1303) holds creates back; each finished row frees a slot for the next."""
+    file = write_jsonl(tmp_path / "rows.jsonl", rows_of(9, "m"))
+    with serving("kling_async", "emulator", "--step-seconds", "0.1", "--max-running", "3") as url:
+        env = use(monkeypatch, url)
+        status, _, err = batch_process(str(file), env=env)
+        tasks = tasks_on(capsys)
+
+    assert 0 == status, err
+    assert 9 == len(tasks)
+    assert {"succeed"} == {
+        line["status"] for line in results(tmp_path / "rows.jsonl.results.jsonl")
+    }
