@@ -38,6 +38,7 @@ from ._cli import (
     _say,
     _session_options,
     _silence_stdout,
+    _size,
     _usage_error,
 )
 from ._download import file_name
@@ -301,19 +302,9 @@ class Run:
         )
 
 
-def size(count: int) -> str:
-    """Bytes as people read them: ``812 B``, ``4.2 MB``."""
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _bytes(snap: Snapshot, of: str = "") -> str:
     skipped = f", {snap.downloads_skipped} already there" if snap.downloads_skipped else ""
-    return f"{size(snap.received)}{of}{skipped}"
+    return f"{_size(snap.received)}{of}{skipped}"
 
 
 def describe(snap: Snapshot, *, eta: bool = True) -> str:
@@ -443,7 +434,7 @@ class RichProgress:
             for status, n in snap.counts.items()
         )
         if snap.downloads:
-            total = f" of {size(snap.expected)}" if snap.expected else ""
+            total = f" of {_size(snap.expected)}" if snap.expected else ""
             counts += (
                 f"  [dim]|[/]  downloaded {snap.downloads_done}/{snap.downloads} "
                 f"({_bytes(snap, total)})"
