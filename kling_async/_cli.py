@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import pathlib
 import re
 import shlex
 import sys
@@ -51,9 +52,12 @@ from .testing import __main__ as emulator_cli
 __all__ = ["main"]
 
 PROG = "kling-async"
-_REMOTE = ("extend", "get", "wait", "list")
+_REMOTE = ("extend", "get", "wait", "list", "batch")
 # Extra KlingSession options; the tests put instant poll and retry policies here.
 _SESSION_OPTIONS: dict[str, Any] = {}
+# Tests that run the CLI as a child process set this to poll every N seconds (and retry
+# without waiting), so that a batch against a fast emulator takes a second, not minutes.
+_TEST_POLL_VARIABLE = "KLING_ASYNC_TEST_POLL_SECONDS"
 # Ctrl+C ends anyio.run() with KeyboardInterrupt; on Python 3.10 (no Task.uncancel()) the
 # runner cannot tell it from another cancellation and lets the CancelledError out instead.
 _INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)
@@ -76,6 +80,25 @@ _FLAGS = {
     "access_key": "KLING_ACCESS_KEY",
     "secret_key": "KLING_SECRET_KEY",
 }
+
+
+def _session_options() -> dict[str, Any]:
+    """The extra KlingSession options: the tests' policies, in-process or by environment."""
+    options = dict(_SESSION_OPTIONS)
+    seconds = _number(os.environ.get(_TEST_POLL_VARIABLE, ""))
+    if math.isfinite(seconds) and seconds >= 0:
+        options["poll_policy"] = PollPolicy(
+            first_delay=seconds,
+            interval=seconds,
+            list_interval=seconds,
+            min_duration=0,
+            max_duration=0,
+            max_delay=seconds,
+            jitter=0,
+            learn=False,
+        )
+        options["retry_policy"] = RetryPolicy.instant()
+    return options
 
 
 # -- argument types: argparse reports a bad value as a one-line usage error ------------------
@@ -160,9 +183,16 @@ class _OutputClosed(Exception):
     """Stdout's reader went away (``kling-async list | head -1``, or Ctrl+C in a pipeline)."""
 
 
-def _show(task: Task, as_json: bool) -> None:
+def _show(task: Task, as_json: bool, *, file: pathlib.Path | None = None) -> None:
+    if as_json:
+        shown = _task_json(task)
+        if file is not None:
+            shown["file"] = str(file)
+        text = json.dumps(shown)
+    else:
+        text = _task_line(task) if file is None else f"{_task_line(task)}\n{file}"
     try:
-        print(json.dumps(_task_json(task)) if as_json else _task_line(task), flush=True)
+        print(text, flush=True)
     except BrokenPipeError:
         _silence_stdout()
         raise _OutputClosed from None
@@ -334,6 +364,126 @@ def _progress(task_id: str, quiet: bool) -> _Progress:
     return _PlainProgress(task_id, sys.stderr)
 
 
+def _size(count: float) -> str:
+    """Bytes as people read them: ``812 B``, ``4.2 MB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _DownloadProgress(Protocol):
+    def update(self, done: int, total: int | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class _QuietDownload:
+    def update(self, done: int, total: int | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _PlainDownload:
+    """``downloading VIDEO: 1.2 MB of 4.5 MB``, at most once a second, and at the end."""
+
+    def __init__(
+        self,
+        name: str,
+        stream: TextIO,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 1.0,
+    ) -> None:
+        self._name = name
+        self._stream = stream
+        self._clock = clock
+        self._interval = interval
+        self._last = -math.inf
+        self._done = 0
+        self._total: int | None = None
+        self._shown: tuple[int, int | None] | None = None
+
+    def _write(self) -> None:
+        self._shown = (self._done, self._total)
+        of = f" of {_size(self._total)}" if self._total else ""
+        with contextlib.suppress(OSError, ValueError):
+            print(
+                f"downloading {self._name}: {_size(self._done)}{of}", file=self._stream, flush=True
+            )
+
+    def update(self, done: int, total: int | None) -> None:
+        self._done, self._total = done, total
+        now = self._clock()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._write()
+
+    def close(self) -> None:
+        if self._shown != (self._done, self._total):
+            self._write()
+
+
+class _RichDownload:
+    """A transient bar with the bytes and the speed, on a terminal."""
+
+    def __init__(self, name: str, console: Any) -> None:
+        from rich.progress import (  # type: ignore[import-not-found, unused-ignore]
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn(f"downloading {name}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console,
+            transient=True,
+            redirect_stdout=False,
+        )
+        self._task = self._bar.add_task("download", total=None)
+        self._name = name
+        self._console = console
+        self._done = 0
+        self._complete = False
+        self._bar.start()
+        self._closed = False
+
+    def update(self, done: int, total: int | None) -> None:
+        self._done = done
+        self._complete = done == total  # the last call is (size, size)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bar.stop()
+            if not self._complete:
+                return
+            self._console.print(
+                f"[green]✓[/] downloaded {self._name} ({_size(self._done)})", highlight=False
+            )
+
+
+def _download_progress(name: str, quiet: bool) -> _DownloadProgress:
+    if quiet:
+        return _QuietDownload()
+    if sys.stderr.isatty():
+        try:
+            from rich.console import Console  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            pass
+        else:
+            return _RichDownload(name, Console(stderr=True))
+    return _PlainDownload(name, sys.stderr)
+
+
 async def _follow(handle: TaskHandle, timeout: float | None, progress: _Progress) -> Task:
     """Wait for the task, reporting each status change; raise as ``handle.wait()`` would."""
     failure: BaseException | None = None
@@ -445,9 +595,24 @@ async def _remote(session: KlingSession, args: argparse.Namespace, state: _State
             task = await _follow(handle, args.timeout, progress)
         finally:
             progress.close()
-        _show(task, args.json)
+        file = None
+        if getattr(args, "download", None) is not None:
+            file = await _download(session, task, args.download, args.quiet)
+        _show(task, args.json, file=file)
         state.shown = True
     return 0
+
+
+async def _download(
+    session: KlingSession, task: Task, folder: pathlib.Path, quiet: bool
+) -> pathlib.Path:
+    """Download the result into ``folder`` with its progress on stderr; return the file."""
+    progress = _download_progress(task.video.id if task.video else task.task_id, quiet)
+    try:
+        path = await session.download(task, folder, progress=progress.update)
+    finally:
+        progress.close()
+    return path
 
 
 # -- errors in the CLI's words --------------------------------------------------------------
@@ -521,11 +686,28 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
+def _folder(path: pathlib.Path) -> str | None:
+    """Make the download folder (and its parents); None if it can be used, else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot use {str(path)!r} as a folder ({error.strerror or error})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"cannot write into {str(path)!r}"
+    return None
+
+
 def _check(args: argparse.Namespace) -> str | None:
     """What argparse cannot check alone; None if the command may run."""
     if args.command == "extend":
         if args.timeout is not None and not args.wait:
             return "--timeout bounds --wait; pass --wait too"
+        if args.download is not None:
+            if not args.wait:
+                return "--download saves the result of --wait; pass --wait too"
+            problem = _folder(args.download)
+            if problem is not None:
+                return f"--download: {problem}"
         try:
             ExtendRequest(
                 video_id=args.video_id,
@@ -645,6 +827,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     extend.add_argument("--external-task-id", metavar="ID", help="your own id for the task")
     extend.add_argument("--wait", action="store_true", help="wait until the task is done")
+    extend.add_argument(
+        "--download",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="with --wait: download the result into DIR (made if missing) and print its path",
+    )
     _add_waiting(extend)
     _add_connection(extend)
 
@@ -684,6 +872,43 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="pages to fetch, 1 to 1000 (default %(default)s)",
     )
     _add_connection(listing)
+
+    batch = add(
+        "batch",
+        "extend every row of a JSON Lines or CSV file, resumably",
+        "Submit one extend task (a paid job) per row of FILE, wait for all of them, optionally\n"
+        "download the results, and write a results file. FILE is JSON Lines (one object per\n"
+        "line) or CSV with a header; the fields are key, video_id, prompt, negative_prompt,\n"
+        "cfg_scale, callback_url, parent_task_id, external_task_id and watermark. Every row\n"
+        "is checked before anything is sent. A journal records each submission, so running\n"
+        "the same command again after Ctrl+C or a crash resumes: no row is submitted twice\n"
+        "and finished downloads are not fetched again. Exits 1 if any row failed.",
+    )
+    batch.add_argument("file", type=pathlib.Path, metavar="FILE", help="the requests, one per row")
+    batch.add_argument(
+        "--journal",
+        type=pathlib.Path,
+        metavar="PATH",
+        help="the journal of submissions (default: FILE.journal.sqlite3 beside FILE)",
+    )
+    batch.add_argument(
+        "--out", type=pathlib.Path, metavar="DIR", help="download each result into DIR"
+    )
+    batch.add_argument(
+        "--results",
+        type=pathlib.Path,
+        metavar="PATH",
+        help="where to write one JSON line per row (default: FILE.results.jsonl beside FILE)",
+    )
+    batch.add_argument(
+        "--concurrency",
+        type=_count(64),
+        default=8,
+        metavar="N",
+        help="creates and downloads at once, 1 to 64 (default %(default)s)",
+    )
+    batch.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
+    _add_connection(batch)
 
     emulator = add(
         "emulator", "serve an emulated Kling API (no account needed)", emulator_cli.DESCRIPTION
@@ -751,6 +976,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "demo":
                 return anyio.run(_demo, args)
+            if args.command == "batch":
+                from . import _cli_batch
+
+                return _cli_batch.run(args, command, list(sys.argv[1:] if argv is None else argv))
             return _main_remote(args, command)
         except _INTERRUPTED:
             return 130
@@ -767,7 +996,7 @@ def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> 
         session = KlingSession(
             base_url=args.base_url,
             allow_insecure_http=args.allow_insecure_http,
-            **_SESSION_OPTIONS,
+            **_session_options(),
         )
     except ValueError as error:
         return _usage_error(command, _in_flags(error, args))
