@@ -27,7 +27,7 @@ from typing import Any, Protocol, TextIO
 import anyio
 import attrs
 
-from ._cli import (
+from ._cli_output import (
     _INTERRUPTED,
     PROG,
     _check,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import kling_async
-from kling_async import PollPolicy, RetryPolicy, Task, TaskStatus, _cli
+from kling_async import PollPolicy, RetryPolicy, Task, TaskStatus, _cli, _cli_output
 from kling_async._cli import main
 from kling_async.testing.__main__ import main as emulator_main
 
@@ -88,7 +88,7 @@ def served_slow() -> Iterator[str]:
 def instant(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process commands poll and retry without sleeping; credentials come from nowhere."""
     options = {"poll_policy": PollPolicy.instant(), "retry_policy": RetryPolicy.instant()}
-    monkeypatch.setattr(_cli, "_SESSION_OPTIONS", options)
+    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
     for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
 

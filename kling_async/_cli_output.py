@@ -1,0 +1,188 @@
+"""The CLI's shared output and checks: the one place that prints, and speaks in flags.
+
+`_cli` (the commands) and `_cli_batch` (the batch command) both build on it, so that imports
+run one way. Results go to stdout; progress, logs and errors to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import pathlib
+import re
+import sys
+from typing import Any
+
+from ._policies import PollPolicy, RetryPolicy
+from .errors import InvalidArgumentError
+from .models import ExtendRequest
+
+PROG = "kling-async"
+
+
+# Extra KlingSession options; the tests put instant poll and retry policies here.
+_SESSION_OPTIONS: dict[str, Any] = {}
+
+
+# Tests that run the CLI as a child process set this to poll every N seconds (and retry
+# without waiting), so that a batch against a fast emulator takes a second, not minutes.
+_TEST_POLL_VARIABLE = "KLING_ASYNC_TEST_POLL_SECONDS"
+
+
+# Ctrl+C ends anyio.run() with KeyboardInterrupt; on Python 3.10 (no Task.uncancel()) the
+# runner cannot tell it from another cancellation and lets the CancelledError out instead.
+_INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)
+
+
+# The SDK's Python names, as a CLI user knows them (for SDK messages the CLI passes on).
+_FLAGS = {
+    "video_id": "VIDEO_ID",
+    "task_id": "TASK_ID",
+    "prompt": "--prompt",
+    "negative_prompt": "--negative-prompt",
+    "cfg_scale": "--cfg-scale",
+    "callback_url": "--callback-url",
+    "parent_task_id": "--parent-task-id",
+    "external_task_id": "--external-task-id",
+    "timeout": "--timeout",
+    "page_size": "--page-size",
+    "max_pages": "--pages",
+    "api_key": "KLING_API_KEY",
+    "access_key": "KLING_ACCESS_KEY",
+    "secret_key": "KLING_SECRET_KEY",
+}
+
+
+def _session_options() -> dict[str, Any]:
+    """The extra KlingSession options: the tests' policies, in-process or by environment."""
+    options = dict(_SESSION_OPTIONS)
+    seconds = _number(os.environ.get(_TEST_POLL_VARIABLE, ""))
+    if math.isfinite(seconds) and seconds >= 0:
+        options["poll_policy"] = PollPolicy(
+            first_delay=seconds,
+            interval=seconds,
+            list_interval=seconds,
+            min_duration=0,
+            max_duration=0,
+            max_delay=seconds,
+            jitter=0,
+            learn=False,
+        )
+        options["retry_policy"] = RetryPolicy.instant()
+    return options
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+class _OutputClosed(Exception):
+    """Stdout's reader went away (``kling-async list | head -1``, or Ctrl+C in a pipeline)."""
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _clock(seconds: float) -> str:
+    """Elapsed time as ``m:ss`` (``h:mm:ss`` past an hour)."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _say(message: str) -> None:
+    print(_one_line(message), file=sys.stderr, flush=True)
+
+
+def _size(count: float) -> str:
+    """Bytes as people read them: ``812 B``, ``4.2 MB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _in_flags(error: ValueError | str, args: argparse.Namespace) -> str:
+    """An SDK ValueError's text with its Python names replaced by flags and variables."""
+    message = str(error)
+    if isinstance(error, InvalidArgumentError):  # "field: why" reads "--flag why" here
+        message = f"{error.field} {message.removeprefix(f'{error.field}: ')}"
+    base_url = "--base-url" if getattr(args, "base_url", None) is not None else "KLING_BASE_URL"
+    words = {
+        **_FLAGS,
+        "base_url": base_url,
+        "allow_insecure_http=True": "--allow-insecure-http",
+        "step_seconds": "--step",
+    }
+    pattern = "|".join(re.escape(name) for name in sorted(words, key=len, reverse=True))
+    return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: words[m.group(1)], message)
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Like ``parser.error()`` (the command's usage, then one line), but return 2."""
+    parser.print_usage(sys.stderr)
+    _say(f"{parser.prog}: error: {message}")
+    return 2
+
+
+def _folder(path: pathlib.Path) -> str | None:
+    """Make the download folder (and its parents); None if it can be used, else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot use {str(path)!r} as a folder ({error.strerror or error})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"cannot write into {str(path)!r}"
+    return None
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """What argparse cannot check alone; None if the command may run."""
+    if args.command == "extend":
+        if args.timeout is not None and not args.wait:
+            return "--timeout bounds --wait; pass --wait too"
+        if args.download is not None:
+            if not args.wait:
+                return "--download saves the result of --wait; pass --wait too"
+            problem = _folder(args.download)
+            if problem is not None:
+                return f"--download: {problem}"
+        try:
+            ExtendRequest(
+                video_id=args.video_id,
+                prompt=args.prompt,
+                negative_prompt=args.negative_prompt,
+                cfg_scale=args.cfg_scale,
+                callback_url=args.callback_url,
+                parent_task_id=args.parent_task_id,
+                external_task_id=args.external_task_id,
+            )
+        except InvalidArgumentError as error:
+            flag = _FLAGS.get(error.field, error.field)
+            return f"{flag}: {str(error).removeprefix(f'{error.field}: ')}"
+    if not any(
+        os.environ.get(name) for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY")
+    ):
+        return (
+            "no credentials: set KLING_API_KEY (a gateway's key) or "
+            "KLING_ACCESS_KEY and KLING_SECRET_KEY (Kling's keys)"
+        )
+    return None
