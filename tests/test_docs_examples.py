@@ -42,8 +42,6 @@ _ERROR = re.compile(r"^(?P<file>[^:]+\.py):(?P<line>\d+): (?P<rest>(error|note):
 # soon as a page passes, so that its entry is removed here.
 NOT_YET_TYPED = {
     "docs/concepts.md": "calls shown out of context; mark them as fragments",
-    "docs/errors.md": "an except-chain sketch with undefined names; mark it as a fragment",
-    "docs/index.md": "the README example: task.video may be None",
     "docs/recipes.md": "undefined helpers (db, save_task_id), untyped defs, fastapi",
     "docs/testing.md": "top-level async with, untyped test functions",
     "docs/downloads.md": "top-level await in the examples",
