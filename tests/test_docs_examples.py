@@ -41,7 +41,6 @@ _ERROR = re.compile(r"^(?P<file>[^:]+\.py):(?P<line>\d+): (?P<rest>(error|note):
 # converted them yet: their test is expected to fail, and (xfail is strict) it reports as
 # soon as a page passes, so that its entry is removed here.
 NOT_YET_TYPED = {
-    "docs/testing.md": "top-level async with, untyped test functions",
     "docs/downloads.md": "top-level await in the examples",
 }
 
