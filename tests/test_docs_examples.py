@@ -40,9 +40,7 @@ _ERROR = re.compile(r"^(?P<file>[^:]+\.py):(?P<line>\d+): (?P<rest>(error|note):
 # Pages whose examples predate this check (issue 11, defect 10) and whose owners have not
 # converted them yet: their test is expected to fail, and (xfail is strict) it reports as
 # soon as a page passes, so that its entry is removed here.
-NOT_YET_TYPED = {
-    "docs/downloads.md": "top-level await in the examples",
-}
+NOT_YET_TYPED: dict[str, str] = {}
 
 
 @attrs.frozen
