@@ -40,14 +40,7 @@ _ERROR = re.compile(r"^(?P<file>[^:]+\.py):(?P<line>\d+): (?P<rest>(error|note):
 # Pages whose examples predate this check (issue 11, defect 10) and whose owners have not
 # converted them yet: their test is expected to fail, and (xfail is strict) it reports as
 # soon as a page passes, so that its entry is removed here.
-NOT_YET_TYPED = {
-    "docs/concepts.md": "calls shown out of context; mark them as fragments",
-    "docs/errors.md": "an except-chain sketch with undefined names; mark it as a fragment",
-    "docs/index.md": "the README example: task.video may be None",
-    "docs/recipes.md": "undefined helpers (db, save_task_id), untyped defs, fastapi",
-    "docs/testing.md": "top-level async with, untyped test functions",
-    "docs/downloads.md": "top-level await in the examples",
-}
+NOT_YET_TYPED: dict[str, str] = {}
 
 
 @attrs.frozen
