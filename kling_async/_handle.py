@@ -9,7 +9,7 @@ can wait again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import TaskFailedError
@@ -90,7 +90,7 @@ class TaskHandle:
     def __await__(self) -> Generator[Any, None, Task]:
         return self.wait().__await__()
 
-    async def watch(self) -> AsyncIterator[Task]:
+    async def watch(self) -> AsyncGenerator[Task, None]:
         """Yield the task each time its status changes; end once it is done.
 
         A failed task is yielded like any other (it does not raise): check ``task.status``.

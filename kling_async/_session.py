@@ -15,7 +15,7 @@ import pathlib
 import urllib.parse
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -513,7 +513,7 @@ class KlingSession:
 
     def as_completed(
         self, handles: Iterable[TaskHandle], *, timeout: float | None = None
-    ) -> AsyncIterator[Task]:
+    ) -> AsyncGenerator[Task, None]:
         """Yield each task once it is done (``succeed`` or ``failed``), in the order they finish.
 
         It never raises `TaskFailedError`: check ``task.status``. After ``timeout`` seconds it
@@ -537,7 +537,7 @@ class KlingSession:
 
     def list_tasks(
         self, *, page_size: int = 30, first_page: int = 1, max_pages: int | None = None
-    ) -> AsyncIterator[Task]:
+    ) -> AsyncGenerator[Task, None]:
         """Iterate the account's extend tasks, newest first, fetching page by page.
 
         Raises `ListUnavailableError` (on the first page) where the base URL does not offer
@@ -550,7 +550,9 @@ class KlingSession:
         self._wire.check_open()
         return self._pages(page_size, first_page, max_pages)
 
-    async def _pages(self, page_size: int, page: int, max_pages: int | None) -> AsyncIterator[Task]:
+    async def _pages(
+        self, page_size: int, page: int, max_pages: int | None
+    ) -> AsyncGenerator[Task, None]:
         wire = self._wire
         fetched = 0
         while page <= 1000 and (max_pages is None or fetched < max_pages):

@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -468,7 +468,7 @@ class Watcher:
 
     async def as_completed(
         self, states: Iterable[TaskState], timeout: float | None
-    ) -> AsyncIterator[Task]:
+    ) -> AsyncGenerator[Task, None]:
         """Yield each task once it is done, in the order it finished (see KlingSession)."""
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
