@@ -35,6 +35,7 @@ from ._cli_output import (
     _in_flags,
     _number,
     _OutputClosed,
+    _rich_console,
     _say,
     _session_options,
     _silence_stdout,
@@ -282,13 +283,9 @@ def _progress(task_id: str, quiet: bool) -> _Progress:
     """Rich on a terminal when it is installed (``kling-async[cli]``), else plain lines."""
     if quiet:
         return _Quiet()
-    if sys.stderr.isatty():
-        try:
-            from rich.console import Console  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            pass
-        else:
-            return _RichProgress(task_id, Console(stderr=True))
+    console = _rich_console()
+    if console is not None:
+        return _RichProgress(task_id, console)
     return _PlainProgress(task_id, sys.stderr)
 
 
@@ -393,13 +390,9 @@ class _RichDownload:
 def _download_progress(name: str, quiet: bool) -> _DownloadProgress:
     if quiet:
         return _QuietDownload()
-    if sys.stderr.isatty():
-        try:
-            from rich.console import Console  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            pass
-        else:
-            return _RichDownload(name, Console(stderr=True))
+    console = _rich_console()
+    if console is not None:
+        return _RichDownload(name, console)
     return _PlainDownload(name, sys.stderr)
 
 

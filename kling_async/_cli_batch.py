@@ -35,6 +35,7 @@ from ._cli_output import (
     _in_flags,
     _one_line,
     _OutputClosed,
+    _rich_console,
     _say,
     _session_options,
     _silence_stdout,
@@ -472,13 +473,9 @@ class RichProgress:
 def _progress(run: Run, quiet: bool) -> BatchProgress:
     if quiet:
         return Quiet()
-    if sys.stderr.isatty():
-        try:
-            from rich.console import Console  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            pass
-        else:
-            return RichProgress(run, Console(stderr=True))
+    console = _rich_console()
+    if console is not None:
+        return RichProgress(run, console)
     return PlainProgress(run, sys.stderr)
 
 

@@ -186,3 +186,15 @@ def _check(args: argparse.Namespace) -> str | None:
             "KLING_ACCESS_KEY and KLING_SECRET_KEY (Kling's keys)"
         )
     return None
+
+
+def _rich_console() -> Any | None:
+    """A rich console on stderr when stderr is a terminal and rich is installed
+    (``kling-async[cli]``); None for plain lines."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from rich.console import Console  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    return Console(stderr=True)
