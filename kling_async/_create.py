@@ -190,7 +190,9 @@ class Creator:
         self._wire = wire
         self.gate = SlotGate()
         self.keeps_external_ids = False  # set once the server echoes or finds one
-        self._known: dict[str, None] = {}  # ids made or claimed here, oldest first
+        # Ids made or claimed here, oldest first. An OrderedDict: dropping the oldest of a
+        # plain dict (del d[next(iter(d))]) scans every slot deleted before it.
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._active: set[CreateAttempt] = set()
         self._doubts: collections.deque[CreateAttempt] = collections.deque(
             maxlen=_REMEMBERED_DOUBTS
@@ -201,7 +203,7 @@ class Creator:
         known = self._known
         known[task_id] = None
         if len(known) > _REMEMBERED_IDS:
-            del known[next(iter(known))]
+            known.popitem(last=False)
 
     async def create(
         self,

@@ -17,6 +17,7 @@ receiver is polled on the slow safety cadence only (``TaskState.safety``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -211,7 +212,8 @@ class Watcher:
         self._on_finished = on_finished
         self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
         self._pending: dict[str, TaskState] = {}  # states someone waits on, not yet done
-        self._running: dict[str, None] = {}  # ids seen not done, to notice them finish
+        # Ids seen not done, to notice them finish (an OrderedDict: see Creator._known).
+        self._running: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.list_mode: bool | None = list_refresh  # None: try it; False: never (again)
         self._forced = list_refresh is True
         self._round: anyio.Event | None = None  # set when the list refresh in flight ends
@@ -363,7 +365,7 @@ class Watcher:
         if not task.done:
             running[task.task_id] = None
             if len(running) > _REMEMBERED_RUNNING:
-                del running[next(iter(running))]
+                running.popitem(last=False)
             return
         if task.task_id in running:
             del running[task.task_id]
