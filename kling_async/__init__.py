@@ -8,6 +8,7 @@ Open a `KlingSession`, ``await session.extend(video_id)`` to submit a task, and
 from __future__ import annotations
 
 from ._handle import TaskHandle
+from ._journal import Claim, ClaimOutcome, EntryState, Journal, JournalEntry, SQLiteJournal
 from ._policies import PollPolicy, RetryPolicy
 from ._session import KlingSession, SessionStatistics
 from .callbacks import CallbackReceiver
@@ -48,11 +49,16 @@ __all__ = [
     "AmbiguousCreateError",
     "AuthenticationError",
     "CallbackReceiver",
+    "Claim",
+    "ClaimOutcome",
     "ContentPolicyError",
     "DownloadError",
+    "EntryState",
     "ExtendRequest",
     "InvalidArgumentError",
     "InvalidRequestError",
+    "Journal",
+    "JournalEntry",
     "JournalError",
     "KlingError",
     "KlingSession",
@@ -66,6 +72,7 @@ __all__ = [
     "ResponseDecodeError",
     "RetryAfterTooLongError",
     "RetryPolicy",
+    "SQLiteJournal",
     "ServerError",
     "SessionClosedError",
     "SessionStatistics",

@@ -1,11 +1,11 @@
 """A create's life: attempts, waits for a parallel-task slot, and reconciliation.
 
-Every create is a paid job, so this module keeps api.md's "Create retries" and "Stamping":
-a create is repeated only where the server certainly made no task; an unknown outcome is
-never resent but looked up (by the stamped external id, else in the task list) or reported
-as `AmbiguousCreateError` with everything needed to resolve it by hand. Within a session,
-concurrent look-ups are settled so that a listed task is claimed at most once, and only by
-a create it can belong to.
+Every create is a paid job (``docs/concepts.md``, "Retries" and "Ambiguous creates"): a
+create is repeated only where the server certainly made no task; an unknown outcome is never
+resent but looked up (by its external id, else in the task list) until it is found or the
+window in which it could make a task has closed, or reported as `AmbiguousCreateError` with
+everything needed to resolve it by hand. The look-up's rules are pure, in `_reconcile`; this
+module sends, sleeps and records.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import attrs
 
-from . import sansio
+from . import _reconcile, sansio
+from ._clock import ServerClock
 from ._policies import Action, RetryPolicy, classify
 from ._wire import DeadlinePassed, Wire
 from .errors import (
@@ -36,14 +37,17 @@ from .errors import (
 )
 from .models import ExtendRequest, Task
 
+if TYPE_CHECKING:
+    from ._journal import Journal
+
 __all__ = ["CallbackSlot", "CreateAttempt", "CreateRecord", "Creator"]
 
 logger = logging.getLogger("kling_async")
 
-_RECONCILE_PAGE_SIZE = 50
-# Listed tasks for the same video made this long before a lost create was sent are shown as
-# candidates when it cannot be resolved; only one made after the send is ever taken for it.
-_NEARBY = dt.timedelta(seconds=60)
+_PAGE_SIZE = 100  # list pages read by a look-up
+_MAX_PAGES = 30  # a look-up reads at most this many pages back to the send
+_LOOK_EVERY = 3.0  # seconds between look-ups of a create in doubt
+_CLOCK_STEP = 5.0  # a journaled send this far in the local clock's future: it was set back
 _REMEMBERED_IDS = 10_000  # task ids this session made or claimed, kept to tell them apart
 _REMEMBERED_DOUBTS = 1_000  # creates that ended ambiguous: they may still own a listed task
 _NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
@@ -84,20 +88,31 @@ class CreateAttempt:
 
     __slots__ = (
         "_off_wire",
+        "external_task_id",
         "in_doubt",
         "on_wire",
+        "placed",
         "record",
         "recorded",
         "resolved",
         "sent_at",
         "video_id",
+        "window_ends",
     )
 
-    def __init__(self, video_id: str, record: CreateRecord | None = None) -> None:
+    def __init__(
+        self,
+        video_id: str,
+        record: CreateRecord | None = None,
+        external_task_id: str | None = None,
+    ) -> None:
         self.video_id = video_id
+        self.external_task_id = external_task_id
         self.record = record
         self.recorded = False  # the record says "sending" for the current try
-        self.sent_at = _NEVER
+        self.sent_at = _NEVER  # wall clock, as journaled; compared on the server's clock
+        self.placed = True  # False: sent_at cannot be trusted (the clock was set back)
+        self.window_ends = 0.0  # loop clock: the send can no longer make a task after this
         self.on_wire = False  # sent, no reply yet
         self.in_doubt = False  # failed in a way that may hide a task
         self.resolved = False  # its task is known (or it certainly made none)
@@ -113,9 +128,10 @@ class CreateAttempt:
             await self.record.sending(dt.datetime.now(dt.timezone.utc))
             self.recorded = True
 
-    def put_on_wire(self) -> None:
-        """The request leaves now."""
+    def put_on_wire(self, window_ends: float) -> None:
+        """The request leaves now; ``window_ends`` is when it can no longer make a task."""
         self.sent_at = dt.datetime.now(dt.timezone.utc)
+        self.window_ends = window_ends
         self.on_wire = True
 
     def take_off_wire(self) -> None:
@@ -125,27 +141,18 @@ class CreateAttempt:
             self._off_wire.set()
             self._off_wire = None
 
-    async def wait_off_wire(self) -> None:
-        if self.on_wire:
-            if self._off_wire is None:
-                self._off_wire = anyio.Event()
-            await self._off_wire.wait()
+    def off_wire(self) -> anyio.Event:
+        """Set once the reply came (or the request failed)."""
+        if self._off_wire is None:
+            self._off_wire = anyio.Event()
+            if not self.on_wire:
+                self._off_wire.set()
+        return self._off_wire
 
     @property
     def doubtful(self) -> bool:
         """Whether a task may exist that the caller has not been told of."""
         return self.on_wire or self.in_doubt
-
-    def may_own(self, task: Task, window: dt.timedelta) -> bool:
-        """Whether ``task`` could be the one this create made (same video, made after the
-        send and soon enough after it)."""
-        if self.resolved or self.sent_at is _NEVER or not (self.on_wire or self.in_doubt):
-            return False
-        if task.parent_video is None or task.parent_video.id != self.video_id:
-            return False
-        if task.created_at is None:
-            return True
-        return _ms(self.sent_at) <= task.created_at <= self.sent_at + window
 
 
 class SlotGate:
@@ -197,6 +204,9 @@ class Creator:
         self._doubts: collections.deque[CreateAttempt] = collections.deque(
             maxlen=_REMEMBERED_DOUBTS
         )
+        self.clock = ServerClock()  # learned from replies: times are compared on the server's
+        self.list_unavailable = False  # the base URL answered that it has no task list
+        self.journal: Journal | None = None  # its records are claims and rivals too
 
     def remember(self, task_id: str) -> None:
         """A task this session made or claimed: never another create's candidate."""
@@ -212,6 +222,7 @@ class Creator:
         deadline: float | None = None,
         record: CreateRecord | None = None,
         callback: CallbackSlot | None = None,
+        key: str | None = None,
     ) -> Task:
         """A create with the create retry rules (api.md "Create retries" and "Stamping").
 
@@ -221,15 +232,16 @@ class Creator:
         during the send, a cancel during the look-up) is logged with what finds the task
         again; closing the session under it raises AmbiguousCreateError. ``record`` (a
         journal's, for one key) hears of each step so that a crash loses nothing.
-        ``callback`` is the receiver's URL for this create, added to what is sent only.
+        ``callback`` is the receiver's URL for this create, added to what is sent only;
+        ``key`` (the journal's) is named in errors and logs.
         """
         if callback is not None and request.callback_url is None:
             request = attrs.evolve(request, callback_url=callback.url)
             callback.sent = True
-        attempt = CreateAttempt(request.video_id, record)
+        attempt = CreateAttempt(request.video_id, record, request.external_task_id)
         self._active.add(attempt)
         try:
-            task = await self._attempts(request, attempt, deadline)
+            task = await self._attempts(request, attempt, deadline, key)
         except SessionClosedError as error:
             if not attempt.doubtful:
                 raise
@@ -238,6 +250,7 @@ class Creator:
                 request=request,
                 sent_at=attempt.sent_at,
                 external_task_id=request.external_task_id,
+                key=key,
             ) from error
         except anyio.get_cancelled_exc_class():
             if attempt.doubtful:
@@ -264,7 +277,11 @@ class Creator:
             attempt.take_off_wire()
 
     async def _attempts(
-        self, request: ExtendRequest, attempt: CreateAttempt, deadline: float | None
+        self,
+        request: ExtendRequest,
+        attempt: CreateAttempt,
+        deadline: float | None,
+        key: str | None,
     ) -> Task:
         wire = self._wire
         policy = wire.retry_policy
@@ -323,7 +340,7 @@ class Creator:
                 if action is Action.RECONCILE:
                     # Never resent: a "not found" cannot prove that the first create will not
                     # still make its task (api.md lists these outcomes as unknown).
-                    found = await self._reconcile(request, error, attempt)
+                    found = await self._settle(request, error, attempt, key=key)
                     if attempt.record is not None:
                         await attempt.record.created(found)
                     return found
@@ -341,6 +358,10 @@ class Creator:
                 # Claimed at once, before any await: a concurrent look-up must not take it.
                 self.remember(task.task_id)
                 attempt.take_off_wire()
+                if task.created_at is not None:  # the server's clock, read during the send
+                    self.clock.observe(
+                        task.created_at, attempt.sent_at, dt.datetime.now(dt.timezone.utc)
+                    )
                 if attempt.record is not None:
                     await attempt.record.created(task)
                 if (
@@ -368,24 +389,31 @@ class Creator:
         *,
         sent_at: dt.datetime,
         record: CreateRecord,
+        key: str | None = None,
         callback: CallbackSlot | None = None,
     ) -> Task:
         """Settle a create a journal left sent and unanswered (the process died mid-create).
 
-        Once a create sent then could no longer be waiting for its reply (``create_deadline``
-        after ``sent_at``), it is looked up by its external id and in the task list. Found:
-        its task. Provably absent (the id unknown and the list, read fine, shows no task for
-        the video since the send): nothing left the machine, so it is sent now, with the same
-        external id. Anything else raises AmbiguousCreateError; it is never resent blindly.
+        It is looked up at once (by its external id, and in the task list read back to its
+        send on the server's clock), and again every few seconds until it is found or the
+        window in which the send could still make a task (``create_deadline``) has closed.
+        Found: its task. Absent after that window: nothing left the machine that the server
+        kept, so it is sent now, with the same external id. Anything else raises
+        AmbiguousCreateError; it is never resent on a guess.
         """
         wire = self._wire
-        settled_at = sent_at + dt.timedelta(seconds=wire.create_deadline)
-        wait = (settled_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
-        if wait > 0 and wire.retry_policy.wait:
-            await wire.sleep(wait)
-        attempt = CreateAttempt(request.video_id, record)
+        window = wire.create_deadline
+        elapsed = (dt.datetime.now(dt.timezone.utc) - sent_at).total_seconds()
+        # A clock set back since the send makes the elapsed time negative: the window is then
+        # waited in full on the loop's clock (never the wall clock's hour), and the send
+        # cannot be placed on the server's clock.
+        placed = elapsed >= -_CLOCK_STEP
+        remaining = min(window, max(0.0, window - elapsed)) if placed else window
+        attempt = CreateAttempt(request.video_id, record, request.external_task_id)
         attempt.sent_at = sent_at
+        attempt.placed = placed
         attempt.in_doubt = True
+        attempt.window_ends = wire.clock() + remaining
         self._active.add(attempt)
         try:
             cause = AmbiguousCreateError(
@@ -393,14 +421,19 @@ class Creator:
                 request=request,
                 sent_at=sent_at,
                 external_task_id=request.external_task_id,
+                key=key,
             )
-            task = await self._reconcile(request, cause, attempt, absent_is_unsent=True)
+            task = await self._settle(request, cause, attempt, key=key, absent_is_unsent=True)
         except _Absent:
             self._active.discard(attempt)
-            logger.info("journaled create for video %s never arrived; sending it", request.video_id)
+            logger.info(
+                "the journaled create for video %s%s made no task; sending it",
+                request.video_id,
+                "" if key is None else f" (key {key!r})",
+            )
             attempt.recorded = True  # the journal says "sending"
             await self._not_sent(attempt)
-            return await self.create(request, record=record, callback=callback)
+            return await self.create(request, record=record, callback=callback, key=key)
         except AmbiguousCreateError:
             self._doubts.append(attempt)
             self._active.discard(attempt)
@@ -457,26 +490,29 @@ class Creator:
         else:
             await wire.sleep(delay)
 
-    async def _reconcile(
+    async def _settle(
         self,
         request: ExtendRequest,
         error: KlingError,
         attempt: CreateAttempt,
         *,
+        key: str | None = None,
         absent_is_unsent: bool = False,
     ) -> Task:
-        """Find out whether a create with an unknown outcome made a task.
+        """Find out whether a create in doubt made a task (rules: `_reconcile`).
 
-        Looks the task up by its external id, else in the first page of the task list, and
-        returns it; raises AmbiguousCreateError with what is needed to resolve it by hand
-        when it cannot be found out.
+        Looks at once, then every few seconds (on the loop's clock) until the answer is
+        known or the create's window has closed; with a policy that does not wait, once.
+        Returns its task; raises AmbiguousCreateError with the candidates when it cannot be
+        told, and `_Absent` (for a caller that may resend) when it certainly made none.
         """
         wire = self._wire
         sent_at = attempt.sent_at
         external_id = request.external_task_id
-        logger.warning(
-            "create for video %s has an unknown outcome (%s); looking it up",
+        logger.info(
+            "create for video %s%s is in doubt (%s); looking it up",
             request.video_id,
+            "" if key is None else f" (key {key!r})",
             error,
         )
 
@@ -487,8 +523,54 @@ class Creator:
                 sent_at=sent_at,
                 external_task_id=external_id,
                 candidates=tuple(candidates),
+                key=key,
             )
 
+        looks = 0
+        while True:
+            # A rival on the wire settles once its reply comes: worth waiting for even
+            # under a policy that does not wait.
+            on_wire = [other for other in self._rivals(attempt) if other.on_wire]
+            final = wire.clock() >= attempt.window_ends or not (wire.retry_policy.wait or on_wire)
+            looks += 1
+            try:
+                outcome = await self._look(request, attempt, key, final=final)
+            except _CannotLook as cannot:
+                raise ambiguous(cannot.why) from error
+            if isinstance(outcome, _reconcile.Found):
+                task = outcome.task
+                self.remember(task.task_id)
+                logger.info(
+                    "create for video %s%s made task %s (found by look-up %d)",
+                    request.video_id,
+                    "" if key is None else f" (key {key!r})",
+                    task.task_id,
+                    looks,
+                )
+                return task
+            if isinstance(outcome, _reconcile.Absent):
+                if absent_is_unsent:
+                    raise _Absent
+                raise ambiguous("no task for it was found until its window closed")
+            if isinstance(outcome, _reconcile.Ambiguous):
+                raise ambiguous(outcome.why, outcome.candidates) from error
+            remaining = max(0.0, attempt.window_ends - wire.clock())
+            delay = min(_LOOK_EVERY, remaining) if wire.retry_policy.wait else remaining
+            if looks == 1:
+                logger.info(
+                    "create for video %s not found yet; looking again every %g s for up to %.0f s",
+                    request.video_id,
+                    _LOOK_EVERY,
+                    remaining,
+                )
+            await wire.sleep(delay, wake=on_wire[0].off_wire() if on_wire else None)
+
+    async def _look(
+        self, request: ExtendRequest, attempt: CreateAttempt, key: str | None, *, final: bool
+    ) -> _reconcile.Verdict | None:
+        """One look-up: the external id, then the list back to the send; a verdict or None."""
+        wire = self._wire
+        external_id = request.external_task_id
         if external_id is not None:
             try:
                 found = await wire.call(
@@ -496,86 +578,123 @@ class Creator:
                     lambda response, now: sansio.parse_task(response, now, task_id=external_id),
                 )
             except NotFoundError:
-                pass  # not yet made, or never; or the server drops external ids: the list
+                pass  # not made (yet), or the server drops external ids: the list tells
             except KlingError as lookup_error:
-                raise ambiguous(f"looking up its external id failed ({lookup_error})") from error
+                if final:
+                    raise _CannotLook(
+                        f"looking up its external id failed ({lookup_error})"
+                    ) from lookup_error
+                return None
             else:
                 self.keeps_external_ids = True
-                self.remember(found.task_id)
-                return found
-        window = _NEARBY + dt.timedelta(seconds=wire.create_deadline)
-        for look in range(2):
-            try:
-                tasks = await wire.call(
-                    sansio.list_request(wire.base_url, 1, _RECONCILE_PAGE_SIZE),
-                    sansio.parse_task_list,
-                )
-            except ListUnavailableError:
-                raise ambiguous("this base URL offers no task list to look it up") from error
-            except KlingError as list_error:
-                raise ambiguous(f"listing tasks failed ({list_error})") from error
-            if external_id is not None:
-                for task in tasks:
-                    if task.external_task_id == external_id:
-                        self.remember(task.task_id)
-                        return task
-            # Recent tasks for this video that are not known to be someone else's.
-            candidates = [
-                task
-                for task in tasks
-                if task.task_id not in self._known
-                and task.parent_video is not None
-                and task.parent_video.id == request.video_id
-                and (task.external_task_id is None or task.external_task_id == external_id)
-                and (task.created_at is None or task.created_at >= sent_at - _NEARBY)
-            ]
-            rivals = [
-                other
-                for other in self._rivals(attempt)
-                if any(other.may_own(task, window) for task in candidates)
-            ]
-            on_wire = [other for other in rivals if other.on_wire]
-            if on_wire and look == 0:
-                # Another create of this session that may own a candidate is still waiting
-                # for its reply: once it has it, its task is known and no longer a candidate.
-                with anyio.move_on_after(wire.create_deadline):
-                    for other in on_wire:
-                        await other.wait_off_wire()
-                continue
-            break
-        # Without an id to match, a task is taken for ours only when it is the one candidate,
-        # was made after the send, and no other doubtful create of this session could have
-        # made it. Where the server keeps external ids, ours would carry one: no guess then.
-        if (
-            len(candidates) == 1
-            and not rivals
-            and not (external_id is not None and self.keeps_external_ids)
-        ):
-            (candidate,) = candidates
-            if candidate.created_at is not None and candidate.created_at >= _ms(sent_at):
-                self.remember(candidate.task_id)
-                return candidate
-        if not candidates:
-            if absent_is_unsent and not rivals:
-                raise _Absent
-            why = "the task list shows no recent task for this video"
-        elif rivals:
-            why = (
-                f"the task list shows {len(candidates)} recent task(s) for this video, which "
-                f"another create of this session with an unknown outcome may have made as well"
-            )
+                return _reconcile.Found(found)
+        if external_id is not None and self.keeps_external_ids:
+            tasks: list[Task] = []  # the id look-up was the whole answer
+            covered = True
         else:
-            why = (
-                f"the task list shows {len(candidates)} recent task(s) for this video, none "
-                "of which can be told apart as the one it made"
+            if self.list_unavailable:
+                raise _CannotLook("this base URL offers no task list to look it up")
+            try:
+                tasks, covered = await self._read_list(attempt)
+            except ListUnavailableError:
+                self.list_unavailable = True
+                raise _CannotLook("this base URL offers no task list to look it up") from None
+            except KlingError as list_error:
+                if final:
+                    raise _CannotLook(f"listing tasks failed ({list_error})") from list_error
+                return None
+            if any(task.external_task_id is not None for task in tasks):
+                self.keeps_external_ids = True  # a listed task carries one: ours would too
+        doubt = self._doubt(attempt, external_id)
+        rivals = [self._doubt(other, other.external_task_id) for other in self._rivals(attempt)]
+        claimed: set[str] = set(self._known)
+        journal = self.journal
+        if journal is not None:
+            for entry in await journal.doubts(request.video_id):
+                if entry.key != key and entry.sent_at is not None:
+                    rivals.append(
+                        _reconcile.Doubt(
+                            video_id=entry.request.video_id,
+                            external_task_id=entry.external_task_id,
+                            sent_at=self.clock.to_server(entry.sent_at),
+                            window=doubt.window,
+                            uncertainty=doubt.uncertainty,
+                        )
+                    )
+            listed = [task.task_id for task in tasks]
+            if listed:
+                claimed.update(
+                    task_id
+                    for task_id, owner in (await journal.keys_of(listed)).items()
+                    if owner != key
+                )
+        return _reconcile.verdict(
+            doubt,
+            tasks,
+            claimed=claimed,
+            rivals=rivals,
+            keeps_external_ids=self.keeps_external_ids,
+            covered=covered,
+            final=final,
+        )
+
+    async def _read_list(self, attempt: CreateAttempt) -> tuple[list[Task], bool]:
+        """List pages, newest first, back past the send (less the margin) on the server's
+        clock; also whether they reached that far."""
+        wire = self._wire
+        tasks: list[Task] = []
+        for page in range(1, _MAX_PAGES + 1):
+            before = dt.datetime.now(dt.timezone.utc)
+            listed, date = await wire.call(
+                sansio.list_request(wire.base_url, page, _PAGE_SIZE), _list_and_date
             )
-        raise ambiguous(why, candidates) from error
+            self.clock.observe_date(date, before, dt.datetime.now(dt.timezone.utc))
+            tasks.extend(listed)
+            earliest = self._doubt(attempt, None).earliest
+            if earliest is None:
+                return tasks, False  # cannot tell how far back to read
+            if not _reconcile.read_next_page(listed, _PAGE_SIZE, earliest):
+                return tasks, True
+        return tasks, False
+
+    def _doubt(self, attempt: CreateAttempt, external_id: str | None) -> _reconcile.Doubt:
+        """``attempt`` as the look-up's rules see it, on the server's clock."""
+        clock = self.clock
+        placed = attempt.placed and attempt.sent_at is not _NEVER
+        return _reconcile.Doubt(
+            video_id=attempt.video_id,
+            external_task_id=external_id,
+            sent_at=clock.to_server(attempt.sent_at) if placed else None,
+            window=dt.timedelta(seconds=self._wire.create_deadline),
+            uncertainty=clock.uncertainty,
+        )
 
     def _rivals(self, attempt: CreateAttempt) -> Iterable[CreateAttempt]:
-        """Other creates of this session whose outcome is (or was left) unknown."""
+        """Other creates of this session for the same video whose outcome is (or was left)
+        unknown."""
         for other in (*self._active, *self._doubts):
-            if other is not attempt and other.video_id == attempt.video_id:
+            if (
+                other is not attempt
+                and other.video_id == attempt.video_id
+                and other.doubtful
+                and not other.resolved
+            ):
                 yield other
+
+
+def _list_and_date(
+    response: sansio.HTTPResponse, now: dt.datetime
+) -> tuple[list[Task], str | None]:
+    """A list page, and the reply's ``Date`` (the server's clock, to place the send on)."""
+    return sansio.parse_task_list(response, now), response.headers.get("Date")
+
+
+class _CannotLook(Exception):
+    """Nothing can settle the create: ``why`` says what is missing."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 class _Absent(Exception):

@@ -9,12 +9,17 @@ same protocol without touching the session.
 The states of one key (``owner`` is the journal instance creating it right now, or nobody)::
 
     claim ─► INTENT ──mark_sending──► SENDING ──mark_created──► CREATED ──mark_finished──► FINISHED
-               ▲                         │ │
-               └──────mark_not_sent──────┘ └──mark_refused──► REFUSED
+               ▲                         │ │                     │
+               └──────mark_not_sent──────┘ └──mark_refused──►    └──mark_gone──► GONE
+                                               REFUSED
+
+    settle(key, task_id), the caller's decision, takes any state but a live owner's to
+    CREATED; forget(key) deletes the record.
 
     claim() of an existing key, by state and owner:
       CREATED, FINISHED          EXISTING  send nothing: return the recorded task
       REFUSED                    REFUSED   send nothing: the server refused this request
+      GONE                       GONE      send nothing: its task vanished on the server
       INTENT/SENDING, live owner BUSY      another create is in progress (claim(wait=) waits)
       INTENT, no live owner      FRESH     nothing left the machine: taken over, may send
       SENDING, no live owner     IN_DOUBT  taken over: reconcile first, never resend blindly
@@ -73,14 +78,14 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.to_thread
 import attrs
 
-from .errors import JournalError
+from .errors import InvalidArgumentError, JournalError
 from .models import ExtendRequest, TaskStatus
 
 try:
@@ -105,7 +110,7 @@ __all__ = [
 
 logger = logging.getLogger("kling_async")
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of the files this module writes and reads
+SCHEMA_VERSION = 2  # PRAGMA user_version of the files this module writes (it reads 1 and 2)
 APPLICATION_ID = 0x4B4C4A31  # PRAGMA application_id: "KLJ1", marks a kling_async journal
 _T = TypeVar("_T")
 _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
@@ -127,6 +132,11 @@ class EntryState(str, enum.Enum):
     """The server certainly refused this request (e.g. 1301 content policy); no task."""
     FINISHED = "finished"
     """A wait saw the task finish (``succeed`` or ``failed``)."""
+    GONE = "gone"
+    """The server no longer knows the recorded task (404/1203): nothing to wait for."""
+
+
+_WITH_TASK = (EntryState.CREATED, EntryState.FINISHED, EntryState.GONE)
 
 
 class ClaimOutcome(enum.Enum):
@@ -143,6 +153,9 @@ class ClaimOutcome(enum.Enum):
     """A live journal instance is creating this key now: do nothing with it."""
     REFUSED = "refused"
     """The server refused this very request before: send nothing, report it."""
+    GONE = "gone"
+    """The task made for this key vanished on the server: send nothing until it is
+    forgotten (``forget``) or settled to another task (``settle``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -164,6 +177,7 @@ class JournalEntry:
     """The final status once FINISHED."""
     refusal_code: int | None = None
     refusal_reason: str | None = None
+    """Why the server refused the request (REFUSED), or why the task is GONE."""
     owner: str | None = None
     """The token of the instance creating this key right now (on BUSY: the live one), or None."""
 
@@ -276,6 +290,25 @@ class Journal(Protocol):
         refused request); ``ValueError`` while a live instance owns it."""
         ...
 
+    async def settle(self, key: str, task_id: str) -> JournalEntry:
+        """Record ``task_id`` as the task of ``key`` (the caller's decision for a key in
+        doubt or gone): CREATED, not owned. ``ValueError`` when the key is not journaled,
+        a live instance owns it, or the task id is recorded for another key."""
+        ...
+
+    async def mark_gone(self, task_id: str, reason: str) -> str | None:
+        """CREATED -> GONE: the server does not know the task; the key, or None."""
+        ...
+
+    async def doubts(self, video_id: str) -> list[JournalEntry]:
+        """Every SENDING entry for ``video_id``, whoever owns it: creates in doubt that a
+        look-up must not take a task from."""
+        ...
+
+    async def keys_of(self, task_ids: Collection[str]) -> dict[str, str]:
+        """Which of ``task_ids`` are recorded, and for which key."""
+        ...
+
 
 # -- canonical request form ---------------------------------------------------------------
 
@@ -296,7 +329,10 @@ def _fingerprint(request: ExtendRequest, *, without_external_id: bool = False) -
 
 
 def _decode_request(text: str) -> ExtendRequest:
-    return ExtendRequest(**json.loads(text))
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise TypeError(f"the request is a JSON {type(data).__name__}, not an object")
+    return ExtendRequest(**data)
 
 
 def _stamp_time(value: dt.datetime, name: str) -> str:
@@ -431,15 +467,17 @@ class _Owners:
 
 # -- the SQLite journal -------------------------------------------------------------------
 
-_SCHEMA = """
-CREATE TABLE creates (
+
+def _table(name: str) -> str:
+    return f"""
+CREATE TABLE {name} (
     key            TEXT PRIMARY KEY NOT NULL,
     fingerprint    TEXT NOT NULL,     -- sha256 of the caller's request, stamp left out
     request        TEXT NOT NULL,     -- canonical JSON of the request as sent
     stamped        INTEGER NOT NULL,  -- 1: request's external_task_id is the session's stamp
     external_task_id TEXT,
     state          TEXT NOT NULL
-        CHECK (state IN ('intent', 'sending', 'created', 'refused', 'finished')),
+        CHECK (state IN ('intent', 'sending', 'created', 'refused', 'finished', 'gone')),
     owner          TEXT,              -- token of the instance creating it now, or NULL
     claimed_at     TEXT NOT NULL,     -- ISO 8601, UTC
     sent_at        TEXT,
@@ -447,15 +485,24 @@ CREATE TABLE creates (
     task           TEXT,              -- the task object's JSON, when given
     status         TEXT,
     refusal_code   INTEGER,
-    refusal_reason TEXT
-) WITHOUT ROWID;
-CREATE INDEX creates_task_id ON creates (task_id) WHERE task_id IS NOT NULL;
-CREATE INDEX creates_open ON creates (state) WHERE state IN ('sending', 'created');
-CREATE INDEX creates_owner ON creates (owner) WHERE owner IS NOT NULL;
-"""
+    refusal_reason TEXT,              -- why it was refused, or why its task is gone
+    video_id       TEXT NOT NULL DEFAULT ''  -- the request's, to find rivals in doubt
+) WITHOUT ROWID"""
+
+
+_INDEXES = (
+    "CREATE INDEX creates_task_id ON creates (task_id) WHERE task_id IS NOT NULL",
+    "CREATE INDEX creates_open ON creates (state) WHERE state IN ('sending', 'created')",
+    "CREATE INDEX creates_owner ON creates (owner) WHERE owner IS NOT NULL",
+    "CREATE INDEX creates_doubts ON creates (video_id) WHERE state = 'sending'",
+)
+_V1_COLUMNS = (
+    "key, fingerprint, request, stamped, external_task_id, state, owner, claimed_at, sent_at,"
+    " task_id, task, status, refusal_code, refusal_reason"
+)
 _COLUMNS = (
     "key, request, stamped, state, owner, claimed_at, sent_at, task_id, task, status,"
-    " refusal_code, refusal_reason, fingerprint"
+    " refusal_code, refusal_reason, fingerprint, video_id"
 )
 
 
@@ -494,6 +541,7 @@ class SQLiteJournal:
         self._lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
         self._released: anyio.Event | None = None  # set when a key owned here is let go
+        self._identity = (0, 0)  # st_dev, st_ino of the file opened
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -693,6 +741,34 @@ class SQLiteJournal:
             self._wake()
         return forgotten
 
+    async def settle(self, key: str, task_id: str) -> JournalEntry:
+        """Record ``task_id`` as the task of ``key`` (the caller's decision for a key in
+        doubt or gone): CREATED, not owned. ``ValueError`` when the key is not journaled,
+        a live instance owns it, or the task id is recorded for another key."""
+        _check_key(key)
+        _check_id("task_id", task_id)
+        entry = await self._run(self._settle_sync, key, task_id, shield=True)
+        self._wake()
+        return entry
+
+    async def mark_gone(self, task_id: str, reason: str) -> str | None:
+        """CREATED -> GONE: the server does not know the task; the key, or None."""
+        _check_id("task_id", task_id)
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        return await self._run(self._gone_sync, task_id, reason, shield=True)
+
+    async def doubts(self, video_id: str) -> list[JournalEntry]:
+        """Every SENDING entry for ``video_id``, whoever owns it: creates in doubt that a
+        look-up must not take a task from."""
+        _check_id("video_id", video_id)
+        return await self._run(self._doubts_sync, video_id)
+
+    async def keys_of(self, task_ids: Collection[str]) -> dict[str, str]:
+        """Which of ``task_ids`` are recorded, and for which key."""
+        ids = list(dict.fromkeys(task_ids))
+        return await self._run(self._keys_of_sync, ids) if ids else {}
+
     # -- off the event loop ---------------------------------------------------------------
 
     async def _run(self, function: Callable[..., _T], *args: Any, shield: bool = False) -> _T:
@@ -747,6 +823,7 @@ class SQLiteJournal:
                 if not write:
                     yield connection
                     return
+                self._check_file()
                 connection.execute("BEGIN IMMEDIATE")
                 try:
                     yield connection
@@ -757,6 +834,21 @@ class SQLiteJournal:
                     raise
             except sqlite3.Error as error:
                 raise JournalError(f"journal {self._path}: {error}") from error
+
+    def _check_file(self) -> None:
+        """Refuse to write once the file at the path is not the file this instance opened
+        (deleted or replaced while open): what it records would be lost with it."""
+        try:
+            stat = os.stat(self._path)
+            same = (stat.st_dev, stat.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise JournalError(
+                f"journal {self._path} was deleted or replaced while open: nothing more can "
+                "be recorded in it (what it held is lost; a re-run cannot tell which keys "
+                "were paid for)"
+            )
 
     def _open_sync(self) -> None:
         try:
@@ -776,10 +868,12 @@ class SQLiteJournal:
                 self._owners.sweep()
             except OSError as error:
                 raise JournalError(f"cannot make the journal's owner lock file: {error}") from error
+            stat = os.stat(self._path)
         except BaseException:
             connection.close()
             self._owners.release()
             raise
+        self._identity = (stat.st_dev, stat.st_ino)
         self._connection = connection
 
     def _configure(self, connection: sqlite3.Connection) -> None:
@@ -821,20 +915,42 @@ class SQLiteJournal:
                 raise JournalError(
                     f"{self._path} is an SQLite database but not a kling_async journal"
                 )
-            for statement in _SCHEMA.split(";"):  # not executescript(): it would COMMIT
-                if statement.strip():
-                    connection.execute(statement)
+            connection.execute(_table("creates"))  # not executescript(): it would COMMIT
+            for statement in _INDEXES:
+                connection.execute(statement)
             connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
         if application != APPLICATION_ID:
             raise JournalError(f"{self._path} is an SQLite database but not a kling_async journal")
+        if version == 1:
+            self._migrate_from_1(connection)
+            return
         if version != SCHEMA_VERSION:
             newer = "a newer" if version > SCHEMA_VERSION else "an older"
             raise JournalError(
                 f"{self._path} is a journal of schema version {version}, written by {newer} "
                 f"kling_async; this version reads version {SCHEMA_VERSION} only"
             )
+
+    def _migrate_from_1(self, connection: sqlite3.Connection) -> None:
+        """Version 1 -> 2 (the GONE state and a ``video_id`` column), in the open transaction."""
+        connection.execute(_table("creates_v2"))
+        connection.execute(
+            f"INSERT INTO creates_v2 ({_V1_COLUMNS}) SELECT {_V1_COLUMNS} FROM creates"
+        )
+        for key, request in connection.execute("SELECT key, request FROM creates").fetchall():
+            try:
+                video_id = str(json.loads(request).get("video_id", ""))
+            except (ValueError, AttributeError):
+                continue  # an unreadable record stays unreadable, and is reported when read
+            connection.execute("UPDATE creates_v2 SET video_id = ? WHERE key = ?", (video_id, key))
+        connection.execute("DROP TABLE creates")
+        connection.execute("ALTER TABLE creates_v2 RENAME TO creates")
+        for statement in _INDEXES:
+            connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        logger.info("journal %s: upgraded to schema version %d", self._path, SCHEMA_VERSION)
 
     def _close_sync(self) -> None:
         with self._lock:
@@ -854,22 +970,46 @@ class SQLiteJournal:
                 self._owners.release()
 
     def _entry(self, row: sqlite3.Row, *, owner: str | None = None) -> JournalEntry:
-        task = row["task"]
-        status = row["status"]
-        return JournalEntry(
-            key=row["key"],
-            request=_decode_request(row["request"]),
-            stamped=bool(row["stamped"]),
-            state=EntryState(row["state"]),
-            claimed_at=dt.datetime.fromisoformat(row["claimed_at"]),
-            sent_at=_read_time(row["sent_at"]),
-            task_id=row["task_id"],
-            task=None if task is None else json.loads(task),
-            status=None if status is None else TaskStatus(status),
-            refusal_code=row["refusal_code"],
-            refusal_reason=row["refusal_reason"],
-            owner=row["owner"] if owner is None else owner,
-        )
+        """The record in ``row``; `JournalError` naming its key when it cannot be read."""
+        key = row["key"]
+        try:
+            task = row["task"]
+            status = row["status"]
+            state = EntryState(row["state"])
+            task_id = row["task_id"]
+            if state in _WITH_TASK and (not isinstance(task_id, str) or not task_id):
+                raise ValueError(f"it is {state.value} without a task id")
+            entry = JournalEntry(
+                key=key,
+                request=_decode_request(row["request"]),
+                stamped=bool(row["stamped"]),
+                state=state,
+                claimed_at=dt.datetime.fromisoformat(row["claimed_at"]),
+                sent_at=_read_time(row["sent_at"]),
+                task_id=task_id,
+                task=None if task is None else json.loads(task),
+                status=None if status is None else TaskStatus(status),
+                refusal_code=row["refusal_code"],
+                refusal_reason=row["refusal_reason"],
+                owner=row["owner"] if owner is None else owner,
+            )
+            if entry.claimed_at.tzinfo is None:
+                raise ValueError("its claim time has no time zone")
+        except (ValueError, TypeError, KeyError, AttributeError, InvalidArgumentError) as error:
+            raise JournalError(
+                f"journal {self._path}: the record cannot be read ({error})", key=key
+            ) from error
+        return entry
+
+    def _recorded_request(self, row: sqlite3.Row) -> ExtendRequest:
+        """The request of ``row``, or `JournalError` naming its key."""
+        try:
+            return _decode_request(row["request"])
+        except (ValueError, TypeError, InvalidArgumentError) as error:
+            raise JournalError(
+                f"journal {self._path}: the record's request cannot be read ({error})",
+                key=row["key"],
+            ) from error
 
     def _claim_sync(
         self,
@@ -887,7 +1027,8 @@ class SQLiteJournal:
                 sent = request if stamp is None else attrs.evolve(request, external_task_id=stamp)
                 db.execute(
                     "INSERT INTO creates (key, fingerprint, request, stamped, external_task_id,"
-                    " state, owner, claimed_at) VALUES (?, ?, ?, ?, ?, 'intent', ?, ?)",
+                    " state, owner, claimed_at, video_id)"
+                    " VALUES (?, ?, ?, ?, ?, 'intent', ?, ?, ?)",
                     (
                         key,
                         fingerprint,
@@ -896,6 +1037,7 @@ class SQLiteJournal:
                         sent.external_task_id,
                         token,
                         claimed_at,
+                        sent.video_id,
                     ),
                 )
                 return Claim(
@@ -911,23 +1053,26 @@ class SQLiteJournal:
                 )
             # The record's own stamp is not part of the request's identity: a request that
             # carries it (a resume claiming entry.request) matches as the bare request.
+            recorded = self._recorded_request(row)
             via_stamp = (
                 bool(row["stamped"])
                 and bare is not None
-                and request.external_task_id == _decode_request(row["request"]).external_task_id
+                and request.external_task_id == recorded.external_task_id
             )
             if row["fingerprint"] != (bare if via_stamp else fingerprint):
-                recorded = _decode_request(row["request"])
                 raise ValueError(
                     f"key {key!r} is journaled for another request (video_id "
                     f"{recorded.video_id!r}, claimed {row['claimed_at']}); a key names one "
                     "request: use a new key"
                 )
-            state = EntryState(row["state"])
+            entry = self._entry(row)
+            state = entry.state
             if state in (EntryState.CREATED, EntryState.FINISHED):
-                return Claim(outcome=ClaimOutcome.EXISTING, entry=self._entry(row))
+                return Claim(outcome=ClaimOutcome.EXISTING, entry=entry)
             if state is EntryState.REFUSED:
-                return Claim(outcome=ClaimOutcome.REFUSED, entry=self._entry(row))
+                return Claim(outcome=ClaimOutcome.REFUSED, entry=entry)
+            if state is EntryState.GONE:
+                return Claim(outcome=ClaimOutcome.GONE, entry=entry)
             owner = row["owner"]
             if owner is not None and self._owners.alive(owner):
                 return Claim(outcome=ClaimOutcome.BUSY, entry=self._entry(row))
@@ -1014,13 +1159,78 @@ class SQLiteJournal:
                 f"SELECT {_COLUMNS} FROM creates WHERE state IN ('sending', 'created')"
                 " ORDER BY claimed_at, key"
             ).fetchall()
-            return [
-                self._entry(row)
+            return self._readable(
+                row
                 for row in rows
                 if row["state"] == "created"
                 or row["owner"] is None
                 or not self._owners.alive(row["owner"])
-            ]
+            )
+
+    def _readable(self, rows: Iterable[sqlite3.Row]) -> list[JournalEntry]:
+        """The entries of ``rows``; one that cannot be read is logged and left out, so that
+        it does not stop the others (reading its key raises `JournalError`)."""
+        entries = []
+        for row in rows:
+            try:
+                entries.append(self._entry(row))
+            except JournalError as error:
+                logger.error("%s; it is left out (fix it or forget the key)", error)
+        return entries
+
+    def _doubts_sync(self, video_id: str) -> list[JournalEntry]:
+        with self._db(write=False) as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM creates WHERE state = 'sending' AND video_id = ?",
+                (video_id,),
+            ).fetchall()
+            return self._readable(rows)
+
+    def _keys_of_sync(self, task_ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._db(write=False) as db:
+            for start in range(0, len(task_ids), 500):  # SQLite caps bound parameters
+                chunk = task_ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                for task_id, key in db.execute(
+                    f"SELECT task_id, key FROM creates WHERE task_id IN ({marks})", chunk
+                ):
+                    found[task_id] = key
+        return found
+
+    def _settle_sync(self, key: str, task_id: str) -> JournalEntry:
+        with self._db(write=True) as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM creates WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise ValueError(f"key {key!r} is not in the journal")
+            owner = row["owner"]
+            if owner is not None and owner != self._owners.token and self._owners.alive(owner):
+                raise ValueError(f"key {key!r} is being created by a live journal instance")
+            other = db.execute(
+                "SELECT key FROM creates WHERE task_id = ? AND key != ?", (task_id, key)
+            ).fetchone()
+            if other is not None:
+                raise ValueError(f"task {task_id!r} is already journaled for key {other['key']!r}")
+            db.execute(
+                "UPDATE creates SET state = 'created', owner = NULL, task_id = ?, task = NULL,"
+                " status = NULL, refusal_code = NULL, refusal_reason = NULL WHERE key = ?",
+                (task_id, key),
+            )
+            row = db.execute(f"SELECT {_COLUMNS} FROM creates WHERE key = ?", (key,)).fetchone()
+            return self._entry(row)
+
+    def _gone_sync(self, task_id: str, reason: str) -> str | None:
+        with self._db(write=True) as db:
+            row = db.execute(
+                "SELECT key FROM creates WHERE task_id = ? AND state = 'created'", (task_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE creates SET state = 'gone', refusal_reason = ? WHERE key = ?",
+                (reason, row["key"]),
+            )
+            return str(row["key"])
 
     def _forget_sync(self, key: str) -> bool:
         with self._db(write=True) as db:

@@ -9,14 +9,17 @@ already created returns its task, a create the process died in the middle of is 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from ._create import CallbackSlot, Creator
 from ._journal import ClaimOutcome, Journal
-from .errors import APIError, KlingError
-from .models import ExtendRequest, Task
+from .errors import APIError, JournalError, KlingError, NotFoundError
+from .models import ExtendRequest, Task, TaskStatus
 from .sansio import error_class_for
 
-__all__ = ["JournalRecord", "keyed_create"]
+__all__ = ["JournalRecord", "KeyedCreates", "keyed_create"]
+
+logger = logging.getLogger("kling_async")
 
 
 class JournalRecord:
@@ -35,7 +38,17 @@ class JournalRecord:
         await self._journal.mark_not_sent(self._key)
 
     async def created(self, task: Task) -> None:
-        await self._journal.mark_created(self._key, task.task_id)
+        try:
+            await self._journal.mark_created(self._key, task.task_id)
+        except JournalError as error:
+            # The task exists and is paid for: the error says which, and the record stays
+            # "sending", so that a later run looks it up and finds it.
+            raise JournalError(
+                f"the server made task {task.task_id} but the journal could not record it: "
+                f"{error.args[0]}",
+                key=self._key,
+                task_id=task.task_id,
+            ) from error
 
     async def refused(self, error: KlingError) -> None:
         code = error.code if isinstance(error, APIError) else None
@@ -76,6 +89,16 @@ async def keyed_create(
                 status=0,  # not a reply: the journal remembers the refusal
                 code=entry.refusal_code,
             )
+        if outcome is ClaimOutcome.GONE:
+            entry = claim.entry
+            raise NotFoundError(
+                f"the task {entry.task_id} made for key {key!r} no longer exists on the server "
+                f"({entry.refusal_reason}); nothing is sent: forget the key to create it again, "
+                "or settle it to another task",
+                status=0,  # not a reply: the journal remembers it
+                code=1203,
+                task_id=entry.task_id,
+            )
         if outcome is ClaimOutcome.BUSY:
             raise RuntimeError(
                 f"key {key!r} is being created right now by another session or process "
@@ -90,13 +113,90 @@ async def keyed_create(
                 claim.request,
                 sent_at=entry.sent_at or entry.claimed_at,
                 record=record,
+                key=key,
                 callback=callback,
             )
         else:
             task = await creator.create(
-                claim.request, deadline=deadline, record=record, callback=callback
+                claim.request, deadline=deadline, record=record, callback=callback, key=key
             )
         return task.task_id, task
     finally:
         if claim.outcome in (ClaimOutcome.FRESH, ClaimOutcome.IN_DOUBT):
             await journal.release(key)
+
+
+class KeyedCreates:
+    """A session's journal: keyed creates, and what waits learn of journaled tasks.
+
+    A wait that sees a task finish records it; a write that fails then (a full disk) does
+    not fail the wait: it is logged and tried again with the next one, and when the session
+    closes. A task the server no longer knows is recorded GONE and reported once.
+    """
+
+    __slots__ = ("_creator", "_unrecorded", "journal")
+
+    def __init__(self, creator: Creator, journal: Journal) -> None:
+        self._creator = creator
+        self.journal = journal
+        self._unrecorded: dict[str, TaskStatus] = {}  # finishes a failed write left behind
+        creator.journal = journal
+
+    async def create(
+        self,
+        key: str,
+        request: ExtendRequest,
+        *,
+        stamp: str | None,
+        deadline: float | None,
+        busy_wait: float,
+        callback: CallbackSlot | None,
+    ) -> tuple[str, Task | None]:
+        """`keyed_create` on this journal."""
+        return await keyed_create(
+            self._creator,
+            self.journal,
+            key,
+            request,
+            stamp=stamp,
+            deadline=deadline,
+            busy_wait=busy_wait,
+            callback=callback,
+        )
+
+    async def finished(self, task: Task) -> None:
+        """A wait saw ``task`` finish: record it (never raises)."""
+        self._unrecorded[task.task_id] = task.status
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Record the finishes not yet written; on a failure, keep them for the next try."""
+        for task_id, status in list(self._unrecorded.items()):
+            try:
+                await self.journal.mark_finished(task_id, status)
+            except (JournalError, RuntimeError) as error:
+                logger.warning(
+                    "could not record that task %s finished (%s); %d finish(es) will be "
+                    "recorded later",
+                    task_id,
+                    error,
+                    len(self._unrecorded),
+                )
+                return
+            self._unrecorded.pop(task_id, None)  # a concurrent flush may have written it
+
+    async def gone(self, task_id: str, error: KlingError) -> None:
+        """A query answered that ``task_id`` does not exist: record it GONE (never raises)."""
+        try:
+            key = await self.journal.mark_gone(task_id, str(error))
+        except (JournalError, RuntimeError) as failure:
+            logger.warning("could not record that task %s vanished: %s", task_id, failure)
+            return
+        if key is not None:
+            logger.warning(
+                "task %s of journal key %r no longer exists on the server (%s); recorded as "
+                "gone: forget the key to create it again",
+                task_id,
+                key,
+                error,
+            )

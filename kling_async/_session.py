@@ -25,13 +25,13 @@ from . import _download, sansio
 from ._auth import BearerKey, JWTSigner
 from ._create import CallbackSlot, Creator
 from ._handle import TaskHandle
-from ._journal import EntryState, Journal, SQLiteJournal
-from ._keyed import keyed_create
+from ._journal import EntryState, Journal, JournalEntry, SQLiteJournal
+from ._keyed import KeyedCreates
 from ._policies import PollPolicy, RetryPolicy
 from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
-from .errors import AmbiguousCreateError, InvalidArgumentError, KlingError
+from .errors import InvalidArgumentError, KlingError
 from .models import ExtendRequest, Task, Video
 from .models import check_text as _check_text
 
@@ -179,8 +179,11 @@ class KlingSession:
             self._owns_journal = True
         else:
             raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
+        self._keyed: KeyedCreates | None = None
         if self._journal is not None:
-            self._watcher.on_done = self._journal_finished
+            self._keyed = KeyedCreates(self._creator, self._journal)
+            self._watcher.on_done = self._keyed.finished
+            self._watcher.on_gone = self._keyed.gone
         if callbacks is not None:
             from .callbacks import CallbackReceiver
 
@@ -254,6 +257,9 @@ class KlingSession:
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
+        if self._keyed is not None:
+            with anyio.CancelScope(shield=True):
+                await self._keyed.flush()  # finishes a failed write left behind
         if self._owns_journal:
             assert self._journal is not None
             await self._journal.aclose()
@@ -332,12 +338,7 @@ class KlingSession:
             watermark=watermark,
         )
         if key is not None:
-            if not isinstance(key, str):
-                raise TypeError(f"key must be a str, not {type(key).__name__}")
-            if not key.strip():
-                raise ValueError("key must not be empty")
-            if self._journal is None:
-                raise ValueError("a key needs a journal: KlingSession(journal='batch.sqlite3')")
+            self._check_key(key)
         return await self._submit(request, None, key)
 
     async def extend_many(
@@ -408,10 +409,8 @@ class KlingSession:
         if request.external_task_id is None and self._stamp:
             stamp = f"kling-async-{uuid.uuid4().hex}"
         if key is not None:
-            assert self._journal is not None
-            task_id, made = await keyed_create(
-                self._creator,
-                self._journal,
+            assert self._keyed is not None
+            task_id, made = await self._keyed.create(
                 key,
                 request,
                 stamp=stamp,
@@ -436,30 +435,91 @@ class KlingSession:
     async def resume(self) -> list[TaskHandle]:
         """Handles for every journaled task not yet seen finished, to wait on after a restart.
 
-        A create the last process died in the middle of is looked up first (by its external
-        id, else the list) and never sent again; one that cannot be settled is left in the
-        journal and logged (``extend`` with its key raises `AmbiguousCreateError` for it).
+        Creates the last process died in the middle of are looked up at once, side by side
+        (by external id, else in the task list), and again every few seconds until each is
+        found or its window has closed; one that certainly made no task is sent again. One
+        that cannot be settled, or whose record cannot be read, is logged and left in the
+        journal (``extend`` with its key raises the error; `settle` or `forget` resolve it);
+        the others go on.
 
         Added in version 0.2.
         """
-        journal = self._journal
-        if journal is None:
-            raise ValueError("resume() reads the journal: KlingSession(journal=...)")
+        journal = self._journal_or_raise("resume()")
         self._wire.check_open()
-        handles = []
-        for entry in await journal.pending():
-            if entry.state is EntryState.CREATED and entry.task_id is not None:
-                handles.append(TaskHandle(self._watcher, self._watcher.state(entry.task_id)))
-                continue
+        entries = await journal.pending()
+        handles = [
+            TaskHandle(self._watcher, self._watcher.state(entry.task_id))
+            for entry in entries
+            if entry.state is EntryState.CREATED and entry.task_id is not None
+        ]
+        doubts = [entry for entry in entries if entry.state is EntryState.SENDING]
+        if doubts:
+            logger.info("%d create(s) in doubt: looking them up", len(doubts))
+        settled: list[TaskHandle | None] = [None] * len(doubts)
+
+        async def settle(index: int, entry: JournalEntry) -> None:
             try:
-                handles.append(await self._submit(entry.request, None, entry.key))
-            except AmbiguousCreateError as error:
+                settled[index] = await self._submit(entry.request, None, entry.key)
+            except KlingError as error:
                 logger.warning("journaled key %r is still unsettled: %s", entry.key, error)
+
+        async with anyio.create_task_group() as group:
+            for index, entry in enumerate(doubts):
+                group.start_soon(settle, index, entry)
+        handles.extend(handle for handle in settled if handle is not None)
         return handles
 
-    async def _journal_finished(self, task: Task) -> None:
-        assert self._journal is not None
-        await self._journal.mark_finished(task.task_id, task.status.value)
+    async def settle(self, key: str, task_id: str) -> TaskHandle:
+        """Record ``task_id`` as the task of journal ``key`` and return its handle: the way
+        out of a key in doubt (`AmbiguousCreateError` lists its candidates) or whose task
+        vanished. The task is queried first; one for another video raises ``ValueError``,
+        and so does a task id already recorded for another key.
+
+        Added in version 0.2.
+        """
+        journal = self._journal_or_raise("settle()")
+        self._check_key(key)
+        _check_task_id(task_id)
+        self._wire.check_open()
+        entry = await journal.get(key)
+        if entry is None:
+            raise ValueError(f"key {key!r} is not in the journal")
+        task = await self._watcher.query(task_id)
+        parent = task.parent_video
+        if parent is not None and parent.id != entry.request.video_id:
+            raise ValueError(
+                f"task {task_id!r} extends video {parent.id!r}, but key {key!r} was for video "
+                f"{entry.request.video_id!r}"
+            )
+        await journal.settle(key, task.task_id)
+        self._creator.remember(task.task_id)
+        return TaskHandle(self._watcher, self._watcher.state(task.task_id))
+
+    async def forget(self, key: str) -> bool:
+        """Delete the journal's record of ``key`` (True if there was one): the next
+        ``extend`` with it creates, and pays for, a new task. For a key whose task vanished,
+        or whose create you know made nothing. ``ValueError`` while a create of it runs.
+
+        Added in version 0.2.
+        """
+        journal = self._journal_or_raise("forget()")
+        self._check_key(key)
+        self._wire.check_open()
+        return await journal.forget(key)
+
+    def _journal_or_raise(self, call: str) -> Journal:
+        if self._journal is None:
+            raise ValueError(f"{call} reads the journal: KlingSession(journal=...)")
+        return self._journal
+
+    def _check_key(self, key: object) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        if not key.strip():
+            raise ValueError("key must not be empty")
+        _check_text("key", key)
+        if self._journal is None:
+            raise ValueError("a key needs a journal: KlingSession(journal='batch.sqlite3')")
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task, without I/O: resume a wait after a restart.

@@ -32,7 +32,13 @@ import anyio.lowlevel
 
 from . import sansio
 from ._policies import PollPolicy
-from .errors import KlingError, ListUnavailableError, SessionClosedError, WaitTimeoutError
+from .errors import (
+    KlingError,
+    ListUnavailableError,
+    NotFoundError,
+    SessionClosedError,
+    WaitTimeoutError,
+)
 from .models import Task, TaskStatus
 
 if TYPE_CHECKING:
@@ -224,6 +230,8 @@ class Watcher:
         self.list_requests = 0
         # Told once of each task a wait saw finish (the session's journal records it).
         self.on_done: Callable[[Task], Awaitable[None]] | None = None
+        # Told when a query answers that the task does not exist (404/1203); must not raise.
+        self.on_gone: Callable[[str, KlingError], Awaitable[None]] | None = None
 
     # -- states -----------------------------------------------------------------------------
 
@@ -330,6 +338,8 @@ class Watcher:
                 state.next_due = min(state.next_due, due)
         except KlingError as error:
             state.outcome = (state.generation + 1, error)
+            if isinstance(error, NotFoundError) and self.on_gone is not None:
+                await self.on_gone(state.task_id, error)
             raise
         else:
             state.outcome = (state.generation + 1, task)

@@ -225,8 +225,10 @@ class AmbiguousCreateError(KlingError):
     """A create may or may not have made a task, and it could not be found out.
 
     Carries what is needed to resolve it by hand: the ``request`` that was sent, when it was
-    sent (``sent_at``, aware UTC), and the ``external_task_id`` it carried (if any), which
-    `get_task()` accepts. Resending blindly may pay for a second task.
+    sent (``sent_at``, aware UTC, this machine's clock), the ``external_task_id`` it carried
+    (if any), which `get_task()` accepts, the tasks it may have made (``candidates``) and the
+    journal ``key`` it was made under (if any), which `KlingSession.settle` and
+    `KlingSession.forget` resolve. Resending blindly may pay for a second task.
     """
 
     def __init__(
@@ -237,12 +239,19 @@ class AmbiguousCreateError(KlingError):
         sent_at: dt.datetime,
         external_task_id: str | None,
         candidates: tuple[Task, ...] = (),
+        key: str | None = None,
     ) -> None:
         super().__init__(message)
         self.request = request
         self.sent_at = sent_at
         self.external_task_id = external_task_id
         self.candidates = candidates
+        self.key = key
+
+    @property
+    def candidate_ids(self) -> tuple[str, ...]:
+        """The ids of the tasks it may have made."""
+        return tuple(task.task_id for task in self.candidates)
 
     def __str__(self) -> str:
         ref = (
@@ -250,9 +259,12 @@ class AmbiguousCreateError(KlingError):
             if self.external_task_id
             else "look for it in the task list or the Kling console"
         )
+        which = "" if self.key is None else f" (key {self.key!r})"
+        listed = f" (candidates: {', '.join(self.candidate_ids)})" if self.candidates else ""
         return (
-            f"{self.args[0]}; the create for video {self.request.video_id!r} sent at "
-            f"{self.sent_at.isoformat()} may have made a task: {ref} before sending it again"
+            f"{self.args[0]}; the create for video {self.request.video_id!r}{which} sent at "
+            f"{self.sent_at.isoformat()} may have made a task{listed}: {ref} before sending "
+            "it again"
         )
 
 
@@ -381,7 +393,22 @@ class MediaExpiredError(DownloadError):
 
 
 class JournalError(KlingError):
-    """The journal file cannot be used: not a journal, a newer schema, or an I/O failure.
+    """The journal file cannot be used: not a journal, a newer schema, an I/O failure, a
+    record that cannot be read, or a file deleted while open.
+
+    ``key`` names the journal key concerned and ``task_id`` the task the server made for it
+    when the failure came after the create (that task exists and is paid for: a later run
+    finds it, or `KlingSession.settle` records it).
 
     Added in version 0.2.
     """
+
+    def __init__(self, message: str, *, key: str | None = None, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        named = (("key", self.key), ("task", self.task_id))
+        details = [f"{name} {value!r}" for name, value in named if value is not None]
+        return f"{self.args[0]} ({', '.join(details)})" if details else str(self.args[0])

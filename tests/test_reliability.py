@@ -525,16 +525,31 @@ async def test_a_compressed_body_is_capped_after_decompression(emu: KlingEmulato
 
 
 async def test_a_task_listed_before_the_create_was_sent_is_not_taken_for_it() -> None:
-    """Reconciling through the list never adopts another worker's earlier task."""
+    """Reconciling through the list never adopts another worker's earlier task: older than
+    the send by more than the server clock's uncertainty (learned from A's own create)."""
     async with KlingEmulator() as emulator, gateway(emulator) as a, gateway(emulator) as b:
+        emulator.clock = lambda: time.time() - 300  # the server's clock is 5 minutes behind
+        own = await a.extend("vid-0")  # its created_at tells A the server's clock to ~1 ms
         other = await b.extend("vid-1", prompt="zoom out")
-        await anyio.sleep(0.002)  # B's task is older than A's create by the server's clock
+        await anyio.sleep(0.05)  # B's task is older than A's create by the server's clock
         emulator.inject(Fault.drop(), route="create")
         with pytest.raises(AmbiguousCreateError) as caught:
             await a.extend("vid-1", prompt="pan left")
 
     assert [other.task_id] == [task.task_id for task in caught.value.candidates]
-    assert [other.task_id] == list(emulator.tasks)
+    assert [own.task_id, other.task_id] == list(emulator.tasks)
+
+
+async def test_a_lost_create_is_found_in_the_list_with_the_server_clock_minutes_off() -> None:
+    """The reply to a create is lost; the server's clock is 5 minutes behind this machine's
+    (then ahead): the look-up places the send on the server's clock and finds the task."""
+    for skew in (-300.0, 300.0):
+        async with KlingEmulator() as emulator, gateway(emulator) as session:
+            emulator.clock = lambda skew=skew: time.time() + skew
+            emulator.inject(Fault.reply_lost(), route="create")
+            handle = await session.extend("vid-1")
+
+        assert [handle.task_id] == list(emulator.tasks)
 
 
 def test_credentials_with_control_characters_are_refused() -> None:

@@ -10,6 +10,7 @@ on purpose: it is an independent peer to test the SDK against.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import hashlib
 import heapq
@@ -748,6 +749,8 @@ class KlingEmulator:
         self._record_status(index, reply.status)
         response = web.Response(status=reply.status, body=reply.body)
         response.content_type = reply.content_type
+        # The server's clock, as `clock` reads it (a test may set it minutes off).
+        response.headers["Date"] = email.utils.formatdate(self.clock(), usegmt=True)
         for name, value in reply.headers:
             response.headers[name] = value
         return response

@@ -1,0 +1,210 @@
+"""Whether a create in doubt made a task: the look-up's rules, pure (values in, values out).
+
+A create is *in doubt* when its request may have left and no reply was read. It is looked
+up, never resent blindly (``docs/concepts.md``, "Ambiguous creates"):
+
+- a listed task that carries the create's external id is its task, whatever else is listed;
+- a task that carries another external id is someone else's; where the server is known to
+  keep external ids, a task without one is not this create's either;
+- otherwise a task for the same video, not recorded for any other create, made on the
+  server's clock between the send (less a generous margin) and the end of the window in
+  which the send could still make a task, is a *candidate*;
+- the one candidate is taken only when it may have been made after the send (it is not
+  older than the send by more than the server clock's uncertainty) and no other create in
+  doubt (of this session or of the journal) could have made it; otherwise it cannot be
+  told apart;
+- no candidate, once a look-up made after the window closed found none, proves the create
+  made nothing (it may then be sent again); before that, the look-up goes on.
+
+Times are on the server's clock (`ServerClock`); a send whose time cannot be placed on it
+(no offset known, or the local clock was set back since) can be settled only by its
+external id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable, Sequence
+
+import attrs
+
+from .models import Task
+
+__all__ = [
+    "Absent",
+    "Ambiguous",
+    "Doubt",
+    "Found",
+    "Verdict",
+    "candidates",
+    "read_next_page",
+    "verdict",
+]
+
+MARGIN = dt.timedelta(seconds=30)
+"""Added to the clocks' uncertainty on both sides of a send's window: a task a wrong
+estimate would leave out could be paid for twice, one it takes in is only ambiguous."""
+
+
+@attrs.frozen(kw_only=True)
+class Doubt:
+    """One create in doubt, as the rules see it."""
+
+    video_id: str
+    external_task_id: str | None
+    sent_at: dt.datetime | None
+    """When it was sent, on the server's clock; None when that cannot be told."""
+    window: dt.timedelta
+    """How long after the send the server may still make its task."""
+    uncertainty: dt.timedelta = dt.timedelta(0)
+    """How far ``sent_at`` may be from the truth (the server clock's uncertainty)."""
+
+    @property
+    def margin(self) -> dt.timedelta:
+        """How far around its window a task is still a candidate."""
+        return MARGIN + self.uncertainty
+
+    def may_follow(self, task: Task) -> bool:
+        """Whether ``task`` may have been made after this create was sent (it is not older
+        than the send by more than the server clock's uncertainty)."""
+        if self.sent_at is None or task.created_at is None:
+            return False
+        return task.created_at >= self.sent_at - self.uncertainty
+
+    @property
+    def earliest(self) -> dt.datetime | None:
+        """The oldest ``created_at`` its task may carry (server clock)."""
+        return None if self.sent_at is None else self.sent_at - self.margin
+
+    @property
+    def latest(self) -> dt.datetime | None:
+        """The newest ``created_at`` its task may carry (server clock)."""
+        return None if self.sent_at is None else self.sent_at + self.window + self.margin
+
+    def may_own(self, task: Task, *, keeps_external_ids: bool) -> bool:
+        """Whether ``task`` could be the one this create made."""
+        if task.external_task_id is not None:
+            return task.external_task_id == self.external_task_id
+        if self.external_task_id is not None and keeps_external_ids:
+            return False  # its task would carry its external id
+        if task.parent_video is None or task.parent_video.id != self.video_id:
+            return False
+        if self.sent_at is None or task.created_at is None:
+            return True  # cannot be placed in time: it may be
+        window = self.margin + self.window
+        return self.sent_at - self.margin <= task.created_at <= self.sent_at + window
+
+
+@attrs.frozen
+class Found:
+    """The create made ``task``."""
+
+    task: Task
+
+
+@attrs.frozen
+class Ambiguous:
+    """It cannot be told: ``why``, with the tasks it may have made."""
+
+    why: str
+    candidates: tuple[Task, ...] = ()
+
+
+@attrs.frozen
+class Absent:
+    """A look-up made after its window closed shows no task it could have made."""
+
+
+Verdict = Found | Ambiguous | Absent
+
+
+def candidates(
+    doubt: Doubt,
+    tasks: Iterable[Task],
+    *,
+    claimed: Collection[str],
+    keeps_external_ids: bool,
+) -> list[Task]:
+    """The listed tasks ``doubt`` may have made, each once, newest first as listed."""
+    seen: set[str] = set()
+    found = []
+    for task in tasks:
+        if task.task_id in seen or task.task_id in claimed:
+            continue
+        seen.add(task.task_id)
+        if doubt.may_own(task, keeps_external_ids=keeps_external_ids):
+            found.append(task)
+    return found
+
+
+def verdict(
+    doubt: Doubt,
+    tasks: Sequence[Task],
+    *,
+    claimed: Collection[str],
+    rivals: Sequence[Doubt],
+    keeps_external_ids: bool,
+    covered: bool,
+    final: bool,
+) -> Verdict | None:
+    """What the tasks read so far say of ``doubt``, or None to look again later.
+
+    ``tasks`` are the listed tasks read (every one made since the send's window opened when
+    ``covered``), ``claimed`` the ids recorded for other creates, ``rivals`` the other creates
+    in doubt for the same video. ``final`` asks for an answer now: the window has closed, or
+    nothing more can be learned by waiting.
+    """
+    if doubt.external_task_id is not None:
+        for task in tasks:
+            if task.external_task_id == doubt.external_task_id:
+                return Found(task)
+    mine = candidates(doubt, tasks, claimed=claimed, keeps_external_ids=keeps_external_ids)
+    contested = [
+        rival
+        for rival in rivals
+        if any(rival.may_own(task, keeps_external_ids=keeps_external_ids) for task in mine)
+    ]
+    if len(mine) == 1 and not contested and doubt.may_follow(mine[0]):
+        return Found(mine[0])
+    if not final:
+        return None
+    if doubt.sent_at is None:
+        return Ambiguous(
+            "its send cannot be placed on the server's clock (no server time was learned, "
+            "or this machine's clock was set back since), so only its external id could "
+            "have found it",
+            tuple(mine),
+        )
+    if not covered:
+        return Ambiguous(
+            "the task list could not be read back to the time it was sent", tuple(mine)
+        )
+    if not mine:
+        return Absent()
+    if len(mine) == 1 and not contested:
+        return Ambiguous(
+            "the task list shows one task for this video, made before it was sent (by the "
+            f"server's clock, known to within {doubt.uncertainty.total_seconds():.3f} s) "
+            "or at a time it does not say",
+            tuple(mine),
+        )
+    if contested:
+        return Ambiguous(
+            f"the task list shows {len(mine)} task(s) it may have made, which another create "
+            "in doubt for the same video may have made as well",
+            tuple(mine),
+        )
+    return Ambiguous(
+        f"the task list shows {len(mine)} task(s) for this video made around its send, "
+        "none of which can be told apart as its own",
+        tuple(mine),
+    )
+
+
+def read_next_page(page: Sequence[Task], page_size: int, earliest: dt.datetime) -> bool:
+    """Whether the list page after ``page`` (newest first) may hold a task made since
+    ``earliest``: the page was full and its oldest task is not older than that."""
+    if len(page) < page_size:
+        return False
+    times = [task.created_at for task in page if task.created_at is not None]
+    return not times or min(times) >= earliest
