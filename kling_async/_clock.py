@@ -29,11 +29,13 @@ class ServerClock:
     clock was stepped: the newest observation starts over.
     """
 
-    __slots__ = ("_high", "_low")
+    __slots__ = ("_high", "_low", "seconds")
 
     def __init__(self) -> None:
         self._low: dt.timedelta | None = None
         self._high: dt.timedelta | None = None
+        self.seconds = 0.0
+        """`offset` in seconds, 0.0 until known: what to add to ``time.time()``."""
 
     @property
     def offset(self) -> dt.timedelta | None:
@@ -67,6 +69,7 @@ class ServerClock:
             if narrowed_low <= narrowed_high:
                 low, high = narrowed_low, narrowed_high
         self._low, self._high = low, high
+        self.seconds = (low + (high - low) / 2).total_seconds()
 
     def observe_date(self, header: str | None, sent: dt.datetime, received: dt.datetime) -> None:
         """Learn from a reply's ``Date`` header (whole seconds), if it has a valid one."""

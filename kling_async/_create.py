@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,7 +20,6 @@ import anyio
 import attrs
 
 from . import _reconcile, sansio
-from ._clock import ServerClock
 from ._policies import Action, RetryPolicy, classify
 from ._wire import DeadlinePassed, Wire
 from .errors import (
@@ -204,7 +202,6 @@ class Creator:
         self._doubts: collections.deque[CreateAttempt] = collections.deque(
             maxlen=_REMEMBERED_DOUBTS
         )
-        self.clock = ServerClock()  # learned from replies: times are compared on the server's
         self.list_unavailable = False  # the base URL answered that it has no task list
         self.journal: Journal | None = None  # its records are claims and rivals too
 
@@ -297,7 +294,7 @@ class Creator:
         while True:
             if deadline is not None and clock() >= deadline:
                 raise self._timed_out(request, deadline, started, last_error) from last_error
-            authorization = wire.auth.authorization(time.time())
+            authorization = wire.auth.authorization(wire.server_time())
             attempt.begin()
             tried_at = clock()
             try:
@@ -340,7 +337,7 @@ class Creator:
                 if action is Action.RECONCILE:
                     # Never resent: a "not found" cannot prove that the first create will not
                     # still make its task (api.md lists these outcomes as unknown).
-                    found = await self._settle(request, error, attempt, key=key)
+                    found = await self._settle(request, str(error), attempt, key=key, cause=error)
                     if attempt.record is not None:
                         await attempt.record.created(found)
                     return found
@@ -359,7 +356,7 @@ class Creator:
                 self.remember(task.task_id)
                 attempt.take_off_wire()
                 if task.created_at is not None:  # the server's clock, read during the send
-                    self.clock.observe(
+                    self._wire.server_clock.observe(
                         task.created_at, attempt.sent_at, dt.datetime.now(dt.timezone.utc)
                     )
                 if attempt.record is not None:
@@ -416,14 +413,13 @@ class Creator:
         attempt.window_ends = wire.clock() + remaining
         self._active.add(attempt)
         try:
-            cause = AmbiguousCreateError(
-                "a journaled create was sent and never answered",
-                request=request,
-                sent_at=sent_at,
-                external_task_id=request.external_task_id,
+            task = await self._settle(
+                request,
+                "it was sent by a process that stopped before the reply",
+                attempt,
                 key=key,
+                absent_is_unsent=True,
             )
-            task = await self._settle(request, cause, attempt, key=key, absent_is_unsent=True)
         except _Absent:
             self._active.discard(attempt)
             logger.info(
@@ -493,11 +489,12 @@ class Creator:
     async def _settle(
         self,
         request: ExtendRequest,
-        error: KlingError,
+        unknown: str,
         attempt: CreateAttempt,
         *,
         key: str | None = None,
         absent_is_unsent: bool = False,
+        cause: KlingError | None = None,
     ) -> Task:
         """Find out whether a create in doubt made a task (rules: `_reconcile`).
 
@@ -513,12 +510,12 @@ class Creator:
             "create for video %s%s is in doubt (%s); looking it up",
             request.video_id,
             "" if key is None else f" (key {key!r})",
-            error,
+            unknown,
         )
 
         def ambiguous(why: str, candidates: Sequence[Task] = ()) -> AmbiguousCreateError:
             return AmbiguousCreateError(
-                f"the create's outcome is unknown ({error}) and {why}",
+                f"the create's outcome is unknown ({unknown}) and {why}",
                 request=request,
                 sent_at=sent_at,
                 external_task_id=external_id,
@@ -536,7 +533,7 @@ class Creator:
             try:
                 outcome = await self._look(request, attempt, key, final=final)
             except _CannotLook as cannot:
-                raise ambiguous(cannot.why) from error
+                raise ambiguous(cannot.why) from (cause or cannot.__cause__)
             if isinstance(outcome, _reconcile.Found):
                 task = outcome.task
                 self.remember(task.task_id)
@@ -551,9 +548,9 @@ class Creator:
             if isinstance(outcome, _reconcile.Absent):
                 if absent_is_unsent:
                     raise _Absent
-                raise ambiguous("no task for it was found until its window closed")
+                raise ambiguous("no task for it was found until its window closed") from cause
             if isinstance(outcome, _reconcile.Ambiguous):
-                raise ambiguous(outcome.why, outcome.candidates) from error
+                raise ambiguous(outcome.why, outcome.candidates) from cause
             remaining = max(0.0, attempt.window_ends - wire.clock())
             delay = min(_LOOK_EVERY, remaining) if wire.retry_policy.wait else remaining
             if looks == 1:
@@ -616,7 +613,7 @@ class Creator:
                         _reconcile.Doubt(
                             video_id=entry.request.video_id,
                             external_task_id=entry.external_task_id,
-                            sent_at=self.clock.to_server(entry.sent_at),
+                            sent_at=self._wire.server_clock.to_server(entry.sent_at),
                             window=doubt.window,
                             uncertainty=doubt.uncertainty,
                         )
@@ -648,7 +645,7 @@ class Creator:
             listed, date = await wire.call(
                 sansio.list_request(wire.base_url, page, _PAGE_SIZE), _list_and_date
             )
-            self.clock.observe_date(date, before, dt.datetime.now(dt.timezone.utc))
+            self._wire.server_clock.observe_date(date, before, dt.datetime.now(dt.timezone.utc))
             tasks.extend(listed)
             earliest = self._doubt(attempt, None).earliest
             if earliest is None:
@@ -659,7 +656,7 @@ class Creator:
 
     def _doubt(self, attempt: CreateAttempt, external_id: str | None) -> _reconcile.Doubt:
         """``attempt`` as the look-up's rules see it, on the server's clock."""
-        clock = self.clock
+        clock = self._wire.server_clock
         placed = attempt.placed and attempt.sent_at is not _NEVER
         return _reconcile.Doubt(
             video_id=attempt.video_id,

@@ -226,7 +226,9 @@ def classify(error: KlingError, *, create: bool) -> Action:
     unknown it must be reconciled. A query is safe to repeat on anything transient.
     """
     if isinstance(error, AuthenticationError):
-        return Action.RESIGN if error.code == 1004 else Action.RAISE
+        # 1004 expired, 1003 not yet valid: a token signed on a clock the server disagrees
+        # with; signed again on the server's clock (learned from the refusal's Date), once.
+        return Action.RESIGN if error.code in (1003, 1004) else Action.RAISE
     if isinstance(error, TaskLimitError):
         return Action.WAIT_SLOT if create else Action.RETRY
     if isinstance(error, RateLimitError):

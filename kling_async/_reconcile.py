@@ -158,6 +158,9 @@ def verdict(
         for task in tasks:
             if task.external_task_id == doubt.external_task_id:
                 return Found(task)
+        if keeps_external_ids:
+            # Its task would carry its id: the id's look-up was the whole answer.
+            return Absent() if final else None
     mine = candidates(doubt, tasks, claimed=claimed, keeps_external_ids=keeps_external_ids)
     contested = [
         rival

@@ -21,6 +21,7 @@ import anyio.lowlevel
 
 from . import sansio
 from ._auth import BearerKey, JWTSigner
+from ._clock import ServerClock
 from ._pace import Pace
 from ._policies import Action, RetryPolicy, classify
 from ._transport import Transport
@@ -60,6 +61,7 @@ class Wire:
         self.retry_policy = retry_policy
         self.rng = random.Random()
         self.pace = Pace()
+        self.server_clock = ServerClock()  # what the server's replies say its clock reads
         self.create_deadline = create_deadline
         self.state = _UNOPENED
         self.requests_sent = 0
@@ -157,6 +159,11 @@ class Wire:
         assert self._closing is not None
         return self._closing
 
+    def server_time(self) -> float:
+        """Unix time on the server's clock, as far as its replies told (a JWT's ``nbf`` and
+        ``exp`` are checked against it); this machine's clock until then."""
+        return time.time() + self.server_clock.seconds
+
     # -- requests -------------------------------------------------------------------------
 
     async def call(
@@ -170,7 +177,7 @@ class Wire:
         retry = 0
         resigned = False
         while True:
-            authorization = self.auth.authorization(time.time())
+            authorization = self.auth.authorization(self.server_time())
             try:
                 return await self.send(request, authorization, parse, retry + 1)
             except KlingError as failure:
@@ -244,6 +251,7 @@ class Wire:
             self.requests_sent += 1
             self.in_flight += 1
             sent_at = self.clock()
+            wall_sent = time.time()
             pace.sent(sent_at)
             try:
                 if create is not None:
@@ -260,8 +268,15 @@ class Wire:
                 self.in_flight -= 1
         finally:
             limiter.release()
+        now = dt.datetime.now(dt.timezone.utc)
+        if response.status >= 400:  # a refusal of our token's times says what time it is
+            self.server_clock.observe_date(
+                response.headers.get("Date"),
+                dt.datetime.fromtimestamp(wall_sent, dt.timezone.utc),
+                now,
+            )
         try:
-            result = parse(response, dt.datetime.now(dt.timezone.utc))
+            result = parse(response, now)
         except KlingError as error:
             _log_failure(request, attempt, error)
             if isinstance(error, RateLimitError) and not isinstance(error, TaskLimitError):

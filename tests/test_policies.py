@@ -438,6 +438,7 @@ def test_classify_create(error: KlingError, action: Action) -> None:
         (api_error(504, 5002), Action.RETRY),
         (api_error(502, None), Action.RETRY),
         (api_error(401, 1004), Action.RESIGN),
+        (api_error(401, 1003), Action.RESIGN),
         (decode(is_json=False), Action.RETRY),
         (decode(is_json=True), Action.RAISE),
     ],
@@ -458,7 +459,6 @@ def test_classify_query(error: KlingError, action: Action) -> None:
         (401, 1000),
         (401, 1001),
         (401, 1002),
-        (401, 1003),
         (429, 1100),
         (429, 1101),
         (429, 1102),
@@ -473,7 +473,7 @@ def test_classify_query(error: KlingError, action: Action) -> None:
     ],
 )
 def test_classify_never_retries_refusals(status: int, code: int, create: bool) -> None:
-    """Authentication (but 1004), account, invalid, not found and policy errors raise at once."""
+    """Authentication (but 1003 and 1004), account, invalid, not found and policy errors raise at once."""
     assert Action.RAISE is classify(api_error(status, code), create=create)
 
 

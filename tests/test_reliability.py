@@ -187,14 +187,31 @@ async def test_the_in_flight_limiter_bounds_requests_on_the_wire(emu: KlingEmula
 
 
 async def test_an_expired_token_is_resigned_once_then_reported(emu: KlingEmulator) -> None:
-    """When every token is expired (server clock ahead), the session re-signs once, then raises."""
-    emu.clock = lambda: time.time() + 7200
+    """When the token is refused as expired again, the session re-signs once, then raises."""
+    emu.inject(Fault.http(401, 1004), route="query", times=2)
     async with official(emu) as session:
         with pytest.raises(AuthenticationError) as caught:
             await session.get_task("123")
 
     assert (401, 1004) == (caught.value.status, caught.value.code)
     assert 2 == emu.count("query")
+
+
+@pytest.mark.parametrize("skew", [7200.0, -300.0])
+async def test_a_token_refused_for_a_skewed_clock_is_signed_on_the_servers_clock(
+    emu: KlingEmulator, skew: float
+) -> None:
+    """The server's clock is two hours ahead (every token expired, 1004) or five minutes
+    behind (not yet valid, 1003): the refusal's Date tells the session the server's time,
+    and the token signed again on it is accepted."""
+    emu.clock = lambda: time.time() + skew
+    async with official(emu) as session:
+        with pytest.raises(NotFoundError):  # the token was accepted: task 123 does not exist
+            await session.get_task("123")
+        task = await (await session.extend("vid-1")).poll()
+
+    assert 3 == emu.count("query")
+    assert "vid-1" == (task.parent_video.id if task.parent_video else None)
 
 
 async def test_concurrent_requests_share_one_token(emu: KlingEmulator) -> None:

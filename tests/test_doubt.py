@@ -1,0 +1,288 @@
+"""Creates in doubt are never paid twice, nor given to the wrong key, on a skewed, busy account.
+
+A create is in doubt when its request may have left and no reply was read (here: a journal
+row left ``sending`` by a process that died). These tests keep the default retry policy's
+shape (look-ups every few seconds until the send's window closes) and shorten only the
+timeouts that make the window; waits are not what they attack, so polls are instant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from kling_async import (
+    AmbiguousCreateError,
+    EntryState,
+    ExtendRequest,
+    KlingSession,
+    PollPolicy,
+    SQLiteJournal,
+)
+from kling_async.testing import KlingEmulator
+
+pytestmark = pytest.mark.anyio
+
+CHILD = pathlib.Path(__file__).with_name("journal_batch_child.py")
+SHORT = {"poll_policy": PollPolicy.instant(), "connect_timeout": 0.5, "read_timeout": 0.5}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def gateway(emulator: KlingEmulator, **options: Any) -> KlingSession:
+    """A gateway session with the default retry policy and a 1.5 s window."""
+    return KlingSession(emulator.api_key, base_url=emulator.gateway_url, **{**SHORT, **options})
+
+
+def official(emulator: KlingEmulator, **options: Any) -> KlingSession:
+    """An access-key session (stamped external ids) with the default retry policy."""
+    return KlingSession(
+        access_key=emulator.access_key,
+        secret_key=emulator.secret_key,
+        base_url=emulator.base_url,
+        **{**SHORT, **options},
+    )
+
+
+async def left_in_doubt(
+    path: pathlib.Path,
+    key: str,
+    request: ExtendRequest,
+    *,
+    stamp: str | None = None,
+    sent_at: dt.datetime | None = None,
+) -> ExtendRequest:
+    """Journal ``key`` as a dead process leaves it: sent, never answered, no owner."""
+    async with SQLiteJournal(path) as journal:
+        claim = await journal.claim(key, request, now=_now(), stamp=stamp)
+        await journal.mark_sending(key, sent_at or _now())
+    return claim.request
+
+
+async def state_of(path: pathlib.Path, key: str) -> tuple[EntryState, str | None]:
+    async with SQLiteJournal(path) as journal:
+        entry = await journal.get(key)
+    assert entry is not None
+    return entry.state, entry.task_id
+
+
+@pytest.mark.parametrize("skew", [-300.0, -5.0, 300.0])
+async def test_a_create_in_doubt_is_found_past_a_busy_first_page_on_a_skewed_server(
+    tmp_path: pathlib.Path, skew: float
+) -> None:
+    """The server's clock is off by ``skew`` s and 250 tasks of another client came after the
+    send: the look-up reads pages back to the send on the server's clock and finds the task."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        emulator.clock = lambda: time.time() + skew
+        async with gateway(emulator) as other:
+            sent_at = _now()
+            request = await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
+            made = await other.extend("vid-1")  # the dead process's create, as the server saw it
+            for n in range(250):
+                await other.extend(f"busy-{n}")
+        async with gateway(emulator, journal=journal) as session:
+            with anyio.fail_after(30):
+                handles = await session.resume()
+
+        creates = emulator.count("create")
+    assert request.video_id == "vid-1"
+    assert sent_at <= _now()
+    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert 251 == creates  # nothing sent again
+    assert (EntryState.CREATED, made.task_id) == await state_of(journal, "row-1")
+
+
+async def test_two_keys_for_one_video_in_doubt_never_share_its_one_task(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Keys A and B (same video, other prompts) were both in flight at a crash; only A's
+    create reached the server. Without external ids the task cannot be told apart: both stay
+    in doubt, nothing is sent, and settling A lets B be sent once its window has closed."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        await left_in_doubt(journal, "A", ExtendRequest(video_id="vid-1", prompt="pan left"))
+        await left_in_doubt(journal, "B", ExtendRequest(video_id="vid-1", prompt="zoom out"))
+        async with gateway(emulator) as other:
+            made = await other.extend("vid-1", prompt="pan left")
+        async with gateway(emulator, journal=journal) as session:
+            with anyio.fail_after(30):
+                first = await session.resume()
+            unsettled = (await state_of(journal, "A"), await state_of(journal, "B"))
+            with pytest.raises(AmbiguousCreateError) as caught:
+                await session.extend("vid-1", prompt="zoom out", key="B")
+            await session.settle("A", made.task_id)
+            with anyio.fail_after(30):
+                second = await session.resume()
+        tasks = list(emulator.tasks)
+
+    assert [] == first
+    assert ((EntryState.SENDING, None), (EntryState.SENDING, None)) == unsettled
+    assert (made.task_id,) == caught.value.candidate_ids
+    assert "B" == caught.value.key
+    assert 2 == len(tasks)  # B's create, once A had the listed task
+    assert (EntryState.CREATED, made.task_id) == await state_of(journal, "A")
+    assert (EntryState.CREATED, tasks[1]) == await state_of(journal, "B")
+    assert {made.task_id, tasks[1]} == {handle.task_id for handle in second}
+
+
+async def test_stamped_keys_for_one_video_in_doubt_each_get_their_own(
+    tmp_path: pathlib.Path,
+) -> None:
+    """With stamped external ids, A's task is A's and B (which made nothing) is sent again."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        a = await left_in_doubt(
+            journal, "A", ExtendRequest(video_id="vid-1", prompt="pan left"), stamp="stamp-a"
+        )
+        await left_in_doubt(
+            journal, "B", ExtendRequest(video_id="vid-1", prompt="zoom out"), stamp="stamp-b"
+        )
+        async with official(emulator) as other:
+            made = await other.extend("vid-1", prompt="pan left", external_task_id="stamp-a")
+            await other.extend("vid-1", prompt="someone else's")  # the same video, another stamp
+        async with official(emulator, journal=journal) as session:
+            with anyio.fail_after(30):
+                handles = await session.resume()
+        tasks = list(emulator.tasks)
+
+    assert "stamp-a" == a.external_task_id
+    assert 3 == len(tasks)
+    assert (EntryState.CREATED, made.task_id) == await state_of(journal, "A")
+    assert (EntryState.CREATED, tasks[2]) == await state_of(journal, "B")
+    assert {made.task_id, tasks[2]} == {handle.task_id for handle in handles}
+
+
+async def test_a_create_in_doubt_is_looked_up_at_once_and_said_so(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With default timeouts (a 130 s window), a journaled create whose task exists is found
+    by the first look-up, and the log says a create is in doubt."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
+        async with gateway(emulator) as other:
+            made = await other.extend("vid-1")
+        caplog.set_level(logging.INFO, logger="kling_async")
+        async with KlingSession(
+            emulator.api_key, base_url=emulator.gateway_url, journal=journal
+        ) as session:
+            with anyio.fail_after(20):  # the window is 130 s: this is not waiting it out
+                handles = await session.resume()
+        lists = emulator.count("list")
+
+    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert 1 == lists
+    assert any("1 create(s) in doubt: looking them up" in r.getMessage() for r in caplog.records)
+
+
+async def test_without_a_list_or_an_external_id_a_create_in_doubt_is_ambiguous_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A gateway with neither: nothing can settle it, so it says so at once (no 130 s wait),
+    keeps the key in doubt, and sends nothing."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator(list_mode="404") as emulator:
+        await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
+        async with KlingSession(
+            emulator.api_key, base_url=emulator.gateway_url, journal=journal
+        ) as session:
+            with anyio.fail_after(20), pytest.raises(AmbiguousCreateError, match="no task list"):
+                await session.extend("vid-1", key="row-1")
+        creates = emulator.count("create")
+
+    assert 0 == creates
+    assert (EntryState.SENDING, None) == await state_of(journal, "row-1")
+
+
+async def test_a_clock_set_back_an_hour_neither_sleeps_nor_guesses(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The journaled send is an hour in the local clock's future (the clock was set back):
+    the look-up starts at once, the stamped create is found by its id, and the unstamped one,
+    whose send cannot be placed, stays in doubt instead of being taken or sent again."""
+    journal = tmp_path / "j.sqlite3"
+    future = _now() + dt.timedelta(hours=1)
+    async with KlingEmulator() as emulator:
+        await left_in_doubt(
+            journal, "stamped", ExtendRequest(video_id="vid-1"), stamp="s-1", sent_at=future
+        )
+        await left_in_doubt(journal, "bare", ExtendRequest(video_id="vid-2"), sent_at=future)
+        async with official(emulator) as other, gateway(emulator) as unstamped:
+            stamped = await other.extend("vid-1", external_task_id="s-1")
+            await unstamped.extend("vid-2")  # perhaps the bare one's: nothing can tell
+        async with official(emulator, journal=journal, stamp_external_id=False) as session:
+            with anyio.fail_after(30):
+                handles = await session.resume()
+        creates = emulator.count("create")
+
+    assert [stamped.task_id] == [handle.task_id for handle in handles]
+    assert 2 == creates
+    assert (EntryState.SENDING, None) == await state_of(journal, "bare")
+
+
+@pytest.mark.parametrize("mode", ["official", "gateway"])
+async def test_a_batch_killed_at_random_points_on_a_skewed_busy_account_pays_once_per_row(
+    tmp_path: pathlib.Path, mode: str
+) -> None:
+    """SIGKILL at random points, default retry policy, the server's clock minutes off and
+    another client creating tasks on the account (the same videos when ids are stamped):
+    every row ends with exactly one task, and every run after the last kill finishes."""
+    rows = 120
+    journal = tmp_path / "batch.sqlite3"
+    rng = random.Random(20261207)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    theirs: set[str] = set()
+    async with KlingEmulator() as emulator:
+        emulator.clock = lambda: time.time() + (-300 if mode == "official" else 420)
+        argv = [sys.executable, str(CHILD), emulator.base_url, str(journal), str(rows), mode]
+        other = official(emulator) if mode == "official" else gateway(emulator)
+
+        async def busy(count: int) -> None:
+            for _ in range(count):
+                n = rng.randrange(rows)
+                video = f"vid-{n}" if mode == "official" else f"other-{n}"
+                theirs.add((await other.extend(video)).task_id)
+
+        kills = 0
+        finished = False
+        async with other:
+            for run in range(12):
+                await busy(120)  # more than one list page since the last run's sends
+                kill_after = rng.randint(10, 2 * rows) if run < 5 else None
+                process = await anyio.open_process(argv, env=env, stderr=subprocess.DEVNULL)
+                assert process.stdout is not None
+                lines = 0
+                async with anyio.create_task_group() as group:
+                    group.start_soon(busy, 40)  # and some while it runs
+                    async for chunk in process.stdout:
+                        lines += chunk.count(b"\n")
+                        finished = finished or b"done" in chunk
+                        if kill_after is not None and lines >= kill_after:
+                            process.send_signal(signal.SIGKILL)
+                            kills += 1
+                            break
+                    with anyio.fail_after(60):
+                        await process.wait()
+                await process.stdout.aclose()
+                if finished:
+                    break
+        ours = [task for task in emulator.tasks.values() if task.task_id not in theirs]
+
+    assert finished
+    assert kills >= 3
+    assert rows == len(ours) == len({task.video_id for task in ours})  # no row paid twice
+    assert {f"vid-{n}" for n in range(rows)} == {task.video_id for task in ours}
