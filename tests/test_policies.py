@@ -473,7 +473,7 @@ def test_classify_query(error: KlingError, action: Action) -> None:
     ],
 )
 def test_classify_never_retries_refusals(status: int, code: int, create: bool) -> None:
-    """Authentication (but 1003 and 1004), account, invalid, not found and policy errors raise at once."""
+    """Authentication (but 1003/1004), account, invalid, not found, policy: raise at once."""
     assert Action.RAISE is classify(api_error(status, code), create=create)
 
 
