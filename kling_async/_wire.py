@@ -76,6 +76,7 @@ class Wire:
         self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
         self._in_flight_scopes: set[anyio.CancelScope] = set()
         self._pace_sleepers: list[asyncio.Future[None]] = []  # requests waiting for a turn
+        self._pace_wake_due = False
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -308,7 +309,12 @@ class Wire:
         finally:
             if not served:
                 pace.leave(ticket)  # those behind move up: let them recompute
-                self._wake_pace_sleepers()
+                if not self._pace_wake_due and self._pace_sleepers:
+                    # One wake-up for all the places given up in this turn of the loop (a
+                    # thousand waits cancelled together must not wake each other a thousand
+                    # times).
+                    self._pace_wake_due = True
+                    self.loop.call_soon(self._wake_pace_sleepers)
 
     async def _pace_sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` on the loop's clock, or until the pace or the session changes."""
@@ -328,6 +334,7 @@ class Wire:
             raise SessionClosedError(CLOSED_WHILE_PENDING)
 
     def _wake_pace_sleepers(self) -> None:
+        self._pace_wake_due = False
         sleepers, self._pace_sleepers = self._pace_sleepers, []
         for future in sleepers:
             if not future.done():
