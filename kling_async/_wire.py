@@ -38,6 +38,8 @@ logger = logging.getLogger("kling_async")
 _T = TypeVar("_T")
 _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
 CLOSED_WHILE_PENDING = "the session was closed while this call was pending"
+# A request waiting for its turn at the pace asks again at least this often (seconds).
+_PACE_RECHECK = 2.0
 
 
 class DeadlinePassed(Exception):
@@ -75,6 +77,8 @@ class Wire:
         self.clock: Callable[[], float] = time.monotonic
         self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
         self._in_flight_scopes: set[anyio.CancelScope] = set()
+        self._pace_sleepers: list[asyncio.Future[None]] = []  # requests waiting for a turn
+        self._pace_wake_due = False
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -113,6 +117,7 @@ class Wire:
             # (a reply half read when that happens could otherwise hang or be lost).
             for scope in self._in_flight_scopes:
                 scope.cancel()
+            self._wake_pace_sleepers()
         return opened
 
     @property
@@ -227,10 +232,7 @@ class Wire:
         assert self._limiter is not None
         pace = self.pace
         if pace.enabled and self.retry_policy.wait:
-            turn = pace.delay(self.clock())
-            if deadline is not None and self.clock() + turn > deadline:
-                raise DeadlinePassed
-            await self.sleep(turn)
+            await self._take_turn(deadline)
         limiter = self._limiter
         try:
             limiter.acquire_nowait()  # the common case, without a trip through the event loop
@@ -281,11 +283,11 @@ class Wire:
             _log_failure(request, attempt, error)
             if isinstance(error, RateLimitError) and not isinstance(error, TaskLimitError):
                 pace.throttled(self.clock(), sent_at)  # 1302: the whole session slows down
-            elif pace.enabled:
-                pace.succeeded(self.clock())
+            elif pace.enabled and pace.succeeded(self.clock()):
+                self._wake_pace_sleepers()
             raise
-        if pace.enabled:
-            pace.succeeded(self.clock())
+        if pace.enabled and pace.succeeded(self.clock()):
+            self._wake_pace_sleepers()  # the rate climbed: the queue's sleeps are too long
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s -> %s (attempt %d) request_id=%s%s",
@@ -297,6 +299,61 @@ class Wire:
                 f" task_id={result.task_id}" if isinstance(result, Task) else "",
             )
         return result
+
+    async def _take_turn(self, deadline: float | None) -> None:
+        """Wait for this request's turn at the session's pace (in the order turns were asked).
+
+        The pace only says how long to sleep before asking again: at most until the next
+        token for the first in line, and never longer than ``_PACE_RECHECK``; a rate that
+        climbs back wakes the sleepers at once. Past ``deadline`` (at today's rate) the
+        request gives up its place and raises `DeadlinePassed`.
+        """
+        pace = self.pace
+        ticket = pace.join()
+        served = False
+        try:
+            while True:
+                now = self.clock()
+                delay = pace.turn(ticket, now)
+                if delay <= 0:
+                    served = True
+                    return
+                if deadline is not None and now + delay > deadline:
+                    raise DeadlinePassed
+                await self._pace_sleep(min(delay, _PACE_RECHECK))
+        finally:
+            if not served:
+                pace.leave(ticket)  # those behind move up: let them recompute
+                if not self._pace_wake_due and self._pace_sleepers:
+                    # One wake-up for all the places given up in this turn of the loop (a
+                    # thousand waits cancelled together must not wake each other a thousand
+                    # times).
+                    self._pace_wake_due = True
+                    self.loop.call_soon(self._wake_pace_sleepers)
+
+    async def _pace_sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` on the loop's clock, or until the pace or the session changes."""
+        if self.state == _CLOSED:
+            raise SessionClosedError(CLOSED_WHILE_PENDING)
+        loop = self.loop
+        future: asyncio.Future[None] = loop.create_future()
+        self._pace_sleepers.append(future)
+        timer = loop.call_later(seconds, _wake, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            if not future.done():
+                self._pace_sleepers.remove(future)
+        if self.state == _CLOSED:
+            raise SessionClosedError(CLOSED_WHILE_PENDING)
+
+    def _wake_pace_sleepers(self) -> None:
+        self._pace_wake_due = False
+        sleepers, self._pace_sleepers = self._pace_sleepers, []
+        for future in sleepers:
+            if not future.done():
+                future.set_result(None)
 
     async def _exchange(
         self, request: sansio.HTTPRequest, authorization: str, *, create: bool
@@ -324,6 +381,11 @@ class Wire:
             path=request.path,
             sent=True,
         )
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _log_failure(request: sansio.HTTPRequest, attempt: int, error: KlingError) -> None:

@@ -824,6 +824,31 @@ async def test_injection_queue(emu: KlingEmulator, http: aiohttp.ClientSession) 
     ]
 
 
+async def test_a_burst_faults_every_request_for_its_seconds(http: aiohttp.ClientSession) -> None:
+    """inject(..., seconds=) faults every matching request until the window ends on `clock`,
+    then none; with `times` too, at most that many."""
+    clock = FakeClock()
+    async with KlingEmulator() as emu:
+        emu.clock = clock
+        task_id = (await create(http, emu.base_url)).body["data"]["task_id"]
+        emu.inject(Fault.rate_limited(), route="query", seconds=2)
+        statuses = [(await query(http, emu.base_url, task_id)).status for _ in range(5)]
+        assert 200 == (await create(http, emu.base_url)).status  # another route: untouched
+        clock.now += 1.9
+        statuses.append((await query(http, emu.base_url, task_id)).status)
+        clock.now += 0.1
+        statuses.append((await query(http, emu.base_url, task_id)).status)
+        assert [429] * 6 + [200] == statuses
+        emu.inject(Fault.http(503), route="query", seconds=2, times=2)
+        assert [503, 503, 200] == [
+            (await query(http, emu.base_url, task_id)).status for _ in range(3)
+        ]
+        with pytest.raises(ValueError, match="seconds"):
+            emu.inject(Fault.http(503), seconds=0)
+        with pytest.raises(ValueError, match="seconds"):
+            emu.inject(Fault.http(503), seconds=math.inf)
+
+
 def test_fault_values() -> None:
     """Fault constructors pick default codes, compare and hash by value, validate arguments."""
     assert Fault.http(429) == Fault.rate_limited()

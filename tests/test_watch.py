@@ -21,7 +21,6 @@ from kling_async import (
     TaskStatus,
     WaitTimeoutError,
 )
-from kling_async._pace import Pace
 from kling_async.testing import Fault, KlingEmulator
 
 from .helpers import gateway, official
@@ -312,53 +311,6 @@ async def test_extend_many_checks_every_request_before_sending(emu: KlingEmulato
 
 
 # -- the session-wide pace -------------------------------------------------------------------------
-
-
-def test_the_pace_is_off_until_a_1302() -> None:
-    """No 1302 seen: no token is ever waited for."""
-    pace = Pace()
-    assert [0.0] * 100 == [pace.delay(n / 1000) for n in range(100)]
-    assert pace.rate is None
-
-
-def test_a_1302_cuts_the_rate_once_per_round_trip_and_spaces_requests() -> None:
-    """Many 1302s for requests sent before the cut cut once; later requests wait their turn."""
-    pace = Pace()
-    for n in range(100):
-        pace.sent(n / 100)  # 100 requests per second
-    pace.throttled(1.0, sent_at=0.99)
-    first = pace.rate
-    for _ in range(50):
-        pace.throttled(1.01, sent_at=0.995)  # sent before the cut: no news
-    assert first == pace.rate
-    assert first is not None
-    assert first < 100
-    waits = [pace.delay(1.01) for _ in range(10)]
-    assert waits == sorted(waits)  # each request waits its turn behind the one before
-    assert waits[-1] > 0
-
-
-def test_the_rate_climbs_back_gradually_after_a_1302() -> None:
-    """After a cut the rate grows along a curve, not back to full speed at once."""
-    pace = Pace()
-    now = 0.0
-    for _ in range(200):
-        now += 0.01
-        pace.sent(now)
-    pace.throttled(now, sent_at=now)
-    cut = pace.rate
-    rates = []
-    for _ in range(30):
-        now += 0.5
-        for _ in range(20):
-            pace.sent(now)
-        pace.succeeded(now)
-        rates.append(pace.rate)
-    assert cut is not None
-    assert all(r is not None for r in rates)
-    assert rates == sorted(rates)  # never falls without a 1302
-    assert rates[0] is not None
-    assert rates[0] < cut * 1.2  # and does not jump back
 
 
 async def test_a_1302_slows_the_whole_session() -> None:

@@ -105,7 +105,8 @@ class _Reply:
 class _Injection:
     fault: Fault
     route: str
-    remaining: int
+    remaining: int | None  # None: no count, only the time window bounds it
+    until: float | None = None  # `clock` time the window ends, None: no window
 
 
 @attrs.frozen(kw_only=True)
@@ -585,27 +586,52 @@ class KlingEmulator:
             1 for r in self.requests if r.route == route and (wanted is None or r.method == wanted)
         )
 
-    def inject(self, fault: Fault, *, route: str = "any", times: int = 1) -> None:
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        route: str = "any",
+        times: int | None = None,
+        seconds: float | None = None,
+    ) -> None:
         """Give the next `times` requests to `route` (or callbacks) this fault.
 
         `route` is ``create``, ``query``, ``list`` or ``any`` (any of those three), ``media``
         (video downloads) or ``callback`` (the ``Fault.callback_*`` kinds); unknown paths are
         never faulted. A fault kind that means nothing on the route raises ValueError.
         Injections queue up: a request or callback takes the oldest one that matches.
+
+        With `seconds`, the fault is a burst: every matching request (or callback) for the
+        next `seconds` on `clock` takes it, up to `times` of them if that is given too.
+        Without it, `times` defaults to 1.
         """
         if not isinstance(fault, Fault):
             raise TypeError(f"fault must be a Fault, got {type(fault).__name__}")
         if route not in _INJECT_ROUTES:
             raise ValueError(f"route must be one of {sorted(_INJECT_ROUTES)}, got {route!r}")
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+        if times is not None and (
+            isinstance(times, bool) or not isinstance(times, int) or times < 1
+        ):
             raise ValueError(f"times must be an int >= 1, got {times!r}")
+        until = None
+        if seconds is not None:
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds)
+                or seconds <= 0
+            ):
+                raise ValueError(f"seconds must be None or a finite number > 0, got {seconds!r}")
+            until = self.clock() + seconds
+        elif times is None:
+            times = 1
         allowed = {"media": MEDIA_KINDS, "callback": CALLBACK_KINDS}.get(route, API_KINDS)
         if fault.kind not in allowed:
             raise ValueError(
                 f"{fault!r} cannot be injected on route {route!r}; "
                 f"kinds allowed there: {', '.join(sorted(allowed))}"
             )
-        self._injections.append(_Injection(fault=fault, route=route, remaining=times))
+        self._injections.append(_Injection(fault=fault, route=route, remaining=times, until=until))
 
     def set_status(self, task_id: str, status: str, *, message: str = "") -> None:
         """Set a task's status by hand (any string); the task then stops advancing by itself.
@@ -804,16 +830,24 @@ class KlingEmulator:
     def _take_fault(self, route: str) -> Fault | None:
         if route not in _API_ROUTES and route != "media":
             return None
+        self._expire_injections()
         for injection in self._injections:
             if injection.route == route or (injection.route == "any" and route != "media"):
                 return self._use(injection)
         return None
 
     def _use(self, injection: _Injection) -> Fault:
-        injection.remaining -= 1
-        if injection.remaining <= 0:
-            self._injections.remove(injection)
+        if injection.remaining is not None:
+            injection.remaining -= 1
+            if injection.remaining <= 0:
+                self._injections.remove(injection)
         return injection.fault
+
+    def _expire_injections(self) -> None:
+        """Drop the bursts whose time window has passed."""
+        if any(i.until is not None for i in self._injections):
+            now = self.clock()
+            self._injections = [i for i in self._injections if i.until is None or now < i.until]
 
     def _dispatch(
         self,
@@ -1113,6 +1147,7 @@ class KlingEmulator:
         self._release_held(task.task_id)
 
     def _take_callback_fault(self, *, in_request: bool) -> Fault | None:
+        self._expire_injections()
         for injection in self._injections:
             if injection.route != "callback":
                 continue
