@@ -41,7 +41,7 @@ from .errors import (
 )
 from .models import ExtendRequest, Task, TaskInfo, TaskResult, TaskStatus, Video
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "APIError",

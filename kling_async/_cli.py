@@ -31,6 +31,7 @@ from ._cli_output import (
     _INTERRUPTED,
     PROG,
     _check,
+    _clean,
     _clock,
     _in_flags,
     _number,
@@ -65,6 +66,10 @@ __all__ = ["main"]
 _REMOTE = ("extend", "get", "wait", "list", "batch")
 # Plain progress repeats the status at most this often while it does not change.
 _HEARTBEAT_SECONDS = 30.0
+# How often a wait looks at its task's newest state (for the progress and its age).
+_TICK = 0.25
+# When --timeout runs out, one last query tells the state at the deadline; it waits this long.
+_FINAL_QUERY_SECONDS = 5.0
 
 
 # -- argument types: argparse reports a bad value as a one-line usage error ------------------
@@ -109,13 +114,14 @@ def _text(text: str) -> str:
 
 
 def _task_line(task: Task) -> str:
+    """``<id>  <status>  (<message>)  -> <url> <duration>s``, cleaned of control characters."""
     parts = [f"{task.task_id}  {task.status.value}"]
     if task.status_message:
         parts.append(f"({task.status_message})")
     if task.video is not None:
         duration = f" {task.video.duration:g}s" if task.video.duration is not None else ""
         parts.append(f"-> {task.video.url}{duration}")
-    return "  ".join(parts)
+    return _clean("  ".join(parts))
 
 
 def _task_json(task: Task) -> dict[str, Any]:
@@ -145,7 +151,7 @@ def _show(task: Task, as_json: bool, *, file: pathlib.Path | None = None) -> Non
             shown["file"] = str(file)
         text = json.dumps(shown)
     else:
-        text = _task_line(task) if file is None else f"{_task_line(task)}\n{file}"
+        text = _task_line(task) if file is None else f"{_task_line(task)}\n{_clean(str(file))}"
     try:
         print(text, flush=True)
     except BrokenPipeError:
@@ -197,7 +203,7 @@ class _PlainProgress:
 
     def _write(self, line: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr must not end the wait
-            print(line, file=self._stream, flush=True)
+            print(_clean(line), file=self._stream, flush=True)
 
     def update(self, task: Task) -> None:
         self._status = task.status
@@ -247,10 +253,12 @@ class _RichProgress:
         from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
 
         task = self._task
-        status = escape(task.status.value) if task is not None else "querying"
-        message = f" ({escape(task.status_message)})" if task and task.status_message else ""
+        status = escape(_clean(task.status.value)) if task is not None else "querying"
+        message = (
+            f" ({escape(_clean(task.status_message))})" if task and task.status_message else ""
+        )
         elapsed = _clock(self._clock() - self._started)
-        return f"task {escape(self._task_id)}  [bold]{status}[/]{message}  {elapsed}"
+        return f"task {escape(_clean(self._task_id))}  [bold]{status}[/]{message}  {elapsed}"
 
     def __rich__(self) -> Any:
         self._spinner.update(text=self._describe() + "  [dim](Ctrl+C stops waiting)[/]")
@@ -327,7 +335,9 @@ class _PlainDownload:
         of = f" of {_size(self._total)}" if self._total else ""
         with contextlib.suppress(OSError, ValueError):
             print(
-                f"downloading {self._name}: {_size(self._done)}{of}", file=self._stream, flush=True
+                _clean(f"downloading {self._name}: {_size(self._done)}{of}"),
+                file=self._stream,
+                flush=True,
             )
 
     def update(self, done: int, total: int | None) -> None:
@@ -346,6 +356,7 @@ class _RichDownload:
     """A transient bar with the bytes and the speed, on a terminal."""
 
     def __init__(self, name: str, console: Any) -> None:
+        from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
         from rich.progress import (  # type: ignore[import-not-found, unused-ignore]
             BarColumn,
             DownloadColumn,
@@ -355,7 +366,7 @@ class _RichDownload:
         )
 
         self._bar = Progress(
-            TextColumn(f"downloading {name}"),
+            TextColumn(f"downloading {escape(_clean(name))}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
@@ -364,7 +375,7 @@ class _RichDownload:
             redirect_stdout=False,
         )
         self._task = self._bar.add_task("download", total=None)
-        self._name = name
+        self._name = escape(_clean(name))
         self._console = console
         self._done = 0
         self._complete = False
@@ -396,21 +407,51 @@ def _download_progress(name: str, quiet: bool) -> _DownloadProgress:
     return _PlainDownload(name, sys.stderr)
 
 
+class _StaleTimeout(WaitTimeoutError):
+    """A timed-out wait whose last query failed: the state shown is ``age`` seconds old."""
+
+    def __init__(self, handle: TaskHandle, *, timeout: float, age: float | None, why: str) -> None:
+        super().__init__(handle.task_id, timeout=timeout, last=handle.last)
+        self.age = age
+        self.why = why
+
+
+class _Seen:
+    """A handle's newest state and the loop time it was first seen (a wait's freshness)."""
+
+    def __init__(self, handle: TaskHandle) -> None:
+        self._handle = handle
+        self.task = handle.last
+        self.at = anyio.current_time()
+
+    def note(self) -> None:
+        if self._handle.last is not self.task:
+            self.task, self.at = self._handle.last, anyio.current_time()
+
+
 async def _follow(handle: TaskHandle, timeout: float | None, progress: _Progress) -> Task:
-    """Wait for the task, reporting each status change; raise as ``handle.wait()`` would."""
+    """Wait for the task, reporting each status change; raise as ``handle.wait()`` would.
+
+    When ``timeout`` runs out, one more query (bounded by `_FINAL_QUERY_SECONDS`) tells the
+    state at the deadline: a task that finished since the last poll is reported finished,
+    and one still running is reported as it is now. Should that query fail, the error says
+    how old the last known state is.
+    """
     failure: BaseException | None = None
+    seen = _Seen(handle)
     with anyio.move_on_after(timeout) as deadline:
         async with anyio.create_task_group() as group:
-            if math.isfinite(progress.heartbeat):
 
-                async def beat() -> None:
-                    while True:
-                        await anyio.sleep(progress.heartbeat / 4)
-                        progress.tick()
+            async def beat() -> None:
+                while True:
+                    await anyio.sleep(_TICK)
+                    seen.note()
+                    progress.tick()
 
-                group.start_soon(beat)
+            group.start_soon(beat)
             try:
                 async for task in handle.watch():
+                    seen.note()
                     progress.update(task)
             except Exception as error:  # re-raised below, outside the task group
                 failure = error
@@ -419,7 +460,25 @@ async def _follow(handle: TaskHandle, timeout: float | None, progress: _Progress
     if failure is not None:
         raise failure
     last = handle.last
-    if deadline.cancelled_caught or last is None or not last.done:
+    if deadline.cancelled_caught and (last is None or not last.done):
+        seen.note()
+        query_error: KlingError | None = None
+        answered = False
+        with anyio.move_on_after(_FINAL_QUERY_SECONDS):
+            try:
+                last = await handle.poll()
+            except KlingError as error:
+                query_error = error
+            else:
+                answered = True
+                if last is not seen.task:
+                    progress.update(last)
+        if not answered:
+            age = None if seen.task is None else anyio.current_time() - seen.at
+            why = str(query_error) if query_error else f"no reply in {_FINAL_QUERY_SECONDS:g} s"
+            stale = _StaleTimeout(handle, timeout=timeout or 0.0, age=age, why=why)
+            raise stale from query_error
+    if last is None or not last.done:
         raise WaitTimeoutError(handle.task_id, timeout=timeout or 0.0, last=last)
     if last.status is TaskStatus.FAILED:
         raise TaskFailedError(last)
@@ -456,7 +515,7 @@ async def _demo(args: argparse.Namespace) -> int:
             videos = ["demo-video-1", "demo-video-2", "demo-video-risky"]
             handles = [await session.extend(video, prompt="pull back") for video in videos]
             for video, handle in zip(videos, handles, strict=True):
-                print(f"submitted {video} as task {handle.task_id}")
+                print(_clean(f"submitted {video} as task {handle.task_id}"))
 
             async def follow(video: str, handle: TaskHandle) -> None:
                 async for task in handle.watch():
@@ -543,7 +602,16 @@ def _resume_command(args: argparse.Namespace, task_id: str) -> str:
 
 def _kling_message(error: KlingError, args: argparse.Namespace, task_id: str | None) -> str:
     """One line for a KlingError, saying what the user can run next."""
-    if isinstance(error, WaitTimeoutError):
+    if isinstance(error, _StaleTimeout):
+        if error.last is None or error.age is None:
+            seen = "its status is not known"
+        else:
+            seen = f"it was {error.last.status.value} as of {error.age:.0f} s ago"
+        text = (
+            f"stopped waiting for task {error.task_id} after {error.timeout:g} s: {seen} "
+            f"(the query at the deadline failed: {error.why}); it keeps running on the server"
+        )
+    elif isinstance(error, WaitTimeoutError):
         status = error.last.status.value if error.last is not None else "not yet seen"
         text = (
             f"task {error.task_id} was still {status} after waiting {error.timeout:g} s; "
@@ -569,7 +637,7 @@ def _kling_message(error: KlingError, args: argparse.Namespace, task_id: str | N
         text = f"{error}; most gateways do not offer it: use '{PROG} get TASK_ID' instead"
     else:
         text = str(error)
-    text = f"error: {type(error).__name__}: {text}"
+    text = f"error: {text}"
     if task_id is not None:
         text += f"; resume the wait with '{_resume_command(args, task_id)}'"
     return text
@@ -594,7 +662,10 @@ def _add_verbose(parser: argparse.ArgumentParser | Any) -> None:
 
 def _add_waiting(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--timeout", type=_seconds, metavar="SECONDS", help="give up waiting after SECONDS"
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop waiting after SECONDS (then query the task once more)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
 
@@ -769,7 +840,8 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            print(self.format(record), file=sys.stderr, flush=True)
+            # Log lines quote the server (error messages, task ids): cleaned like the rest.
+            print(_clean(self.format(record)), file=sys.stderr, flush=True)
         except Exception:
             self.handleError(record)
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
 import os
 import pathlib
+import re
 import shlex
 import sys
 import time
@@ -29,9 +31,13 @@ import attrs
 
 from ._cli_output import (
     _INTERRUPTED,
+    _SURROGATE,
     PROG,
     _check,
+    _clean,
     _clock,
+    _file,
+    _folder,
     _in_flags,
     _one_line,
     _OutputClosed,
@@ -67,6 +73,10 @@ _FALSE = {"false", "0", "no"}
 _PLAIN_INTERVAL = 2.0
 _PLAIN_HEARTBEAT = 30.0
 _TICK = 0.25
+# A row is a few kB at most (two prompts of 2500 characters); longer lines or a larger file
+# are not a batch file (``/dev/zero``, a video passed by mistake) and are refused unread.
+MAX_LINE_BYTES = 1 << 20
+MAX_FILE_BYTES = 64 << 20
 
 
 class BatchFileError(ValueError):
@@ -108,6 +118,12 @@ def _field(line: int, name: str, value: object) -> object:
 
 
 def _row(line: int, record: dict[str, object]) -> Row:
+    for text in (*record, *record.values()):
+        if isinstance(text, str) and _SURROGATE.search(text):
+            shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise BatchFileError(
+                f"line {line}: {shown[:40]!r} is not valid Unicode text (a lone surrogate)"
+            )
     unknown = [name for name in record if name not in COLUMNS]
     if unknown:
         raise BatchFileError(
@@ -140,6 +156,8 @@ def _json_records(text: str) -> Iterable[tuple[int, dict[str, object]]]:
             record = json.loads(source)
         except json.JSONDecodeError as error:
             raise BatchFileError(f"line {line}: not valid JSON ({error.msg})") from None
+        except RecursionError:
+            raise BatchFileError(f"line {line}: the JSON is nested too deeply") from None
         if not isinstance(record, dict):
             raise BatchFileError(f"line {line}: expected a JSON object, got {source.strip()!r}")
         yield line, record
@@ -164,14 +182,37 @@ def _csv_records(text: str) -> Iterable[tuple[int, dict[str, object]]]:
         yield reader.line_num, {name: value for name, value in record.items() if value != ""}
 
 
+def _read(path: pathlib.Path) -> str:
+    """The file as text, read a line at a time under `MAX_LINE_BYTES` and `MAX_FILE_BYTES`,
+    so that an endless source (``/dev/zero``, a pipe that never ends) is refused, not read."""
+    lines: list[bytes] = []
+    size = 0
+    with path.open("rb") as file:
+        while line := file.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise BatchFileError(
+                    f"line {len(lines) + 1} is longer than {MAX_LINE_BYTES // 2**20} MiB: "
+                    "not a batch file"
+                )
+            size += len(line)
+            if size > MAX_FILE_BYTES:
+                raise BatchFileError(
+                    f"larger than {MAX_FILE_BYTES // 2**20} MiB: split it into several batches"
+                )
+            lines.append(line)
+    return b"".join(lines).decode("utf-8-sig")
+
+
 def read_rows(path: pathlib.Path) -> list[Row]:
     """Every row of the batch file, checked; raises `BatchFileError` naming the line."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _read(path)
     except OSError as error:
         raise BatchFileError(f"cannot read {path}: {error.strerror or error}") from None
     except UnicodeDecodeError:
         raise BatchFileError(f"cannot read {path}: it is not UTF-8 text") from None
+    except BatchFileError as error:
+        raise BatchFileError(f"{path}: {error}") from None
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         as_json = True
@@ -205,6 +246,42 @@ def _checked(records: Iterable[tuple[int, dict[str, object]]]) -> list[Row]:
     if not rows:
         raise BatchFileError("no rows")
     return rows
+
+
+# -- file names ----------------------------------------------------------------------------
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+_NAME_CHARS = 100
+
+
+def _stem(key: str, *, hashed: bool) -> str:
+    safe = _UNSAFE_NAME.sub("_", key)
+    safe = re.sub(r"^[.-]+", lambda m: "_" * len(m.group()), safe)  # not hidden, not . or ..
+    if hashed or safe != key or len(safe) > _NAME_CHARS:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        return f"{safe[:_NAME_CHARS]}-{digest}"
+    return safe
+
+
+def file_stems(keys: Sequence[str]) -> dict[str, str]:
+    """Each row key's file name without its suffix, safe on any file system.
+
+    A key made of ``A-Z a-z 0-9 . _ -`` (not starting with ``.`` or ``-``, at most 100
+    characters) is its own name; any other key keeps those characters, the others replaced by
+    ``_``, cut at 100, plus ``-`` and 8 hex digits of its SHA-256. Keys whose names would be
+    equal, ignoring case (macOS and Windows), all get the digest. The name never holds a path
+    separator, never is ``.`` or ``..``, and depends only on the keys of the file.
+    """
+    hashed: set[str] = set()
+    while True:
+        stems = {key: _stem(key, hashed=key in hashed) for key in keys}
+        owners: dict[str, list[str]] = {}
+        for key, stem in stems.items():
+            owners.setdefault(stem.casefold(), []).append(key)
+        clashing = {key for group in owners.values() if len(group) > 1 for key in group}
+        if clashing <= hashed:
+            return stems
+        hashed |= clashing
 
 
 # -- the state of a run ---------------------------------------------------------------------
@@ -254,8 +331,11 @@ class Snapshot:
     downloads: int
     downloads_done: int
     downloads_skipped: int
+    downloads_failed: int
     received: int
-    expected: int | None
+    in_progress: int
+    in_progress_received: int
+    in_progress_expected: int | None
     elapsed: float
 
     def eta(self) -> float | None:
@@ -269,7 +349,13 @@ _ORDER = ("pending", "submitted", "processing", "downloading", "succeed", "faile
 
 
 class Run:
-    """The rows' outcomes and the download bytes, as the progress views read them."""
+    """The rows' outcomes and the download bytes, as the progress views read them.
+
+    ``downloads`` counts the downloads wanted so far (queued, running or ended); of those,
+    ``downloads_done`` are files in place (``downloads_skipped`` of them from an earlier
+    run) and ``downloads_failed`` failed. The bytes of a running download count as in
+    progress until it ends: then they join ``received`` (done) or are dropped (failed).
+    """
 
     def __init__(self, rows: Sequence[Row], *, clock: Callable[[], float] = time.monotonic):
         self.outcomes = [Outcome(key=row.key) for row in rows]
@@ -278,10 +364,22 @@ class Run:
         self.downloads = 0
         self.downloads_done = 0
         self.downloads_skipped = 0
+        self.downloads_failed = 0
+        self._received = 0
         self._bytes: dict[str, tuple[int, int | None]] = {}
 
     def received(self, key: str, done: int, total: int | None) -> None:
+        """A running download's progress."""
         self._bytes[key] = (done, total)
+
+    def fetched(self, key: str, *, ok: bool) -> None:
+        """A download ended: its file is in place (``ok``), or it failed."""
+        done, _ = self._bytes.pop(key, (0, None))
+        if ok:
+            self.downloads_done += 1
+            self._received += done
+        else:
+            self.downloads_failed += 1
 
     def snapshot(self) -> Snapshot:
         counts = Counter(outcome.current for outcome in self.outcomes)
@@ -297,15 +395,30 @@ class Run:
             downloads=self.downloads,
             downloads_done=self.downloads_done,
             downloads_skipped=self.downloads_skipped,
-            received=sum(done for done, _ in sizes),
-            expected=expected,
+            downloads_failed=self.downloads_failed,
+            received=self._received,
+            in_progress=len(sizes),
+            in_progress_received=sum(done for done, _ in sizes),
+            in_progress_expected=expected,
             elapsed=self._clock() - self.started,
         )
 
 
-def _bytes(snap: Snapshot, of: str = "") -> str:
-    skipped = f", {snap.downloads_skipped} already there" if snap.downloads_skipped else ""
-    return f"{_size(snap.received)}{of}{skipped}"
+def _downloads(snap: Snapshot) -> str:
+    """``downloaded 2/6, 1 failed (1.2 MB; 2 in progress: 300 kB of 1.0 MB)``: files in
+    place of those wanted, and bytes of the finished and of the running ones apart."""
+    failed = f", {snap.downloads_failed} failed" if snap.downloads_failed else ""
+    notes = [_size(snap.received)]
+    if snap.downloads_skipped:
+        notes.append(f"{snap.downloads_skipped} already there")
+    if snap.in_progress:
+        of = f" of {_size(snap.in_progress_expected)}" if snap.in_progress_expected else ""
+        notes.append(f"{snap.in_progress} in progress: {_size(snap.in_progress_received)}{of}")
+    return f"downloaded {snap.downloads_done}/{snap.downloads}{failed} ({', '.join(notes)})"
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def describe(snap: Snapshot, *, eta: bool = True) -> str:
@@ -313,7 +426,7 @@ def describe(snap: Snapshot, *, eta: bool = True) -> str:
     counts = ", ".join(f"{status} {n}" for status, n in snap.counts.items())
     parts = [f"{snap.done}/{snap.total} done", counts]
     if snap.downloads:
-        parts.append(f"downloaded {snap.downloads_done}/{snap.downloads} ({_bytes(snap)})")
+        parts.append(_downloads(snap))
     remaining = snap.eta() if eta else None
     if remaining is not None:
         parts.append(f"ETA {_clock(remaining)}")
@@ -356,13 +469,13 @@ class PlainProgress:
         self._last_text = ""
         self._last_time = -math.inf
         self._write(
-            f"batch of {len(run.outcomes)} rows (Ctrl+C stops waiting; the tasks keep running "
+            f"batch of {_rows(len(run.outcomes))} (Ctrl+C stops waiting; the tasks keep running "
             "and the same command resumes)"
         )
 
     def _write(self, line: str) -> None:
         with contextlib.suppress(OSError, ValueError):
-            print(line, file=self._stream, flush=True)
+            print(_clean(line), file=self._stream, flush=True)
 
     def _line(self) -> str:
         snap = self._run.snapshot()
@@ -431,15 +544,11 @@ class RichProgress:
         snap = self._run.snapshot()
         styles = {"succeed": "green", "failed": "red", "error": "red", "processing": "cyan"}
         counts = "  ".join(
-            f"[{styles.get(status, 'default')}]{escape(status)} {n}[/]"
+            f"[{styles.get(status, 'default')}]{escape(_clean(status))} {n}[/]"
             for status, n in snap.counts.items()
         )
         if snap.downloads:
-            total = f" of {_size(snap.expected)}" if snap.expected else ""
-            counts += (
-                f"  [dim]|[/]  downloaded {snap.downloads_done}/{snap.downloads} "
-                f"({_bytes(snap, total)})"
-            )
+            counts += f"  [dim]|[/]  {escape(_downloads(snap))}"
         return counts + "  [dim](Ctrl+C stops; the same command resumes)[/]"
 
     def __rich__(self) -> Any:
@@ -483,7 +592,8 @@ def _progress(run: Run, quiet: bool) -> BatchProgress:
 
 
 def _message(error: BaseException) -> str:
-    return _one_line(f"{type(error).__name__}: {error}")
+    """An error in words, on one line (the results file keeps it as the server said it)."""
+    return _one_line(str(error) or type(error).__name__)
 
 
 async def _execute(
@@ -528,29 +638,35 @@ async def _execute(
         outcome.status = handle.last.status.value if handle.last else "submitted"
         return handle
 
+    names = file_stems([row.key for row in rows])
+
     async def fetch(outcome: Outcome, task: Task) -> None:
         assert out is not None
         video = task.video
         if video is None:
             outcome.status, outcome.message = "error", "succeeded but the reply lists no video"
             return
-        target = out / file_name(video.id, video.url)
+        suffix = pathlib.PurePosixPath(file_name(video.id, video.url)).suffix
+        target = out / (names[outcome.key] + suffix)
         run.downloads += 1
         if target.exists():  # download() renames only finished files into place
             outcome.file = str(target)
-            run.downloads_done += 1
             run.downloads_skipped += 1
+            run.fetched(outcome.key, ok=True)
             return
         async with fetches:
             try:
                 path = await session.download(
-                    task, out, progress=lambda done, total: run.received(outcome.key, done, total)
+                    task,
+                    target,
+                    progress=lambda done, total: run.received(outcome.key, done, total),
                 )
             except (KlingError, OSError, ValueError) as error:
+                run.fetched(outcome.key, ok=False)
                 outcome.status, outcome.message = "error", f"download failed: {_message(error)}"
                 return
+        run.fetched(outcome.key, ok=True)
         outcome.file = str(path)
-        run.downloads_done += 1
 
     async def one(row: Row, outcome: Outcome) -> None:
         handle = await submit(row, outcome)
@@ -609,7 +725,10 @@ def _row_line(outcome: Outcome) -> str:
 def _print_rows(outcomes: Iterable[Outcome], as_json: bool) -> None:
     try:
         for outcome in outcomes:
-            print(json.dumps(outcome.as_json()) if as_json else _row_line(outcome), flush=True)
+            print(
+                json.dumps(outcome.as_json()) if as_json else _clean(_row_line(outcome)),
+                flush=True,
+            )
     except BrokenPipeError:
         _silence_stdout()
         raise _OutputClosed from None
@@ -622,6 +741,28 @@ def _paths(args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path]:
     return journal, results
 
 
+def _outputs(args: argparse.Namespace) -> str | None:
+    """Why an output cannot be written, checked before anything is sent; None if all can.
+
+    ``--out`` is made (with its parents) as ``extend --download`` makes its folder; the
+    results file and the journal are files whose folder must exist and take a new file.
+    """
+    journal, results = _paths(args)
+    if args.out is not None:
+        problem = _folder(args.out)
+        if problem is not None:
+            return f"--out: {problem}"
+    for flag, given, path in (
+        ("--results", args.results, results),
+        ("--journal", args.journal, journal),
+    ):
+        problem = _file(path)
+        if problem is not None:
+            where = flag if given is not None else f"{path} (beside FILE; choose it with {flag})"
+            return f"{where}: {problem}"
+    return None
+
+
 def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     """``kling-async batch``: check everything, run the rows, write the results, say the count."""
     try:
@@ -631,14 +772,10 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     problem = _check(args)
     if problem is not None:
         return _usage_error(command, problem)
+    problem = _outputs(args)
+    if problem is not None:
+        return _usage_error(command, problem)
     journal, results = _paths(args)
-    if args.out is not None:
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            return _usage_error(command, f"--out: cannot use {args.out}: {error.strerror}")
-    if results.is_dir():
-        return _usage_error(command, f"--results: {results} is a directory")
     try:
         session = KlingSession(
             base_url=args.base_url,
@@ -661,13 +798,14 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
         progress.close()
         snap = batch.snapshot()
         _say(
-            f"interrupted: {snap.done} of {snap.total} rows done; the submitted tasks keep running"
+            f"interrupted: {snap.done} of {_rows(snap.total)} done; "
+            "the submitted tasks keep running"
         )
         _say(f"resume with: {shlex.join([PROG, *argv])}")
         return 130
     except KlingError as error:  # the journal or the session as a whole (not one row)
         progress.close()
-        _say(f"error: {type(error).__name__}: {error}")
+        _say(f"error: {error}")
         _say(f"fix it, then resume with: {shlex.join([PROG, *argv])}")
         return 1
     progress.close()
@@ -676,7 +814,8 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     failed = [o for o in batch.outcomes if o.status != TaskStatus.SUCCEED.value]
     total = len(batch.outcomes)
     if failed:
-        _say(f"{len(failed)} of {total} rows failed; results in {results}")
+        _say(f"{len(failed)} of {_rows(total)} failed; results in {results}")
         return 1
-    _say(f"all {total} rows succeeded; results in {results}")
+    every = "all " if total > 1 else ""
+    _say(f"{every}{_rows(total)} succeeded; results in {results}")
     return 0

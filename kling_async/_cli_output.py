@@ -13,6 +13,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 from typing import Any
 
 from ._policies import PollPolicy, RetryPolicy
@@ -103,12 +104,41 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+# Terminal escape sequences, 7-bit and 8-bit: CSI (``ESC [`` ... a final byte); OSC, DCS, SOS,
+# PM and APC strings up to BEL or ST; and any other ``ESC`` + intermediates + final byte.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+# What is left that moves the cursor, rings, or reorders text: C0, DEL, C1, the bidi
+# embeddings, overrides, isolates and marks, and the Unicode line and paragraph separators.
+_CONTROL = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]"
+)
+_SPACING = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """``text`` safe to print on one terminal line: what a server (or a file) sent cannot
+    move the cursor, clear the screen, retitle the window, ring, or reverse the text.
+
+    Escape sequences go whole; other control characters go, those that separate words
+    (tab, CR, LF...) become a space; a lone surrogate (unprintable) becomes U+FFFD.
+    """
+    text = _ESCAPE.sub("", text)
+    text = _CONTROL.sub(lambda m: " " if m.group() in _SPACING else "", text)
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _say(message: str) -> None:
-    print(_one_line(message), file=sys.stderr, flush=True)
+    """One line on stderr, cleaned of control characters (it may quote the server)."""
+    print(_clean(_one_line(message)), file=sys.stderr, flush=True)
 
 
 def _size(count: float) -> str:
@@ -143,15 +173,36 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
+def _unwritable(folder: pathlib.Path) -> str | None:
+    """Why a file cannot be made in ``folder`` (it is missing, read-only...), or None.
+
+    It tries: an unnamed temporary file is made and dropped, which also tells a read-only
+    file system or a full quota where permission bits say nothing (as root).
+    """
+    if not folder.is_dir():
+        return f"the folder {str(folder)!r} does not exist"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"cannot write into {str(folder)!r} ({error.strerror or error})"
+    return None
+
+
 def _folder(path: pathlib.Path) -> str | None:
     """Make the download folder (and its parents); None if it can be used, else why not."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         return f"cannot use {str(path)!r} as a folder ({error.strerror or error})"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"cannot write into {str(path)!r}"
-    return None
+    return _unwritable(path)
+
+
+def _file(path: pathlib.Path) -> str | None:
+    """Whether an output file can be written at ``path`` (its folder is not made); None if so."""
+    if path.is_dir():
+        return f"{str(path)!r} is a folder"
+    return _unwritable(path.parent)
 
 
 def _check(args: argparse.Namespace) -> str | None:

@@ -9,7 +9,11 @@ did not).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import errno
+import os
+import socket
+import ssl
+from collections.abc import Iterator, Sequence
 
 import aiohttp
 import yarl
@@ -19,7 +23,8 @@ from .sansio import HTTPRequest, HTTPResponse
 
 __all__ = ["Transport", "open_http_session"]
 
-USER_AGENT = f"kling_async/0.1 aiohttp/{aiohttp.__version__}"
+# The package version (kling_async.__version__; a test keeps the two equal).
+USER_AGENT = f"kling_async/0.2.0 aiohttp/{aiohttp.__version__}"
 _CHUNK = 64 * 1024
 
 
@@ -37,7 +42,7 @@ def open_http_session(
 class Transport:
     """Sends requests over one ``aiohttp.ClientSession`` with per-request socket timeouts."""
 
-    __slots__ = ("_max_body", "_session", "_timeout")
+    __slots__ = ("_connect_timeout", "_max_body", "_read_timeout", "_session", "_timeout")
 
     def __init__(
         self,
@@ -54,6 +59,8 @@ class Transport:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._max_body = max_body
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
 
     @property
     def closed(self) -> bool:
@@ -72,7 +79,7 @@ class Transport:
             # normalisation of "%2E%2E" into another path).
             url = yarl.URL(request.url, encoded=True)
         except ValueError as exc:
-            raise self._error(request, exc, "the URL is not valid", sent=False) from exc
+            raise _error(request, f"the URL {request.url} is not valid", sent=False) from exc
         headers = dict(request.headers)
         headers["Authorization"] = authorization
         try:
@@ -101,32 +108,39 @@ class Transport:
     def _translate(self, request: HTTPRequest, exc: BaseException) -> TransportError | None:
         """The TransportError for an aiohttp or socket failure, or None to let it through.
 
-        ``sent`` is False only where the request certainly never left (api.md "Create
-        retries"): no connection, a URL aiohttp refused, a loop that cannot run it.
+        Its message says what failed in words (``could not connect to URL: connection
+        refused``), not in aiohttp's or OpenSSL's. ``sent`` is False only where the request
+        certainly never left (api.md "Create retries"): no connection, a URL aiohttp refused,
+        a loop that cannot run it.
         """
+        url = request.url
         if isinstance(exc, aiohttp.ClientConnectorError):
             # DNS, refused connection, TLS handshake: the request never left.
-            return self._error(request, exc, "could not connect", sent=False)
+            return _error(request, f"could not connect to {url}: {_reason(exc)}", sent=False)
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return self._error(request, exc, "timed out connecting", sent=False)
+            what = f"could not connect to {url}: no answer within {self._connect_timeout:g} s"
+            return _error(request, what, sent=False)
         if isinstance(exc, aiohttp.InvalidURL):
-            return self._error(request, exc, "the URL was refused before sending", sent=False)
+            return _error(request, f"the URL {url} was refused before sending", sent=False)
         if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-            return self._error(request, exc, "timed out waiting for the reply", sent=True)
+            what = f"no reply from {url}: nothing arrived for {self._read_timeout:g} s"
+            return _error(request, what, sent=True)
         if isinstance(exc, aiohttp.ClientResponseError):
             # Its repr carries request_info (our headers): only its status and message are kept.
             detail = f"{exc.status}, {exc.message}" if exc.message else str(exc.status)
-            return self._error(request, detail, "the reply was malformed", sent=True)
+            return _error(request, f"the reply from {url} was malformed ({detail})", sent=True)
         if isinstance(exc, (aiohttp.ClientError, OSError)):
-            return self._error(request, exc, "the connection failed", sent=True)
+            return _error(request, f"the connection to {url} failed: {_reason(exc)}", sent=True)
         if isinstance(exc, RuntimeError):
             text = str(exc).lower()
             if "loop" in text and ("closed" in text or "different" in text):
                 # A closed or foreign event loop fails before anything is written.
-                return self._error(request, exc, "the event loop cannot run it", sent=False)
+                what = f"could not send to {url}: the event loop cannot run it ({exc})"
+                return _error(request, what, sent=False)
             # aiohttp's "Session is closed" / "Connection closed." when its session closes
             # under a request: whether anything left is unknown, so it counts as sent.
-            return self._error(request, exc, "the aiohttp session was closed", sent=True)
+            what = f"the request to {url} ended: the aiohttp session was closed"
+            return _error(request, what, sent=True)
         return None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
@@ -154,17 +168,63 @@ class Transport:
             f"the reply is larger than {self._max_body} bytes", status=status, is_json=False
         )
 
-    @staticmethod
-    def _error(
-        request: HTTPRequest, exc: BaseException | str, what: str, *, sent: bool
-    ) -> TransportError:
-        detail = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
-        return TransportError(
-            f"{request.method} {request.url}: {what}: {detail}",
-            method=request.method,
-            path=request.path,
-            sent=sent,
+
+def _error(request: HTTPRequest, message: str, *, sent: bool) -> TransportError:
+    return TransportError(message, method=request.method, path=request.path, sent=sent)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the OS error aiohttp wraps in it, and what those chain, each once."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = getattr(current, "os_error", None)  # ClientConnectorError and its kinds
+        todo.extend(
+            e
+            for e in (wrapped, current.__cause__, current.__context__)
+            if isinstance(e, BaseException)
         )
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in words: no exception class, no ``ssl:default``, no
+    OpenSSL source line."""
+    causes = list(_causes(exc))
+    for current in causes:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            why = current.verify_message or "not trusted"
+            return f"the server's TLS certificate was refused ({why})"
+        if isinstance(current, ssl.SSLError) and not isinstance(current, aiohttp.ClientError):
+            reason = current.reason or ""
+            if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
+                return "the TLS handshake failed: the server does not speak TLS there (http://?)"
+            return f"the TLS handshake failed ({reason.replace('_', ' ').lower() or 'no reason'})"
+        if isinstance(current, socket.gaierror):
+            return "the host name was not found (DNS)"
+        if isinstance(current, aiohttp.ServerDisconnectedError):
+            return "the server closed the connection without a reply"
+        if isinstance(current, aiohttp.ClientPayloadError):
+            return "the reply broke off before its end"
+    for current in causes:
+        if isinstance(current, OSError) and not isinstance(current, aiohttp.ClientError):
+            if current.errno is not None:
+                return _ERRNO.get(current.errno) or os.strerror(current.errno).lower()
+            if isinstance(current, (TimeoutError, asyncio.TimeoutError)):
+                return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+_ERRNO = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "the connection was reset by the server",
+    errno.ETIMEDOUT: "timed out",
+    errno.EPIPE: "the server closed the connection",
+}
 
 
 def _holds_no_request(exc: BaseException) -> bool:

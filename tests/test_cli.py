@@ -7,15 +7,18 @@ kling_async`` with this checkout first on ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import pytest
 import kling_async
 from kling_async import PollPolicy, RetryPolicy, Task, TaskStatus, _cli, _cli_output
 from kling_async._cli import main
+from kling_async.testing import Fault, KlingEmulator
 from kling_async.testing.__main__ import main as emulator_main
 
 ROOT = Path(kling_async.__file__).resolve().parent.parent
@@ -205,12 +209,13 @@ def test_a_failed_task_prints_its_state_then_exits_1(capsys: pytest.CaptureFixtu
 def test_a_kling_error_is_one_line_on_stderr_and_exit_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """An API error: `error: <class>: <message>` on one line, nothing on stdout."""
+    """An API error: `error: <message>` on one line (no Python class name), nothing on stdout."""
     status, out, err = run(capsys, "get", "no-such-task")
 
     assert (1, "") == (status, out)
     [line] = err.splitlines()
-    assert line.startswith("error: NotFoundError: ")
+    assert line.startswith("error: task no-such-task does not exist (HTTP 404, code 1203")
+    assert "NotFoundError" not in line
 
 
 # -- defect 1: every argument is checked before anything is sent ---------------------------
@@ -392,7 +397,7 @@ def test_a_timeout_says_how_to_resume_the_wait(capsys: pytest.CaptureFixture[str
     last = json.loads(out)
     assert "submitted" == last["status"]
     line = err.splitlines()[-1]
-    assert line.startswith(f"error: WaitTimeoutError: task {last['task_id']} was still submitted")
+    assert line.startswith(f"error: task {last['task_id']} was still submitted")
     assert line.endswith(f"resume the wait with 'kling-async wait {last['task_id']} --json'")
     assert "handle" not in err
 
@@ -689,7 +694,7 @@ def test_verbose_shows_the_retries_then_one_error_line(
     lines = err.splitlines()
     retries = [line for line in lines if " INFO retrying GET " in line]
     assert bool(verbose) == bool(retries)
-    assert lines[-1].startswith("error: TransportError: ")
+    assert lines[-1].startswith("error: could not connect to http://127.0.0.1:")
     assert len(lines) == len(retries) + 1
 
 
@@ -733,3 +738,215 @@ def test_argument_types_refuse_what_the_sdk_would() -> None:
     ]:
         with pytest.raises(Exception, match="must"):
             check(text)
+
+
+# -- hardening: what the server says cannot rewrite the terminal -----------------------------
+
+
+@contextlib.contextmanager
+def emulator_thread(**options: Any) -> Iterator[KlingEmulator]:
+    """A KlingEmulator on its own event loop in a thread, so that `main()` (which runs its own
+    loop) can talk to it in-process and the test can count what it received."""
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        box["stop"] = asyncio.Event()
+        box["loop"] = asyncio.get_running_loop()
+        async with KlingEmulator(**options) as emulator:
+            box["emulator"] = emulator
+            started.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(30), "the emulator did not start"
+    try:
+        yield box["emulator"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+
+
+# A task_status_msg that clears the screen, retitles the window, rings, returns the cursor to
+# hide what came before, and reverses the rest (U+202E), in 7-bit and 8-bit (C1) forms.
+HOSTILE = (
+    "content risk control\x1b[2J\x1b[H\x1b]0;pwned\x07\x07\r"
+    "OK everything succeeded\x9b31m\u202edesrever\x85\x00"
+)
+# What may not reach a terminal from a server: C0 but newline, DEL, C1, bidi controls.
+UNSAFE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_a_hostile_status_message_reaches_the_terminal_cleaned(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ESC, BEL, CR, C1 and U+202E in task_status_msg are stripped from stdout, the progress and
+    the error line; --json keeps the message exactly, JSON-escaped."""
+    with emulator_thread(polls_to_start=0, polls_to_finish=0) as emulator:
+        emulator.fail_video("evil", HOSTILE)
+        use(monkeypatch, emulator.gateway_url)
+
+        status, out, err = run(capsys, "extend", "evil", "--wait")
+        json_status, json_out, json_err = run(capsys, "extend", "evil", "--wait", "--json", "-q")
+
+    assert (1, 1) == (status, json_status)
+    assert [] == UNSAFE.findall(out + err + json_out + json_err)
+    assert "failed  (content risk control OK everything succeededdesrever )" in out
+    assert "  failed  (content risk control" in err  # the progress line
+    assert "failed: content risk control OK everything succeeded" in err.splitlines()[-1]
+    assert HOSTILE == json.loads(json_out)["status_message"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_a_hostile_status_message_is_cleaned_in_the_rich_view(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal (rich): no sequence of the server's reaches the screen."""
+    pytest.importorskip("rich")
+    import pty
+
+    with emulator_thread(polls_to_start=0, polls_to_finish=0) as emulator:
+        emulator.fail_video("evil", HOSTILE)
+        env = use(monkeypatch, emulator.gateway_url)
+        _, out, _ = run(capsys, "extend", "evil", "--json", "-q")
+        task_id = json.loads(out)["task_id"]
+        controller, terminal = pty.openpty()
+        process = cli(
+            "wait",
+            task_id,
+            env={**env, "TERM": "xterm-256color", "COLUMNS": "200"},
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        shown = bytearray()
+        with contextlib.suppress(OSError):
+            while chunk := os.read(controller, 4096):
+                shown += chunk
+        os.close(controller)
+        out, _ = process.communicate(timeout=60)
+    screen = shown.decode("utf-8", "replace")
+
+    assert 1 == process.returncode
+    assert "content risk control OK everything succeeded" in screen
+    for sequence in ("\x1b[2J", "\x1b[H", "\x1b]0;pwned", "\x07", "\x9b", "\u202e", "\x85"):
+        assert sequence not in screen + out
+
+
+# -- hardening: failures said in words ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def raw_server(*, reply: bytes | None) -> Iterator[int]:
+    """A TCP server on loopback that answers each connection with ``reply`` and closes it, or
+    (None) reads and never answers; yields its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)
+    done = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            if reply is None:
+                held.append(connection)
+                continue
+            with connection:
+                connection.settimeout(2)
+                with contextlib.suppress(OSError):
+                    connection.recv(4096)
+                    connection.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(10)
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+@pytest.mark.parametrize("case", ["refused", "dns", "tls", "timeout"])
+def test_a_failed_connection_is_said_in_words(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """`error: could not connect to URL: connection refused` and the like: no class name, no
+    `ssl:default`, no OpenSSL source line, no errno."""
+    monkeypatch.setenv("KLING_API_KEY", "test-key")
+    options = dict(_cli_output._SESSION_OPTIONS, read_timeout=0.2)
+    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    with contextlib.ExitStack() as stack:
+        if case == "refused":
+            base, reason = f"http://127.0.0.1:{free_port()}/kling", "could not connect to {}: "
+            reason += "connection refused"
+        elif case == "dns":
+            base = "https://no-such-host.invalid/kling"
+            reason = "could not connect to {}: the host name was not found (DNS)"
+        elif case == "tls":
+            port = stack.enter_context(raw_server(reply=b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+            base = f"https://127.0.0.1:{port}/kling"
+            reason = "could not connect to {}: the TLS handshake failed: the server does not "
+            reason += "speak TLS there (http://?)"
+        else:
+            base = f"http://127.0.0.1:{stack.enter_context(raw_server(reply=None))}/kling"
+            reason = "no reply from {}: nothing arrived for 0.2 s"
+
+        status, out, err = run(capsys, "get", "1", "--base-url", base)
+
+    url = f"{base}/v1/videos/video-extend/1"
+    assert (1, "") == (status, out)
+    assert [f"error: {reason.format(url)}"] == err.splitlines()
+    for internal in ("Error", "ssl:default", "_ssl.c", "[SSL", "Errno", "Connect call"):
+        assert internal not in err
+
+
+# -- hardening: a wait that times out reports the state at the deadline ------------------------
+
+
+def test_a_wait_that_times_out_queries_once_at_the_deadline(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default policies (a query at once, the next after 15 s): a task done before --timeout
+    runs out is found done by one query at the deadline and reported so (exit 0), not as
+    "still submitted"."""
+    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
+    with emulator_thread(step_seconds=0.1) as emulator:  # done 0.2 s after its create
+        use(monkeypatch, emulator.gateway_url)
+
+        status, out, err = run(capsys, "extend", "v-deadline", "--wait", "--timeout", "2", "--json")
+        queries = emulator.count("query")
+
+    assert (0, "succeed") == (status, json.loads(out)["status"]), err
+    assert 2 == queries
+
+
+def test_a_failed_query_at_the_deadline_says_how_old_the_state_is(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The query at the deadline fails: the last known state is shown with its age."""
+    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
+    with emulator_thread(step_seconds=3600) as emulator:
+        emulator.inject(Fault.delay(0), route="query")  # the wait's first query: answered
+        emulator.inject(Fault.business(1200, status=400), route="query")  # the deadline's
+        use(monkeypatch, emulator.gateway_url)
+
+        status, out, err = run(capsys, "extend", "v-stale", "--wait", "--timeout", "1", "--json")
+        queries = emulator.count("query")
+
+    task_id = json.loads(out)["task_id"]
+    assert (1, 2) == (status, queries)
+    line = err.splitlines()[-1]
+    assert re.match(
+        rf"error: stopped waiting for task {task_id} after 1 s: it was submitted as of \d+ s ago"
+        r" \(the query at the deadline failed: .*\); it keeps running on the server; resume",
+        line,
+    ), line

@@ -25,7 +25,7 @@ import pytest
 
 from kling_async import PollPolicy, RetryPolicy, _cli_batch, _cli_output
 
-from .test_cli import child_env, cli, run, serving, use
+from .test_cli import HOSTILE, UNSAFE, child_env, cli, emulator_thread, run, serving, use
 
 FAST = {_cli_output._TEST_POLL_VARIABLE: "0.05"}
 
@@ -547,3 +547,178 @@ def test_a_batch_larger_than_the_parallel_task_limit_finishes(
     assert {"succeed"} == {
         line["status"] for line in results(tmp_path / "rows.jsonl.results.jsonl")
     }
+
+
+# -- hardening: outputs checked, inputs bounded, before the first create ------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--results", "{tmp}/missing/dir/r.jsonl"], "--results: the folder '{tmp}/missing/dir'"),
+        (["--results", "{tmp}"], "--results: '{tmp}' is a folder"),
+        (["--journal", "{tmp}/missing/j.sqlite3"], "--journal: the folder '{tmp}/missing'"),
+        (["--out", "{tmp}/rows.jsonl"], "--out: cannot use '{tmp}/rows.jsonl' as a folder"),
+    ],
+)
+def test_an_unwritable_output_is_a_usage_error_before_any_create(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+    message: str,
+) -> None:
+    """Each output path is checked first: exit 2, one line naming the flag, no create sent."""
+    file = write_jsonl(tmp_path / "rows.jsonl", rows_of(3, "o"))
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    with emulator_thread() as emulator:
+        use(monkeypatch, emulator.gateway_url)
+
+        status, out, err = run(capsys, "batch", str(file), *argv)
+        creates = emulator.count("create")
+
+    assert (2, "", 0) == (status, out, creates)
+    assert err.startswith("usage: kling-async batch ")
+    assert f"kling-async batch: error: {message.format(tmp=tmp_path)}" in err.splitlines()[-1]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '{"key": "k1", "video_id": "v"}\n{"key": "k2", "video_id": ' + "[" * 100_000 + "\n",
+            "line 2: the JSON is nested too deeply",
+        ),
+        ('{"key": "k\\ud800", "video_id": "v"}\n', "line 1: 'k\\\\ud800' is not valid Unicode"),
+        ('{"key": "k1", "video_id": "v\\udfff"}\n', "line 1: 'v\\\\udfff' is not valid Unicode"),
+        ("/dev/zero", "/dev/zero: line 1 is longer than 1 MiB: not a batch file"),
+    ],
+    ids=["nested", "surrogate-key", "surrogate-value", "dev-zero"],
+)
+def test_a_hostile_batch_file_is_a_usage_error_before_any_create(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str, message: str
+) -> None:
+    """Deep nesting, a lone surrogate, an endless file: exit 2 with one line, no traceback, no
+    create (as its own process: stdout is a strict UTF-8 pipe, and /dev/zero could hang)."""
+    if content == "/dev/zero":
+        if not Path("/dev/zero").exists():
+            pytest.skip("no /dev/zero")
+        file = Path("/dev/zero")
+    else:
+        file = tmp_path / "rows.jsonl"
+        file.write_text(content, encoding="utf-8")
+    with emulator_thread() as emulator:
+        env = use(monkeypatch, emulator.gateway_url)
+
+        status, out, err = batch_process(str(file), env=env, timeout=30)
+        creates = emulator.count("create")
+
+    assert (2, "", 0) == (status, out, creates)
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("kling-async batch: error: ")
+    assert message in err.splitlines()[-1]
+
+
+def test_a_file_larger_than_the_cap_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Past MAX_FILE_BYTES the file is refused without being read to its end."""
+    monkeypatch.setattr(_cli_batch, "MAX_FILE_BYTES", 1000)
+    file = write_jsonl(tmp_path / "rows.jsonl", rows_of(40, "z"))
+
+    status, _, err = run(capsys, "batch", str(file))
+
+    assert 2 == status
+    assert f"{file}: larger than 0 MiB: split it" in err.splitlines()[-1]
+
+
+# -- hardening: what the progress and the files say ---------------------------------------------
+
+
+def test_result_files_are_named_by_the_rows_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--out`: each file is named after its row's key (made safe), not the video id."""
+    keys = ["shot-01", "shot 02", "../escape", "Shot-01"]
+    file = write_jsonl(
+        tmp_path / "rows.jsonl", [{"key": key, "video_id": f"v{n}"} for n, key in enumerate(keys)]
+    )
+    out = tmp_path / "out"
+    stems = _cli_batch.file_stems(keys)
+    with emulator_thread(polls_to_start=0, polls_to_finish=0) as emulator:
+        use(monkeypatch, emulator.gateway_url)
+
+        status, stdout, err = run(capsys, "batch", str(file), "--out", str(out), "--json")
+
+    assert 0 == status, err
+    files = {row["key"]: Path(row["file"]) for row in map(json.loads, stdout.splitlines())}
+    assert {key: out / f"{stems[key]}.mp4" for key in keys} == files
+    assert sorted(files.values()) == sorted(out.iterdir())
+    assert re.fullmatch(r"shot_02-[0-9a-f]{8}", stems["shot 02"])
+    assert re.fullmatch(r"___escape-[0-9a-f]{8}", stems["../escape"])
+    assert stems["shot-01"].startswith("shot-01-")  # one file ignoring case: both get the digest
+    assert stems["Shot-01"].startswith("Shot-01-")
+
+
+def test_file_stems_are_safe_short_and_distinct() -> None:
+    """Only [A-Za-z0-9._-], never `.`/`..`/hidden, at most 100 + 9 characters, all distinct
+    even ignoring case; a key that is already safe keeps its name."""
+    keys = ["plain_key-1.v2", "..", ".", ".hidden", "a/b", "a\\b", "x" * 300, "é", "A", "a", "-rf"]
+    stems = _cli_batch.file_stems(keys)
+
+    assert "plain_key-1.v2" == stems["plain_key-1.v2"]
+    assert len({stem.casefold() for stem in stems.values()}) == len(keys)
+    for stem in stems.values():
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,108}", stem), stem
+    assert stems == _cli_batch.file_stems(list(reversed(keys)))  # the keys alone decide
+
+
+def test_the_download_count_and_bytes_agree() -> None:
+    """Two of six downloads have all their bytes but are not in place yet: 0/6 done, and the
+    bytes are said to be those of the 2 in progress."""
+    rows = [
+        _cli_batch.Row(line=n, key=f"k{n}", request=_cli_batch.ExtendRequest(video_id="v"))
+        for n in range(6)
+    ]
+    batch = _cli_batch.Run(rows, clock=lambda: 0.0)
+    batch.downloads = 6
+    batch.received("k0", 262_144, 262_144)
+    batch.received("k1", 262_144, 262_144)
+    assert "downloaded 0/6 (0 B, 2 in progress: 524.3 kB of 524.3 kB)" in _cli_batch.describe(
+        batch.snapshot()
+    )
+
+    batch.fetched("k0", ok=True)
+    batch.fetched("k1", ok=False)
+    assert "downloaded 1/6, 1 failed (262.1 kB)" in _cli_batch.describe(batch.snapshot())
+
+
+def test_one_row_is_one_row(
+    capsys: pytest.CaptureFixture[str], gateway: dict[str, str], tmp_path: Path
+) -> None:
+    """`batch of 1 row`, `1 row succeeded`: the plural only for more than one."""
+    file = write_jsonl(tmp_path / "rows.jsonl", rows_of(1, "p"))
+
+    status, _, err = batch_process(str(file), env=gateway)
+
+    assert 0 == status
+    assert err.startswith("batch of 1 row (Ctrl+C")
+    assert err.splitlines()[-1].startswith("1 row succeeded; results in ")
+
+
+def test_a_hostile_status_message_is_cleaned_in_the_rows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A row's message on stdout and stderr is cleaned; the results file keeps it exactly."""
+    file = write_jsonl(tmp_path / "rows.jsonl", [{"key": "q-1", "video_id": "evil"}])
+    with emulator_thread(polls_to_start=0, polls_to_finish=0) as emulator:
+        emulator.fail_video("evil", HOSTILE)
+        env = use(monkeypatch, emulator.gateway_url)
+
+        status, out, err = batch_process(str(file), env=env)
+
+    assert 1 == status
+    assert [] == UNSAFE.findall(out + err)
+    assert "failed  (content risk control OK everything succeeded" in out
+    assert HOSTILE == results(tmp_path / "rows.jsonl.results.jsonl")[0]["message"]

@@ -79,3 +79,27 @@ def test_the_readme_has_two_set_up_commands_and_ci_runs_the_second() -> None:
     assert 2 == len(commands)
     assert "python -m kling_async demo" in commands[0]
     assert ci == commands[1]
+
+
+def test_every_version_string_agrees(project: dict[str, Any]) -> None:
+    """`__version__`, pyproject, the installed metadata, the User-Agent and `--version` say
+    one version (reinstall with `pip install -e .` after changing it)."""
+    import importlib.metadata
+    import subprocess
+
+    from kling_async._transport import USER_AGENT
+
+    version = kling_async.__version__
+    shown = subprocess.run(
+        [sys.executable, "-m", "kling_async", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    ).stdout
+
+    assert "0.2.0" == version
+    assert version == project["project"]["version"]
+    assert version == importlib.metadata.version("kling_async")
+    assert USER_AGENT.startswith(f"kling_async/{version} aiohttp/")
+    assert f"kling-async {version}\n" == shown
