@@ -123,7 +123,17 @@ async def keyed_create(
         return task.task_id, task
     finally:
         if claim.outcome in (ClaimOutcome.FRESH, ClaimOutcome.IN_DOUBT):
-            await journal.release(key)
+            await _release(journal, key)
+
+
+async def _release(journal: Journal, key: str) -> None:
+    """Let ``key`` go. A failed write (a full disk, a deleted file) is logged, not raised: it
+    would hide the error in flight, such as the one naming a task the journal could not
+    record, and the key's ownership ends with this journal instance anyway."""
+    try:
+        await journal.release(key)
+    except JournalError as error:
+        logger.warning("could not release journal key %r: %s", key, error)
 
 
 class KeyedCreates:

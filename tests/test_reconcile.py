@@ -1,0 +1,301 @@
+"""The look-up's rules for a create in doubt, and the server's clock: values in, values out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pytest
+
+from kling_async import Task, TaskStatus, Video
+from kling_async._clock import ServerClock, parse_http_date
+from kling_async._reconcile import (
+    MARGIN,
+    Absent,
+    Ambiguous,
+    Doubt,
+    Found,
+    Verdict,
+    read_next_page,
+    verdict,
+)
+from kling_async.models import TaskInfo
+
+SENT = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)  # on the server's clock
+WINDOW = dt.timedelta(seconds=130)
+SECOND = dt.timedelta(seconds=1)
+
+
+def _task(
+    task_id: str,
+    *,
+    after: float | None = 1.0,
+    video: str | None = "vid-1",
+    external: str | None = None,
+) -> Task:
+    """A listed task made ``after`` seconds after the send (None: no time given)."""
+    return Task(
+        task_id=task_id,
+        status=TaskStatus.SUBMITTED,
+        created_at=None if after is None else SENT + dt.timedelta(seconds=after),
+        info=TaskInfo(
+            parent_video=None if video is None else Video(id=video),
+            external_task_id=external,
+        ),
+    )
+
+
+def _doubt(
+    *,
+    external: str | None = None,
+    sent_at: dt.datetime | None = SENT,
+    uncertainty: float = 1.0,
+    video: str = "vid-1",
+) -> Doubt:
+    return Doubt(
+        video_id=video,
+        external_task_id=external,
+        sent_at=sent_at,
+        window=WINDOW,
+        uncertainty=dt.timedelta(seconds=uncertainty),
+    )
+
+
+def _verdict(
+    doubt: Doubt,
+    tasks: Sequence[Task],
+    *,
+    rivals: Sequence[Doubt] = (),
+    claimed: Sequence[str] = (),
+    keeps_external_ids: bool = False,
+    covered: bool = True,
+    final: bool = True,
+) -> Verdict | None:
+    return verdict(
+        doubt,
+        tasks,
+        claimed=claimed,
+        rivals=rivals,
+        keeps_external_ids=keeps_external_ids,
+        covered=covered,
+        final=final,
+    )
+
+
+# -- verdict --------------------------------------------------------------------------------
+
+
+def test_a_task_with_the_exact_external_id_wins_over_everything() -> None:
+    """The create's own external id settles it, whatever else is listed or in doubt."""
+    mine = _task("2", after=-100.0, external="ext-mine")
+    listed = [_task("1"), mine, _task("3", after=5.0)]
+    rival = _doubt(external=None)
+
+    assert Found(mine) == _verdict(
+        _doubt(external="ext-mine"), listed, rivals=[rival], covered=False, final=False
+    )
+
+
+def test_a_task_with_another_external_id_is_never_a_candidate() -> None:
+    """A task stamped with someone else's external id is not this create's."""
+    theirs = _task("1", external="ext-theirs")
+
+    assert not _doubt(external="ext-mine").may_own(theirs, keeps_external_ids=False)
+    assert not _doubt(external=None).may_own(theirs, keeps_external_ids=False)
+    assert Absent() == _verdict(_doubt(external="ext-mine"), [theirs])
+
+
+def test_where_the_server_keeps_external_ids_an_unstamped_task_is_not_ours() -> None:
+    """A create that carried an external id would have it echoed: a bare task is another's."""
+    bare = _task("1")
+    doubt = _doubt(external="ext-mine")
+
+    assert Absent() == _verdict(doubt, [bare], keeps_external_ids=True)
+    assert Found(bare) == _verdict(doubt, [bare], keeps_external_ids=False)
+
+
+def test_one_candidate_made_after_the_send_is_found() -> None:
+    """The only task for the video, made after the send, is the create's: no wait needed."""
+    made = _task("1", after=2.0)
+
+    assert Found(made) == _verdict(_doubt(), [made, _task("2", video="vid-9")], final=False)
+
+
+def test_one_candidate_made_before_the_send_is_ambiguous() -> None:
+    """A task older than the send by more than the clock's uncertainty cannot be told apart."""
+    older = _task("1", after=-10.0)  # inside the margin, outside the uncertainty
+
+    assert _verdict(_doubt(uncertainty=1.0), [older], final=False) is None
+    assert (older,) == _candidates(_verdict(_doubt(uncertainty=1.0), [older]))
+    assert Found(older) == _verdict(_doubt(uncertainty=11.0), [older])
+
+
+def test_a_rival_in_doubt_for_the_same_video_makes_it_ambiguous() -> None:
+    """Another create in doubt that may have made the one candidate: never guess."""
+    made = _task("1", after=2.0)
+    rival = _doubt(sent_at=SENT + SECOND)
+    elsewhere = _doubt(video="vid-2")
+
+    assert _verdict(_doubt(), [made], rivals=[rival], final=False) is None
+    assert (made,) == _candidates(_verdict(_doubt(), [made], rivals=[rival]))
+    assert Found(made) == _verdict(_doubt(), [made], rivals=[elsewhere])
+
+
+def test_a_task_claimed_by_another_create_is_not_a_candidate() -> None:
+    """A task recorded for another key is no candidate: the look-up goes on without it."""
+    assert Absent() == _verdict(_doubt(), [_task("1")], claimed=["1"])
+
+
+def test_no_candidate_in_a_covered_final_look_is_absent() -> None:
+    """Only a look that read back past the send, after the window closed, proves absence."""
+    others = [_task("1", video="vid-2"), _task("2", after=-3600.0), _task("3", after=3600.0)]
+
+    assert Absent() == _verdict(_doubt(), others)
+    assert _verdict(_doubt(), others, final=False) is None
+
+
+def test_a_look_that_did_not_reach_the_send_is_ambiguous_at_the_end() -> None:
+    """The list not read back to the send: look again, and at the end say it cannot tell."""
+    assert _verdict(_doubt(), [], covered=False, final=False) is None
+    assert () == _candidates(_verdict(_doubt(), [], covered=False))
+
+
+def test_a_send_that_cannot_be_placed_is_settled_only_by_its_external_id() -> None:
+    """With no server time for the send, a bare candidate is never taken; the id still is."""
+    unplaced = _doubt(sent_at=None, external="ext-mine")
+    bare = _task("1")
+    stamped = _task("2", external="ext-mine")
+
+    assert _verdict(unplaced, [bare], final=False) is None
+    assert (bare,) == _candidates(_verdict(unplaced, [bare]))
+    assert () == _candidates(_verdict(unplaced, []))
+    assert Found(stamped) == _verdict(unplaced, [bare, stamped], final=False)
+
+
+def _candidates(result: Verdict | None) -> tuple[Task, ...]:
+    assert isinstance(result, Ambiguous), result
+    return result.candidates
+
+
+# -- Doubt.may_own --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        (_task("in", after=0.0), True),
+        (_task("early", after=-(MARGIN + 2 * SECOND).total_seconds()), False),
+        (_task("just-early", after=-MARGIN.total_seconds()), True),
+        (_task("late", after=(WINDOW + MARGIN + 2 * SECOND).total_seconds()), False),
+        (_task("just-late", after=(WINDOW + MARGIN).total_seconds()), True),
+        (_task("no-time", after=None), True),
+        (_task("other-video", video="vid-2"), False),
+        (_task("no-video", video=None), False),
+    ],
+    ids=lambda value: value.task_id if isinstance(value, Task) else None,
+)
+def test_a_doubt_may_own_a_task_of_its_video_within_its_window(task: Task, expected: bool) -> None:
+    """Its video, made from the send less the margin to the window's end plus the margin."""
+    assert expected == _doubt(uncertainty=1.0).may_own(task, keeps_external_ids=False)
+
+
+# -- read_next_page -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ([_task("1"), _task("2", after=-10.0)], False),  # short page: the list ends here
+        ([_task("1"), _task("2"), _task("3", after=-10.0)], True),  # reaches back to earliest
+        ([_task("1"), _task("2"), _task("3", after=-60.0)], False),  # older than earliest
+        ([_task(str(n), after=None) for n in range(3)], True),  # no times: cannot tell
+    ],
+)
+def test_the_next_page_is_read_while_a_full_page_reaches_back_to_the_send(
+    page: list[Task], expected: bool
+) -> None:
+    """A full page whose oldest task is not older than ``earliest`` may have more after it."""
+    assert expected == read_next_page(page, 3, SENT - dt.timedelta(seconds=31))
+
+
+# -- ServerClock ----------------------------------------------------------------------------
+
+LOCAL = dt.datetime(2026, 3, 1, 11, 58, 0, tzinfo=dt.timezone.utc)
+
+
+def _seconds(value: float) -> dt.timedelta:
+    return dt.timedelta(seconds=value)
+
+
+def _interval(clock: ServerClock) -> tuple[dt.timedelta, dt.timedelta] | None:
+    offset = clock.offset
+    if offset is None:
+        return None
+    return offset - clock.uncertainty, offset + clock.uncertainty
+
+
+def test_a_clock_knows_nothing_until_the_server_says_the_time() -> None:
+    """No offset, no uncertainty, and nothing carried onto the server's clock."""
+    clock = ServerClock()
+    learned = (clock.offset, clock.uncertainty, clock.to_server(LOCAL))
+
+    assert (None, dt.timedelta(0), None) == learned
+
+
+def test_each_reply_narrows_the_offset() -> None:
+    """Each reply bounds the offset; the interval is the intersection of the bounds."""
+    clock = ServerClock()
+    clock.observe(LOCAL + _seconds(100), LOCAL, LOCAL + _seconds(2))
+    first = _interval(clock)
+    clock.observe(LOCAL + _seconds(109.8), LOCAL + _seconds(10), LOCAL + _seconds(10.5))
+
+    assert (_seconds(98), _seconds(100.001)) == first
+    assert (_seconds(99.3), _seconds(99.801)) == _interval(clock)
+    assert LOCAL + _seconds(99.5505) == clock.to_server(LOCAL)
+
+
+def test_a_reply_that_contradicts_the_interval_starts_it_over() -> None:
+    """A clock stepped between replies: the newest reply alone is believed."""
+    clock = ServerClock()
+    clock.observe(LOCAL + _seconds(100), LOCAL, LOCAL + _seconds(2))
+    clock.observe(LOCAL + _seconds(10 - 3600), LOCAL + _seconds(10), LOCAL + _seconds(11))
+
+    assert (_seconds(-3601), _seconds(-3599.999)) == _interval(clock)
+
+
+def test_a_reply_received_before_it_was_sent_is_ignored() -> None:
+    """The local clock stepped back during the exchange: the reply says nothing."""
+    clock = ServerClock()
+    clock.observe(LOCAL, LOCAL + _seconds(5), LOCAL)
+
+    assert clock.offset is None
+
+
+def test_a_date_header_narrows_to_whole_seconds() -> None:
+    """A ``Date`` header is read to the second; a bad one teaches nothing."""
+    clock = ServerClock()
+    clock.observe_date("not a date", LOCAL, LOCAL)
+    clock.observe_date(None, LOCAL, LOCAL)
+    unknown = clock.offset
+    clock.observe_date("Sun, 01 Mar 2026 12:00:00 GMT", LOCAL, LOCAL + _seconds(1))
+
+    assert unknown is None
+    assert (_seconds(119), _seconds(121)) == _interval(clock)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "not a date", "Sun, 99 Foo 2026 25:61:61 GMT", "Sun, 01 Mar 99999999 12:00:00 GMT"],
+)
+def test_a_malformed_date_header_is_none(header: str | None) -> None:
+    """Absent or malformed ``Date`` values are None, never an exception."""
+    assert parse_http_date(header) is None
+
+
+@pytest.mark.parametrize(
+    "header", ["Sun, 01 Mar 2026 12:00:00 GMT", "Sun, 01 Mar 2026 12:00:00 -0000"]
+)
+def test_a_date_header_is_an_aware_utc_time(header: str) -> None:
+    """RFC 9110 dates are GMT, also when spelled ``-0000``."""
+    assert SENT == parse_http_date(header)
+    assert dt.timezone.utc == parse_http_date(header).tzinfo  # type: ignore[union-attr]
