@@ -820,10 +820,10 @@ class SQLiteJournal:
             if connection is None:
                 raise RuntimeError("the journal is closed")
             try:
+                self._check_file()
                 if not write:
                     yield connection
                     return
-                self._check_file()
                 connection.execute("BEGIN IMMEDIATE")
                 try:
                     yield connection

@@ -1,7 +1,7 @@
 """Whether a create in doubt made a task: the look-up's rules, pure (values in, values out).
 
 A create is *in doubt* when its request may have left and no reply was read. It is looked
-up, never resent blindly (``docs/concepts.md``, "Ambiguous creates"):
+up, never resent blindly (``docs/concepts.md``, "How an unknown outcome is reconciled"):
 
 - a listed task that carries the create's external id is its task, whatever else is listed;
 - a task that carries another external id is someone else's; where the server is known to
