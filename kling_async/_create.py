@@ -4,8 +4,8 @@ Every create is a paid job (``docs/concepts.md``, "Creates: retries, stamping an
 reconciliation"): a create is repeated only where the server certainly made no task; an
 unknown outcome is never resent but looked up (by its external id, else in the task list)
 until it is found or the window in which it could make a task has closed, or reported as
-`AmbiguousCreateError` with everything needed to resolve it by hand. The look-up's rules are pure, in `_reconcile`; this
-module sends, sleeps and records.
+`AmbiguousCreateError` with everything needed to resolve it by hand. The look-up's rules
+are pure, in `_reconcile`; this module sends, sleeps and records.
 """
 
 from __future__ import annotations
