@@ -116,16 +116,25 @@ class RetryPolicy:
         return _backoff(self.first_delay, self.growth, self.max_delay, self.jitter, retry, rng)
 
     def retry_delay(
-        self, error: KlingError, *, retry: int, elapsed: float, rng: random.Random
+        self,
+        error: KlingError,
+        *,
+        retry: int,
+        elapsed: float,
+        rng: random.Random,
+        retry_after: float | None = None,
     ) -> float | None:
         """Seconds to wait before retry number ``retry``, or None when the budget is spent.
 
-        Raises RetryAfterTooLongError when the server asks for more than ``retry_after_cap``.
+        ``retry_after`` is the server's ``Retry-After`` when ``error`` does not carry one (an
+        `APIError` does; a media host's reply is not one). Raises RetryAfterTooLongError when
+        the server asks for more than ``retry_after_cap``.
         """
         if retry >= self.attempts:
             return None
         delay = self.backoff(retry, rng)
-        retry_after = error.retry_after if isinstance(error, APIError) else None
+        if retry_after is None and isinstance(error, APIError):
+            retry_after = error.retry_after
         if retry_after is not None:
             if retry_after > self.retry_after_cap:
                 raise RetryAfterTooLongError(
