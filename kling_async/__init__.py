@@ -7,6 +7,7 @@ Open a `KlingSession`, ``await session.extend(video_id)`` to submit a task, and
 
 from __future__ import annotations
 
+from ._download import DownloadPolicy
 from ._handle import TaskHandle
 from ._policies import PollPolicy, RetryPolicy
 from ._session import KlingSession, SessionStatistics
@@ -50,6 +51,7 @@ __all__ = [
     "CallbackReceiver",
     "ContentPolicyError",
     "DownloadError",
+    "DownloadPolicy",
     "ExtendRequest",
     "InvalidArgumentError",
     "InvalidRequestError",

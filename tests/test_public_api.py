@@ -17,6 +17,7 @@ EXPECTED_ALL = {
     "CallbackReceiver",
     "ContentPolicyError",
     "DownloadError",
+    "DownloadPolicy",
     "ExtendRequest",
     "InvalidArgumentError",
     "InvalidRequestError",
