@@ -7,9 +7,8 @@ Open a `KlingSession`, ``await session.extend(video_id)`` to submit a task, and
 
 from __future__ import annotations
 
-from ._download import DownloadPolicy
 from ._handle import TaskHandle
-from ._policies import PollPolicy, RetryPolicy
+from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._session import KlingSession, SessionStatistics
 from .callbacks import CallbackReceiver
 from .errors import (

@@ -52,11 +52,10 @@ import aiohttp
 import aiohttp.abc
 import anyio
 import anyio.to_thread
-import attrs
 import yarl
 
 from . import _urls
-from ._policies import parse_retry_after
+from ._policies import DownloadPolicy, parse_retry_after
 from ._transport import USER_AGENT
 from ._urls import redact
 from ._wire import CLOSED_WHILE_PENDING
@@ -75,7 +74,7 @@ if TYPE_CHECKING:
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["DownloadPolicy", "Progress", "download", "file_name", "redact", "redirect_target"]
+__all__ = ["Progress", "download", "file_name", "redact", "redirect_target"]
 
 logger = logging.getLogger("kling_async")
 
@@ -98,43 +97,6 @@ _UNSATISFIED = re.compile(r"bytes\s+\*/(\d+)\s*", re.IGNORECASE)
 # What a broken connection, a timeout or a malformed reply raises while reading; aiohttp
 # raises RuntimeError ("Connection closed.", "Session is closed") when its session closes.
 _NETWORK = (aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError)
-
-
-def _positive_int(_instance: Any, attribute: Any, value: object) -> None:
-    if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
-
-
-def _positive(_instance: Any, attribute: Any, value: object) -> None:
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
-        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
-
-
-def _bool(_instance: Any, attribute: Any, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be a bool, not {type(value).__name__}")
-
-
-@attrs.frozen(kw_only=True)
-class DownloadPolicy:
-    """The bounds of one download, and which hosts it may reach.
-
-    A body larger than ``max_bytes`` (announced or as it streams) fails, as does one that
-    brings fewer than ``stall_bytes`` in ``stall_window`` seconds (the default, 64 KiB a
-    minute, is about 1 KB/s: far below any real link, far above a trickle). Both are final,
-    not retried. Media may only come from public addresses: a URL or redirect whose host is,
-    or resolves to, a loopback, private, link-local, multicast, reserved or unspecified
-    address is refused before connecting, except loopback when the session's own base URL is
-    on loopback (the emulator). ``allow_private=True`` lifts that rule (a media proxy on your
-    own network).
-
-    Added in version 0.2.
-    """
-
-    max_bytes: int = attrs.field(default=2 * 1024**3, validator=_positive_int)
-    stall_bytes: int = attrs.field(default=64 * 1024, validator=_positive_int)
-    stall_window: float = attrs.field(default=60.0, validator=_positive)
-    allow_private: bool = attrs.field(default=False, validator=_bool)
 
 
 # -- pure helpers ---------------------------------------------------------------------------

@@ -22,11 +22,10 @@ import attrs
 from . import _download, _urls, sansio
 from ._auth import BearerKey, JWTSigner
 from ._create import CallbackSlot, Creator
-from ._download import DownloadPolicy
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, SQLiteJournal
 from ._keyed import keyed_create
-from ._policies import PollPolicy, RetryPolicy
+from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
