@@ -56,7 +56,7 @@ import yarl
 
 from . import _urls
 from ._policies import DownloadPolicy, parse_retry_after
-from ._transport import USER_AGENT
+from ._transport import USER_AGENT, _holds_no_request
 from ._urls import redact
 from ._wire import CLOSED_WHILE_PENDING
 from .errors import (
@@ -200,22 +200,6 @@ def _validator(headers: Mapping[str, str]) -> str | None:
     return headers.get("Last-Modified") or None
 
 
-def _safe_cause(exc: BaseException) -> bool:
-    """Whether ``exc`` may be kept as a cause: aiohttp's ``request_info`` holds the whole URL,
-    signed query string and all."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if hasattr(current, "request_info"):
-            return False
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return True
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"{exc.status}, {exc.message}" if exc.message else str(exc.status)
@@ -349,10 +333,16 @@ class _PartFile:
 
 
 def _lock(fd: int, path: pathlib.Path) -> bool:
-    """Lock a new temporary file; False when another download removed it before the lock."""
+    """Lock a new temporary file; False when another download removed it before the lock.
+    A file system without locks downloads unlocked (its leftovers are then never removed)."""
     if sys.platform == "win32":  # pragma: no cover - no flock
         return True
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # another download is removing it as a leftover
+    except OSError:  # pragma: no cover - no locks here (some network file systems)
+        return True
     try:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
@@ -613,7 +603,7 @@ class _Job:
             status=self.status,
             received=self.part.size + self.pending,
         )
-        if cause is not None and _safe_cause(cause):
+        if cause is not None and _holds_no_request(cause):
             error.__cause__ = cause
         return error
 
