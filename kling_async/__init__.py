@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._handle import TaskHandle
 from ._journal import Claim, ClaimOutcome, EntryState, Journal, JournalEntry, SQLiteJournal
-from ._policies import PollPolicy, RetryPolicy
+from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._session import KlingSession, SessionStatistics
 from .callbacks import CallbackReceiver
 from .errors import (
@@ -53,6 +53,7 @@ __all__ = [
     "ClaimOutcome",
     "ContentPolicyError",
     "DownloadError",
+    "DownloadPolicy",
     "EntryState",
     "ExtendRequest",
     "InvalidArgumentError",

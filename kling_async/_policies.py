@@ -30,6 +30,7 @@ from .errors import (
 
 __all__ = [
     "Action",
+    "DownloadPolicy",
     "PollPolicy",
     "RetryPolicy",
     "classify",
@@ -116,16 +117,25 @@ class RetryPolicy:
         return _backoff(self.first_delay, self.growth, self.max_delay, self.jitter, retry, rng)
 
     def retry_delay(
-        self, error: KlingError, *, retry: int, elapsed: float, rng: random.Random
+        self,
+        error: KlingError,
+        *,
+        retry: int,
+        elapsed: float,
+        rng: random.Random,
+        retry_after: float | None = None,
     ) -> float | None:
         """Seconds to wait before retry number ``retry``, or None when the budget is spent.
 
-        Raises RetryAfterTooLongError when the server asks for more than ``retry_after_cap``.
+        ``retry_after`` is the server's ``Retry-After`` when ``error`` does not carry one (an
+        `APIError` does; a media host's reply is not one). Raises RetryAfterTooLongError when
+        the server asks for more than ``retry_after_cap``.
         """
         if retry >= self.attempts:
             return None
         delay = self.backoff(retry, rng)
-        retry_after = error.retry_after if isinstance(error, APIError) else None
+        if retry_after is None and isinstance(error, APIError):
+            retry_after = error.retry_after
         if retry_after is not None:
             if retry_after > self.retry_after_cap:
                 raise RetryAfterTooLongError(
@@ -207,6 +217,38 @@ class PollPolicy:
             jitter=0.0,
             learn=False,
         )
+
+
+def _positive(_instance: Any, attribute: Any, value: object) -> None:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+def _bool(_instance: Any, attribute: Any, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be a bool, not {type(value).__name__}")
+
+
+@attrs.frozen(kw_only=True)
+class DownloadPolicy:
+    """The bounds of one download, and which hosts it may reach.
+
+    A body larger than ``max_bytes`` (announced or as it streams) fails, as does one that
+    brings fewer than ``stall_bytes`` in ``stall_window`` seconds (the default, 64 KiB a
+    minute, is about 1 KB/s: far below any real link, far above a trickle). Both are final,
+    not retried. Media may only come from public addresses: a URL or redirect whose host is,
+    or resolves to, a loopback, private, link-local, multicast, reserved or unspecified
+    address is refused before connecting, except loopback when the session's own base URL is
+    on loopback (the emulator). ``allow_private=True`` lifts that rule (a media proxy on your
+    own network).
+
+    Added in version 0.2.
+    """
+
+    max_bytes: int = attrs.field(default=2 * 1024**3, validator=_at_least_one)
+    stall_bytes: int = attrs.field(default=64 * 1024, validator=_at_least_one)
+    stall_window: float = attrs.field(default=60.0, validator=_positive)
+    allow_private: bool = attrs.field(default=False, validator=_bool)
 
 
 class Action(enum.Enum):

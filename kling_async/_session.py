@@ -7,12 +7,10 @@ session wires them together, owns (or borrows) the aiohttp session, and keeps ap
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
 import pathlib
-import urllib.parse
 import uuid
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
@@ -21,13 +19,13 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from . import _download, sansio
+from . import _download, _urls, sansio
 from ._auth import BearerKey, JWTSigner
 from ._create import CallbackSlot, Creator
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, JournalEntry, SQLiteJournal
 from ._keyed import KeyedCreates
-from ._policies import PollPolicy, RetryPolicy
+from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
@@ -542,22 +540,28 @@ class KlingSession:
         dest: str | os.PathLike[str],
         *,
         progress: Callable[[int, int | None], object] | None = None,
+        policy: DownloadPolicy | None = None,
     ) -> pathlib.Path:
         """Download a result video to ``dest`` and return the path of the finished file.
 
-        ``video_or_task`` is a `Video` or a succeeded `Task` (its first video); ``dest`` is a
-        file path, or an existing directory (the file is then named after the video id and
-        the URL's extension, ``.mp4`` by default). The video is streamed into a hidden
-        temporary file next to it, checked against ``Content-Length``, fsynced and renamed
-        into place: a partial file never has the final name. A body that breaks off is
+        ``video_or_task`` is a `Video` or a succeeded `Task` (its first video). ``dest`` is a
+        file path, or a directory (the file is then named after the video id and the URL's
+        extension, ``.mp4`` by default): a path that ends with a separator, has no suffix
+        (``videos``) or is an existing directory names a directory, created if missing. The
+        video is streamed into a hidden temporary file next to it, checked against
+        ``Content-Length``, fsynced and renamed into place (a replaced file keeps its
+        permission bits): a partial file never has the final name. A body that breaks off is
         resumed with ``Range`` within the retry policy. No credential is sent to the media
         host. ``progress(bytes_done, total_or_None)`` is called at most every 100 ms or each
         whole percent, and once at the end. Each connection takes one of the
-        ``max_in_flight`` slots.
+        ``max_in_flight`` slots. ``policy`` (a `DownloadPolicy`) bounds the size and the
+        slowness of the body and says whether internal addresses may be reached: by default
+        only public ones (and loopback when the session's base URL is on loopback).
 
         Raises `MediaExpiredError` when the media host answers 403, 404 or 410 (Kling keeps
-        results for 30 days) and `DownloadError` for other failures; local file errors are
-        raised as the `OSError` they are.
+        results for 30 days) and `DownloadError` for other failures, an internal address, a
+        body over the size cap or too slow, and a write that fails once the download began
+        (disk full); errors opening the destination are raised as the `OSError` they are.
 
         Added in version 0.2.
         """
@@ -567,6 +571,7 @@ class KlingSession:
             video_or_task,
             dest,
             progress=progress,
+            policy=policy,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
         )
@@ -662,50 +667,20 @@ def _credentials(
 
 def _base_url(url: str, *, allow_insecure_http: bool) -> str:
     """Check a base URL before anything is sent: every later request is built from it."""
-    if not isinstance(url, str):
-        raise TypeError(f"base_url must be a str, not {type(url).__name__}")
-    if not url.strip():
+    if isinstance(url, str) and not url.strip():
         raise InvalidArgumentError("base_url", "must not be empty")
-    _check_text("base_url", url)
-    try:
-        parsed = urllib.parse.urlsplit(url)
-    except ValueError as exc:
-        raise InvalidArgumentError("base_url", f"is not a valid URL: {exc}") from None
-    if "@" in parsed.netloc:
-        # The credential would be sent to every host and shown in every repr and log line.
-        raise InvalidArgumentError(
-            "base_url", "must not carry a user name or password; pass api_key instead"
-        )
-    try:
-        port = parsed.port  # raises for ":abc" and ports past 65535
-    except ValueError as exc:
-        raise InvalidArgumentError("base_url", f"is not a valid URL ({exc}): {url!r}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InvalidArgumentError("base_url", f"must be an http(s) URL, got {url!r}")
-    if port == 0:
+    parsed = _urls.http_url(url, "base_url")
+    if parsed.port == 0:
         raise InvalidArgumentError("base_url", f"port 0 is not a port to connect to: {url!r}")
     if parsed.query or parsed.fragment:
         raise InvalidArgumentError("base_url", f"must not have a query or fragment, got {url!r}")
-    if any(char.isspace() or ord(char) < 0x20 for char in url):
-        raise InvalidArgumentError(
-            "base_url", f"must not contain spaces or control characters: {url!r}"
-        )
-    if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.hostname):
+    if _urls.insecure(parsed) and not allow_insecure_http:
         raise InvalidArgumentError(
             "base_url",
             f"refusing plain http:// to {parsed.hostname}: credentials would travel "
             "unencrypted; use https:// or pass allow_insecure_http=True",
         )
     return url.rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_task_id(task_id: object) -> None:

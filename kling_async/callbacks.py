@@ -18,18 +18,17 @@ import collections
 import functools
 import hashlib
 import hmac
-import ipaddress
 import json
 import math
 import secrets
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
 
+from . import _urls
 from ._converter import converter
 from ._watch import newer
 from .models import Task
@@ -422,32 +421,13 @@ async def _asgi_reply(send: Send, status: int, *headers: tuple[bytes, bytes]) ->
 
 def _public_url(url: object) -> str:
     """Check the receiver's public URL: https, or http on loopback; no query or fragment."""
-    if not isinstance(url, str):
-        raise TypeError(f"public_url must be a str, not {type(url).__name__}")
-    try:
-        parsed = urllib.parse.urlsplit(url)
-        parsed.port  # noqa: B018  # raises for ":abc" and ports past 65535
-    except ValueError as exc:
-        raise ValueError(f"public_url is not a valid URL ({exc}): {url!r}") from None
-    host = parsed.hostname or ""
-    if parsed.scheme not in ("http", "https") or not host:
-        raise ValueError(f"public_url must be an https:// URL, got {url!r}")
-    if parsed.scheme == "http" and not _is_loopback(host):
+    parsed = _urls.http_url(url, "public_url")
+    assert isinstance(url, str)  # http_url raised TypeError otherwise
+    if _urls.insecure(parsed):
         raise ValueError(
             f"public_url must be https:// (plain http:// only on loopback), got {url!r}: "
             "callbacks carry the token that admits them"
         )
-    if parsed.query or parsed.fragment or "@" in parsed.netloc:
-        raise ValueError(f"public_url must have no query, fragment or user info, got {url!r}")
-    if any(char.isspace() or ord(char) < 0x20 for char in url):
-        raise ValueError(f"public_url must not contain spaces or control characters: {url!r}")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"public_url must have no query or fragment, got {url!r}")
     return url.rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -19,6 +19,7 @@ EXPECTED_ALL = {
     "ClaimOutcome",
     "ContentPolicyError",
     "DownloadError",
+    "DownloadPolicy",
     "EntryState",
     "ExtendRequest",
     "InvalidArgumentError",
