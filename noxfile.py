@@ -39,20 +39,23 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Client CPU per request (bench_cycle) and waiting at scale (bench_batch), in one run.
+    """Client CPU per request (bench_cycle), callback-to-wait latency (bench_callbacks) and
+    waiting at scale (bench_batch), in one run; bench_callbacks fails it on a missed target.
 
-    ``nox -s bench -- cycle ARGS`` or ``-- batch ARGS`` runs one benchmark with its arguments
-    (``-- batch --tasks 200 --min 5 --max 15`` is a quick batch run); other posargs go to
-    bench_cycle, as before. The full batch run takes about ten minutes.
+    ``nox -s bench -- cycle ARGS``, ``-- callbacks ARGS`` or ``-- batch ARGS`` runs one
+    benchmark with its arguments (``-- batch --tasks 200 --min 5 --max 15`` is a quick batch
+    run); other posargs go to bench_cycle, as before. The full batch run takes about ten
+    minutes.
     """
     session.install("-e", ".")
     if session.posargs:
         first, *rest = session.posargs
-        if first in ("cycle", "batch"):
+        if first in ("cycle", "callbacks", "batch"):
             session.run("python", f"bench/bench_{first}.py", *rest)
         else:
             session.run("python", "bench/bench_cycle.py", *session.posargs)
         return
     session.run("python", "bench/bench_cycle.py")  # one request at a time
     session.run("python", "bench/bench_cycle.py", "--concurrency", "16")  # a batch
+    session.run("python", "bench/bench_callbacks.py")  # 200 waits ended by callbacks
     session.run("python", "bench/bench_batch.py")  # 1,000 tasks of 30-90 s, every mode

@@ -111,7 +111,12 @@ def spread(count: int) -> Any:
 @pytest.mark.anyio
 @pytest.mark.parametrize("framework", ["aiohttp", "fastapi"])
 async def test_waits_complete_from_callbacks(framework: str) -> None:
-    """200 waits end from callbacks within 0.2 s, with at most 2 queries per task."""
+    """200 waits end from callbacks: one confirming query per task, no poll, no list.
+
+    With the default schedule and the 60 s safety cadence, no poll is due within the test:
+    every wait that ends did so because a callback woke it. How fast is measured in
+    bench/bench_callbacks.py, not here.
+    """
     count = 200
     mount = aiohttp_app if framework == "aiohttp" else fastapi_app
     async with (
@@ -120,32 +125,24 @@ async def test_waits_complete_from_callbacks(framework: str) -> None:
         official(emu, callbacks=receiver, poll_policy=SLOW) as session,
     ):
         handles = await session.extend_many([session_request(f"vid-{i}") for i in range(count)])
-        assert all(isinstance(h, TaskHandle) for h in handles)
-        seen: dict[str, float] = {}
         typed = [h for h in handles if isinstance(h, TaskHandle)]
-        with anyio.fail_after(10):
+        assert count == len(typed)
+        done: list[str] = []
+        with anyio.fail_after(10):  # bounds a hang; polls alone would take 60 s
             if framework == "aiohttp":  # a gather of waits
 
                 async def wait(handle: TaskHandle) -> None:
-                    await handle.wait()
-                    seen[handle.task_id] = time.time()
+                    done.append((await handle.wait()).status.value)
 
                 async with anyio.create_task_group() as group:
                     for handle in typed:
                         group.start_soon(wait, handle)
             else:  # as_completed
                 async for task in session.as_completed(typed):
-                    seen[task.task_id] = time.time()
-        latencies = []
-        for task_id, when in seen.items():
-            finished = emu.tasks[task_id].finishes_at
-            assert finished is not None
-            latencies.append(when - finished)
-        assert count == len(seen)
-        assert max(latencies) < 0.2, sorted(latencies)[-5:]
+                    done.append(task.status.value)
+        assert ["succeed"] * count == done
         per_task = queries_per_task(emu)
-        assert max(per_task.values(), default=0) <= 2
-        assert count == len(per_task)  # each success confirmed by one query
+        assert {h.task_id: 1 for h in typed} == dict(per_task)  # one confirm each, no poll
         assert 0 == emu.count("list")
         await emu.drain_callbacks()
         assert {200} == {c.status for c in emu.callbacks}
@@ -437,10 +434,9 @@ async def test_memory_does_not_grow_per_callback() -> None:
         handle = await session.extend("vid-1")
         token = token_of(callback_url_of(emu, handle))
         body = json.dumps({"task_id": handle.task_id, "task_status": "processing"}).encode()
-        started = time.perf_counter()
         for _ in range(100):
             assert 200 == await receiver.deliver(token, body)
-        assert (time.perf_counter() - started) / 100 < 0.005  # well under 50 ms, no query
+        assert 0 == emu.count("query")
         assert 1 == len(receiver._bindings)
         link = session._link
         assert link is not None
