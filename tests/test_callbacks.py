@@ -535,6 +535,32 @@ async def test_fire_and_forget_creates_keep_nothing_once_their_callbacks_came() 
 
 
 @pytest.mark.anyio
+async def test_a_final_callback_nobody_waited_on_that_was_wrong_ends_in_polls() -> None:
+    """A 'succeed' for a running task nobody waits on retires its token; a wait then confirms
+    (one query), finds it running, and ends by the usual polls, not the safety cadence."""
+    receiver = CallbackReceiver("http://127.0.0.1:9/kling/callbacks", safety_interval=3600)
+    quick = PollPolicy(first_delay=0.05, interval=0.05, min_duration=0.1, max_duration=1.0)
+    async with (
+        KlingEmulator(auto_advance=False) as emu,
+        official(emu, callbacks=receiver, poll_policy=quick, retry_policy=RetryPolicy()) as session,
+    ):
+        handle = await session.extend("vid-1")
+        token = token_of(callback_url_of(emu, handle))
+        assert 200 == await receiver.deliver(token, final_callback(handle.task_id))
+        assert 0 == session.statistics().callback_tokens
+        assert 0 == emu.count("query")
+        with anyio.fail_after(5):  # the safety cadence alone would take an hour
+            async with anyio.create_task_group() as group:
+                group.start_soon(handle.wait)
+                while emu.count("query") < 1:
+                    await anyio.sleep(0.005)
+                assert not handle.done  # the confirm found it running
+                emu.set_status(handle.task_id, "succeed")
+        assert handle.done
+        assert 2 <= emu.count("query")
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("confirm", [True, False])
 async def test_a_callbacks_clock_never_outranks_the_servers_replies(confirm: bool) -> None:
     """A callback dated 2100 moves the status as a hint; the next reply replaces it."""
