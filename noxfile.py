@@ -64,6 +64,7 @@ def bench(session: nox.Session) -> None:
         ["bench/bench_cycle.py", "--concurrency", "16"],  # a batch
         ["bench/bench_journal.py"],  # the journal's cost per keyed create
         ["bench/bench_burst.py"],  # 100 waits meet 2 s of 1302s
+        ["bench/bench_callbacks.py"],  # callback-to-wait latency, 200 tasks
         ["bench/bench_batch.py"],  # 1,000 tasks of 30-90 s, every mode
     ]
     failed = []

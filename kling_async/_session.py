@@ -70,6 +70,10 @@ class SessionStatistics:
     """Whether waits refresh through the list: None while undecided (versionadded 0.2)."""
     rate_limit: float | None = None
     """Requests per second the session holds itself to after a 1302, or None (0.2)."""
+    tasks_tracked: int = 0
+    """Task states held: a live handle or wait, or a receiver token's open create (0.2)."""
+    callback_tokens: int = 0
+    """Receiver tokens of creates not yet seen finished, by a reply or a callback (0.2)."""
 
 
 class KlingSession:
@@ -297,6 +301,8 @@ class KlingSession:
             list_requests=watcher.list_requests,
             list_refresh=watcher.list_mode,
             rate_limit=wire.pace.rate,
+            tasks_tracked=watcher.tracked,
+            callback_tokens=0 if self._link is None else self._link.open_tokens,
         )
 
     # -- public calls ---------------------------------------------------------------------

@@ -8,10 +8,11 @@ list page refreshes every pending task it contains (api.md "List refresh"); the 
 polls densely only where completions are expected and learns that from tasks it saw finish.
 State a handle has seen never goes backwards (`newer`).
 
-Callbacks (``callbacks``) are hints fed in through `Watcher.hint`: a status on the way is
-merged like any reply; a final one (with confirmation on) only makes the task's poll due
-now, so the waits themselves confirm it with one query. A task whose callbacks come to a
-receiver is polled on the slow safety cadence only (``TaskState.safety``).
+Callbacks (``callbacks``) are hints fed in through `Watcher.hint`: a status on the way moves
+the state on until the next reply replaces it; a final one (with confirmation on) only makes
+the task's poll due now, so the waits themselves confirm it with one query, and when nobody
+waits its token is retired at once, so that finished creates hold no memory. A task whose
+callbacks come to a receiver is polled on the slow safety cadence only (``TaskState.safety``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
+import attrs
 
 from . import sansio
 from ._policies import PollPolicy
@@ -39,7 +41,7 @@ from .errors import (
     SessionClosedError,
     WaitTimeoutError,
 )
-from .models import Task, TaskStatus
+from .models import Task, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from ._wire import Wire
@@ -101,6 +103,7 @@ class TaskState:
         "outcome",
         "polls",
         "recorded",
+        "replied",
         "retire",
         "safety",
         "sleepers",
@@ -111,6 +114,10 @@ class TaskState:
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.last: Task | None = None
+        # The newest reply of the server. `last` is either this or a callback's hint that
+        # moved the status on; the next fresh reply of the hint's status or a later one
+        # replaces the hint whatever its clock says, so a callback never outranks the server.
+        self.replied: Task | None = None
         self.waiters = 0
         self.next_due = 0.0  # loop time of the next poll a wait makes
         self.born: float | None = None  # loop time the task was made, as far as known
@@ -259,25 +266,57 @@ class Watcher:
     def hint(self, state: TaskState, task: Task, *, confirm: bool) -> None:
         """A callback's task for ``state`` (its id already checked): a hint, never the truth.
 
-        A status on the way is merged (never backwards). A final one is merged only without
-        ``confirm``; with it, the task's poll becomes due now and its waits wake, so that one
-        of them confirms with a query before any returns. Nothing here awaits or queries.
+        A status on the way is merged (never backwards) as a hint: the next reply of that
+        status or later replaces it, and with ``confirm`` it carries no result. A final one is
+        merged only without ``confirm``; with it, the task's poll becomes due now and its
+        waits wake, so that one of them confirms with a query before any returns. When no
+        wait is on the task, its token is retired at once (`_let_go`). Nothing here awaits
+        or queries.
         """
         if self._wire.closed:
             return
         last = state.last
         if last is not None and last.done:
             return  # already seen finished: a duplicate or a late one changes nothing
-        if not (task.done and confirm):
-            self._merge(state, task)
+        if not task.done:
+            if confirm and (task.result.videos or task.final_unit_deduction is not None):
+                task = attrs.evolve(task, result=TaskResult(), final_unit_deduction=None)
+            self._merge(state, task, hinted=True)
+            return
+        if not confirm:
+            self._merge(state, task)  # trusted: the receiver is reached by Kling alone
             return
         state.confirm_wanted = True
+        if state.waiters == 0:
+            self._let_go(state)
         if state.busy:
             return  # the poll in flight may predate the callback: `_lead` confirms after it
         due = max(self._wire.clock(), state.confirmed_at + _CONFIRM_SPACING)
         if due < state.next_due:
             state.next_due = due
         state.notify()
+
+    def _let_go(self, state: TaskState) -> None:
+        """A final callback for a task nobody waits on: keep nothing for it but its handles.
+
+        The receiver retires its token (later callbacks get 200 and change nothing), the
+        state lives on only while a handle holds it, and its id stops counting as running
+        (a freed slot wakes a create waiting for one). A wait that comes later confirms
+        with one query at once and then polls on the usual schedule.
+        """
+        state.safety = None
+        retire, state.retire = state.retire, None
+        if retire is not None:
+            retire()
+        running = self._running
+        if state.task_id in running:
+            del running[state.task_id]
+            self._on_finished()
+
+    @property
+    def tracked(self) -> int:
+        """Task states held: a live handle or wait, or a token's open create, keeps one."""
+        return len(self._states)
 
     def close(self) -> None:
         """Wake every wait (each then sees the session closed and raises)."""
@@ -351,12 +390,23 @@ class Watcher:
             state.generation += 1
             state.notify()
 
-    def _merge(self, state: TaskState, task: Task) -> Task:
-        """Fold a reply into the shared state; return the state now seen (never older)."""
+    def _merge(self, state: TaskState, task: Task, *, hinted: bool = False) -> Task:
+        """Fold a reply (or a callback's hint) into the shared state; return the state now
+        seen (never older). A reply replaces a hint of its status or an earlier one whatever
+        their clocks say: a callback's ``updated_at`` cannot make genuine replies look stale."""
         old = state.last
-        if newer(old, task):
+        if hinted:
+            take = newer(old, task)
+        else:
+            replied = state.replied
+            take = newer(replied, task)
+            if take:
+                state.replied = task
+                if old is not None and old is not replied:  # the state shows a hint
+                    take = _rank(task.status) >= _rank(old.status)
+        if take:
             state.last = task
-            if state.born is None:
+            if state.born is None and not hinted:
                 state.born = self._born(task)
             self._saw(task)
             if old is None or old.status != task.status:

@@ -141,6 +141,11 @@ class _SessionLink:
         self.active: set[bytes] = set()
         self.finished: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
+    @property
+    def open_tokens(self) -> int:
+        """Tokens of this session's creates whose tasks are not yet seen finished."""
+        return len(self.active)
+
     def issue(self) -> tuple[_Binding, str]:
         """A fresh token for one create, registered before the create is sent."""
         if self.closed:
@@ -241,7 +246,8 @@ class CallbackReceiver:
     callback that says done makes the session confirm it with one query before a wait
     returns; ``confirm=False`` trusts the body, for a receiver nobody else can reach. Waits
     on tasks whose callbacks come here poll only every ``safety_interval`` seconds, so a lost
-    callback delays a wait but never hangs it.
+    callback delays a wait but never hangs it. A final callback for a task nobody waits on
+    retires its token at once: finished creates keep no memory, and a later wait confirms.
 
     Added in version 0.2.
     """
