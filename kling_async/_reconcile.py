@@ -41,6 +41,7 @@ __all__ = [
     "verdict",
 ]
 
+_MILLISECOND = dt.timedelta(milliseconds=1)
 MARGIN = dt.timedelta(seconds=30)
 """Added to the clocks' uncertainty on both sides of a send's window: a task a wrong
 estimate would leave out could be paid for twice, one it takes in is only ambiguous."""
@@ -69,7 +70,9 @@ class Doubt:
         than the send by more than the server clock's uncertainty)."""
         if self.sent_at is None or task.created_at is None:
             return False
-        return task.created_at >= self.sent_at - self.uncertainty
+        # The wire's times are whole milliseconds: a task made just after the send may carry
+        # the millisecond the send began in.
+        return task.created_at + _MILLISECOND >= self.sent_at - self.uncertainty
 
     @property
     def earliest(self) -> dt.datetime | None:

@@ -299,3 +299,13 @@ def test_a_date_header_is_an_aware_utc_time(header: str) -> None:
     """RFC 9110 dates are GMT, also when spelled ``-0000``."""
     assert SENT == parse_http_date(header)
     assert dt.timezone.utc == parse_http_date(header).tzinfo  # type: ignore[union-attr]
+
+
+def test_a_task_stamped_in_the_milliseconds_the_send_began_may_follow_it() -> None:
+    """The wire's times are whole milliseconds: a task made 0.3 ms after a send at .0005 s
+    says .000 s, and with the clock known exactly it is still the create's."""
+    sent = SENT + dt.timedelta(microseconds=500)
+    doubt = _doubt(sent_at=sent, uncertainty=0.0)
+
+    assert Found(_task("t-1", after=0.0)) == _verdict(doubt, [_task("t-1", after=0.0)])
+    assert isinstance(_verdict(doubt, [_task("t-1", after=-0.002)]), Ambiguous)
