@@ -41,6 +41,7 @@ from ._cli_output import (
     _session_options,
     _silence_stdout,
     _size,
+    _timeouts,
     _usage_error,
 )
 from ._handle import TaskHandle
@@ -685,6 +686,19 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
         "unencrypted)",
     )
     group.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up connecting after SECONDS (default 10)",
+    )
+    group.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up on a reply after SECONDS without data (default 60); a create in doubt "
+        "is looked up until SECONDS x 2 + the connect timeout after it was sent",
+    )
+    group.add_argument(
         "--json", action="store_true", help="print each task as one JSON object per line"
     )
     _add_verbose(group)
@@ -910,6 +924,7 @@ def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> 
         session = KlingSession(
             base_url=args.base_url,
             allow_insecure_http=args.allow_insecure_http,
+            **_timeouts(args),
             **_session_options(),
         )
     except ValueError as error:

@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from typing import Any, Protocol, TextIO
 
 import anyio
@@ -46,10 +46,12 @@ from ._cli_output import (
     _session_options,
     _silence_stdout,
     _size,
+    _timeouts,
     _usage_error,
 )
 from ._download import file_name
 from ._handle import TaskHandle
+from ._journal import EntryState, SQLiteJournal
 from ._session import KlingSession
 from .errors import InvalidArgumentError, KlingError, TaskFailedError
 from .models import ExtendRequest, Task, TaskStatus
@@ -438,11 +440,15 @@ def describe(snap: Snapshot, *, eta: bool = True) -> str:
 
 class BatchProgress(Protocol):
     def tick(self) -> None: ...
+    def note(self, text: str) -> None: ...
     def close(self) -> None: ...
 
 
 class Quiet:
     def tick(self) -> None:
+        pass
+
+    def note(self, text: str) -> None:
         pass
 
     def close(self) -> None:
@@ -476,6 +482,9 @@ class PlainProgress:
     def _write(self, line: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(_clean(line), file=self._stream, flush=True)
+
+    def note(self, text: str) -> None:
+        self._write(text)
 
     def _line(self) -> str:
         snap = self._run.snapshot()
@@ -562,6 +571,11 @@ class RichProgress:
     def tick(self) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
+
+        self._console.print(escape(_clean(text)), highlight=False)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -602,8 +616,10 @@ async def _execute(
     run: Run,
     args: argparse.Namespace,
     progress: BatchProgress,
+    doubts: Set[str] = frozenset(),
 ) -> None:
-    """Each row on its own: submit (bounded), wait, download (bounded).
+    """Each row on its own: submit (bounded), wait, download (bounded); the keys in
+    ``doubts`` (left in doubt by an earlier run) are looked up outside the bound.
 
     Rows are waited for as soon as they are created, not after the last create: the waits
     share the session's poll scheduler (single-flight queries, list refresh) just as
@@ -616,7 +632,7 @@ async def _execute(
 
     async def submit(row: Row, outcome: Outcome) -> TaskHandle | None:
         request = row.request
-        async with creates:
+        async with contextlib.nullcontext() if row.key in doubts else creates:
             try:
                 handle = await session.extend(
                     request.video_id,
@@ -777,10 +793,12 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
         return _usage_error(command, problem)
     journal, results = _paths(args)
     try:
+        store = SQLiteJournal(journal)
         session = KlingSession(
             base_url=args.base_url,
             allow_insecure_http=args.allow_insecure_http,
-            journal=journal,
+            journal=store,
+            **_timeouts(args),
             **_session_options(),
         )
     except ValueError as error:
@@ -789,8 +807,21 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     progress = _progress(batch, args.quiet)
 
     async def main() -> None:
-        async with session:
-            await _execute(session, rows, batch, args, progress)
+        async with store, session:
+            # Creates an earlier run left in doubt are looked up at once, outside the limit
+            # of --concurrency, so that rows never sent do not wait behind their look-ups.
+            keys = {row.key for row in rows}
+            doubts = {
+                entry.key
+                for entry in await store.pending()
+                if entry.state is EntryState.SENDING and entry.key in keys
+            }
+            if doubts:
+                progress.note(
+                    f"{len(doubts)} create{'s' if len(doubts) > 1 else ''} in doubt from an "
+                    "earlier run: looking them up"
+                )
+            await _execute(session, rows, batch, args, progress, doubts)
 
     try:
         anyio.run(main)

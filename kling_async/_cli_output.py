@@ -14,7 +14,7 @@ import pathlib
 import re
 import sys
 import tempfile
-from typing import Any
+from typing import Any, TypedDict
 
 from ._policies import PollPolicy, RetryPolicy
 from .errors import InvalidArgumentError
@@ -48,12 +48,29 @@ _FLAGS = {
     "parent_task_id": "--parent-task-id",
     "external_task_id": "--external-task-id",
     "timeout": "--timeout",
+    "connect_timeout": "--connect-timeout",
+    "read_timeout": "--read-timeout",
     "page_size": "--page-size",
     "max_pages": "--pages",
     "api_key": "KLING_API_KEY",
     "access_key": "KLING_ACCESS_KEY",
     "secret_key": "KLING_SECRET_KEY",
 }
+
+
+class _Timeouts(TypedDict, total=False):
+    connect_timeout: float
+    read_timeout: float
+
+
+def _timeouts(args: argparse.Namespace) -> _Timeouts:
+    """The KlingSession timeouts the command line sets (``--connect-timeout``, ...)."""
+    timeouts = _Timeouts()
+    if getattr(args, "connect_timeout", None) is not None:
+        timeouts["connect_timeout"] = args.connect_timeout
+    if getattr(args, "read_timeout", None) is not None:
+        timeouts["read_timeout"] = args.read_timeout
+    return timeouts
 
 
 def _session_options() -> dict[str, Any]:

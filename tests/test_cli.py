@@ -403,14 +403,16 @@ def test_a_timeout_says_how_to_resume_the_wait(capsys: pytest.CaptureFixture[str
 
 
 def test_in_flags_translates_python_names_only_as_whole_words() -> None:
-    """`base_url` and `timeout` become flags; `connect_timeout` stays what it is."""
+    """`base_url`, `timeout` and `connect_timeout` become flags; `my_timeout` stays."""
     args = _cli._parser()[0].parse_args(["get", "1", "--base-url", "https://x"])
 
     translated = _cli._in_flags(
-        "base_url, timeout, connect_timeout, allow_insecure_http=True", args
+        "base_url, timeout, connect_timeout, my_timeout, allow_insecure_http=True", args
     )
 
-    assert "--base-url, --timeout, connect_timeout, --allow-insecure-http" == translated
+    assert "--base-url, --timeout, --connect-timeout, my_timeout, --allow-insecure-http" == (
+        translated
+    )
 
 
 # -- defect 5: names, --version, `kling-async emulator` ------------------------------------
