@@ -299,20 +299,30 @@ def _show(args: argparse.Namespace, path: pathlib.Path) -> int:
 
 
 def _state_words(entry: JournalEntry | None, error: JournalError | None) -> str:
-    """What ``forget`` is about to delete, in a few words."""
+    """What ``forget`` is about to delete, in a few words: ``state: detail``."""
     if entry is None:
-        return f"an unreadable record ({error.args[0] if error else 'unknown'})"
+        return f"unreadable: {error.args[0] if error else 'unknown'}"
     if entry.state is EntryState.SENDING:
-        return f"a create in doubt for video {entry.request.video_id}"
+        return f"in doubt: a create for video {entry.request.video_id}"
+    if entry.state is EntryState.GONE:
+        return f"gone: task {entry.task_id} vanished on the server"
     if entry.task_id is not None:
-        return f"{entry.state.value}, task {entry.task_id} (that task stays on the server)"
-    return f"{entry.state.value}, video {entry.request.video_id}"
+        return f"{entry.state.value}: task {entry.task_id}, which stays on the server"
+    return f"{entry.state.value}: video {entry.request.video_id}"
+
+
+class _Changed(Exception):
+    """The key's record changed between the question and the answer."""
 
 
 def _confirm(question: str) -> bool:
     """Ask on the terminal; anything but y/yes (or end of input) is no."""
     print(question, end="", file=sys.stderr, flush=True)
-    answer = sys.stdin.readline()
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        print(file=sys.stderr, flush=True)  # the shell's prompt starts on a line of its own
+        raise
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -325,29 +335,40 @@ def _forget(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
             "pass --yes to confirm when not on a terminal",
         )
 
-    async def forget() -> tuple[str, bool] | None:
+    async def words(journal: SQLiteJournal) -> str | None:
+        try:
+            entry = await journal.get(key)
+        except JournalError as unreadable:
+            return _state_words(None, unreadable)
+        return None if entry is None else _state_words(entry, None)
+
+    async def describe() -> str | None:
         async with SQLiteJournal(path) as journal:
-            error: JournalError | None = None
-            try:
-                entry = await journal.get(key)
-                if entry is None:
-                    return None
-            except JournalError as unreadable:
-                entry, error = None, unreadable
-            what = _printable(_state_words(entry, error))
-            if not args.yes:
-                question = (
-                    f"forget key {_printable(key)!r} ({what})? The next batch run creates, "
-                    "and pays for, a new task for it. [y/N] "
-                )
-                if not await anyio.to_thread.run_sync(_confirm, question):
-                    return what, False
-            return what, await journal.forget(key)
+            return await words(journal)
+
+    async def forget(seen: str) -> bool:
+        async with SQLiteJournal(path) as journal:
+            if await words(journal) != seen:
+                raise _Changed
+            return await journal.forget(key)
 
     try:
-        outcome = anyio.run(forget)
+        what = anyio.run(describe)
+        if what is None:
+            outcome = None
+        else:
+            # Asked on the main thread, with no event loop running: Ctrl+C ends it at once.
+            question = (
+                f"forget key {_printable(key)!r} ({_printable(what)})? The next batch run "
+                "creates, and pays for, a new task for it. [y/N] "
+            )
+            yes = args.yes or _confirm(question)
+            outcome = (what, yes and anyio.run(forget, what))
     except ValueError as error:  # a live process is creating it right now
         return _usage_error(parser, _printable(error))
+    except _Changed:
+        _say(f"error: key {_printable(key)!r} changed while you were asked; nothing forgotten")
+        return 1
     if outcome is None:
         _say(f"error: key {_printable(key)!r} is not in journal {_printable(path)}")
         return 1
@@ -369,7 +390,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
     if problem is not None:
         return _usage_error(parser, problem)
 
-    async def settle() -> tuple[JournalEntry, JournalEntry, str] | None:
+    async def settle() -> tuple[JournalEntry, JournalEntry] | None:
         async with SQLiteJournal(path) as journal:
             before = await journal.get(key)
             if before is None:
@@ -380,11 +401,10 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
                 journal=journal,
                 **_session_options(),
             ) as session:
-                handle = await session.settle(key, args.task_id)
-                status = handle.last.status.value if handle.last is not None else "unknown"
+                await session.settle(key, args.task_id)
             after = await journal.get(key)
             assert after is not None  # settled just now; only forget deletes a record
-            return before, after, status
+            return before, after
 
     try:
         outcome = anyio.run(settle)
@@ -398,7 +418,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
     if outcome is None:
         _say(f"error: key {_printable(key)!r} is not in journal {_printable(path)}")
         return 1
-    before, after, status = outcome
+    before, after = outcome
     if args.json:
         _print(
             json.dumps(
@@ -406,7 +426,6 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
                     "key": key,
                     "state": after.state.value,
                     "task_id": after.task_id,
-                    "status": status,
                     "video_id": after.request.video_id,
                     "was": before.state.value,
                 }
@@ -415,7 +434,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
     else:
         _print(
             _printable(
-                f"{key}  {after.state.value}  task {after.task_id} ({status}), video "
+                f"{key}  {after.state.value}  task {after.task_id}, video "
                 f"{after.request.video_id}  (was {before.state.value})"
             )
         )

@@ -321,8 +321,7 @@ def test_settle_records_the_task_and_the_next_batch_run_creates_nothing(
     status, out, err = run(capsys, "journal", "settle", str(journal_of(file)), "s1", task_id)
 
     assert 0 == status, err
-    assert out.startswith(f"s1  created  task {task_id} (")
-    assert out.rstrip().endswith("video s1-video  (was sending)")
+    assert f"s1  created  task {task_id}, video s1-video  (was sending)\n" == out
     status, out, err = run(capsys, "batch", str(file), "--json")
     assert 0 == status, err
     assert (task_id, "succeed") == (json.loads(out)["task_id"], json.loads(out)["status"])
@@ -402,7 +401,7 @@ def test_forget_a_gone_key_and_the_next_batch_run_creates_a_new_task(
     status, out, err = run(capsys, "journal", "forget", str(journal_of(file)), "f1", "--yes")
 
     assert 0 == status, err
-    assert "f1  forgotten  (was gone, task vanished-task (that task stays on the server))\n" == out
+    assert "f1  forgotten  (was gone: task vanished-task vanished on the server)\n" == out
     assert "the next batch run of its file creates a new (paid) task for this key\n" == err
     status, out, err = run(capsys, "batch", str(file), "--json")
     assert 0 == status, err
@@ -449,7 +448,7 @@ def test_forget_asks_on_a_terminal_and_only_yes_forgets(
     status, out, err = run(capsys, "journal", "forget", str(path), "f3")
     assert (1, "") == (status, out)
     assert (
-        "forget key 'f3' (a create in doubt for video f3-video)? The next batch run creates, "
+        "forget key 'f3' (in doubt: a create for video f3-video)? The next batch run creates, "
         "and pays for, a new task for it. [y/N] nothing forgotten\n"
     ) == err
     assert "sending" == state_of(path, "f3")
@@ -457,7 +456,7 @@ def test_forget_asks_on_a_terminal_and_only_yes_forgets(
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
     status, out, _ = run(capsys, "journal", "forget", str(path), "f3")
     assert 0 == status
-    assert "f3  forgotten  (was a create in doubt for video f3-video)\n" == out
+    assert "f3  forgotten  (was in doubt: a create for video f3-video)\n" == out
     assert state_of(path, "f3") is None
 
 
