@@ -26,7 +26,7 @@ from typing import Any, Protocol, TextIO
 
 import anyio
 
-from . import __version__, _cli_batch
+from . import __version__, _cli_batch, _cli_journal
 from ._cli_output import (
     _INTERRUPTED,
     PROG,
@@ -839,6 +839,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     batch.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
     _add_connection(batch)
 
+    _cli_journal.add_arguments(add("journal", _cli_journal.HELP, _cli_journal.DESCRIPTION))
+
     emulator = add(
         "emulator", "serve an emulated Kling API (no account needed)", emulator_cli.DESCRIPTION
     )
@@ -906,6 +908,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "demo":
                 return anyio.run(_demo, args)
+            if args.command == "journal":
+                return _cli_journal.run(args)
             if args.command == "batch":
                 return _cli_batch.run(args, command, list(sys.argv[1:] if argv is None else argv))
             return _main_remote(args, command)
