@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import pathlib
-import re
 import sqlite3
 import sys
 from typing import Any
@@ -25,6 +24,7 @@ import attrs
 from ._cli_output import (
     PROG,
     _check,
+    _clean,
     _in_flags,
     _OutputClosed,
     _say,
@@ -43,18 +43,6 @@ DESCRIPTION = (
     "Show what a journal holds, and settle or forget the keys that a re-run cannot resolve\n"
     "alone: a create in doubt, a task that vanished on the server, a refused request."
 )
-
-# C0 and C1 controls, DEL, and the bidirectional overrides: printed as escapes, so that a
-# server's (or a file's) text cannot move the cursor or rewrite what the terminal shows.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _printable(text: object) -> str:
-    """``text`` with every control character shown as its escape (``\\x1b``, ``\\r``)."""
-    return _CONTROL.sub(
-        lambda match: match.group().encode("unicode_escape").decode("ascii"), str(text)
-    )
-
 
 # -- arguments ------------------------------------------------------------------------------
 
@@ -175,7 +163,7 @@ class _Key:
             details = f"video {self.video_id}: a running process is creating it now"
         else:
             details = str(self.reason)
-        return _printable(f"{self.key}  {self.state.replace('_', ' ')}  {details}")
+        return _clean(f"{self.key}  {self.state.replace('_', ' ')}  {details}")
 
 
 def _describe(entry: JournalEntry, in_doubt: bool) -> _Key | None:
@@ -267,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             if path.is_dir()
             else f"no such file: {str(path)!r}"
         )
-        return _usage_error(parser, f"JOURNAL: {_printable(problem)}")
+        return _usage_error(parser, f"JOURNAL: {_clean(str(problem))}")
     try:
         if args.action == "show":
             return _show(args, path)
@@ -275,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             return _forget(args, parser, path)
         return _settle(args, parser, path)
     except JournalError as error:
-        _say(f"error: {_printable(error)}")
+        _say(f"error: {error}")
         return 1
 
 
@@ -289,7 +277,7 @@ def _show(args: argparse.Namespace, path: pathlib.Path) -> int:
         _print(line.line())
     _print(_summary(counts))
     if any(line.state in ("in_doubt", "gone", "unreadable") for line in shown):
-        quoted = _printable(str(path))
+        quoted = _clean(str(path))
         _say(
             f"settle a key to the task its create made with '{PROG} journal settle {quoted} "
             f"KEY TASK_ID', or let the next run create a new (paid) one with '{PROG} journal "
@@ -359,24 +347,24 @@ def _forget(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
         else:
             # Asked on the main thread, with no event loop running: Ctrl+C ends it at once.
             question = (
-                f"forget key {_printable(key)!r} ({_printable(what)})? The next batch run "
+                f"forget key {_clean(str(key))!r} ({_clean(str(what))})? The next batch run "
                 "creates, and pays for, a new task for it. [y/N] "
             )
             yes = args.yes or _confirm(question)
             outcome = (what, yes and anyio.run(forget, what))
     except ValueError as error:  # a live process is creating it right now
-        return _usage_error(parser, _printable(error))
+        return _usage_error(parser, _clean(str(error)))
     except _Changed:
-        _say(f"error: key {_printable(key)!r} changed while you were asked; nothing forgotten")
+        _say(f"error: key {_clean(str(key))!r} changed while you were asked; nothing forgotten")
         return 1
     if outcome is None:
-        _say(f"error: key {_printable(key)!r} is not in journal {_printable(path)}")
+        _say(f"error: key {_clean(str(key))!r} is not in journal {_clean(str(path))}")
         return 1
     what, forgotten = outcome
     if args.json:
         _print(json.dumps({"key": key, "forgotten": forgotten, "was": what}))
     elif forgotten:
-        _print(_printable(f"{key}  forgotten  (was {what})"))
+        _print(_clean(f"{key}  forgotten  (was {what})"))
     if not forgotten:
         _say("nothing forgotten")
         return 1
@@ -409,14 +397,14 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
     try:
         outcome = anyio.run(settle)
     except ValueError as error:  # another video, a task of another key, a bad argument
-        return _usage_error(parser, _printable(_in_flags(error, args)))
+        return _usage_error(parser, _clean(str(_in_flags(error, args))))
     except KlingError as error:  # the query failed: nothing was recorded
         if isinstance(error, JournalError):
             raise
-        _say(f"error: {type(error).__name__}: {_printable(error)}; nothing was recorded")
+        _say(f"error: {error}; nothing was recorded")
         return 1
     if outcome is None:
-        _say(f"error: key {_printable(key)!r} is not in journal {_printable(path)}")
+        _say(f"error: key {_clean(str(key))!r} is not in journal {_clean(str(path))}")
         return 1
     before, after = outcome
     if args.json:
@@ -433,7 +421,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
         )
     else:
         _print(
-            _printable(
+            _clean(
                 f"{key}  {after.state.value}  task {after.task_id}, video "
                 f"{after.request.video_id}  (was {before.state.value})"
             )
