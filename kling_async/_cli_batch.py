@@ -53,7 +53,7 @@ from ._download import file_name
 from ._handle import TaskHandle
 from ._journal import EntryState, SQLiteJournal
 from ._session import KlingSession
-from .errors import InvalidArgumentError, KlingError, TaskFailedError
+from .errors import InvalidArgumentError, KlingError, NotFoundError, TaskFailedError
 from .models import ExtendRequest, Task, TaskStatus
 
 __all__ = ["read_rows", "run"]
@@ -692,7 +692,14 @@ async def _execute(
             task = await handle.wait()
         except TaskFailedError as error:
             task = error.task
-        except KlingError as error:  # the queries gave up (an outage, a vanished task)
+        except NotFoundError as error:  # the journal recorded it gone: a re-run says so too
+            outcome.status = "error"
+            forget = shlex.join([PROG, "journal", "forget", str(_paths(args)[0]), outcome.key])
+            outcome.message = (
+                f"the task vanished on the server ({_message(error)}); to create it again: {forget}"
+            )
+            return
+        except KlingError as error:  # the queries gave up (an outage)
             outcome.status = "error"
             outcome.message = (
                 f"stopped waiting: {_message(error)}; the task may still be running: "

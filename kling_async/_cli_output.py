@@ -30,6 +30,9 @@ _SESSION_OPTIONS: dict[str, Any] = {}
 # Tests that run the CLI as a child process set this to poll every N seconds (and retry
 # without waiting), so that a batch against a fast emulator takes a second, not minutes.
 _TEST_POLL_VARIABLE = "KLING_ASYNC_TEST_POLL_SECONDS"
+# ... and this one as well to keep the default retry policy (crash and clock tests: the
+# look-ups of creates in doubt wait between tries, as they do for a user).
+_TEST_DEFAULT_RETRY_VARIABLE = "KLING_ASYNC_TEST_DEFAULT_RETRY"
 
 
 # Ctrl+C ends anyio.run() with KeyboardInterrupt; on Python 3.10 (no Task.uncancel()) the
@@ -88,7 +91,8 @@ def _session_options() -> dict[str, Any]:
             jitter=0,
             learn=False,
         )
-        options["retry_policy"] = RetryPolicy.instant()
+        if not os.environ.get(_TEST_DEFAULT_RETRY_VARIABLE):
+            options["retry_policy"] = RetryPolicy.instant()
     return options
 
 

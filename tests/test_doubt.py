@@ -9,6 +9,7 @@ timeouts that make the window; waits are not what they attack, so polls are inst
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import pathlib
@@ -257,28 +258,34 @@ async def test_a_batch_killed_at_random_points_on_a_skewed_busy_account_pays_onc
                 video = f"vid-{n}" if mode == "official" else f"other-{n}"
                 theirs.add((await other.extend(video)).task_id)
 
+        def made() -> int:
+            return emulator.count("create") - len(theirs)
+
         kills = 0
         finished = False
         async with other:
             for run in range(12):
                 await busy(120)  # more than one list page since the last run's sends
-                kill_after = rng.randint(10, 2 * rows) if run < 5 else None
-                process = await anyio.open_process(argv, env=env, stderr=subprocess.DEVNULL)
-                assert process.stdout is not None
-                lines = 0
+                # Killed once the server made a few more of its tasks: creates are in flight.
+                stop_at = made() + rng.randint(5, rows // 2) if run < 5 else None
+                out = tmp_path / f"run-{run}.out"
+                with out.open("wb") as stdout:
+                    process = await anyio.open_process(
+                        argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL
+                    )
                 async with anyio.create_task_group() as group:
                     group.start_soon(busy, 40)  # and some while it runs
-                    async for chunk in process.stdout:
-                        lines += chunk.count(b"\n")
-                        finished = finished or b"done" in chunk
-                        if kill_after is not None and lines >= kill_after:
-                            process.send_signal(signal.SIGKILL)
-                            kills += 1
-                            break
                     with anyio.fail_after(60):
+                        while process.returncode is None:
+                            if stop_at is not None and made() >= stop_at:
+                                process.send_signal(signal.SIGKILL)
+                                kills += 1
+                                break
+                            await anyio.sleep(0.002)
                         await process.wait()
-                await process.stdout.aclose()
-                if finished:
+                await process.aclose()
+                if out.read_bytes().endswith(b"done\n"):
+                    finished = True
                     break
         ours = [task for task in emulator.tasks.values() if task.task_id not in theirs]
 
@@ -286,3 +293,83 @@ async def test_a_batch_killed_at_random_points_on_a_skewed_busy_account_pays_onc
     assert kills >= 3
     assert rows == len(ours) == len({task.video_id for task in ours})  # no row paid twice
     assert {f"vid-{n}" for n in range(rows)} == {task.video_id for task in ours}
+
+
+async def test_the_batch_command_killed_at_random_points_on_a_skewed_busy_account_pays_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    """`kling-async batch` through a gateway (no external ids: look-ups read the list),
+    SIGKILLed mid-create 4 times, the default retry policy, the server's clock 7 minutes
+    ahead and another client creating tasks all along: one task per row, and the last run
+    exits 0 having waited for every row."""
+    rows = 60
+    file = tmp_path / "rows.jsonl"
+    file.write_text(
+        "".join(f'{{"key": "r-{n}", "video_id": "vid-{n}"}}\n' for n in range(rows)),
+        encoding="utf-8",
+    )
+    rng = random.Random(7)
+    theirs: set[str] = set()
+    async with KlingEmulator() as emulator, gateway(emulator) as other:
+        emulator.clock = lambda: time.time() + 420
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            "KLING_API_KEY": emulator.api_key,
+            "KLING_BASE_URL": emulator.gateway_url,
+            "KLING_ASYNC_TEST_POLL_SECONDS": "0.05",  # waits are not what this attacks
+            "KLING_ASYNC_TEST_DEFAULT_RETRY": "1",  # look-ups wait between tries
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "kling_async",
+            "batch",
+            str(file),
+            "-q",
+            "--connect-timeout",
+            "0.5",
+            "--read-timeout",
+            "0.5",
+        ]
+
+        async def busy(count: int) -> None:
+            for _ in range(count):
+                theirs.add((await other.extend(f"other-{rng.randrange(1000)}")).task_id)
+
+        def ours() -> int:
+            return emulator.count("create") - len(theirs)
+
+        kills, status = 0, None
+        for run in range(8):
+            await busy(120)  # more than a list page since the last run's sends
+            log = tmp_path / f"run-{run}.err"
+            with log.open("wb") as stderr:
+                process = await anyio.open_process(
+                    argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+                )
+            stop_at = ours() + rng.randint(1, 12) if run < 4 else None
+            async with anyio.create_task_group() as group:
+                group.start_soon(busy, 30)  # and some while it runs
+                with anyio.fail_after(120):
+                    while process.returncode is None:
+                        if stop_at is not None and ours() >= stop_at:
+                            process.send_signal(signal.SIGKILL)
+                            kills += 1
+                            break
+                        await anyio.sleep(0.002)
+                    status = await process.wait()
+            await process.aclose()
+            err = log.read_text("utf-8", errors="replace")
+            if status == 0:
+                break
+        mine = [task for task in emulator.tasks.values() if task.task_id not in theirs]
+
+    assert 0 == status, err
+    assert kills == 4
+    assert rows == len(mine) == len({task.video_id for task in mine})  # no row paid twice
+    results = [
+        json.loads(line)
+        for line in (tmp_path / "rows.jsonl.results.jsonl").read_text("utf-8").splitlines()
+    ]
+    assert {"succeed"} == {line["status"] for line in results}
