@@ -24,7 +24,6 @@ from ._policies import Action, RetryPolicy, classify
 from ._wire import DeadlinePassed, Wire
 from .errors import (
     AmbiguousCreateError,
-    APIError,
     ContentPolicyError,
     InvalidRequestError,
     KlingError,
@@ -421,23 +420,24 @@ class Creator:
                 absent_is_unsent=True,
             )
         except _Absent:
-            self._active.discard(attempt)
-            logger.info(
-                "the journaled create for video %s%s made no task; sending it",
-                request.video_id,
-                "" if key is None else f" (key {key!r})",
-            )
-            attempt.recorded = True  # the journal says "sending"
-            await self._not_sent(attempt)
-            return await self.create(request, record=record, callback=callback, key=key)
-        except AmbiguousCreateError:
-            self._doubts.append(attempt)
-            self._active.discard(attempt)
+            attempt.in_doubt = False  # certainly made nothing
+        except BaseException:
+            self._doubts.append(attempt)  # still in doubt: a rival for other look-ups
             raise
-        attempt.resolved = True
-        self._active.discard(attempt)
-        await record.created(task)
-        return task
+        else:
+            attempt.resolved = True
+            await record.created(task)
+            return task
+        finally:
+            self._active.discard(attempt)
+        logger.info(
+            "the journaled create for video %s%s made no task; sending it",
+            request.video_id,
+            "" if key is None else f" (key {key!r})",
+        )
+        attempt.recorded = True  # the journal says "sending"
+        await self._not_sent(attempt)
+        return await self.create(request, record=record, callback=callback, key=key)
 
     async def _not_sent(self, attempt: CreateAttempt) -> None:
         if attempt.record is not None and attempt.recorded:
@@ -469,19 +469,15 @@ class Creator:
         sees finish wakes one waiting create, not all of them.
         """
         wire = self._wire
-        remaining = policy.task_slot_timeout - waited
-        if remaining <= 0:
+        plan = policy.slot_wait(error, wait_number=wait_number, waited=waited, rng=wire.rng)
+        if plan is None:
             raise error
-        delay = policy.slot_delay(wait_number, wire.rng, error)  # Retry-After, capped
-        asked = error.retry_after if isinstance(error, APIError) else None
-        if asked is not None and policy.wait and asked > remaining:
-            raise error
+        delay, slot_ends_it = plan
         wire.retries += 1
         logger.info("parallel-task limit reached (1303); waiting up to %.2f s", delay)
-        delay = min(delay, remaining)
         if deadline is not None:
             delay = min(delay, max(0.0, deadline - wire.clock()))
-        if asked is None:
+        if slot_ends_it:
             await self.gate.wait(wire, delay)
         else:
             await wire.sleep(delay)

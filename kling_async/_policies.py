@@ -169,6 +169,25 @@ class RetryPolicy:
         )
         return max(delay, retry_after or 0.0)
 
+    def slot_wait(
+        self, error: KlingError, *, wait_number: int, waited: float, rng: random.Random
+    ) -> tuple[float, bool] | None:
+        """The wait after 1303 number ``wait_number``, ``waited`` seconds after the first:
+        its seconds and whether a task seen finishing may end it sooner; None when it would
+        pass ``task_slot_timeout`` (then the refusal is raised).
+
+        A ``Retry-After`` on the refusal is honoured in full, not cut short by a task
+        finishing; one that ends past the slot timeout fails at once.
+        """
+        remaining = self.task_slot_timeout - waited
+        if remaining <= 0:
+            return None
+        delay = self.slot_delay(wait_number, rng, error)
+        asked = error.retry_after if isinstance(error, APIError) else None
+        if asked is not None and self.wait and asked > remaining:
+            return None
+        return min(delay, remaining), asked is None
+
 
 @attrs.frozen(kw_only=True)
 class PollPolicy:

@@ -256,6 +256,21 @@ def test_slot_delay_is_capped_by_task_slot_delay() -> None:
     assert [1.0, 2.0, 4.0, 5.0, 5.0] == [policy.slot_delay(n, rng) for n in range(1, 6)]
 
 
+def test_slot_wait_ends_at_the_slot_timeout_and_honours_a_retry_after_in_full() -> None:
+    """A 1303 wait is cut at ``task_slot_timeout``; a freed slot may end it sooner unless the
+    server asked for a ``Retry-After``, which is waited in full or, past the timeout, refused."""
+    policy = RetryPolicy(first_delay=1, growth=2, jitter=0, task_slot_delay=5, task_slot_timeout=6)
+    rng = random.Random(0)
+    refusal = api_error(429, 1303)
+
+    assert (4.0, True) == policy.slot_wait(refusal, wait_number=3, waited=0, rng=rng)
+    assert (2.0, True) == policy.slot_wait(refusal, wait_number=3, waited=4, rng=rng)
+    assert policy.slot_wait(refusal, wait_number=1, waited=6, rng=rng) is None
+    asked = api_error(429, 1303, retry_after=3)
+    assert (3.0, False) == policy.slot_wait(asked, wait_number=1, waited=0, rng=rng)
+    assert policy.slot_wait(asked, wait_number=1, waited=4, rng=rng) is None
+
+
 # --- instant ----------------------------------------------------------------------------------
 
 
