@@ -26,6 +26,7 @@ from .errors import (
     AmbiguousCreateError,
     ContentPolicyError,
     InvalidRequestError,
+    JournalError,
     KlingError,
     ListUnavailableError,
     NotFoundError,
@@ -93,6 +94,7 @@ class CreateAttempt:
         "recorded",
         "resolved",
         "sent_at",
+        "sent_loop",
         "video_id",
         "window_ends",
     )
@@ -108,6 +110,7 @@ class CreateAttempt:
         self.record = record
         self.recorded = False  # the record says "sending" for the current try
         self.sent_at = _NEVER  # wall clock, as journaled; compared on the server's clock
+        self.sent_loop: float | None = None  # the loop's clock, when this process sent it
         self.placed = True  # False: sent_at cannot be trusted (the clock was set back)
         self.window_ends = 0.0  # loop clock: the send can no longer make a task after this
         self.on_wire = False  # sent, no reply yet
@@ -125,10 +128,12 @@ class CreateAttempt:
             await self.record.sending(dt.datetime.now(dt.timezone.utc))
             self.recorded = True
 
-    def put_on_wire(self, window_ends: float) -> None:
-        """The request leaves now; ``window_ends`` is when it can no longer make a task."""
+    def put_on_wire(self, now: float, window: float) -> None:
+        """The request leaves now (the loop's clock); after ``window`` s it can no longer
+        make a task."""
         self.sent_at = dt.datetime.now(dt.timezone.utc)
-        self.window_ends = window_ends
+        self.sent_loop = now
+        self.window_ends = now + window
         self.on_wire = True
 
     def take_off_wire(self) -> None:
@@ -196,7 +201,9 @@ class Creator:
         self.keeps_external_ids = False  # set once the server echoes or finds one
         # Ids made or claimed here, oldest first. An OrderedDict: dropping the oldest of a
         # plain dict (del d[next(iter(d))]) scans every slot deleted before it.
-        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Each id maps to the journal key it was made for (None: no key), so that a key's
+        # look-up never counts its own task (made, then not recorded) as someone else's.
+        self._known: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._active: set[CreateAttempt] = set()
         self._doubts: collections.deque[CreateAttempt] = collections.deque(
             maxlen=_REMEMBERED_DOUBTS
@@ -204,10 +211,11 @@ class Creator:
         self.list_unavailable = False  # the base URL answered that it has no task list
         self.journal: Journal | None = None  # its records are claims and rivals too
 
-    def remember(self, task_id: str) -> None:
-        """A task this session made or claimed: never another create's candidate."""
+    def remember(self, task_id: str, key: str | None = None) -> None:
+        """A task this session made or claimed (for journal ``key``): never another create's
+        candidate."""
         known = self._known
-        known[task_id] = None
+        known[task_id] = key
         if len(known) > _REMEMBERED_IDS:
             known.popitem(last=False)
 
@@ -352,7 +360,7 @@ class Creator:
                 last_error = error
             else:
                 # Claimed at once, before any await: a concurrent look-up must not take it.
-                self.remember(task.task_id)
+                self.remember(task.task_id, key)
                 attempt.take_off_wire()
                 if task.created_at is not None:  # the server's clock, read during the send
                     self._wire.server_clock.observe(
@@ -521,10 +529,14 @@ class Creator:
 
         looks = 0
         while True:
-            # A rival on the wire settles once its reply comes: worth waiting for even
-            # under a policy that does not wait.
+            # A rival still waiting for its reply settles which task is whose once it comes:
+            # the look-up goes on until its window has closed too, whatever the policy.
             on_wire = [other for other in self._rivals(attempt) if other.on_wire]
-            final = wire.clock() >= attempt.window_ends or not (wire.retry_policy.wait or on_wire)
+            ends = max([attempt.window_ends, *(other.window_ends for other in on_wire)])
+            closed = wire.clock() >= ends
+            # A policy that does not wait answers at once, but never "absent, send it again"
+            # before the window has closed.
+            final = closed or not (wire.retry_policy.wait or on_wire or absent_is_unsent)
             looks += 1
             try:
                 outcome = await self._look(request, attempt, key, final=final)
@@ -532,7 +544,7 @@ class Creator:
                 raise ambiguous(cannot.why) from (cause or cannot.__cause__)
             if isinstance(outcome, _reconcile.Found):
                 task = outcome.task
-                self.remember(task.task_id)
+                self.remember(task.task_id, key)
                 logger.info(
                     "create for video %s%s made task %s (found by look-up %d)",
                     request.video_id,
@@ -547,7 +559,7 @@ class Creator:
                 raise ambiguous("no task for it was found until its window closed") from cause
             if isinstance(outcome, _reconcile.Ambiguous):
                 raise ambiguous(outcome.why, outcome.candidates) from cause
-            remaining = max(0.0, attempt.window_ends - wire.clock())
+            remaining = max(0.0, ends - wire.clock())
             delay = min(_LOOK_EVERY, remaining) if wire.retry_policy.wait else remaining
             if looks == 1:
                 logger.info(
@@ -596,14 +608,21 @@ class Creator:
                 if final:
                     raise _CannotLook(f"listing tasks failed ({list_error})") from list_error
                 return None
-            if any(task.external_task_id is not None for task in tasks):
-                self.keeps_external_ids = True  # a listed task carries one: ours would too
         doubt = self._doubt(attempt, external_id)
         rivals = [self._doubt(other, other.external_task_id) for other in self._rivals(attempt)]
-        claimed: set[str] = set(self._known)
+        claimed = {task_id for task_id, owner in self._known.items() if key is None or owner != key}
         journal = self.journal
         if journal is not None:
-            for entry in await journal.doubts(request.video_id):
+            try:
+                recorded = await journal.doubts(request.video_id)
+                owners = await journal.keys_of([task.task_id for task in tasks])
+            except JournalError as journal_error:
+                if final:
+                    raise _CannotLook(
+                        f"reading the journal failed ({journal_error})"
+                    ) from journal_error
+                return None
+            for entry in recorded:
                 if entry.key != key and entry.sent_at is not None:
                     rivals.append(
                         _reconcile.Doubt(
@@ -614,13 +633,7 @@ class Creator:
                             uncertainty=doubt.uncertainty,
                         )
                     )
-            listed = [task.task_id for task in tasks]
-            if listed:
-                claimed.update(
-                    task_id
-                    for task_id, owner in (await journal.keys_of(listed)).items()
-                    if owner != key
-                )
+            claimed.update(task_id for task_id, owner in owners.items() if owner != key)
         return _reconcile.verdict(
             doubt,
             tasks,
@@ -651,13 +664,23 @@ class Creator:
         return tasks, False
 
     def _doubt(self, attempt: CreateAttempt, external_id: str | None) -> _reconcile.Doubt:
-        """``attempt`` as the look-up's rules see it, on the server's clock."""
-        clock = self._wire.server_clock
-        placed = attempt.placed and attempt.sent_at is not _NEVER
+        """``attempt`` as the look-up's rules see it, on the server's clock: a send of this
+        process is placed by the loop's clock (a wall clock stepped since cannot move it),
+        a journaled one by the wall clock it was recorded on."""
+        wire = self._wire
+        clock = wire.server_clock
+        if attempt.sent_loop is not None:
+            now = clock.to_server(dt.datetime.now(dt.timezone.utc))
+            ago = dt.timedelta(seconds=wire.clock() - attempt.sent_loop)
+            sent_at = None if now is None else now - ago
+        elif attempt.placed and attempt.sent_at is not _NEVER:
+            sent_at = clock.to_server(attempt.sent_at)
+        else:
+            sent_at = None
         return _reconcile.Doubt(
             video_id=attempt.video_id,
             external_task_id=external_id,
-            sent_at=clock.to_server(attempt.sent_at) if placed else None,
+            sent_at=sent_at,
             window=dt.timedelta(seconds=self._wire.create_deadline),
             uncertainty=clock.uncertainty,
         )
@@ -697,8 +720,3 @@ class _Absent(Exception):
 # Refusals of this very request (api.md "Errors"): sending it again cannot help, so a
 # journal remembers them. Account and auth errors are not among them: a re-run may succeed.
 _REFUSALS = (InvalidRequestError, NotFoundError, ContentPolicyError)
-
-
-def _ms(when: dt.datetime) -> dt.datetime:
-    """``when`` cut to whole milliseconds, as the wire's timestamps are."""
-    return when.replace(microsecond=when.microsecond // 1000 * 1000)

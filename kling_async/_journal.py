@@ -293,11 +293,13 @@ class Journal(Protocol):
     async def settle(self, key: str, task_id: str) -> JournalEntry:
         """Record ``task_id`` as the task of ``key`` (the caller's decision for a key in
         doubt or gone): CREATED, not owned. ``ValueError`` when the key is not journaled,
-        a live instance owns it, or the task id is recorded for another key."""
+        is in another state, a live instance (this one included) owns it, or the task id is
+        recorded for another key."""
         ...
 
-    async def mark_gone(self, task_id: str, reason: str) -> str | None:
-        """CREATED -> GONE: the server does not know the task; the key, or None."""
+    async def mark_gone(self, task_id: str, reason: str, *, before: dt.datetime) -> str | None:
+        """CREATED -> GONE for a key claimed before ``before``: the server does not know its
+        task; the key, or None."""
         ...
 
     async def doubts(self, video_id: str) -> list[JournalEntry]:
@@ -744,19 +746,22 @@ class SQLiteJournal:
     async def settle(self, key: str, task_id: str) -> JournalEntry:
         """Record ``task_id`` as the task of ``key`` (the caller's decision for a key in
         doubt or gone): CREATED, not owned. ``ValueError`` when the key is not journaled,
-        a live instance owns it, or the task id is recorded for another key."""
+        is in another state, a live instance (this one included) owns it, or the task id is
+        recorded for another key."""
         _check_key(key)
         _check_id("task_id", task_id)
         entry = await self._run(self._settle_sync, key, task_id, shield=True)
         self._wake()
         return entry
 
-    async def mark_gone(self, task_id: str, reason: str) -> str | None:
-        """CREATED -> GONE: the server does not know the task; the key, or None."""
+    async def mark_gone(self, task_id: str, reason: str, *, before: dt.datetime) -> str | None:
+        """CREATED -> GONE for a key claimed before ``before``: the server does not know its
+        task; the key, or None."""
         _check_id("task_id", task_id)
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
-        return await self._run(self._gone_sync, task_id, reason, shield=True)
+        stamp = _stamp_time(before, "before")
+        return await self._run(self._gone_sync, task_id, reason, stamp, shield=True)
 
     async def doubts(self, video_id: str) -> list[JournalEntry]:
         """Every SENDING entry for ``video_id``, whoever owns it: creates in doubt that a
@@ -1204,8 +1209,14 @@ class SQLiteJournal:
             if row is None:
                 raise ValueError(f"key {key!r} is not in the journal")
             owner = row["owner"]
-            if owner is not None and owner != self._owners.token and self._owners.alive(owner):
+            if owner is not None and self._owners.alive(owner):
                 raise ValueError(f"key {key!r} is being created by a live journal instance")
+            if row["state"] not in ("sending", "gone"):
+                what = f" (task {row['task_id']})" if row["task_id"] else ""
+                raise ValueError(
+                    f"key {key!r} is {row['state']}{what}: only a key in doubt (sending) or "
+                    "whose task is gone can be settled"
+                )
             other = db.execute(
                 "SELECT key FROM creates WHERE task_id = ? AND key != ?", (task_id, key)
             ).fetchone()
@@ -1219,10 +1230,12 @@ class SQLiteJournal:
             row = db.execute(f"SELECT {_COLUMNS} FROM creates WHERE key = ?", (key,)).fetchone()
             return self._entry(row)
 
-    def _gone_sync(self, task_id: str, reason: str) -> str | None:
+    def _gone_sync(self, task_id: str, reason: str, before: str) -> str | None:
         with self._db(write=True) as db:
             row = db.execute(
-                "SELECT key FROM creates WHERE task_id = ? AND state = 'created'", (task_id,)
+                "SELECT key FROM creates WHERE task_id = ? AND state = 'created'"
+                " AND claimed_at < ?",
+                (task_id, before),
             ).fetchone()
             if row is None:
                 return None

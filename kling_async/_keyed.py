@@ -21,6 +21,10 @@ __all__ = ["JournalRecord", "KeyedCreates", "keyed_create"]
 
 logger = logging.getLogger("kling_async")
 
+# A 404 for a task created less than this long ago may be a server that does not show it
+# yet: only an older task is recorded gone.
+_GONE_AFTER = dt.timedelta(minutes=5)
+
 
 class JournalRecord:
     """The `CreateRecord` of one key: each step of its create, written to the journal."""
@@ -196,9 +200,11 @@ class KeyedCreates:
             self._unrecorded.pop(task_id, None)  # a concurrent flush may have written it
 
     async def gone(self, task_id: str, error: KlingError) -> None:
-        """A query answered that ``task_id`` does not exist: record it GONE (never raises)."""
+        """A query answered that ``task_id`` does not exist: record it GONE (never raises),
+        unless it was created so recently that the server may not list it yet."""
+        before = dt.datetime.now(dt.timezone.utc) - _GONE_AFTER
         try:
-            key = await self.journal.mark_gone(task_id, str(error))
+            key = await self.journal.mark_gone(task_id, str(error), before=before)
         except (JournalError, RuntimeError) as failure:
             logger.warning("could not record that task %s vanished: %s", task_id, failure)
             return

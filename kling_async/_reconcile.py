@@ -14,7 +14,9 @@ up, never resent blindly (``docs/concepts.md``, "How an unknown outcome is recon
   doubt (of this session or of the journal) could have made it; otherwise it cannot be
   told apart;
 - no candidate, once a look-up made after the window closed found none, proves the create
-  made nothing (it may then be sent again); before that, the look-up goes on.
+  made nothing (it may then be sent again), unless a task for the video was made after the
+  window: a clock stepped since the send could have misplaced it, so that is ambiguous;
+  before the window closed, the look-up goes on.
 
 Times are on the server's clock (`ServerClock`); a send whose time cannot be placed on it
 (no offset known, or the local clock was set back since) can be settled only by its
@@ -84,18 +86,19 @@ class Doubt:
         """The newest ``created_at`` its task may carry (server clock)."""
         return None if self.sent_at is None else self.sent_at + self.window + self.margin
 
-    def may_own(self, task: Task, *, keeps_external_ids: bool) -> bool:
-        """Whether ``task`` could be the one this create made."""
+    def may_own(self, task: Task, *, keeps_external_ids: bool, later: bool = False) -> bool:
+        """Whether ``task`` could be the one this create made (``later``: or was made for
+        its video after its window)."""
         if task.external_task_id is not None:
             return task.external_task_id == self.external_task_id
         if self.external_task_id is not None and keeps_external_ids:
             return False  # its task would carry its external id
         if task.parent_video is None or task.parent_video.id != self.video_id:
             return False
-        if self.sent_at is None or task.created_at is None:
+        earliest, latest = self.earliest, self.latest
+        if earliest is None or latest is None or task.created_at is None:
             return True  # cannot be placed in time: it may be
-        window = self.margin + self.window
-        return self.sent_at - self.margin <= task.created_at <= self.sent_at + window
+        return earliest <= task.created_at and (later or task.created_at <= latest)
 
 
 @attrs.frozen
@@ -186,6 +189,13 @@ def verdict(
             "the task list could not be read back to the time it was sent", tuple(mine)
         )
     if not mine:
+        later = _made_after_window(doubt, tasks, claimed, keeps_external_ids)
+        if later:
+            return Ambiguous(
+                "no task for it was made in its window, but one for its video was made after "
+                "it, which a clock stepped since the send could have misplaced",
+                tuple(later),
+            )
         return Absent()
     if len(mine) == 1 and not contested:
         return Ambiguous(
@@ -205,6 +215,18 @@ def verdict(
         "none of which can be told apart as its own",
         tuple(mine),
     )
+
+
+def _made_after_window(
+    doubt: Doubt, tasks: Sequence[Task], claimed: Collection[str], keeps_external_ids: bool
+) -> list[Task]:
+    """Unclaimed tasks for the doubt's video made after its window."""
+    return [
+        task
+        for task in tasks
+        if task.task_id not in claimed
+        and doubt.may_own(task, keeps_external_ids=keeps_external_ids, later=True)
+    ]
 
 
 def read_next_page(page: Sequence[Task], page_size: int, earliest: dt.datetime) -> bool:

@@ -464,7 +464,8 @@ class KlingSession:
         async def settle(index: int, entry: JournalEntry) -> None:
             try:
                 settled[index] = await self._submit(entry.request, None, entry.key)
-            except KlingError as error:
+            except (KlingError, RuntimeError, ValueError) as error:
+                # Unsettled, refused, or taken by another process since: the others go on.
                 logger.warning("journaled key %r is still unsettled: %s", entry.key, error)
 
         async with anyio.create_task_group() as group:

@@ -110,8 +110,8 @@ class Transport:
 
         Its message says what failed in words (``could not connect to URL: connection
         refused``), not in aiohttp's or OpenSSL's. ``sent`` is False only where the request
-        certainly never left (api.md "Create retries"): no connection, a URL aiohttp refused,
-        a loop that cannot run it.
+        certainly never left (docs/concepts.md, "Creates: retries, stamping and
+        reconciliation"): no connection, a URL aiohttp refused, a loop that cannot run it.
         """
         url = request.url
         if isinstance(exc, aiohttp.ClientConnectorError):

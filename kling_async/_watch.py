@@ -433,11 +433,15 @@ class Watcher:
             if task.status is TaskStatus.SUCCEED and task.created_at and task.updated_at:
                 self.schedule.observe((task.updated_at - task.created_at).total_seconds())
 
+    def _server_now(self) -> dt.datetime:
+        """Now on the server's clock, which a task's ``created_at`` is on."""
+        return dt.datetime.fromtimestamp(self._wire.server_time(), dt.timezone.utc)
+
     def _born(self, task: Task) -> float:
         now = self._wire.clock()
         if task.created_at is None:
             return now
-        age = (dt.datetime.now(dt.timezone.utc) - task.created_at).total_seconds()
+        age = (self._server_now() - task.created_at).total_seconds()
         return now - max(0.0, age)
 
     def _reschedule(self, state: TaskState, *, listed: bool, confirmed: bool = False) -> None:
@@ -722,7 +726,7 @@ class Watcher:
                 break
             last_made = tasks[-1].created_at if tasks else None
             if oldest is not None and last_made is not None:
-                age = (dt.datetime.now(dt.timezone.utc) - last_made).total_seconds()
+                age = (self._server_now() - last_made).total_seconds()
                 if wire.clock() - age < oldest - 60:
                     break  # this page is already older than every task still wanted
         for state in wanted.values():

@@ -259,7 +259,7 @@ class Wire:
                 if create is not None:
                     if create.record is not None:
                         await create.before_send()
-                    create.put_on_wire(sent_at + self.create_deadline)
+                    create.put_on_wire(sent_at, self.create_deadline)
                 response = await self._exchange(request, authorization, create=create is not None)
             except KlingError as error:
                 _log_failure(request, attempt, error)

@@ -280,7 +280,10 @@ def test_a_batch_killed_mid_way_resumes_without_paying_twice(
     """SIGKILL once tasks exist, then the same command: one task per row, every row done."""
     file = write_jsonl(tmp_path / "rows.jsonl", rows_of(30, "f"))
     out = tmp_path / "out"
+    # A create killed before it reached the server is sent again only once its window
+    # (2 x read + connect timeout) has closed: short timeouts keep that window short.
     argv = ["batch", str(file), "--out", str(out), "--concurrency", "2"]
+    argv += ["--connect-timeout", "0.5", "--read-timeout", "0.5"]
     with serving("kling_async", "emulator", "--step-seconds", "0.5") as url:
         env = use(monkeypatch, url)
         process = cli(

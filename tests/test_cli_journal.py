@@ -93,7 +93,8 @@ async def fill(
         for key, task_id in gone:
             await leave_in_doubt(journal, key, f"{key}-video")
             await journal.mark_created(key, task_id)
-            await journal.mark_gone(task_id, "1203 task not found")
+            later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+            await journal.mark_gone(task_id, "1203 task not found", before=later)
         for key, reason in refused:
             await leave_in_doubt(journal, key, f"{key}-video")
             await journal.mark_refused(key, reason, code=1301)

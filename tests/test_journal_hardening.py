@@ -21,6 +21,7 @@ from kling_async import (
     InvalidArgumentError,
     Journal,
     JournalError,
+    KlingSession,
     NotFoundError,
     PollPolicy,
     RetryPolicy,
@@ -37,6 +38,22 @@ if TYPE_CHECKING:
     from kling_async import Claim, JournalEntry
 
 pytestmark = pytest.mark.anyio
+
+
+async def journaled_an_hour_ago(
+    session: KlingSession, journal: SQLiteJournal, key: str, video_id: str
+) -> None:
+    """Journal ``key`` as created an hour ago, for a task made now (older than a fresh one
+    that a server may not show yet)."""
+    task_id = (await session.extend(video_id)).task_id
+    claim = await journal.claim(
+        key,
+        ExtendRequest(video_id=video_id),
+        now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1),
+    )
+    await journal.mark_sending(key, claim.entry.claimed_at)
+    await journal.mark_created(key, task_id)
+
 
 # Small timeouts keep the default retry policy's shape while closing a create's settle window
 # (connect_timeout + 2 * read_timeout) within a second or two.
@@ -135,8 +152,8 @@ class FlakyJournal:
     async def settle(self, key: str, task_id: str) -> JournalEntry:
         return await self.inner.settle(key, task_id)
 
-    async def mark_gone(self, task_id: str, reason: str) -> str | None:
-        return await self.inner.mark_gone(task_id, reason)
+    async def mark_gone(self, task_id: str, reason: str, *, before: dt.datetime) -> str | None:
+        return await self.inner.mark_gone(task_id, reason, before=before)
 
     async def doubts(self, video_id: str) -> list[JournalEntry]:
         return await self.inner.doubts(video_id)
@@ -243,6 +260,7 @@ async def test_a_task_that_vanished_is_recorded_gone_until_the_key_is_forgotten(
     """404 on a journaled task records it GONE: resume skips it, extend refuses, forget frees it."""
     journal = SQLiteJournal(tmp_path / "j.sqlite3")
     async with journal, official(emu, journal=journal) as session:
+        await journaled_an_hour_ago(session, journal, "row-1", "vid-1")
         handle = await session.extend("vid-1", key="row-1")
         emu.tasks.pop(handle.task_id)
         with pytest.raises(NotFoundError):
@@ -271,6 +289,7 @@ async def test_a_key_whose_task_vanished_can_be_settled_to_another_task(
     """settle() records another task of the same video, never one of another video or key."""
     journal = SQLiteJournal(tmp_path / "j.sqlite3")
     async with journal, official(emu, journal=journal) as session:
+        await journaled_an_hour_ago(session, journal, "row-1", "vid-1")
         handle = await session.extend("vid-1", key="row-1")
         other_key = await session.extend("vid-1", key="row-2")
         other_video = await session.extend("vid-2")
@@ -290,6 +309,39 @@ async def test_a_key_whose_task_vanished_can_be_settled_to_another_task(
     assert entry is not None
     assert (EntryState.CREATED, spare.task_id) == (entry.state, entry.task_id)
     assert 4 == emu.count("create")
+
+
+async def test_a_404_for_a_task_just_created_does_not_record_it_gone(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A server may not show a task it just made: a 404 then fails the wait but leaves the
+    key CREATED, so the next run waits for it again instead of paying for a new one."""
+    journal = SQLiteJournal(tmp_path / "j.sqlite3")
+    async with journal, official(emu, journal=journal) as session:
+        handle = await session.extend("vid-1", key="row-1")
+        emu.tasks.pop(handle.task_id)
+        with pytest.raises(NotFoundError):
+            await handle.wait()
+        entry = await journal.get("row-1")
+
+    assert entry is not None
+    assert (EntryState.CREATED, handle.task_id) == (entry.state, entry.task_id)
+
+
+async def test_only_a_key_in_doubt_or_gone_can_be_settled(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A key that has its task (or is being created) is never settled to another one."""
+    journal = SQLiteJournal(tmp_path / "j.sqlite3")
+    async with journal, official(emu, journal=journal) as session:
+        handle = await session.extend("vid-1", key="row-1")
+        spare = await session.extend("vid-1")
+        with pytest.raises(ValueError, match="created"):
+            await session.settle("row-1", spare.task_id)
+        entry = await journal.get("row-1")
+
+    assert entry is not None
+    assert (EntryState.CREATED, handle.task_id) == (entry.state, entry.task_id)
 
 
 # -- odd rows -------------------------------------------------------------------------------

@@ -101,11 +101,13 @@ async def test_a_create_the_last_process_died_in_is_found_not_resent(
 async def test_a_create_that_never_left_is_sent_once_the_record_proves_it(
     emu: KlingEmulator, tmp_path: pathlib.Path
 ) -> None:
-    """'sending' but unknown to the server by external id and list: it is sent, once."""
+    """'sending' (long ago) but unknown to the server by external id and list: it is sent,
+    once."""
     path = tmp_path / "j.sqlite3"
+    long_ago = _now() - dt.timedelta(seconds=200)  # past its window (130 s by default)
     async with SQLiteJournal(path) as crashed:
-        await crashed.claim("row-1", ExtendRequest(video_id="vid-1"), now=_now(), stamp="ext-1")
-        await crashed.mark_sending("row-1", _now())
+        await crashed.claim("row-1", ExtendRequest(video_id="vid-1"), now=long_ago, stamp="ext-1")
+        await crashed.mark_sending("row-1", long_ago)
 
     async with official(emu, journal=path) as session:
         handle = await session.extend("vid-1", key="row-1")
@@ -114,6 +116,23 @@ async def test_a_create_that_never_left_is_sent_once_the_record_proves_it(
     assert handle.task_id == again.task_id
     assert 1 == emu.count("create")
     assert "ext-1" == emu.tasks[handle.task_id].external_task_id
+
+
+async def test_a_policy_that_does_not_wait_still_resends_only_after_the_window(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """With RetryPolicy.instant(), a journaled create sent just now and not found is looked
+    up again once its window (0.6 s here) has closed, and only then sent."""
+    path = tmp_path / "j.sqlite3"
+    async with SQLiteJournal(path) as crashed:
+        await crashed.claim("row-1", ExtendRequest(video_id="vid-1"), now=_now(), stamp="ext-1")
+        await crashed.mark_sending("row-1", _now())
+
+    async with official(emu, journal=path, connect_timeout=0.2, read_timeout=0.2) as session:
+        await session.extend("vid-1", key="row-1")
+
+    assert 1 == emu.count("create")
+    assert 2 == emu.count("query")  # the id looked up at once, then after the window
 
 
 async def test_resume_returns_the_unfinished_tasks_and_records_their_end(

@@ -148,10 +148,21 @@ def test_a_task_claimed_by_another_create_is_not_a_candidate() -> None:
 
 def test_no_candidate_in_a_covered_final_look_is_absent() -> None:
     """Only a look that read back past the send, after the window closed, proves absence."""
-    others = [_task("1", video="vid-2"), _task("2", after=-3600.0), _task("3", after=3600.0)]
+    others = [_task("1", video="vid-2"), _task("2", after=-3600.0)]
 
     assert Absent() == _verdict(_doubt(), others)
     assert _verdict(_doubt(), others, final=False) is None
+
+
+def test_a_task_for_the_video_made_after_the_window_is_not_taken_nor_absence() -> None:
+    """A clock stepped since the send could misplace it: made an hour after the send, a task
+    for the video is not the create's, but it no longer proves the create made nothing."""
+    later = _task("3", after=3600.0)
+
+    verdict = _verdict(_doubt(), [later])
+
+    assert isinstance(verdict, Ambiguous)
+    assert (later,) == verdict.candidates
 
 
 def test_a_look_that_did_not_reach_the_send_is_ambiguous_at_the_end() -> None:
