@@ -373,3 +373,27 @@ async def test_the_batch_command_killed_at_random_points_on_a_skewed_busy_accoun
         for line in (tmp_path / "rows.jsonl.results.jsonl").read_text("utf-8").splitlines()
     ]
     assert {"succeed"} == {line["status"] for line in results}
+
+
+async def test_a_clock_stepped_forward_since_the_send_is_not_taken_for_absence(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The journaled send looks 10 minutes old (the machine's clock was stepped forward
+    since), and the task it made is listed as made just now, after its window: that is not
+    proof it made nothing, so nothing is sent again and the key stays in doubt."""
+    journal = tmp_path / "j.sqlite3"
+    ten_minutes_ago = _now() - dt.timedelta(minutes=10)
+    async with KlingEmulator() as emulator:
+        await left_in_doubt(
+            journal, "row-1", ExtendRequest(video_id="vid-1"), sent_at=ten_minutes_ago
+        )
+        async with gateway(emulator) as other:
+            made = await other.extend("vid-1")  # what the send really made, just now
+        async with gateway(emulator, journal=journal) as session:
+            with anyio.fail_after(30), pytest.raises(AmbiguousCreateError) as caught:
+                await session.extend("vid-1", key="row-1")
+        creates = emulator.count("create")
+
+    assert 1 == creates
+    assert (made.task_id,) == caught.value.candidate_ids
+    assert (EntryState.SENDING, None) == await state_of(journal, "row-1")

@@ -226,6 +226,39 @@ async def test_a_create_the_journal_could_not_record_is_named_and_found_by_the_n
     assert (EntryState.CREATED, made) == (entry.state, entry.task_id)
 
 
+@pytest.mark.parametrize("style", ["official", "gateway"])
+async def test_a_key_whose_task_was_not_recorded_finds_it_again_in_the_same_session(
+    emu: KlingEmulator, tmp_path: pathlib.Path, style: str
+) -> None:
+    """Recording the task failed once (a full disk, then freed): the same session's next
+    extend with the key looks it up and finds its own task, never paying again."""
+
+    class RecordOnceFails(FlakyJournal):
+        failed = False
+
+        async def mark_created(
+            self, key: str, task_id: str, task: Mapping[str, Any] | None = None
+        ) -> None:
+            if not self.failed:
+                self.failed = True  # then the disk has room again
+                raise JournalError("database or disk is full")
+            await self.inner.mark_created(key, task_id, task)
+
+    make = official if style == "official" else gateway
+    policies = {"retry_policy": RetryPolicy(), "poll_policy": PollPolicy.instant(), **_SHORT}
+    journal = RecordOnceFails(SQLiteJournal(tmp_path / "j.sqlite3"))
+    async with journal, make(emu, journal=journal, **policies) as session:
+        with pytest.raises(JournalError) as raised:
+            await session.extend("vid-1", key="row-1")
+        again = await session.extend("vid-1", key="row-1")
+        entry = await journal.get("row-1")
+
+    assert raised.value.task_id == again.task_id
+    assert 1 == emu.count("create")
+    assert entry is not None
+    assert (EntryState.CREATED, again.task_id) == (entry.state, entry.task_id)
+
+
 # -- disk full when a wait sees its task finish ---------------------------------------------
 
 
