@@ -36,6 +36,7 @@ from .errors import (
 from .models import ExtendRequest, Task
 
 if TYPE_CHECKING:
+    from ._clock import ServerClock
     from ._journal import Journal
 
 __all__ = ["CallbackSlot", "CreateAttempt", "CreateRecord", "Creator"]
@@ -68,8 +69,11 @@ class CallbackSlot:
 class CreateRecord(Protocol):
     """Where a keyed create is made durable (the session's journal, for one key)."""
 
-    async def sending(self, sent_at: dt.datetime) -> None:
-        """Immediately before the bytes leave."""
+    async def sending(
+        self, sent_at: dt.datetime, sent_server: dt.datetime | None, uncertainty: float
+    ) -> None:
+        """Immediately before the bytes leave (``sent_server``: the same moment on the
+        server's clock, if known, to within ``uncertainty`` seconds)."""
 
     async def not_sent(self) -> None:
         """The try certainly made no task (a refused connection, 1302, 1303, ...)."""
@@ -95,6 +99,8 @@ class CreateAttempt:
         "resolved",
         "sent_at",
         "sent_loop",
+        "sent_server",
+        "sent_uncertainty",
         "video_id",
         "window_ends",
     )
@@ -111,6 +117,8 @@ class CreateAttempt:
         self.recorded = False  # the record says "sending" for the current try
         self.sent_at = _NEVER  # wall clock, as journaled; compared on the server's clock
         self.sent_loop: float | None = None  # the loop's clock, when this process sent it
+        self.sent_server: dt.datetime | None = None  # as journaled, on the server's clock
+        self.sent_uncertainty = 0.0
         self.placed = True  # False: sent_at cannot be trusted (the clock was set back)
         self.window_ends = 0.0  # loop clock: the send can no longer make a task after this
         self.on_wire = False  # sent, no reply yet
@@ -122,10 +130,12 @@ class CreateAttempt:
         """A new try: nothing sent yet."""
         self.on_wire = self.in_doubt = False
 
-    async def before_send(self) -> None:
+    async def before_send(self, clock: ServerClock) -> None:
         """Make the send durable first (journal: INTENT -> SENDING), then it leaves."""
         if self.record is not None:
-            await self.record.sending(dt.datetime.now(dt.timezone.utc))
+            now = dt.datetime.now(dt.timezone.utc)
+            uncertainty = clock.uncertainty.total_seconds()
+            await self.record.sending(now, clock.to_server(now), uncertainty)
             self.recorded = True
 
     def put_on_wire(self, now: float, window: float) -> None:
@@ -393,6 +403,8 @@ class Creator:
         *,
         sent_at: dt.datetime,
         record: CreateRecord,
+        sent_server: dt.datetime | None = None,
+        sent_uncertainty: float | None = None,
         key: str | None = None,
         callback: CallbackSlot | None = None,
     ) -> Task:
@@ -407,14 +419,23 @@ class Creator:
         """
         wire = self._wire
         window = wire.create_deadline
-        elapsed = (dt.datetime.now(dt.timezone.utc) - sent_at).total_seconds()
-        # A clock set back since the send makes the elapsed time negative: the window is then
-        # waited in full on the loop's clock (never the wall clock's hour), and the send
-        # cannot be placed on the server's clock.
-        placed = elapsed >= -_CLOCK_STEP
+        now = dt.datetime.now(dt.timezone.utc)
+        server_now = wire.server_clock.to_server(now)
+        if sent_server is not None and server_now is not None:
+            # Both on the server's clock: what this machine's clock did since cannot matter.
+            elapsed = (server_now - sent_server).total_seconds()
+            placed = True
+        else:
+            # A clock set back since the send makes the elapsed time negative: the window is
+            # then waited in full on the loop's clock (never the wall clock's hour), and the
+            # send cannot be placed on the server's clock.
+            elapsed = (now - sent_at).total_seconds()
+            placed = elapsed >= -_CLOCK_STEP
         remaining = min(window, max(0.0, window - elapsed)) if placed else window
         attempt = CreateAttempt(request.video_id, record, request.external_task_id)
         attempt.sent_at = sent_at
+        attempt.sent_server = sent_server
+        attempt.sent_uncertainty = sent_uncertainty or 0.0
         attempt.placed = placed
         attempt.in_doubt = True
         attempt.window_ends = wire.clock() + remaining
@@ -624,15 +645,11 @@ class Creator:
                 return None
             for entry in recorded:
                 if entry.key != key and entry.sent_at is not None:
-                    rivals.append(
-                        _reconcile.Doubt(
-                            video_id=entry.request.video_id,
-                            external_task_id=entry.external_task_id,
-                            sent_at=self._wire.server_clock.to_server(entry.sent_at),
-                            window=doubt.window,
-                            uncertainty=doubt.uncertainty,
-                        )
-                    )
+                    rival = CreateAttempt(entry.request.video_id)
+                    rival.sent_at = entry.sent_at
+                    rival.sent_server = entry.sent_server
+                    rival.sent_uncertainty = entry.sent_uncertainty or 0.0
+                    rivals.append(self._doubt(rival, entry.external_task_id))
             claimed.update(task_id for task_id, owner in owners.items() if owner != key)
         return _reconcile.verdict(
             doubt,
@@ -669,10 +686,14 @@ class Creator:
         a journaled one by the wall clock it was recorded on."""
         wire = self._wire
         clock = wire.server_clock
+        uncertainty = clock.uncertainty
         if attempt.sent_loop is not None:
             now = clock.to_server(dt.datetime.now(dt.timezone.utc))
             ago = dt.timedelta(seconds=wire.clock() - attempt.sent_loop)
             sent_at = None if now is None else now - ago
+        elif attempt.sent_server is not None:
+            sent_at = attempt.sent_server
+            uncertainty = dt.timedelta(seconds=attempt.sent_uncertainty)
         elif attempt.placed and attempt.sent_at is not _NEVER:
             sent_at = clock.to_server(attempt.sent_at)
         else:
@@ -682,7 +703,7 @@ class Creator:
             external_task_id=external_id,
             sent_at=sent_at,
             window=dt.timedelta(seconds=self._wire.create_deadline),
-            uncertainty=clock.uncertainty,
+            uncertainty=uncertainty,
         )
 
     def _rivals(self, attempt: CreateAttempt) -> Iterable[CreateAttempt]:

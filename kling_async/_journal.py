@@ -170,6 +170,10 @@ class JournalEntry:
     state: EntryState
     claimed_at: dt.datetime
     sent_at: dt.datetime | None = None
+    sent_server: dt.datetime | None = None
+    """The send on the server's clock, when the session knew its offset."""
+    sent_uncertainty: float | None = None
+    """How far ``sent_server`` may be off, in seconds."""
     task_id: str | None = None
     task: Mapping[str, Any] | None = None
     """The last task object recorded for it (JSON), if the session gave one."""
@@ -245,8 +249,20 @@ class Journal(Protocol):
         """
         ...
 
-    async def mark_sending(self, key: str, sent_at: dt.datetime) -> None:
-        """INTENT -> SENDING, durably, immediately before the create's bytes leave."""
+    async def mark_sending(
+        self,
+        key: str,
+        sent_at: dt.datetime,
+        *,
+        sent_server: dt.datetime | None = None,
+        sent_uncertainty: float | None = None,
+    ) -> None:
+        """INTENT -> SENDING, durably, immediately before the create's bytes leave.
+
+        ``sent_server`` is the same moment on the server's clock, when the session knew it
+        (to within ``sent_uncertainty`` seconds): a look-up after a crash places the send
+        with it, whatever this machine's clock did since.
+        """
         ...
 
     async def mark_not_sent(self, key: str) -> None:
@@ -483,6 +499,8 @@ CREATE TABLE {name} (
     owner          TEXT,              -- token of the instance creating it now, or NULL
     claimed_at     TEXT NOT NULL,     -- ISO 8601, UTC
     sent_at        TEXT,
+    sent_server    TEXT,              -- the same moment on the server's clock, if known
+    sent_uncertainty REAL,            -- seconds sent_server may be off
     task_id        TEXT,
     task           TEXT,              -- the task object's JSON, when given
     status         TEXT,
@@ -503,7 +521,8 @@ _V1_COLUMNS = (
     " task_id, task, status, refusal_code, refusal_reason"
 )
 _COLUMNS = (
-    "key, request, stamped, state, owner, claimed_at, sent_at, task_id, task, status,"
+    "key, request, stamped, state, owner, claimed_at, sent_at, sent_server, sent_uncertainty,"
+    " task_id, task, status,"
     " refusal_code, refusal_reason, fingerprint, video_id"
 )
 
@@ -654,14 +673,33 @@ class SQLiteJournal:
                 await released.wait()
             delay = min(delay * 2, _MAX_POLL)
 
-    async def mark_sending(self, key: str, sent_at: dt.datetime) -> None:
-        """INTENT -> SENDING, durably, immediately before the create's bytes leave."""
+    async def mark_sending(
+        self,
+        key: str,
+        sent_at: dt.datetime,
+        *,
+        sent_server: dt.datetime | None = None,
+        sent_uncertainty: float | None = None,
+    ) -> None:
+        """INTENT -> SENDING, durably, immediately before the create's bytes leave.
+
+        ``sent_server`` is the same moment on the server's clock, when the session knew it
+        (to within ``sent_uncertainty`` seconds): a look-up after a crash places the send
+        with it, whatever this machine's clock did since.
+        """
         _check_key(key)
         stamp = _stamp_time(sent_at, "sent_at")
+        server = None if sent_server is None else _stamp_time(sent_server, "sent_server")
+        if server is not None and (
+            isinstance(sent_uncertainty, bool)
+            or not isinstance(sent_uncertainty, (int, float))
+            or not sent_uncertainty >= 0
+        ):
+            raise ValueError("sent_uncertainty must be a number of seconds >= 0")
         await self._write(
             key,
-            "state = 'sending', sent_at = ?",
-            (stamp,),
+            "state = 'sending', sent_at = ?, sent_server = ?, sent_uncertainty = ?",
+            (stamp, server, None if server is None else float(sent_uncertainty or 0.0)),
             from_state="intent",
             what="mark_sending",
         )
@@ -991,6 +1029,8 @@ class SQLiteJournal:
                 state=state,
                 claimed_at=dt.datetime.fromisoformat(row["claimed_at"]),
                 sent_at=_read_time(row["sent_at"]),
+                sent_server=_read_time(row["sent_server"]),
+                sent_uncertainty=row["sent_uncertainty"],
                 task_id=task_id,
                 task=None if task is None else json.loads(task),
                 status=None if status is None else TaskStatus(status),

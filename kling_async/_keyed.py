@@ -35,8 +35,12 @@ class JournalRecord:
         self._journal = journal
         self._key = key
 
-    async def sending(self, sent_at: dt.datetime) -> None:
-        await self._journal.mark_sending(self._key, sent_at)
+    async def sending(
+        self, sent_at: dt.datetime, sent_server: dt.datetime | None, uncertainty: float
+    ) -> None:
+        await self._journal.mark_sending(
+            self._key, sent_at, sent_server=sent_server, sent_uncertainty=uncertainty
+        )
 
     async def not_sent(self) -> None:
         await self._journal.mark_not_sent(self._key)
@@ -116,6 +120,8 @@ async def keyed_create(
             task = await creator.reconcile(
                 claim.request,
                 sent_at=entry.sent_at or entry.claimed_at,
+                sent_server=entry.sent_server,
+                sent_uncertainty=entry.sent_uncertainty,
                 record=record,
                 key=key,
                 callback=callback,

@@ -258,7 +258,7 @@ class Wire:
             try:
                 if create is not None:
                     if create.record is not None:
-                        await create.before_send()
+                        await create.before_send(self.server_clock)
                     create.put_on_wire(sent_at, self.create_deadline)
                 response = await self._exchange(request, authorization, create=create is not None)
             except KlingError as error:

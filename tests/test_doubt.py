@@ -65,11 +65,14 @@ async def left_in_doubt(
     *,
     stamp: str | None = None,
     sent_at: dt.datetime | None = None,
+    sent_server: dt.datetime | None = None,
 ) -> ExtendRequest:
     """Journal ``key`` as a dead process leaves it: sent, never answered, no owner."""
     async with SQLiteJournal(path) as journal:
         claim = await journal.claim(key, request, now=_now(), stamp=stamp)
-        await journal.mark_sending(key, sent_at or _now())
+        await journal.mark_sending(
+            key, sent_at or _now(), sent_server=sent_server, sent_uncertainty=0.01
+        )
     return claim.request
 
 
@@ -397,3 +400,57 @@ async def test_a_clock_stepped_forward_since_the_send_is_not_taken_for_absence(
     assert 1 == creates
     assert (made.task_id,) == caught.value.candidate_ids
     assert (EntryState.SENDING, None) == await state_of(journal, "row-1")
+
+
+async def test_a_send_journaled_on_the_servers_clock_is_placed_whatever_this_clock_did(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The dead process knew the server's clock (7 minutes ahead) and journaled its send on
+    it; this machine's clock was stepped 10 minutes forward since: the send is placed by the
+    journaled server time, and its task is found."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        emulator.clock = lambda: time.time() + 420
+        sent_server = _now() + dt.timedelta(seconds=420)
+        await left_in_doubt(
+            journal,
+            "row-1",
+            ExtendRequest(video_id="vid-1"),
+            sent_at=_now() - dt.timedelta(minutes=10),
+            sent_server=sent_server,
+        )
+        async with gateway(emulator) as other:
+            made = await other.extend("vid-1")
+        async with gateway(emulator, journal=journal) as session:
+            with anyio.fail_after(30):
+                handles = await session.resume()
+        creates = emulator.count("create")
+
+    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert 1 == creates
+
+
+async def test_a_keyed_create_journals_its_send_on_the_servers_clock_once_known(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The first create teaches the session the server's clock (5 minutes behind); the next
+    keyed create's send is journaled on it, to within a fraction of a second."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        emulator.clock = lambda: time.time() - 300
+        async with gateway(emulator, journal=journal) as session:
+            first = await session.extend("vid-0", key="row-0")
+            await session.extend("vid-1", key="row-1")
+        async with SQLiteJournal(journal) as reread:
+            unknown, known = await reread.get("row-0"), await reread.get("row-1")
+
+    assert first.task_id
+    assert unknown is not None
+    assert known is not None
+    assert (None, None) == (unknown.sent_server, unknown.sent_uncertainty)
+    assert known.sent_at is not None
+    assert known.sent_server is not None
+    assert known.sent_uncertainty is not None
+    assert known.sent_uncertainty < 0.5
+    offset = (known.sent_server - known.sent_at).total_seconds()
+    assert abs(offset + 300) < 1

@@ -108,8 +108,17 @@ class FlakyJournal:
     ) -> Claim:
         return await self.inner.claim(key, request, now=now, stamp=stamp, wait=wait)
 
-    async def mark_sending(self, key: str, sent_at: dt.datetime) -> None:
-        await self.inner.mark_sending(key, sent_at)
+    async def mark_sending(
+        self,
+        key: str,
+        sent_at: dt.datetime,
+        *,
+        sent_server: dt.datetime | None = None,
+        sent_uncertainty: float | None = None,
+    ) -> None:
+        await self.inner.mark_sending(
+            key, sent_at, sent_server=sent_server, sent_uncertainty=sent_uncertainty
+        )
         self.full = self.full_after_send
         if self.remove_after_send:
             os.unlink(self.inner.path)
