@@ -238,6 +238,7 @@ async def test_a_clock_set_back_an_hour_neither_sleeps_nor_guesses(
     assert (EntryState.SENDING, None) == await state_of(journal, "bare")
 
 
+@pytest.mark.crash
 @pytest.mark.parametrize("mode", ["official", "gateway"])
 async def test_a_batch_killed_at_random_points_on_a_skewed_busy_account_pays_once_per_row(
     tmp_path: pathlib.Path, mode: str
@@ -298,6 +299,7 @@ async def test_a_batch_killed_at_random_points_on_a_skewed_busy_account_pays_onc
     assert {f"vid-{n}" for n in range(rows)} == {task.video_id for task in ours}
 
 
+@pytest.mark.crash
 async def test_the_batch_command_killed_at_random_points_on_a_skewed_busy_account_pays_once(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -155,6 +155,7 @@ async def test_resume_returns_the_unfinished_tasks_and_records_their_end(
             await plain.resume()
 
 
+@pytest.mark.crash
 async def test_a_batch_killed_at_random_points_pays_once_for_every_row(
     tmp_path: pathlib.Path,
 ) -> None:

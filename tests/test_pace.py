@@ -227,6 +227,7 @@ async def _tasks(emulator: KlingEmulator, count: int) -> list[str]:
 
 
 @pytest.mark.anyio
+@pytest.mark.crash
 async def test_a_burst_of_1302_does_not_stall_polling_waits() -> None:
     """100 polling waits (default policies) meet 2 s of 1302s: fewer than 100 requests meet
     them, and every wait is done well within a minute (not after minutes of silence)."""
