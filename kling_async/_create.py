@@ -643,10 +643,14 @@ class Creator:
                         f"reading the journal failed ({journal_error})"
                     ) from journal_error
                 return None
+            wall_now = dt.datetime.now(dt.timezone.utc)
             for entry in recorded:
                 if entry.key != key and entry.sent_at is not None:
                     rival = CreateAttempt(entry.request.video_id)
                     rival.sent_at = entry.sent_at
+                    # Sent "in the future": the clock was set back; unplaced, it contests all.
+                    step = (entry.sent_at - wall_now).total_seconds()
+                    rival.placed = step <= _CLOCK_STEP
                     rival.sent_server = entry.sent_server
                     rival.sent_uncertainty = entry.sent_uncertainty or 0.0
                     rivals.append(self._doubt(rival, entry.external_task_id))
