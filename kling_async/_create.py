@@ -92,6 +92,7 @@ class CreateAttempt:
         "_off_wire",
         "external_task_id",
         "in_doubt",
+        "key",
         "on_wire",
         "placed",
         "record",
@@ -110,9 +111,11 @@ class CreateAttempt:
         video_id: str,
         record: CreateRecord | None = None,
         external_task_id: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.video_id = video_id
         self.external_task_id = external_task_id
+        self.key = key  # the journal's: an earlier try of the same key is no rival
         self.record = record
         self.recorded = False  # the record says "sending" for the current try
         self.sent_at = _NEVER  # wall clock, as journaled; compared on the server's clock
@@ -219,6 +222,7 @@ class Creator:
             maxlen=_REMEMBERED_DOUBTS
         )
         self.list_unavailable = False  # the base URL answered that it has no task list
+        self._html_lists = 0  # list replies that were an HTML page
         self.journal: Journal | None = None  # its records are claims and rivals too
 
     def remember(self, task_id: str, key: str | None = None) -> None:
@@ -252,7 +256,7 @@ class Creator:
         if callback is not None and request.callback_url is None:
             request = attrs.evolve(request, callback_url=callback.url)
             callback.sent = True
-        attempt = CreateAttempt(request.video_id, record, request.external_task_id)
+        attempt = CreateAttempt(request.video_id, record, request.external_task_id, key)
         self._active.add(attempt)
         try:
             task = await self._attempts(request, attempt, deadline, key)
@@ -432,7 +436,7 @@ class Creator:
             elapsed = (now - sent_at).total_seconds()
             placed = elapsed >= -_CLOCK_STEP
         remaining = min(window, max(0.0, window - elapsed)) if placed else window
-        attempt = CreateAttempt(request.video_id, record, request.external_task_id)
+        attempt = CreateAttempt(request.video_id, record, request.external_task_id, key)
         attempt.sent_at = sent_at
         attempt.sent_server = sent_server
         attempt.sent_uncertainty = sent_uncertainty or 0.0
@@ -566,6 +570,7 @@ class Creator:
             if isinstance(outcome, _reconcile.Found):
                 task = outcome.task
                 self.remember(task.task_id, key)
+                self._settled(key)
                 logger.info(
                     "create for video %s%s made task %s (found by look-up %d)",
                     request.video_id,
@@ -622,9 +627,16 @@ class Creator:
                 raise _CannotLook("this base URL offers no task list to look it up")
             try:
                 tasks, covered = await self._read_list(attempt)
-            except ListUnavailableError:
-                self.list_unavailable = True
-                raise _CannotLook("this base URL offers no task list to look it up") from None
+            except ListUnavailableError as unavailable:
+                # A 404 or 1202 says so for good; an HTML page (a proxy's) may pass: it is
+                # believed the second time.
+                if unavailable.__cause__ is not None or self._html_lists:
+                    self.list_unavailable = True
+                    raise _CannotLook("this base URL offers no task list to look it up") from None
+                self._html_lists += 1
+                if final:
+                    raise _CannotLook(f"listing tasks failed ({unavailable})") from None
+                return None
             except KlingError as list_error:
                 if final:
                     raise _CannotLook(f"listing tasks failed ({list_error})") from list_error
@@ -666,8 +678,8 @@ class Creator:
         )
 
     async def _read_list(self, attempt: CreateAttempt) -> tuple[list[Task], bool]:
-        """List pages, newest first, back past the send (less the margin) on the server's
-        clock; also whether they reached that far."""
+        """List pages, newest first, back past the send (less the margin and the tolerance
+        for a misplaced send) on the server's clock; also whether they reached that far."""
         wire = self._wire
         tasks: list[Task] = []
         for page in range(1, _MAX_PAGES + 1):
@@ -677,10 +689,10 @@ class Creator:
             )
             self._wire.server_clock.observe_date(date, before, dt.datetime.now(dt.timezone.utc))
             tasks.extend(listed)
-            earliest = self._doubt(attempt, None).earliest
-            if earliest is None:
+            scan_from = self._doubt(attempt, None).scan_from
+            if scan_from is None:
                 return tasks, False  # cannot tell how far back to read
-            if not _reconcile.read_next_page(listed, _PAGE_SIZE, earliest):
+            if not _reconcile.read_next_page(listed, _PAGE_SIZE, scan_from):
                 return tasks, True
         return tasks, False
 
@@ -710,12 +722,20 @@ class Creator:
             uncertainty=uncertainty,
         )
 
+    def _settled(self, key: str | None) -> None:
+        """Earlier tries of journal ``key`` (a look-up cut short) are no longer in doubt."""
+        if key is not None:
+            for other in self._doubts:
+                if other.key == key:
+                    other.resolved = True
+
     def _rivals(self, attempt: CreateAttempt) -> Iterable[CreateAttempt]:
         """Other creates of this session for the same video whose outcome is (or was left)
         unknown."""
         for other in (*self._active, *self._doubts):
             if (
                 other is not attempt
+                and (attempt.key is None or other.key != attempt.key)
                 and other.video_id == attempt.video_id
                 and other.doubtful
                 and not other.resolved

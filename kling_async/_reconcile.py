@@ -14,9 +14,10 @@ up, never resent blindly (``docs/concepts.md``, "How an unknown outcome is recon
   doubt (of this session or of the journal) could have made it; otherwise it cannot be
   told apart;
 - no candidate, once a look-up made after the window closed found none, proves the create
-  made nothing (it may then be sent again), unless a task for the video was made after the
-  window: a clock stepped since the send could have misplaced it, so that is ambiguous;
-  before the window closed, the look-up goes on.
+  made nothing (it may then be sent again), unless a task for the video was made anywhere
+  from `STEP_TOLERANCE` before the window on: a clock stepped since the send (or a gateway's
+  ``Date`` on another clock than Kling's) could have misplaced the send, so that is
+  ambiguous; before the window closed, the look-up goes on.
 
 Times are on the server's clock (`ServerClock`); a send whose time cannot be placed on it
 (no offset known, or the local clock was set back since) can be settled only by its
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 _MILLISECOND = dt.timedelta(milliseconds=1)
+STEP_TOLERANCE = dt.timedelta(hours=1)
+"""How far a send may be misplaced (a clock stepped, a gateway's clock) before a task made
+for its video no longer stops the verdict "absent": the list is read back this far."""
 MARGIN = dt.timedelta(seconds=30)
 """Added to the clocks' uncertainty on both sides of a send's window: a task a wrong
 estimate would leave out could be paid for twice, one it takes in is only ambiguous."""
@@ -82,23 +86,31 @@ class Doubt:
         return None if self.sent_at is None else self.sent_at - self.margin
 
     @property
+    def scan_from(self) -> dt.datetime | None:
+        """How far back the list is read: a task for its video since then blocks "absent"."""
+        earliest = self.earliest
+        return None if earliest is None else earliest - STEP_TOLERANCE
+
+    @property
     def latest(self) -> dt.datetime | None:
         """The newest ``created_at`` its task may carry (server clock)."""
         return None if self.sent_at is None else self.sent_at + self.window + self.margin
 
-    def may_own(self, task: Task, *, keeps_external_ids: bool, later: bool = False) -> bool:
-        """Whether ``task`` could be the one this create made (``later``: or was made for
-        its video after its window)."""
+    def may_own(self, task: Task, *, keeps_external_ids: bool, near: bool = False) -> bool:
+        """Whether ``task`` could be the one this create made (``near``: or was made for its
+        video since `scan_from`, which a misplaced send could hide)."""
         if task.external_task_id is not None:
             return task.external_task_id == self.external_task_id
         if self.external_task_id is not None and keeps_external_ids:
             return False  # its task would carry its external id
         if task.parent_video is None or task.parent_video.id != self.video_id:
             return False
-        earliest, latest = self.earliest, self.latest
-        if earliest is None or latest is None or task.created_at is None:
+        earliest, latest, scan_from = self.earliest, self.latest, self.scan_from
+        if earliest is None or latest is None or scan_from is None or task.created_at is None:
             return True  # cannot be placed in time: it may be
-        return earliest <= task.created_at and (later or task.created_at <= latest)
+        if near:
+            return scan_from <= task.created_at
+        return earliest <= task.created_at <= latest
 
 
 @attrs.frozen
@@ -189,12 +201,13 @@ def verdict(
             "the task list could not be read back to the time it was sent", tuple(mine)
         )
     if not mine:
-        later = _made_after_window(doubt, tasks, claimed, keeps_external_ids)
-        if later:
+        near = _near_window(doubt, tasks, claimed, keeps_external_ids)
+        if near:
             return Ambiguous(
-                "no task for it was made in its window, but one for its video was made after "
-                "it, which a clock stepped since the send could have misplaced",
-                tuple(later),
+                "no task for it was made in its window, but one for its video was made "
+                "within an hour of it, which a clock stepped since the send (or a gateway's "
+                "clock) could have misplaced",
+                tuple(near),
             )
         return Absent()
     if len(mine) == 1 and not contested:
@@ -217,15 +230,15 @@ def verdict(
     )
 
 
-def _made_after_window(
+def _near_window(
     doubt: Doubt, tasks: Sequence[Task], claimed: Collection[str], keeps_external_ids: bool
 ) -> list[Task]:
-    """Unclaimed tasks for the doubt's video made after its window."""
+    """Unclaimed tasks for the doubt's video made since its `Doubt.scan_from`."""
     return [
         task
         for task in tasks
         if task.task_id not in claimed
-        and doubt.may_own(task, keeps_external_ids=keeps_external_ids, later=True)
+        and doubt.may_own(task, keeps_external_ids=keeps_external_ids, near=True)
     ]
 
 

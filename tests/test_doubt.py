@@ -31,7 +31,7 @@ from kling_async import (
     PollPolicy,
     SQLiteJournal,
 )
-from kling_async.testing import KlingEmulator
+from kling_async.testing import Fault, KlingEmulator
 
 pytestmark = pytest.mark.anyio
 
@@ -456,3 +456,72 @@ async def test_a_keyed_create_journals_its_send_on_the_servers_clock_once_known(
     assert known.sent_uncertainty < 0.5
     offset = (known.sent_server - known.sent_at).total_seconds()
     assert abs(offset + 300) < 1
+
+
+async def test_a_look_up_cut_short_is_no_rival_of_the_same_keys_next_try(
+    tmp_path: pathlib.Path,
+) -> None:
+    """extend(key=...) is cancelled during its look-up (a slow list page), then tried again
+    in the same session: the earlier try is the same key, not a rival, so its task is found."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
+        async with gateway(emulator) as other:
+            made = await other.extend("vid-1")
+        async with gateway(emulator, journal=journal) as session:
+            emulator.inject(Fault.delay(0.5), route="list", times=1)
+            with anyio.move_on_after(0.2):
+                await session.extend("vid-1", key="row-1")
+            with anyio.fail_after(30):
+                again = await session.extend("vid-1", key="row-1")
+        creates = emulator.count("create")
+
+    assert made.task_id == again.task_id
+    assert 1 == creates
+
+
+async def test_one_html_page_from_the_list_does_not_end_look_ups_for_the_session(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A proxy answers one list read with an HTML page (status 200): the look-up tries
+    again and finds the task; only a second such page, or a 404, means there is no list."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
+        async with gateway(emulator) as other:
+            made = await other.extend("vid-1")
+        async with gateway(emulator, journal=journal) as session:
+            emulator.inject(Fault.html(200), route="list", times=1)
+            with anyio.fail_after(30):
+                handles = await session.resume()
+        creates = emulator.count("create")
+
+    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert 1 == creates
+
+
+async def test_a_clock_stepped_back_unseen_since_the_send_never_proves_absence(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The dead process's clock ran a minute fast, then was stepped back: its journaled send
+    reads 10 s ago though its task was made 70 s ago. Not in the window as placed, the task
+    is still near it: the key stays in doubt and nothing is sent again."""
+    journal = tmp_path / "j.sqlite3"
+    async with KlingEmulator() as emulator:
+        emulator.clock = lambda: time.time() - 70  # the task, as the server made it then
+        async with gateway(emulator) as other:
+            made = await other.extend("vid-1")
+        emulator.clock = time.time
+        await left_in_doubt(
+            journal,
+            "row-1",
+            ExtendRequest(video_id="vid-1"),
+            sent_at=_now() - dt.timedelta(seconds=10),
+        )
+        async with gateway(emulator, journal=journal) as session:
+            with anyio.fail_after(30), pytest.raises(AmbiguousCreateError) as caught:
+                await session.extend("vid-1", key="row-1")
+        creates = emulator.count("create")
+
+    assert 1 == creates
+    assert (made.task_id,) == caught.value.candidate_ids

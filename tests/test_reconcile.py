@@ -148,7 +148,7 @@ def test_a_task_claimed_by_another_create_is_not_a_candidate() -> None:
 
 def test_no_candidate_in_a_covered_final_look_is_absent() -> None:
     """Only a look that read back past the send, after the window closed, proves absence."""
-    others = [_task("1", video="vid-2"), _task("2", after=-3600.0)]
+    others = [_task("1", video="vid-2"), _task("2", after=-7200.0)]
 
     assert Absent() == _verdict(_doubt(), others)
     assert _verdict(_doubt(), others, final=False) is None
@@ -320,3 +320,27 @@ def test_a_task_stamped_in_the_milliseconds_the_send_began_may_follow_it() -> No
 
     assert Found(_task("t-1", after=0.0)) == _verdict(doubt, [_task("t-1", after=0.0)])
     assert isinstance(_verdict(doubt, [_task("t-1", after=-0.002)]), Ambiguous)
+
+
+def test_a_task_for_the_video_within_an_hour_before_the_send_blocks_absence() -> None:
+    """A send misplaced by a clock step (or a gateway's clock) could hide its task before
+    the window: made within an hour before it, a task for the video keeps it ambiguous."""
+    earlier = _task("2", after=-600.0)
+
+    verdict = _verdict(_doubt(), [earlier])
+
+    assert isinstance(verdict, Ambiguous)
+    assert (earlier,) == verdict.candidates
+
+
+def test_task_times_outrank_a_gateways_date_headers() -> None:
+    """A gateway's Date may run on its own clock: once a task time was seen, the offset is
+    the task times', whatever the Date headers say."""
+    clock = ServerClock()
+    local = SENT - dt.timedelta(minutes=5)
+    clock.observe_date("Sun, 01 Mar 2026 12:02:00 GMT", local, local + SECOND / 10)
+    clock.observe(SENT, local, local + SECOND / 10)
+    clock.observe_date("Sun, 01 Mar 2026 12:02:00 GMT", local, local + SECOND / 10)
+
+    assert clock.offset is not None
+    assert abs(clock.offset - dt.timedelta(minutes=5)) < SECOND / 10
