@@ -76,6 +76,19 @@ async def left_in_doubt(
     return claim.request
 
 
+async def made_by_another_client(emulator: KlingEmulator, video_id: str) -> str:
+    """The id of a task another (gateway) client makes for ``video_id`` now."""
+    async with gateway(emulator) as other:
+        return (await other.extend(video_id)).task_id
+
+
+async def resumed(emulator: KlingEmulator, journal: pathlib.Path) -> list[str]:
+    """The task ids a gateway session's ``resume()`` on ``journal`` returns (bounded)."""
+    async with gateway(emulator, journal=journal) as session:
+        with anyio.fail_after(30):
+            return [handle.task_id for handle in await session.resume()]
+
+
 async def state_of(path: pathlib.Path, key: str) -> tuple[EntryState, str | None]:
     async with SQLiteJournal(path) as journal:
         entry = await journal.get(key)
@@ -95,19 +108,19 @@ async def test_a_create_in_doubt_is_found_past_a_busy_first_page_on_a_skewed_ser
         async with gateway(emulator) as other:
             sent_at = _now()
             request = await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
-            made = await other.extend("vid-1")  # the dead process's create, as the server saw it
+            made_id = (
+                await other.extend("vid-1")
+            ).task_id  # the dead process's create, as the server saw it
             for n in range(250):
                 await other.extend(f"busy-{n}")
-        async with gateway(emulator, journal=journal) as session:
-            with anyio.fail_after(30):
-                handles = await session.resume()
+        resumed_ids = await resumed(emulator, journal)
 
         creates = emulator.count("create")
     assert request.video_id == "vid-1"
     assert sent_at <= _now()
-    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert [made_id] == resumed_ids
     assert 251 == creates  # nothing sent again
-    assert (EntryState.CREATED, made.task_id) == await state_of(journal, "row-1")
+    assert (EntryState.CREATED, made_id) == await state_of(journal, "row-1")
 
 
 async def test_two_keys_for_one_video_in_doubt_never_share_its_one_task(
@@ -121,26 +134,26 @@ async def test_two_keys_for_one_video_in_doubt_never_share_its_one_task(
         await left_in_doubt(journal, "A", ExtendRequest(video_id="vid-1", prompt="pan left"))
         await left_in_doubt(journal, "B", ExtendRequest(video_id="vid-1", prompt="zoom out"))
         async with gateway(emulator) as other:
-            made = await other.extend("vid-1", prompt="pan left")
+            made_id = (await other.extend("vid-1", prompt="pan left")).task_id
         async with gateway(emulator, journal=journal) as session:
             with anyio.fail_after(30):
                 first = await session.resume()
             unsettled = (await state_of(journal, "A"), await state_of(journal, "B"))
             with pytest.raises(AmbiguousCreateError) as caught:
                 await session.extend("vid-1", prompt="zoom out", key="B")
-            await session.settle("A", made.task_id)
+            await session.settle("A", made_id)
             with anyio.fail_after(30):
                 second = await session.resume()
         tasks = list(emulator.tasks)
 
     assert [] == first
     assert ((EntryState.SENDING, None), (EntryState.SENDING, None)) == unsettled
-    assert (made.task_id,) == caught.value.candidate_ids
+    assert (made_id,) == caught.value.candidate_ids
     assert "B" == caught.value.key
     assert 2 == len(tasks)  # B's create, once A had the listed task
-    assert (EntryState.CREATED, made.task_id) == await state_of(journal, "A")
+    assert (EntryState.CREATED, made_id) == await state_of(journal, "A")
     assert (EntryState.CREATED, tasks[1]) == await state_of(journal, "B")
-    assert {made.task_id, tasks[1]} == {handle.task_id for handle in second}
+    assert {made_id, tasks[1]} == {handle.task_id for handle in second}
 
 
 async def test_stamped_keys_for_one_video_in_doubt_each_get_their_own(
@@ -156,7 +169,9 @@ async def test_stamped_keys_for_one_video_in_doubt_each_get_their_own(
             journal, "B", ExtendRequest(video_id="vid-1", prompt="zoom out"), stamp="stamp-b"
         )
         async with official(emulator) as other:
-            made = await other.extend("vid-1", prompt="pan left", external_task_id="stamp-a")
+            made_id = (
+                await other.extend("vid-1", prompt="pan left", external_task_id="stamp-a")
+            ).task_id
             await other.extend("vid-1", prompt="someone else's")  # the same video, another stamp
         async with official(emulator, journal=journal) as session:
             with anyio.fail_after(30):
@@ -165,9 +180,9 @@ async def test_stamped_keys_for_one_video_in_doubt_each_get_their_own(
 
     assert "stamp-a" == a.external_task_id
     assert 3 == len(tasks)
-    assert (EntryState.CREATED, made.task_id) == await state_of(journal, "A")
+    assert (EntryState.CREATED, made_id) == await state_of(journal, "A")
     assert (EntryState.CREATED, tasks[2]) == await state_of(journal, "B")
-    assert {made.task_id, tasks[2]} == {handle.task_id for handle in handles}
+    assert {made_id, tasks[2]} == {handle.task_id for handle in handles}
 
 
 async def test_a_create_in_doubt_is_looked_up_at_once_and_said_so(
@@ -178,8 +193,7 @@ async def test_a_create_in_doubt_is_looked_up_at_once_and_said_so(
     journal = tmp_path / "j.sqlite3"
     async with KlingEmulator() as emulator:
         await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
-        async with gateway(emulator) as other:
-            made = await other.extend("vid-1")
+        made_id = await made_by_another_client(emulator, "vid-1")
         caplog.set_level(logging.INFO, logger="kling_async")
         async with KlingSession(
             emulator.api_key, base_url=emulator.gateway_url, journal=journal
@@ -188,7 +202,7 @@ async def test_a_create_in_doubt_is_looked_up_at_once_and_said_so(
                 handles = await session.resume()
         lists = emulator.count("list")
 
-    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert [made_id] == [handle.task_id for handle in handles]
     assert 1 == lists
     assert any("1 create(s) in doubt: looking them up" in r.getMessage() for r in caplog.records)
 
@@ -393,14 +407,14 @@ async def test_a_clock_stepped_forward_since_the_send_is_not_taken_for_absence(
             journal, "row-1", ExtendRequest(video_id="vid-1"), sent_at=ten_minutes_ago
         )
         async with gateway(emulator) as other:
-            made = await other.extend("vid-1")  # what the send really made, just now
+            made_id = (await other.extend("vid-1")).task_id  # what the send really made, just now
         async with gateway(emulator, journal=journal) as session:
             with anyio.fail_after(30), pytest.raises(AmbiguousCreateError) as caught:
                 await session.extend("vid-1", key="row-1")
         creates = emulator.count("create")
 
     assert 1 == creates
-    assert (made.task_id,) == caught.value.candidate_ids
+    assert (made_id,) == caught.value.candidate_ids
     assert (EntryState.SENDING, None) == await state_of(journal, "row-1")
 
 
@@ -421,14 +435,11 @@ async def test_a_send_journaled_on_the_servers_clock_is_placed_whatever_this_clo
             sent_at=_now() - dt.timedelta(minutes=10),
             sent_server=sent_server,
         )
-        async with gateway(emulator) as other:
-            made = await other.extend("vid-1")
-        async with gateway(emulator, journal=journal) as session:
-            with anyio.fail_after(30):
-                handles = await session.resume()
+        made_id = await made_by_another_client(emulator, "vid-1")
+        resumed_ids = await resumed(emulator, journal)
         creates = emulator.count("create")
 
-    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert [made_id] == resumed_ids
     assert 1 == creates
 
 
@@ -466,8 +477,7 @@ async def test_a_look_up_cut_short_is_no_rival_of_the_same_keys_next_try(
     journal = tmp_path / "j.sqlite3"
     async with KlingEmulator() as emulator:
         await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
-        async with gateway(emulator) as other:
-            made = await other.extend("vid-1")
+        made_id = await made_by_another_client(emulator, "vid-1")
         async with gateway(emulator, journal=journal) as session:
             emulator.inject(Fault.delay(0.5), route="list", times=1)
             with anyio.move_on_after(0.2):
@@ -476,7 +486,7 @@ async def test_a_look_up_cut_short_is_no_rival_of_the_same_keys_next_try(
                 again = await session.extend("vid-1", key="row-1")
         creates = emulator.count("create")
 
-    assert made.task_id == again.task_id
+    assert made_id == again.task_id
     assert 1 == creates
 
 
@@ -488,15 +498,14 @@ async def test_one_html_page_from_the_list_does_not_end_look_ups_for_the_session
     journal = tmp_path / "j.sqlite3"
     async with KlingEmulator() as emulator:
         await left_in_doubt(journal, "row-1", ExtendRequest(video_id="vid-1"))
-        async with gateway(emulator) as other:
-            made = await other.extend("vid-1")
+        made_id = await made_by_another_client(emulator, "vid-1")
         async with gateway(emulator, journal=journal) as session:
             emulator.inject(Fault.html(200), route="list", times=1)
             with anyio.fail_after(30):
                 handles = await session.resume()
         creates = emulator.count("create")
 
-    assert [made.task_id] == [handle.task_id for handle in handles]
+    assert [made_id] == [handle.task_id for handle in handles]
     assert 1 == creates
 
 
@@ -509,8 +518,7 @@ async def test_a_clock_stepped_back_unseen_since_the_send_never_proves_absence(
     journal = tmp_path / "j.sqlite3"
     async with KlingEmulator() as emulator:
         emulator.clock = lambda: time.time() - 70  # the task, as the server made it then
-        async with gateway(emulator) as other:
-            made = await other.extend("vid-1")
+        made_id = await made_by_another_client(emulator, "vid-1")
         emulator.clock = time.time
         await left_in_doubt(
             journal,
@@ -524,4 +532,4 @@ async def test_a_clock_stepped_back_unseen_since_the_send_never_proves_absence(
         creates = emulator.count("create")
 
     assert 1 == creates
-    assert (made.task_id,) == caught.value.candidate_ids
+    assert (made_id,) == caught.value.candidate_ids
