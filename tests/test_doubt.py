@@ -18,9 +18,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from kling_async import (
@@ -87,6 +89,24 @@ async def resumed(emulator: KlingEmulator, journal: pathlib.Path) -> list[str]:
     async with gateway(emulator, journal=journal) as session:
         with anyio.fail_after(30):
             return [handle.task_id for handle in await session.resume()]
+
+
+async def run_or_kill(
+    process: anyio.abc.Process, made: Callable[[], int], stop_at: int | None, *, timeout: float
+) -> tuple[int, bool]:
+    """Let ``process`` run; SIGKILL it once ``made()`` reaches ``stop_at`` (creates are then
+    in flight). Its exit status, and whether it was killed."""
+    killed = False
+    with anyio.fail_after(timeout):
+        while process.returncode is None:
+            if stop_at is not None and made() >= stop_at:
+                process.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            await anyio.sleep(0.002)
+        status = await process.wait()
+    await process.aclose()
+    return status, killed
 
 
 async def state_of(path: pathlib.Path, key: str) -> tuple[EntryState, str | None]:
@@ -293,15 +313,8 @@ async def test_a_batch_killed_at_random_points_on_a_skewed_busy_account_pays_onc
                     )
                 async with anyio.create_task_group() as group:
                     group.start_soon(busy, 40)  # and some while it runs
-                    with anyio.fail_after(60):
-                        while process.returncode is None:
-                            if stop_at is not None and made() >= stop_at:
-                                process.send_signal(signal.SIGKILL)
-                                kills += 1
-                                break
-                            await anyio.sleep(0.002)
-                        await process.wait()
-                await process.aclose()
+                    _, killed = await run_or_kill(process, made, stop_at, timeout=60)
+                    kills += killed
                 if out.read_bytes().endswith(b"done\n"):
                     finished = True
                     break
@@ -370,15 +383,8 @@ async def test_the_batch_command_killed_at_random_points_on_a_skewed_busy_accoun
             stop_at = ours() + rng.randint(1, 12) if run < 4 else None
             async with anyio.create_task_group() as group:
                 group.start_soon(busy, 30)  # and some while it runs
-                with anyio.fail_after(120):
-                    while process.returncode is None:
-                        if stop_at is not None and ours() >= stop_at:
-                            process.send_signal(signal.SIGKILL)
-                            kills += 1
-                            break
-                        await anyio.sleep(0.002)
-                    status = await process.wait()
-            await process.aclose()
+                status, killed = await run_or_kill(process, ours, stop_at, timeout=120)
+                kills += killed
             err = log.read_text("utf-8", errors="replace")
             if status == 0:
                 break
