@@ -55,10 +55,10 @@ import anyio.to_thread
 import yarl
 
 from . import _urls
+from ._account import CLOSED_WHILE_PENDING
 from ._policies import DownloadPolicy, parse_retry_after
 from ._transport import USER_AGENT, _holds_no_request
 from ._urls import redact
-from ._wire import CLOSED_WHILE_PENDING
 from .errors import (
     DownloadError,
     InvalidArgumentError,

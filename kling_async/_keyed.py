@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from ._create import CallbackSlot, Creator
+from ._attempt import CallbackSlot
+from ._create import Creator
 from ._journal import ClaimOutcome, Journal
 from .errors import APIError, JournalError, KlingError, NotFoundError
 from .models import ExtendRequest, Task, TaskStatus
@@ -160,7 +161,7 @@ class KeyedCreates:
         self._creator = creator
         self.journal = journal
         self._unrecorded: dict[str, TaskStatus] = {}  # finishes a failed write left behind
-        creator.journal = journal
+        creator.lookup.journal = journal
 
     async def create(
         self,

@@ -1,8 +1,9 @@
 """Retry and poll policies as frozen values, and the pure rules that apply them.
 
 Nothing here sleeps or reads a clock: callers pass the attempt number, the elapsed time and a
-``random.Random``; the session does the waiting. The retry classes are api.md's "Decisions
-for the SDK": which failures a create may repeat, which a query may, and how Retry-After counts.
+``random.Random``; the session does the waiting. The retry classes (``docs/errors.md``, "What
+is retried") say which failures a create may repeat, which a query may, and how Retry-After
+counts.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ __all__ = [
     "DownloadPolicy",
     "PollPolicy",
     "RetryPolicy",
+    "Step",
     "classify",
+    "next_step",
     "parse_retry_after",
 ]
 
@@ -281,7 +284,7 @@ class Action(enum.Enum):
 
 
 def classify(error: KlingError, *, create: bool) -> Action:
-    """Decide what a failed try means (api.md "Create retries" and "Query retries").
+    """Decide what a failed try means (``docs/errors.md``, "What is retried").
 
     A create is repeated only where the server certainly made no task; where the outcome is
     unknown it must be reconciled. A query is safe to repeat on anything transient.
@@ -306,6 +309,42 @@ def classify(error: KlingError, *, create: bool) -> Action:
             return Action.RECONCILE
         return Action.RAISE if error.is_json else Action.RETRY
     return Action.RAISE
+
+
+@attrs.frozen
+class Step:
+    """What to do after a failed try: its `Action`, and for a retry the seconds to wait
+    before it (None: the retry budget is spent, so the failure is raised)."""
+
+    action: Action
+    delay: float | None = None
+
+    @property
+    def resign(self) -> bool:
+        """Sign a fresh token and try once more (a token the server's clock refused)."""
+        return self.action is Action.RESIGN
+
+
+def next_step(
+    policy: RetryPolicy,
+    error: KlingError,
+    *,
+    create: bool,
+    retry: int,
+    elapsed: float,
+    rng: random.Random,
+    retry_after: float | None = None,
+) -> Step:
+    """The one retry decision of requests, creates and downloads: what ``error`` means
+    (`classify`) and, where it may be retried, the wait before retry number ``retry``
+    (`RetryPolicy.retry_delay`, ``elapsed`` seconds into the retry budget)."""
+    action = classify(error, create=create)
+    if action is not Action.RETRY:
+        return Step(action)
+    delay = policy.retry_delay(
+        error, retry=retry, elapsed=elapsed, rng=rng, retry_after=retry_after
+    )
+    return Step(action, delay)
 
 
 def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:

@@ -34,17 +34,29 @@ import attrs
 from .models import Task
 
 __all__ = [
+    "CLOCK_STEP",
+    "LOOK_EVERY",
     "Absent",
     "Ambiguous",
     "Doubt",
     "Found",
     "Verdict",
     "candidates",
+    "look_delay",
+    "must_answer",
+    "place",
     "read_next_page",
+    "set_back",
+    "time_left",
     "verdict",
 ]
 
 _MILLISECOND = dt.timedelta(milliseconds=1)
+LOOK_EVERY = 3.0
+"""Seconds between look-ups of a create in doubt while its window is open."""
+CLOCK_STEP = 5.0
+"""A journaled send this many seconds in the local clock's future: the clock was set back
+since, so the send's wall-clock time cannot place it."""
 STEP_TOLERANCE = dt.timedelta(hours=1)
 """How far a send may be misplaced (a clock stepped, a gateway's clock) before a task made
 for its video no longer stops the verdict "absent": the list is read back this far."""
@@ -249,3 +261,90 @@ def read_next_page(page: Sequence[Task], page_size: int, earliest: dt.datetime) 
         return False
     times = [task.created_at for task in page if task.created_at is not None]
     return not times or min(times) >= earliest
+
+
+def set_back(sent_at: dt.datetime, now: dt.datetime) -> bool:
+    """Whether a send journaled at ``sent_at`` (this machine's wall clock) lies in the future
+    of ``now`` by more than `CLOCK_STEP`: the clock was set back since, so ``sent_at``
+    cannot place it."""
+    return (sent_at - now).total_seconds() > CLOCK_STEP
+
+
+def place(
+    *,
+    video_id: str,
+    external_task_id: str | None,
+    window: dt.timedelta,
+    clock_uncertainty: dt.timedelta,
+    server_now: dt.datetime | None,
+    sent_ago: dt.timedelta | None = None,
+    sent_server: dt.datetime | None = None,
+    sent_uncertainty: dt.timedelta = dt.timedelta(0),
+    sent_wall_on_server: dt.datetime | None = None,
+) -> Doubt:
+    """A send on the server's clock, from the best of what is known of it.
+
+    A send of this process is placed by how long ago it left on the loop's clock
+    (``sent_ago``: a wall clock stepped since cannot move it) from the server's now; a
+    journaled one by the server time recorded with it (``sent_server``, to within
+    ``sent_uncertainty``), else by its wall-clock time moved onto the server's clock
+    (``sent_wall_on_server``: None when that clock is unknown or was set back since).
+    """
+    uncertainty = clock_uncertainty
+    if sent_ago is not None:
+        sent_at = None if server_now is None else server_now - sent_ago
+    elif sent_server is not None:
+        sent_at, uncertainty = sent_server, sent_uncertainty
+    else:
+        sent_at = sent_wall_on_server
+    return Doubt(
+        video_id=video_id,
+        external_task_id=external_task_id,
+        sent_at=sent_at,
+        window=window,
+        uncertainty=uncertainty,
+    )
+
+
+def time_left(
+    window: float,
+    *,
+    now: dt.datetime,
+    sent_at: dt.datetime,
+    server_now: dt.datetime | None,
+    sent_server: dt.datetime | None,
+) -> tuple[float, bool]:
+    """For a send a journal left unanswered: the seconds left of its window, and whether its
+    wall-clock time can place it.
+
+    Both on the server's clock when the send's server time was recorded, so whatever this
+    machine's clock did since cannot matter. Otherwise a clock set back since the send makes
+    the elapsed time negative: the window is then waited in full (on the loop's clock), and
+    the send cannot be placed.
+    """
+    if sent_server is not None and server_now is not None:
+        elapsed = (server_now - sent_server).total_seconds()
+        placed = True
+    else:
+        elapsed = (now - sent_at).total_seconds()
+        placed = elapsed >= -CLOCK_STEP
+    remaining = min(window, max(0.0, window - elapsed)) if placed else window
+    return remaining, placed
+
+
+def must_answer(
+    *, now: float, ends: float, waits: bool, rival_on_wire: bool, may_resend: bool
+) -> bool:
+    """Whether the coming look-up must answer now: the windows (of the send and of rivals
+    still on the wire) have ``ends``ed on the loop's clock, or the policy does not wait
+    (``waits`` False) and neither a rival on the wire (its reply settles which task is whose)
+    nor a verdict that would resend (``may_resend``: never "absent" before the window has
+    closed) asks to wait."""
+    return now >= ends or not (waits or rival_on_wire or may_resend)
+
+
+def look_delay(*, now: float, ends: float, waits: bool) -> float:
+    """Loop seconds until the next look-up: every `LOOK_EVERY` seconds while the window is
+    open, or (a policy that does not wait) straight to its end."""
+    remaining = max(0.0, ends - now)
+    return min(LOOK_EVERY, remaining) if waits else remaining

@@ -1,17 +1,16 @@
-"""KlingSession: credentials, configuration, lifetime and the public calls.
+"""KlingSession: the façade. It holds the configuration and the lifetime, and the public calls.
 
-The request layer is ``_wire``, a create's life is ``_create`` and waiting is ``_watch``; the
-session wires them together, owns (or borrows) the aiohttp session, and keeps api.md
-"Opening": after closing, every call raises, and closing stops every pending call.
+Arguments are checked in ``_config``; requests go through ``_wire``, creates through
+``_submit`` (and ``_create``), waits through ``_watch``. The session wires them together,
+owns (or borrows) the aiohttp session, and keeps its lifetime's promise (``docs/concepts.md``,
+"The session and its lifetime"): after closing, every call raises, and closing stops every
+pending call.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import pathlib
-import uuid
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -19,32 +18,28 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from . import _download, _urls, sansio
-from ._auth import BearerKey, JWTSigner
-from ._create import CallbackSlot, Creator
+from . import _download, sansio
+from ._account import LocalSlotGate
+from ._config import check_count, check_key, check_task_id, configure
+from ._create import Creator
 from ._handle import TaskHandle
-from ._journal import EntryState, Journal, JournalEntry, SQLiteJournal
-from ._keyed import KeyedCreates
+from ._journal import Journal, SQLiteJournal
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
+from ._submit import Submitter
 from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
-from .errors import InvalidArgumentError, KlingError
+from .errors import KlingError
 from .models import ExtendRequest, Task, Video
-from .models import check_text as _check_text
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     import aiohttp
 
-    from .callbacks import CallbackReceiver, _SessionLink
+    from .callbacks import CallbackReceiver
 
 __all__ = ["KlingSession", "SessionStatistics"]
-
-logger = logging.getLogger("kling_async")
-
-DEFAULT_BASE_URL = "https://api-singapore.klingai.com"  # api.md: official, global
 
 
 @attrs.frozen(kw_only=True)
@@ -118,74 +113,24 @@ class KlingSession:
         journal: str | os.PathLike[str] | Journal | None = None,
         callbacks: CallbackReceiver | None = None,
     ) -> None:
-        auth = _credentials(api_key, access_key, secret_key)
-        if base_url is None:
-            base_url = os.environ.get("KLING_BASE_URL") or DEFAULT_BASE_URL
-        base = _base_url(base_url, allow_insecure_http=allow_insecure_http)
-        _check_count("max_in_flight", max_in_flight, None)
-        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise InvalidArgumentError(name, f"must be a finite number > 0, got {value!r}")
-        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int):
-            raise TypeError("max_response_bytes must be an int")
-        if max_response_bytes < 1:
-            raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
-        if list_refresh not in (None, True, False):
-            raise TypeError(f"list_refresh must be None, True or False, not {list_refresh!r}")
+        config = configure(
+            api_key=api_key,
+            base_url=base_url,
+            access_key=access_key,
+            secret_key=secret_key,
+            max_in_flight=max_in_flight,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            stamp_external_id=stamp_external_id,
+            list_refresh=list_refresh,
+            allow_insecure_http=allow_insecure_http,
+            max_response_bytes=max_response_bytes,
+            environ=os.environ,
+        )
         if http_session is not None and trace_configs is not None:
             raise ValueError(
                 "trace_configs go on the aiohttp.ClientSession you pass as http_session"
             )
-        self.poll_policy = poll_policy if poll_policy is not None else PollPolicy()
-        self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
-        self._auth = auth
-        self._base_url = base
-        self._stamp = (
-            isinstance(auth, JWTSigner) if stamp_external_id is None else stamp_external_id
-        )
-        self._borrowed = http_session
-        self._trace_configs = tuple(trace_configs or ())
-        self._max_in_flight = max_in_flight
-        self._connect_timeout = float(connect_timeout)
-        self._read_timeout = float(read_timeout)
-        self._max_body = max_response_bytes
-        self._http: aiohttp.ClientSession | None = None
-        # A create's reply is awaited even when the caller's scope is cancelled; this bounds
-        # that wait (a server trickling bytes would otherwise hold it forever).
-        self._wire = Wire(
-            base_url=base,
-            auth=auth,
-            retry_policy=self.retry_policy,
-            max_in_flight=max_in_flight,
-            create_deadline=self._connect_timeout + 2 * self._read_timeout,
-        )
-        self._creator = Creator(self._wire)
-        self._watcher = Watcher(
-            self._wire,
-            self.poll_policy,
-            list_refresh=list_refresh,
-            on_finished=self._creator.gate.release,
-        )
-        self._tasks_created = 0
-        self._journal: Journal | None
-        self._owns_journal = False
-        if journal is None or isinstance(journal, Journal):
-            self._journal = journal
-        elif isinstance(journal, (str, os.PathLike)):
-            self._journal = SQLiteJournal(journal)
-            self._owns_journal = True
-        else:
-            raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
-        self._keyed: KeyedCreates | None = None
-        if self._journal is not None:
-            self._keyed = KeyedCreates(self._creator, self._journal)
-            self._watcher.on_done = self._keyed.finished
-            self._watcher.on_gone = self._keyed.gone
         if callbacks is not None:
             from .callbacks import CallbackReceiver
 
@@ -193,8 +138,41 @@ class KlingSession:
                 raise TypeError(
                     f"callbacks must be a CallbackReceiver, not {type(callbacks).__name__}"
                 )
+        self.poll_policy = poll_policy if poll_policy is not None else PollPolicy()
+        self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
+        self._config = config
+        self._borrowed = http_session
+        self._trace_configs = tuple(trace_configs or ())
+        self._http: aiohttp.ClientSession | None = None
+        self._wire = Wire(
+            base_url=config.base_url,
+            auth=config.auth,
+            retry_policy=self.retry_policy,
+            max_in_flight=config.limits.max_in_flight,
+            create_deadline=config.timeouts.create,
+        )
+        gate = LocalSlotGate(self._wire.sleep)
+        creator = Creator(self._wire, gate)
+        self._watcher = Watcher(
+            self._wire, self.poll_policy, list_refresh=config.list_refresh, on_finished=gate.freed
+        )
+        self._journal: Journal | None = None
+        self._owns_journal = False
+        if journal is None or isinstance(journal, Journal):
+            self._journal = journal
+        elif isinstance(journal, (str, os.PathLike)):
+            self._journal, self._owns_journal = SQLiteJournal(journal), True
+        else:
+            raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
+        self._submitter = Submitter(
+            creator,
+            self._watcher,
+            stamp=config.stamp_external_id,
+            journal=self._journal,
+            busy_wait=config.timeouts.create,
+        )
+        self._gate = gate
         self._callbacks = callbacks
-        self._link: _SessionLink | None = None
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -202,27 +180,30 @@ class KlingSession:
         if self._wire.state != "unopened":
             raise RuntimeError(f"a KlingSession can be opened once; this one is {self._wire.state}")
         self._wire.running_loop()  # before aiohttp, which fails obscurely without asyncio
+        config = self._config
         transport_http = self._borrowed
         try:
             if transport_http is None:
                 transport_http = open_http_session(
-                    limit=self._max_in_flight, trace_configs=self._trace_configs
+                    limit=config.limits.max_in_flight, trace_configs=self._trace_configs
                 )
                 self._http = transport_http
             self._wire.open(
                 Transport(
                     transport_http,
-                    connect_timeout=self._connect_timeout,
-                    read_timeout=self._read_timeout,
-                    max_body=self._max_body,
+                    connect_timeout=config.timeouts.connect,
+                    read_timeout=config.timeouts.read,
+                    max_body=config.limits.max_response_bytes,
                 )
             )
             if self._owns_journal:
                 assert self._journal is not None
                 await self._journal.__aenter__()
             if self._callbacks is not None:
-                self._link = self._callbacks._attach(
-                    self._watcher, self._wire.loop, gateway=isinstance(self._auth, BearerKey)
+                submitter = self._submitter
+                submitter.safety = self._callbacks.safety_interval
+                submitter.link = self._callbacks._attach(
+                    self._watcher, self._wire.loop, gateway=config.gateway
                 )
         except BaseException:
             self._wire.close()
@@ -252,16 +233,17 @@ class KlingSession:
         if self._wire.close():
             # Wake every sleeping wait and slot wait; each then sees the state and raises.
             self._watcher.close()
-            self._creator.gate.release_all()
-        if self._link is not None:
-            link, self._link = self._link, None
+            self._gate.close()
+        submitter = self._submitter
+        if submitter.link is not None:
+            link, submitter.link = submitter.link, None
             link.close()  # its tokens are forgotten: their callbacks get 404 from now on
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
-        if self._keyed is not None:
+        if submitter.keyed is not None:
             with anyio.CancelScope(shield=True):
-                await self._keyed.flush()  # finishes a failed write left behind
+                await submitter.keyed.flush()  # finishes a failed write left behind
         if self._owns_journal:
             assert self._journal is not None
             await self._journal.aclose()
@@ -277,12 +259,13 @@ class KlingSession:
             )
 
     def __repr__(self) -> str:
-        return f"<KlingSession {self._base_url} {self._auth!r} {self._wire.state}>"
+        config = self._config
+        return f"<KlingSession {config.base_url} {config.auth!r} {self._wire.state}>"
 
     @property
     def base_url(self) -> str:
         """The base URL requests go to (``/v1/...`` is appended)."""
-        return self._base_url
+        return self._config.base_url
 
     @property
     def closed(self) -> bool:
@@ -297,12 +280,12 @@ class KlingSession:
             retries=wire.retries,
             in_flight=wire.in_flight,
             waits_pending=watcher.waits,
-            tasks_created=self._tasks_created,
+            tasks_created=self._submitter.tasks_created,
             list_requests=watcher.list_requests,
             list_refresh=watcher.list_mode,
             rate_limit=wire.pace.rate,
             tasks_tracked=watcher.tracked,
-            callback_tokens=0 if self._link is None else self._link.open_tokens,
+            callback_tokens=0 if (link := self._submitter.link) is None else link.open_tokens,
         )
 
     # -- public calls ---------------------------------------------------------------------
@@ -342,8 +325,9 @@ class KlingSession:
             watermark=watermark,
         )
         if key is not None:
-            self._check_key(key)
-        return await self._submit(request, None, key)
+            check_key(key, journal=self._journal is not None)
+        self._wire.check_open()
+        return await self._submitter.submit(request, None, key)
 
     async def extend_many(
         self, requests: Iterable[ExtendRequest], *, timeout: float | None = None
@@ -371,7 +355,7 @@ class KlingSession:
 
         async def submit(index: int, request: ExtendRequest) -> None:
             try:
-                results[index] = await self._submit(request, deadline)
+                results[index] = await self._submitter.submit(request, deadline)
             except KlingError as error:
                 results[index] = error
 
@@ -379,62 +363,6 @@ class KlingSession:
             for index, request in enumerate(batch):
                 group.start_soon(submit, index, request)
         return [result for result in results if result is not None]
-
-    async def _submit(
-        self, request: ExtendRequest, deadline: float | None, key: str | None = None
-    ) -> TaskHandle:
-        self._wire.check_open()
-        link = self._link
-        if link is None or request.callback_url is not None:
-            return await self._submit_one(request, deadline, key, None)
-        # A caller's own callback_url is sent unchanged; else the create gets a token of the
-        # receiver's, registered before it is sent (a callback may beat the reply).
-        binding, url = link.issue()
-        slot = CallbackSlot(url)
-        try:
-            handle = await self._submit_one(request, deadline, key, slot)
-        except BaseException:
-            link.discard(binding)
-            raise
-        if slot.sent:
-            link.bind(binding, handle._state)
-        else:  # a key created before: nothing was sent with this token
-            link.discard(binding)
-        return handle
-
-    async def _submit_one(
-        self,
-        request: ExtendRequest,
-        deadline: float | None,
-        key: str | None,
-        slot: CallbackSlot | None,
-    ) -> TaskHandle:
-        stamp = None
-        if request.external_task_id is None and self._stamp:
-            stamp = f"kling-async-{uuid.uuid4().hex}"
-        if key is not None:
-            assert self._keyed is not None
-            task_id, made = await self._keyed.create(
-                key,
-                request,
-                stamp=stamp,
-                deadline=deadline,
-                busy_wait=self._wire.create_deadline,
-                callback=slot,
-            )
-            if made is None:  # created before (maybe by another process): nothing sent
-                return TaskHandle(self._watcher, self._watcher.state(task_id))
-            task = made
-        else:
-            if stamp is not None:
-                request = attrs.evolve(request, external_task_id=stamp)
-            task = await self._creator.create(request, deadline=deadline, callback=slot)
-        self._tasks_created += 1
-        safety = None
-        if slot is not None and slot.sent:
-            assert self._callbacks is not None
-            safety = self._callbacks.safety_interval
-        return TaskHandle(self._watcher, self._watcher.created(task, safety=safety))
 
     async def resume(self) -> list[TaskHandle]:
         """Handles for every journaled task not yet seen finished, to wait on after a restart.
@@ -450,29 +378,7 @@ class KlingSession:
         """
         journal = self._journal_or_raise("resume()")
         self._wire.check_open()
-        entries = await journal.pending()
-        handles = [
-            TaskHandle(self._watcher, self._watcher.state(entry.task_id))
-            for entry in entries
-            if entry.state is EntryState.CREATED and entry.task_id is not None
-        ]
-        doubts = [entry for entry in entries if entry.state is EntryState.SENDING]
-        if doubts:
-            logger.info("%d create(s) in doubt: looking them up", len(doubts))
-        settled: list[TaskHandle | None] = [None] * len(doubts)
-
-        async def settle(index: int, entry: JournalEntry) -> None:
-            try:
-                settled[index] = await self._submit(entry.request, None, entry.key)
-            except (KlingError, RuntimeError, ValueError) as error:
-                # Unsettled, refused, or taken by another process since: the others go on.
-                logger.warning("journaled key %r is still unsettled: %s", entry.key, error)
-
-        async with anyio.create_task_group() as group:
-            for index, entry in enumerate(doubts):
-                group.start_soon(settle, index, entry)
-        handles.extend(handle for handle in settled if handle is not None)
-        return handles
+        return await self._submitter.resume(journal)
 
     async def settle(self, key: str, task_id: str) -> TaskHandle:
         """Record ``task_id`` as the task of journal ``key`` and return its handle: the way
@@ -483,22 +389,10 @@ class KlingSession:
         Added in version 0.2.
         """
         journal = self._journal_or_raise("settle()")
-        self._check_key(key)
-        _check_task_id(task_id)
+        check_key(key, journal=True)
+        check_task_id(task_id)
         self._wire.check_open()
-        entry = await journal.get(key)
-        if entry is None:
-            raise ValueError(f"key {key!r} is not in the journal")
-        task = await self._watcher.query(task_id)
-        parent = task.parent_video
-        if parent is not None and parent.id != entry.request.video_id:
-            raise ValueError(
-                f"task {task_id!r} extends video {parent.id!r}, but key {key!r} was for video "
-                f"{entry.request.video_id!r}"
-            )
-        await journal.settle(key, task.task_id)
-        self._creator.remember(task.task_id)
-        return TaskHandle(self._watcher, self._watcher.state(task.task_id))
+        return await self._submitter.settle(journal, key, task_id)
 
     async def forget(self, key: str) -> bool:
         """Delete the journal's record of ``key`` (True if there was one): the next
@@ -508,7 +402,7 @@ class KlingSession:
         Added in version 0.2.
         """
         journal = self._journal_or_raise("forget()")
-        self._check_key(key)
+        check_key(key, journal=True)
         self._wire.check_open()
         return await journal.forget(key)
 
@@ -517,27 +411,18 @@ class KlingSession:
             raise ValueError(f"{call} reads the journal: KlingSession(journal=...)")
         return self._journal
 
-    def _check_key(self, key: object) -> None:
-        if not isinstance(key, str):
-            raise TypeError(f"key must be a str, not {type(key).__name__}")
-        if not key.strip():
-            raise ValueError("key must not be empty")
-        _check_text("key", key)
-        if self._journal is None:
-            raise ValueError("a key needs a journal: KlingSession(journal='batch.sqlite3')")
-
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task, without I/O: resume a wait after a restart.
 
         Every handle of one task id in a session shares its state and its polls.
         """
-        _check_task_id(task_id)
+        check_task_id(task_id)
         self._wire.check_open()
-        return TaskHandle(self._watcher, self._watcher.state(task_id))
+        return self._submitter.handle(task_id)
 
     async def get_task(self, task_id: str) -> Task:
         """Query one task by its task id or external task id (queries retry transient failures)."""
-        _check_task_id(task_id)
+        check_task_id(task_id)
         self._wire.check_open()
         return await self._watcher.query(task_id)
 
@@ -579,8 +464,8 @@ class KlingSession:
             dest,
             progress=progress,
             policy=policy,
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
+            connect_timeout=self._config.timeouts.connect,
+            read_timeout=self._config.timeouts.read,
         )
 
     def as_completed(
@@ -615,10 +500,10 @@ class KlingSession:
         Raises `ListUnavailableError` (on the first page) where the base URL does not offer
         listing, as most gateways do not.
         """
-        _check_count("page_size", page_size, 500)  # api.md: pageSize 1..500
-        _check_count("first_page", first_page, 1000)  # api.md: pageNum 1..1000
+        check_count("page_size", page_size, 500)  # Kling's pageSize: 1 to 500
+        check_count("first_page", first_page, 1000)  # Kling's pageNum: 1 to 1000
         if max_pages is not None:
-            _check_count("max_pages", max_pages, None)
+            check_count("max_pages", max_pages, None)
         self._wire.check_open()
         return self._pages(page_size, first_page, max_pages)
 
@@ -638,72 +523,3 @@ class KlingSession:
             if len(tasks) < page_size:
                 return
             page += 1
-
-
-def _check_count(name: str, value: object, maximum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1 or (maximum is not None and value > maximum):
-        bound = f"between 1 and {maximum}" if maximum is not None else "at least 1"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-
-
-def _credentials(
-    api_key: str | None, access_key: str | None, secret_key: str | None
-) -> BearerKey | JWTSigner:
-    """Pick the auth mode from the arguments, falling back to the environment as a whole."""
-    if api_key is None and access_key is None and secret_key is None:
-        api_key = os.environ.get("KLING_API_KEY") or None
-        access_key = os.environ.get("KLING_ACCESS_KEY") or None
-        secret_key = os.environ.get("KLING_SECRET_KEY") or None
-        if api_key is not None:
-            access_key = secret_key = None  # a gateway key in the environment wins
-    if api_key is not None:
-        if access_key is not None or secret_key is not None:
-            raise ValueError("pass either api_key or access_key + secret_key, not both")
-        return BearerKey(_header_safe("api_key", api_key))
-    if access_key is None and secret_key is None:
-        raise ValueError(
-            "no credentials: pass api_key (gateway) or access_key + secret_key (Kling), "
-            "or set KLING_API_KEY or KLING_ACCESS_KEY + KLING_SECRET_KEY"
-        )
-    if not access_key or not secret_key:
-        raise ValueError("access_key and secret_key go together; one of them is missing")
-    return JWTSigner(_header_safe("access_key", access_key), secret_key)
-
-
-def _base_url(url: str, *, allow_insecure_http: bool) -> str:
-    """Check a base URL before anything is sent: every later request is built from it."""
-    if isinstance(url, str) and not url.strip():
-        raise InvalidArgumentError("base_url", "must not be empty")
-    parsed = _urls.http_url(url, "base_url")
-    if parsed.port == 0:
-        raise InvalidArgumentError("base_url", f"port 0 is not a port to connect to: {url!r}")
-    if parsed.query or parsed.fragment:
-        raise InvalidArgumentError("base_url", f"must not have a query or fragment, got {url!r}")
-    if _urls.insecure(parsed) and not allow_insecure_http:
-        raise InvalidArgumentError(
-            "base_url",
-            f"refusing plain http:// to {parsed.hostname}: credentials would travel "
-            "unencrypted; use https:// or pass allow_insecure_http=True",
-        )
-    return url.rstrip("/")
-
-
-def _check_task_id(task_id: object) -> None:
-    if not isinstance(task_id, str):
-        raise TypeError(f"task_id must be a str, not {type(task_id).__name__}")
-    if not task_id.strip():
-        raise InvalidArgumentError("task_id", "must not be empty")
-    _check_text("task_id", task_id)
-
-
-def _header_safe(name: str, value: str) -> str:
-    """A credential goes into a header: refuse what would break it (or smuggle another)."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string")
-    value = value.strip()
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
-        raise ValueError(f"{name} contains control characters")
-    _check_text(name, value)
-    return value

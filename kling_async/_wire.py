@@ -1,49 +1,47 @@
 """Every request a session sends: auth, the in-flight limiter, the pace, retries, closing.
 
-`Wire` is what the create path (``_create``) and the poll scheduler (``_watch``) share. It
-sends through ``_transport``, sleeps where a policy or the session-wide `Pace` says so, and
-keeps the promise of api.md "Opening": after `close()` every call raises, and a request on the
-wire ends at once. It knows the event loop it was opened on and uses that loop's clock.
+`Wire` is what the create path (``_create``), the poll scheduler (``_watch``) and downloads
+share. It sends through a transport, waits its turn at the account's pace (``_account``),
+sleeps where the retry decision (``_policies``) says so, and keeps the session's promise
+(``docs/concepts.md``, "The session and its lifetime"): after `close()` every call raises,
+and a request on the wire ends at once. It knows the event loop it was opened on and uses
+that loop's clock. It knows nothing of creates: a caller that must act just before the bytes
+leave (a journal) passes a hook, and one whose reply must be awaited whatever happens to the
+caller (a paid create) asks for a shielded send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from . import sansio
+from ._account import CLOSED_WHILE_PENDING, DeadlinePassed, LocalPace, RequestPace
 from ._auth import BearerKey, JWTSigner
 from ._clock import ServerClock
-from ._pace import Pace
-from ._policies import Action, RetryPolicy, classify
+from ._policies import RetryPolicy, next_step
 from ._transport import Transport
 from .errors import KlingError, RateLimitError, SessionClosedError, TaskLimitError, TransportError
 from .models import Task
 
-if TYPE_CHECKING:
-    from ._create import CreateAttempt
+__all__ = ["Wire"]
 
-__all__ = ["CLOSED_WHILE_PENDING", "DeadlinePassed", "Wire"]
+BeforeSend = Callable[[float], Awaitable[None]]
+"""Awaited with the loop's time once a request holds its slot, just before it leaves."""
 
 logger = logging.getLogger("kling_async")
 
 _T = TypeVar("_T")
 _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
-CLOSED_WHILE_PENDING = "the session was closed while this call was pending"
-# A request waiting for its turn at the pace asks again at least this often (seconds).
-_PACE_RECHECK = 2.0
-
-
-class DeadlinePassed(Exception):
-    """A caller's deadline ran out before the request was sent (nothing left the machine)."""
 
 
 class Wire:
@@ -57,12 +55,13 @@ class Wire:
         retry_policy: RetryPolicy,
         max_in_flight: int,
         create_deadline: float,
+        pace: RequestPace | None = None,
     ) -> None:
         self.base_url = base_url
         self.auth = auth
         self.retry_policy = retry_policy
         self.rng = random.Random()
-        self.pace = Pace()
+        self.pace: RequestPace = pace if pace is not None else LocalPace()
         self.server_clock = ServerClock()  # what the server's replies say its clock reads
         self.create_deadline = create_deadline
         self.state = _UNOPENED
@@ -77,8 +76,6 @@ class Wire:
         self.clock: Callable[[], float] = time.monotonic
         self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
         self._in_flight_scopes: set[anyio.CancelScope] = set()
-        self._pace_sleepers: list[asyncio.Future[None]] = []  # requests waiting for a turn
-        self._pace_wake_due = False
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -117,7 +114,7 @@ class Wire:
             # (a reply half read when that happens could otherwise hang or be lost).
             for scope in self._in_flight_scopes:
                 scope.cancel()
-            self._wake_pace_sleepers()
+            self.pace.close()
         return opened
 
     @property
@@ -176,8 +173,7 @@ class Wire:
         request: sansio.HTTPRequest,
         parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
     ) -> _T:
-        """A GET with the query retry rules (api.md "Query retries")."""
-        policy = self.retry_policy
+        """A GET with the query retry rules (``docs/errors.md``, "What is retried")."""
         started = self.clock()
         retry = 0
         resigned = False
@@ -185,55 +181,38 @@ class Wire:
             authorization = self.auth.authorization(self.server_time())
             try:
                 return await self.send(request, authorization, parse, retry + 1)
-            except KlingError as failure:
-                error = failure
-                action = classify(error, create=False)
-                if action is Action.RESIGN and not resigned and self.auth.expire(authorization):
+            except KlingError as error:
+                step = next_step(
+                    self.retry_policy,
+                    error,
+                    create=False,
+                    retry=retry + 1,
+                    elapsed=self.clock() - started,
+                    rng=self.rng,
+                )
+                if step.resign and not resigned and self.auth.expire(authorization):
                     resigned = True
                     continue
-                if action is not Action.RETRY:
+                if step.delay is None:
                     raise
                 retry += 1
-                delay = policy.retry_delay(
-                    error, retry=retry, elapsed=self.clock() - started, rng=self.rng
+                self.retries += 1
+                logger.info(
+                    "retrying %s %s in %.2f s (retry %d): %s",
+                    request.method,
+                    request.url,
+                    step.delay,
+                    retry,
+                    error,
                 )
-                if delay is None:
-                    raise
-            self.retries += 1
-            logger.info(
-                "retrying %s %s in %.2f s (retry %d): %s",
-                request.method,
-                request.url,
-                delay,
-                retry,
-                error,
-            )
-            await self.sleep(delay)
+            await self.sleep(step.delay)
 
-    async def send(
-        self,
-        request: sansio.HTTPRequest,
-        authorization: str,
-        parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
-        attempt: int,
-        *,
-        create: CreateAttempt | None = None,
-        deadline: float | None = None,
-    ) -> _T:
-        """Send once, at the session's pace and under the in-flight limiter, and parse the reply.
-
-        A create is marked on the wire and shielded from anyio cancel scopes once it holds a
-        slot: its reply is awaited (up to ``create_deadline``), so a task it makes is not
-        forgotten. Only `close()` cuts it short, and the caller then hears it is ambiguous.
-        Past ``deadline`` (the loop's clock), a request still waiting for its turn raises
-        `DeadlinePassed` instead of being sent.
-        """
-        assert self._transport is not None
-        assert self._limiter is not None
-        pace = self.pace
-        if pace.enabled and self.retry_policy.wait:
-            await self._take_turn(deadline)
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float | None = None) -> AsyncIterator[None]:
+        """Hold one of the ``max_in_flight`` slots (counted in ``in_flight``); past
+        ``deadline`` (the loop's clock) while waiting for one, raise `DeadlinePassed`."""
         limiter = self._limiter
+        assert limiter is not None
         try:
             limiter.acquire_nowait()  # the common case, without a trip through the event loop
         except anyio.WouldBlock:
@@ -248,28 +227,54 @@ class Wire:
         try:
             if self.state == _CLOSED:  # closed while this call waited for the limiter
                 raise SessionClosedError(CLOSED_WHILE_PENDING)
-            if self._transport.closed:
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+        finally:
+            limiter.release()
+
+    async def send(
+        self,
+        request: sansio.HTTPRequest,
+        authorization: str,
+        parse: Callable[[sansio.HTTPResponse, dt.datetime], _T],
+        attempt: int,
+        *,
+        before_send: BeforeSend | None = None,
+        shielded: bool = False,
+        deadline: float | None = None,
+    ) -> _T:
+        """Send once, at the account's pace and under the in-flight limiter; parse the reply.
+
+        ``before_send`` is awaited once the request holds its slot, just before it leaves.
+        A ``shielded`` request (a paid create) is shielded from anyio cancel scopes from then
+        on: its reply is awaited (up to ``create_deadline``), so a task it makes is not
+        forgotten; only `close()` cuts it short. Past ``deadline`` (the loop's clock), a
+        request still waiting for its turn raises `DeadlinePassed` instead of being sent.
+        """
+        transport = self._transport
+        assert transport is not None
+        pace = self.pace
+        if pace.enabled and self.retry_policy.wait:
+            await pace.turn(deadline)
+        async with self.slot(deadline):
+            if transport.closed:
                 raise SessionClosedError("the aiohttp.ClientSession lent to this session is closed")
             self.requests_sent += 1
-            self.in_flight += 1
             sent_at = self.clock()
             wall_sent = time.time()
             pace.sent(sent_at)
             try:
-                if create is not None:
-                    if create.record is not None:
-                        await create.before_send(self.server_clock)
-                    create.put_on_wire(sent_at, self.create_deadline)
-                response = await self._exchange(request, authorization, create=create is not None)
+                if before_send is not None:
+                    await before_send(sent_at)
+                response = await self._exchange(request, authorization, shielded=shielded)
             except KlingError as error:
                 _log_failure(request, attempt, error)
                 if self.state == _CLOSED and not isinstance(error, SessionClosedError):
                     raise SessionClosedError(CLOSED_WHILE_PENDING) from error
                 raise
-            finally:
-                self.in_flight -= 1
-        finally:
-            limiter.release()
         now = dt.datetime.now(dt.timezone.utc)
         if response.status >= 400:  # a refusal of our token's times says what time it is
             self.server_clock.observe_date(
@@ -282,12 +287,11 @@ class Wire:
         except KlingError as error:
             _log_failure(request, attempt, error)
             if isinstance(error, RateLimitError) and not isinstance(error, TaskLimitError):
-                pace.throttled(self.clock(), sent_at)  # 1302: the whole session slows down
-            elif pace.enabled and pace.succeeded(self.clock()):
-                self._wake_pace_sleepers()
+                pace.throttled(self.clock(), sent_at)  # 1302: the whole account slows down
+            else:
+                pace.succeeded(self.clock())
             raise
-        if pace.enabled and pace.succeeded(self.clock()):
-            self._wake_pace_sleepers()  # the rate climbed: the queue's sleeps are too long
+        pace.succeeded(self.clock())
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s -> %s (attempt %d) request_id=%s%s",
@@ -300,70 +304,15 @@ class Wire:
             )
         return result
 
-    async def _take_turn(self, deadline: float | None) -> None:
-        """Wait for this request's turn at the session's pace (in the order turns were asked).
-
-        The pace only says how long to sleep before asking again: at most until the next
-        token for the first in line, and never longer than ``_PACE_RECHECK``; a rate that
-        climbs back wakes the sleepers at once. Past ``deadline`` (at today's rate) the
-        request gives up its place and raises `DeadlinePassed`.
-        """
-        pace = self.pace
-        ticket = pace.join()
-        served = False
-        try:
-            while True:
-                now = self.clock()
-                delay = pace.turn(ticket, now)
-                if delay <= 0:
-                    served = True
-                    return
-                if deadline is not None and now + delay > deadline:
-                    raise DeadlinePassed
-                await self._pace_sleep(min(delay, _PACE_RECHECK))
-        finally:
-            if not served:
-                pace.leave(ticket)  # those behind move up: let them recompute
-                if not self._pace_wake_due and self._pace_sleepers:
-                    # One wake-up for all the places given up in this turn of the loop (a
-                    # thousand waits cancelled together must not wake each other a thousand
-                    # times).
-                    self._pace_wake_due = True
-                    self.loop.call_soon(self._wake_pace_sleepers)
-
-    async def _pace_sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` on the loop's clock, or until the pace or the session changes."""
-        if self.state == _CLOSED:
-            raise SessionClosedError(CLOSED_WHILE_PENDING)
-        loop = self.loop
-        future: asyncio.Future[None] = loop.create_future()
-        self._pace_sleepers.append(future)
-        timer = loop.call_later(seconds, _wake, future)
-        try:
-            await future
-        finally:
-            timer.cancel()
-            if not future.done():
-                self._pace_sleepers.remove(future)
-        if self.state == _CLOSED:
-            raise SessionClosedError(CLOSED_WHILE_PENDING)
-
-    def _wake_pace_sleepers(self) -> None:
-        self._pace_wake_due = False
-        sleepers, self._pace_sleepers = self._pace_sleepers, []
-        for future in sleepers:
-            if not future.done():
-                future.set_result(None)
-
     async def _exchange(
-        self, request: sansio.HTTPRequest, authorization: str, *, create: bool
+        self, request: sansio.HTTPRequest, authorization: str, *, shielded: bool
     ) -> sansio.HTTPResponse:
         """One request/reply in a scope that `close()` cancels: a request on the wire then
         ends at once, whether the aiohttp session is ours or borrowed, and whatever part of
         the reply has arrived. A create's scope is also shielded from the caller's scopes
         (its reply is awaited, so a task it makes is not forgotten) and so has a deadline."""
         assert self._transport is not None
-        if create:
+        if shielded:
             scope = self._scope_class(deadline=self.clock() + self.create_deadline, shield=True)
         else:
             scope = self._scope_class()
@@ -381,11 +330,6 @@ class Wire:
             path=request.path,
             sent=True,
         )
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _log_failure(request: sansio.HTTPRequest, attempt: int, error: KlingError) -> None:

@@ -342,7 +342,7 @@ async def test_an_early_final_callback_is_confirmed_after_the_reply() -> None:
         KlingEmulator(auto_advance=False) as emu,
         official(emu, callbacks=receiver, poll_policy=SLOW) as session,
     ):
-        link = session._link
+        link = session._submitter.link
         assert link is not None
         binding, url = link.issue()  # as extend() does, before it sends the create
         made = await session.extend("vid-1", callback_url="http://127.0.0.1:9/elsewhere")
@@ -449,7 +449,7 @@ async def test_memory_does_not_grow_per_callback() -> None:
             assert 200 == await receiver.deliver(token, body)
         assert 0 == emu.count("query")
         assert 1 == len(receiver._bindings)
-        link = session._link
+        link = session._submitter.link
         assert link is not None
         assert (1, 0) == (len(link.active), len(link.finished))
         emu.set_status(handle.task_id, "succeed")

@@ -222,7 +222,7 @@ async def test_concurrent_requests_share_one_token(emu: KlingEmulator) -> None:
 
     tokens = {request.headers["Authorization"] for request in emu.requests}
     assert 1 == len(tokens)
-    assert 1 == session._auth.signed  # type: ignore[union-attr]  # a JWT signer here
+    assert 1 == session._config.auth.signed  # type: ignore[union-attr]  # a JWT signer here
 
 
 async def test_an_expired_token_is_replaced_by_one_fresh_signature(emu: KlingEmulator) -> None:
@@ -232,7 +232,7 @@ async def test_an_expired_token_is_replaced_by_one_fresh_signature(emu: KlingEmu
         emu.inject(Fault.http(401, 1004), route="query")
         await asyncio.gather(handle.poll(), handle.poll())
 
-    assert 2 == session._auth.signed  # type: ignore[union-attr]  # a JWT signer here
+    assert 2 == session._config.auth.signed  # type: ignore[union-attr]  # a JWT signer here
 
 
 async def test_a_read_timeout_on_a_query_is_retried(emu: KlingEmulator) -> None:

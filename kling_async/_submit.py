@@ -1,0 +1,160 @@
+"""From a caller's extend to a handle: stamping, keyed creates, callback tokens, resume.
+
+The session's public calls check their arguments and come here; a create's tries and
+look-ups are ``_create``'s, a key's record is ``_keyed``'s, and the handle waits through
+``_watch``. This is where those meet for one create: its external id is stamped (so that
+an unknown outcome can be found again), its receiver token issued before it is sent (a
+callback may beat the reply), and a key's journal consulted first.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from ._attempt import CallbackSlot
+from ._create import Creator
+from ._handle import TaskHandle
+from ._journal import EntryState, Journal, JournalEntry
+from ._keyed import KeyedCreates
+from ._watch import Watcher
+from .errors import KlingError
+from .models import ExtendRequest
+
+if TYPE_CHECKING:
+    from .callbacks import _SessionLink
+
+__all__ = ["Submitter"]
+
+logger = logging.getLogger("kling_async")
+
+
+class Submitter:
+    """Submits one session's creates and hands back their handles."""
+
+    def __init__(
+        self,
+        creator: Creator,
+        watcher: Watcher,
+        *,
+        stamp: bool,
+        journal: Journal | None,
+        busy_wait: float,
+    ) -> None:
+        self._creator = creator
+        self._watcher = watcher
+        self._stamp = stamp
+        self._busy_wait = busy_wait  # how long a key another process is creating is awaited
+        self.keyed: KeyedCreates | None = None
+        if journal is not None:
+            self.keyed = KeyedCreates(creator, journal)
+            watcher.on_done = self.keyed.finished
+            watcher.on_gone = self.keyed.gone
+        self.link: _SessionLink | None = None  # a receiver's tokens, while the session is open
+        self.safety: float | None = None  # the receiver's safety cadence, with ``link``
+        self.tasks_created = 0
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """A handle for ``task_id``, sharing the state of every other one in the session."""
+        return TaskHandle(self._watcher, self._watcher.state(task_id))
+
+    async def submit(
+        self, request: ExtendRequest, deadline: float | None, key: str | None = None
+    ) -> TaskHandle:
+        """Create ``request`` (under journal ``key``) and return its handle."""
+        link = self.link
+        if link is None or request.callback_url is not None:
+            return await self._submit(request, deadline, key, None)
+        # A caller's own callback_url is sent unchanged; else the create gets a token of the
+        # receiver's, registered before it is sent (a callback may beat the reply).
+        binding, url = link.issue()
+        slot = CallbackSlot(url)
+        try:
+            handle = await self._submit(request, deadline, key, slot)
+        except BaseException:
+            link.discard(binding)
+            raise
+        if slot.sent:
+            link.bind(binding, handle._state)
+        else:  # a key created before: nothing was sent with this token
+            link.discard(binding)
+        return handle
+
+    async def _submit(
+        self,
+        request: ExtendRequest,
+        deadline: float | None,
+        key: str | None,
+        slot: CallbackSlot | None,
+    ) -> TaskHandle:
+        stamp = None
+        if request.external_task_id is None and self._stamp:
+            stamp = f"kling-async-{uuid.uuid4().hex}"
+        if key is not None:
+            assert self.keyed is not None
+            task_id, made = await self.keyed.create(
+                key,
+                request,
+                stamp=stamp,
+                deadline=deadline,
+                busy_wait=self._busy_wait,
+                callback=slot,
+            )
+            if made is None:  # created before (maybe by another process): nothing sent
+                return self.handle(task_id)
+            task = made
+        else:
+            if stamp is not None:
+                request = attrs.evolve(request, external_task_id=stamp)
+            task = await self._creator.create(request, deadline=deadline, callback=slot)
+        self.tasks_created += 1
+        safety = self.safety if slot is not None and slot.sent else None
+        return TaskHandle(self._watcher, self._watcher.created(task, safety=safety))
+
+    async def resume(self, journal: Journal) -> list[TaskHandle]:
+        """Handles for every journaled task not yet seen finished; creates in doubt looked up
+        side by side (see `KlingSession.resume`)."""
+        entries = await journal.pending()
+        handles = [
+            self.handle(entry.task_id)
+            for entry in entries
+            if entry.state is EntryState.CREATED and entry.task_id is not None
+        ]
+        doubts = [entry for entry in entries if entry.state is EntryState.SENDING]
+        if doubts:
+            logger.info("%d create(s) in doubt: looking them up", len(doubts))
+        settled: list[TaskHandle | None] = [None] * len(doubts)
+
+        async def settle(index: int, entry: JournalEntry) -> None:
+            try:
+                settled[index] = await self.submit(entry.request, None, entry.key)
+            except (KlingError, RuntimeError, ValueError) as error:
+                # Unsettled, refused, or taken by another process since: the others go on.
+                logger.warning("journaled key %r is still unsettled: %s", entry.key, error)
+
+        async with anyio.create_task_group() as group:
+            for index, entry in enumerate(doubts):
+                group.start_soon(settle, index, entry)
+        handles.extend(handle for handle in settled if handle is not None)
+        return handles
+
+    async def settle(self, journal: Journal, key: str, task_id: str) -> TaskHandle:
+        """Record ``task_id`` as the task of ``key`` once the task is seen to extend the
+        key's video (see `KlingSession.settle`)."""
+        entry = await journal.get(key)
+        if entry is None:
+            raise ValueError(f"key {key!r} is not in the journal")
+        task = await self._watcher.query(task_id)
+        parent = task.parent_video
+        if parent is not None and parent.id != entry.request.video_id:
+            raise ValueError(
+                f"task {task_id!r} extends video {parent.id!r}, but key {key!r} was for video "
+                f"{entry.request.video_id!r}"
+            )
+        await journal.settle(key, task.task_id)
+        self._creator.attempts.remember(task.task_id)
+        return self.handle(task.task_id)
