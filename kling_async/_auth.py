@@ -1,6 +1,6 @@
 """Credentials: a gateway's Bearer key, or Kling's access key + secret key signed into a JWT.
 
-Signing is a pure function of the credentials and the time (api.md "Base URLs and auth"):
+Signing is a pure function of the credentials and the time (docs/concepts.md, "Credentials"):
 HS256, ``iss`` = access key, ``exp`` = now + 1800 s, ``nbf`` = now - 5 s. The token cache
 refreshes well before expiry; in asyncio signing never awaits, so concurrent requests share
 one token and the first one to need a new token signs it for all.
@@ -17,8 +17,8 @@ import attrs
 
 __all__ = ["BearerKey", "JWTSigner", "sign_jwt"]
 
-TOKEN_LIFETIME = 1800.0  # api.md: exp = now + 1800 s
-NOT_BEFORE_SKEW = 5.0  # api.md: nbf = now - 5 s
+TOKEN_LIFETIME = 1800.0  # Kling's recipe: exp = now + 1800 s
+NOT_BEFORE_SKEW = 5.0  # nbf = now - 5 s: a server clock a little behind still accepts it
 REFRESH_MARGIN = 300.0  # sign a fresh token when the cached one has less than this left
 
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")

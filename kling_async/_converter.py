@@ -1,9 +1,10 @@
 """The one cattrs converter: Kling's JSON in, models out (and the create body out).
 
-Hooks carry the wire's quirks (api.md "Replies"): Unix milliseconds become aware UTC
-datetimes, string durations (``"5.1"``) become floats, unknown statuses are kept, ``null``
-where an object or list belongs reads as empty, unknown keys are ignored, and the renames
-(``task_status`` -> ``status``, ``task_id`` <- ``parent_task_id``) live here, not in dict code.
+Hooks carry the wire's quirks (docs/concepts.md, "Tasks and statuses"): Unix milliseconds
+become aware UTC datetimes, string durations (``"5.1"``) become floats, unknown statuses are
+kept, ``null`` where an object or list belongs reads as empty, unknown keys are ignored, and
+the renames (``task_status`` -> ``status``, ``task_id`` <- ``parent_task_id``) live here, not
+in dict code.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _duration(value: Any, _: type) -> float | None:
 
 
 def _timestamp(value: Any, _: type) -> dt.datetime | None:
-    """Unix milliseconds (api.md: ``created_at``/``updated_at``) as an aware UTC datetime."""
+    """A task time (``created_at``, ``updated_at``: Unix milliseconds) as an aware UTC datetime."""
     if type(value) is int and value > 100_000_000_000:  # the usual case: Unix milliseconds
         return dt.datetime.fromtimestamp(value / 1000, tz=dt.timezone.utc)
     stamp = _number(value)
@@ -202,8 +203,8 @@ converter.register_unstructure_hook(
         _cattrs_omit_if_default=True,
         parent_task_id=override(
             rename="task_id"
-        ),  # api.md: gateways name the parent task "task_id"
-        # api.md "Watermarks and deductions (2026)": watermark_info: {"enabled": bool}
+        ),  # the parent task id that some gateways require goes as "task_id"
+        # Kling reads the watermark request as watermark_info: {"enabled": bool}
         watermark=override(
             rename="watermark_info", unstruct_hook=lambda enabled: {"enabled": enabled}
         ),

@@ -1,7 +1,7 @@
 """Frozen, keyword-only models of what goes over the wire: the extend request and the task.
 
-They do no I/O. The one cattrs converter in ``_converter`` turns Kling's JSON into them; see
-api.md "Replies" for the wire shapes.
+They do no I/O. The one cattrs converter in ``_converter`` turns Kling's JSON into them;
+docs/concepts.md, "Tasks and statuses" says how each wire field reads.
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ from .errors import InvalidArgumentError
 
 __all__ = ["ExtendRequest", "Task", "TaskInfo", "TaskResult", "TaskStatus", "Video", "check_text"]
 
-MAX_PROMPT_LENGTH = (
-    2500  # api.md "Create body": prompt and negative_prompt, at most 2500 characters
-)
+MAX_PROMPT_LENGTH = 2500  # Kling refuses a longer prompt or negative_prompt (in characters)
 
 
 class TaskStatus(str, enum.Enum):
     """The status of a task. A value the server invents is kept, as a non-member, not done.
 
     ``TaskStatus("queueing")`` returns a status whose ``value`` is ``"queueing"``, whose
-    ``known`` is False and which is neither started nor done (api.md: "treat any other value
-    as not finished, unknown and keep it").
+    ``known`` is False and which is neither started nor done: Kling may add statuses, so an
+    unknown one is kept and treated as not finished (docs/concepts.md, "Tasks and statuses").
     """
 
     SUBMITTED = "submitted"
@@ -75,7 +73,7 @@ class Video:
     url: str = ""
     duration: float | None = None
     watermark_url: str | None = None
-    """The watermarked copy, when the create asked for one (2026 API; versionadded 0.2)."""
+    """The watermarked copy, when the create asked for one (versionadded 0.2)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -109,7 +107,7 @@ class Task:
     info: TaskInfo = TaskInfo()
     result: TaskResult = TaskResult()
     final_unit_deduction: str | None = None
-    """What the task cost in units, as the server spells it (2026 API; versionadded 0.2)."""
+    """What the task cost in units, a decimal string; None in older replies (versionadded 0.2)."""
 
     @property
     def done(self) -> bool:
@@ -211,7 +209,7 @@ def _check_watermark(_instance: Any, _attribute: Any, value: Any) -> None:
 
 @attrs.frozen(kw_only=True)
 class ExtendRequest:
-    """The body of a create (api.md "Create body"), validated when it is built.
+    """The body of a create, validated when it is built (docs/errors.md, "Misuse raises builtins").
 
     A bad value raises `InvalidArgumentError` (a ``ValueError``)
     naming the field, a value of the wrong type raises ``TypeError``: both before any I/O.
@@ -238,4 +236,4 @@ class ExtendRequest:
         validator=_check_id("external_task_id", required=False),
     )
     watermark: bool | None = attrs.field(default=None, validator=_check_watermark)
-    """Ask for a watermarked copy too; sent as ``watermark_info`` (2026 API, versionadded 0.2)."""
+    """Ask for a watermarked copy too; sent as ``watermark_info`` (versionadded 0.2)."""

@@ -49,7 +49,7 @@ __all__ = [
     "request_id_of",
 ]
 
-EXTEND_PATH = "/v1/videos/video-extend"  # api.md "Endpoints"
+EXTEND_PATH = "/v1/videos/video-extend"  # appended to the base URL, which ends before /v1
 # The converter's hooks, looked up once: a reply is decoded without per-call dispatch.
 _TASK_HOOK = converter.get_structure_hook(Task)
 _ENVELOPE_HOOK = converter.get_structure_hook(Envelope)
@@ -101,7 +101,7 @@ class HTTPResponse:
 
 
 def create_request(base_url: str, request: ExtendRequest) -> HTTPRequest:
-    """``POST /v1/videos/video-extend`` with the JSON body of api.md "Create body"."""
+    """``POST /v1/videos/video-extend`` with the request as compact JSON (unset fields left out)."""
     body = json.dumps(_REQUEST_HOOK(request), ensure_ascii=False, separators=(",", ":"))
     return HTTPRequest(
         "POST", base_url + EXTEND_PATH, EXTEND_PATH, _JSON_BODY_HEADERS, body.encode()
@@ -129,7 +129,7 @@ def _quote_segment(text: str) -> str:
 
 
 def list_request(base_url: str, page: int, page_size: int) -> HTTPRequest:
-    """``GET /v1/videos/video-extend?pageNum=&pageSize=`` (api.md: newest first)."""
+    """``GET /v1/videos/video-extend?pageNum=&pageSize=``: page 1 holds the newest tasks."""
     path = f"{EXTEND_PATH}?pageNum={page}&pageSize={page_size}"
     return HTTPRequest("GET", base_url + path, path, _JSON_HEADERS)
 
@@ -138,7 +138,7 @@ def parse_created(response: HTTPResponse, now: dt.datetime) -> Task:
     """Read a create reply: ``data`` holds the new task (id, status, times).
 
     A reply that names the task but leaves out its status still made it: a new task is
-    ``submitted`` (api.md: fields may be missing).
+    ``submitted`` (the server may leave out any field; docs/concepts.md, "Task handles").
     """
     data, request_id, status = _data(response, now, task_id=None)
     if isinstance(data, dict) and data.get("task_status") is None:
@@ -155,7 +155,7 @@ def parse_task_list(response: HTTPResponse, now: dt.datetime) -> list[Task]:
     """Read a list reply (``data`` is an array of tasks, newest first).
 
     A 404, Kling's "invalid method" (1202) or an HTML page with status 200 means the base URL
-    does not offer listing (api.md: most gateways do not route it).
+    does not offer listing: most gateways do not route it (docs/concepts.md, "Listing tasks").
     """
     if 200 <= response.status < 300 and _looks_like_html(response):
         raise ListUnavailableError(
@@ -299,7 +299,7 @@ def _envelope_error(
     gateway_code = None
     if code is None and envelope.code is not None:
         # A new-api style gateway: a string code, Kling's own reply sometimes kept as JSON
-        # text inside the message (api.md "Errors", gateway failure shapes).
+        # text inside the message (docs/errors.md, "Which Kling code raises which class").
         gateway_code = str(envelope.code)
         embedded = _embedded_kling_error(message)
         if embedded is not None:
@@ -354,9 +354,9 @@ def _http_error(response: HTTPResponse, now: dt.datetime, *, task_id: str | None
 def error_class_for(status: int, code: int | None) -> type[APIError]:
     """Pick the exception class: the business code decides, the HTTP status is the fallback.
 
-    api.md "Errors": 1000-1004 authentication, 1100-1103 and 1304 account, 1200-1202 invalid,
-    1203 not found, 1300-1301 content policy, 1302 rate limit, 1303 parallel-task limit,
-    5000-5002 server.
+    1000-1004 authentication, 1100-1103 and 1304 account, 1200-1202 invalid, 1203 not found,
+    1300-1301 content policy, 1302 rate limit, 1303 parallel-task limit, 5000-5002 server
+    (docs/errors.md, "Which Kling code raises which class").
     """
     if code is not None:
         cls = _BY_CODE.get(code)

@@ -146,7 +146,8 @@ def _envelope(
 ) -> _Reply:
     """A Kling error reply: ``{code, message, request_id}``, without ``data``.
 
-    api.md "Error bodies": only gateways add ``data: null`` (see `Fault.gateway`).
+    Only gateways add ``data: null`` (see `Fault.gateway`), so a client that takes "data
+    present" for success is caught (docs/testing.md, "What it answers").
     """
     body = {
         "code": code,
@@ -352,7 +353,7 @@ def _validate_callback_url(body: Mapping[str, Any]) -> str | None:
 
 
 def _validate_watermark(body: Mapping[str, Any]) -> bool | None:
-    """``watermark_info: {"enabled": bool}`` (api.md "Watermarks and deductions")."""
+    """``watermark_info: {"enabled": bool}`` (docs/testing.md, "Watermarks and deductions")."""
     value = body.get("watermark_info")
     if value is None:
         return None
@@ -938,7 +939,7 @@ class KlingEmulator:
         self._running.add(task.task_id)
         if external_id is not None:
             self._by_external_id[external_id] = task.task_id
-        self._emit_callback(task)  # submitted is a status change too (api.md "Callbacks")
+        self._emit_callback(task)  # Kling calls back on creation (submitted) too
         data: dict[str, Any] = {
             "task_id": task.task_id,
             "task_status": task.status,

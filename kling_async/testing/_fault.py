@@ -16,7 +16,8 @@ import attrs
 
 __all__ = ["Fault"]
 
-# Default business code for an HTTP status, as Kling pairs them (see api.md "Errors").
+# Default business code for an HTTP status, as Kling pairs them (docs/errors.md, "Which Kling
+# code raises which class").
 _DEFAULT_CODES: dict[int, int] = {
     400: 1201,
     401: 1000,
