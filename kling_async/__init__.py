@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._handle import TaskHandle
 from ._journal import Claim, ClaimOutcome, EntryState, Journal, JournalEntry, SQLiteJournal
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
-from ._session import KlingSession, SessionStatistics
+from ._session import KlingSession
 from .callbacks import CallbackReceiver
 from .errors import (
     AccountError,
@@ -39,7 +39,15 @@ from .errors import (
     TransportError,
     WaitTimeoutError,
 )
-from .models import ExtendRequest, Task, TaskInfo, TaskResult, TaskStatus, Video
+from .models import (
+    ExtendRequest,
+    SessionStatistics,
+    Task,
+    TaskInfo,
+    TaskResult,
+    TaskStatus,
+    Video,
+)
 
 __version__ = "0.2.0"
 

@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
-import attrs
 
 from . import _download, sansio
 from ._account import LocalSlotGate
@@ -30,7 +29,7 @@ from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
 from .errors import KlingError
-from .models import ExtendRequest, Task, Video
+from .models import ExtendRequest, SessionStatistics, Task, Video
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -39,36 +38,7 @@ if TYPE_CHECKING:
 
     from .callbacks import CallbackReceiver
 
-__all__ = ["KlingSession", "SessionStatistics"]
-
-
-@attrs.frozen(kw_only=True)
-class SessionStatistics:
-    """A snapshot of what a session is doing and has done.
-
-    Added in version 0.1.
-    """
-
-    requests_sent: int
-    """HTTP requests sent, retries included."""
-    retries: int
-    """Requests sent again after a transient failure (1303 slot waits included)."""
-    in_flight: int
-    """Requests on the wire right now."""
-    waits_pending: int
-    """``wait()``/``wait_started()``/``watch()``/``as_completed()`` calls in progress."""
-    tasks_created: int
-    """Tasks this session created (or found again after an ambiguous create)."""
-    list_requests: int = 0
-    """List pages read to refresh pending waits (versionadded 0.2)."""
-    list_refresh: bool | None = None
-    """Whether waits refresh through the list: None while undecided (versionadded 0.2)."""
-    rate_limit: float | None = None
-    """Requests per second the session holds itself to after a 1302, or None (0.2)."""
-    tasks_tracked: int = 0
-    """Task states held: a live handle or wait, or a receiver token's open create (0.2)."""
-    callback_tokens: int = 0
-    """Receiver tokens of creates not yet seen finished, by a reply or a callback (0.2)."""
+__all__ = ["KlingSession"]
 
 
 class KlingSession:
@@ -351,18 +321,7 @@ class KlingSession:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         self._wire.check_open()
         deadline = None if timeout is None else self._wire.clock() + timeout
-        results: list[TaskHandle | KlingError | None] = [None] * len(batch)
-
-        async def submit(index: int, request: ExtendRequest) -> None:
-            try:
-                results[index] = await self._submitter.submit(request, deadline)
-            except KlingError as error:
-                results[index] = error
-
-        async with anyio.create_task_group() as group:
-            for index, request in enumerate(batch):
-                group.start_soon(submit, index, request)
-        return [result for result in results if result is not None]
+        return await self._submitter.submit_many(batch, deadline)
 
     async def resume(self) -> list[TaskHandle]:
         """Handles for every journaled task not yet seen finished, to wait on after a restart.

@@ -115,6 +115,24 @@ class Submitter:
         safety = self.safety if slot is not None and slot.sent else None
         return TaskHandle(self._watcher, self._watcher.created(task, safety=safety))
 
+    async def submit_many(
+        self, requests: list[ExtendRequest], deadline: float | None
+    ) -> list[TaskHandle | KlingError]:
+        """Submit side by side; in input order, each one's handle or error (see
+        `KlingSession.extend_many`)."""
+        results: list[TaskHandle | KlingError | None] = [None] * len(requests)
+
+        async def submit(index: int, request: ExtendRequest) -> None:
+            try:
+                results[index] = await self.submit(request, deadline)
+            except KlingError as error:
+                results[index] = error
+
+        async with anyio.create_task_group() as group:
+            for index, request in enumerate(requests):
+                group.start_soon(submit, index, request)
+        return [result for result in results if result is not None]
+
     async def resume(self, journal: Journal) -> list[TaskHandle]:
         """Handles for every journaled task not yet seen finished; creates in doubt looked up
         side by side (see `KlingSession.resume`)."""

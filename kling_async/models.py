@@ -17,7 +17,16 @@ import attrs
 
 from .errors import InvalidArgumentError
 
-__all__ = ["ExtendRequest", "Task", "TaskInfo", "TaskResult", "TaskStatus", "Video", "check_text"]
+__all__ = [
+    "ExtendRequest",
+    "SessionStatistics",
+    "Task",
+    "TaskInfo",
+    "TaskResult",
+    "TaskStatus",
+    "Video",
+    "check_text",
+]
 
 MAX_PROMPT_LENGTH = 2500  # Kling refuses a longer prompt or negative_prompt (in characters)
 
@@ -237,3 +246,32 @@ class ExtendRequest:
     )
     watermark: bool | None = attrs.field(default=None, validator=_check_watermark)
     """Ask for a watermarked copy too; sent as ``watermark_info`` (versionadded 0.2)."""
+
+
+@attrs.frozen(kw_only=True)
+class SessionStatistics:
+    """A snapshot of what a session is doing and has done.
+
+    Added in version 0.1.
+    """
+
+    requests_sent: int
+    """HTTP requests sent, retries included."""
+    retries: int
+    """Requests sent again after a transient failure (1303 slot waits included)."""
+    in_flight: int
+    """Requests on the wire right now."""
+    waits_pending: int
+    """``wait()``/``wait_started()``/``watch()``/``as_completed()`` calls in progress."""
+    tasks_created: int
+    """Tasks this session created (or found again after an ambiguous create)."""
+    list_requests: int = 0
+    """List pages read to refresh pending waits (versionadded 0.2)."""
+    list_refresh: bool | None = None
+    """Whether waits refresh through the list: None while undecided (versionadded 0.2)."""
+    rate_limit: float | None = None
+    """Requests per second the session holds itself to after a 1302, or None (0.2)."""
+    tasks_tracked: int = 0
+    """Task states held: a live handle or wait, or a receiver token's open create (0.2)."""
+    callback_tokens: int = 0
+    """Receiver tokens of creates not yet seen finished, by a reply or a callback (0.2)."""

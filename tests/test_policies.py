@@ -23,7 +23,7 @@ from kling_async import (
     TransportError,
     sansio,
 )
-from kling_async._policies import Action, classify, parse_retry_after
+from kling_async._policies import Action, Step, classify, next_step, parse_retry_after
 from kling_async._watch import Schedule
 
 UTC = dt.timezone.utc
@@ -555,3 +555,53 @@ def test_parse_retry_after_any_http_date(when: dt.datetime) -> None:
     aware = when.replace(microsecond=0, tzinfo=UTC)
     header = aware.strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert max(0.0, (aware - NOW).total_seconds()) == parse_retry_after(header, NOW)
+
+
+# --- the one retry decision ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "create", "expected"),
+    [
+        (api_error(500, 5000), False, Step(Action.RETRY, 1.0)),  # a query repeats a 5xx
+        (api_error(500, 5000), True, Step(Action.RECONCILE)),  # a create looks it up
+        (transport(sent=False), True, Step(Action.RETRY, 1.0)),  # never left: resend
+        (api_error(429, 1303), True, Step(Action.WAIT_SLOT)),  # a create waits for a slot
+        (api_error(429, 1303), False, Step(Action.RETRY, 1.0)),
+        (api_error(401, 1004), False, Step(Action.RESIGN)),  # a fresh token, once
+        (api_error(400, 1201), True, Step(Action.RAISE)),  # a refusal is final
+    ],
+)
+def test_next_step_says_what_a_failure_means_and_how_long_to_wait(
+    error: KlingError, create: bool, expected: Step
+) -> None:
+    """Queries, creates and downloads share one decision: the action and the retry's wait."""
+    policy = RetryPolicy(first_delay=1, growth=2, jitter=0)
+    step = next_step(policy, error, create=create, retry=1, elapsed=0.0, rng=random.Random(0))
+    assert expected == step
+    assert (expected.action is Action.RESIGN) == step.resign
+
+
+def test_next_step_ends_the_retries_when_the_budget_is_spent() -> None:
+    """Past ``attempts`` or ``total_time`` a retryable failure has no delay: it is raised."""
+    policy = RetryPolicy(attempts=3, total_time=10, first_delay=1, growth=2, jitter=0)
+    rng = random.Random(0)
+    error = api_error(500, 5000)
+    assert 2.0 == next_step(policy, error, create=False, retry=2, elapsed=0, rng=rng).delay
+    assert next_step(policy, error, create=False, retry=3, elapsed=0, rng=rng).delay is None
+    assert next_step(policy, error, create=False, retry=1, elapsed=9.5, rng=rng).delay is None
+
+
+def test_next_step_honours_a_retry_after_given_apart_from_the_error() -> None:
+    """A media host's Retry-After (not an APIError's) lengthens the wait the same way."""
+    policy = RetryPolicy(first_delay=1, jitter=0)
+    step = next_step(
+        policy,
+        transport(sent=False),
+        create=False,
+        retry=1,
+        elapsed=0,
+        rng=random.Random(0),
+        retry_after=7.0,
+    )
+    assert Step(Action.RETRY, 7.0) == step

@@ -10,13 +10,19 @@ import pytest
 from kling_async import Task, TaskStatus, Video
 from kling_async._clock import ServerClock, parse_http_date
 from kling_async._reconcile import (
+    LOOK_EVERY,
     MARGIN,
     Absent,
     Ambiguous,
     Doubt,
     Found,
     Verdict,
+    look_delay,
+    must_answer,
+    place,
     read_next_page,
+    set_back,
+    time_left,
     verdict,
 )
 from kling_async.models import TaskInfo
@@ -344,3 +350,128 @@ def test_task_times_outrank_a_gateways_date_headers() -> None:
 
     assert clock.offset is not None
     assert abs(clock.offset - dt.timedelta(minutes=5)) < SECOND / 10
+
+
+# -- where a send stands, and when to look again -------------------------------------------
+
+NOW = SENT + dt.timedelta(seconds=40)  # the server's clock, when the look-up places the send
+
+
+def test_a_send_of_this_process_is_placed_by_the_loop_clock_from_the_servers_now() -> None:
+    """How long ago it left (loop clock) counts back from the server's now: a wall clock
+    stepped since cannot move it."""
+    doubt = place(
+        video_id="vid-1",
+        external_task_id=None,
+        window=WINDOW,
+        clock_uncertainty=SECOND,
+        server_now=NOW,
+        sent_ago=dt.timedelta(seconds=40),
+        sent_wall_on_server=SENT + dt.timedelta(hours=2),  # a stepped wall clock: ignored
+    )
+    assert (SENT, SECOND) == (doubt.sent_at, doubt.uncertainty)
+
+
+def test_a_send_of_this_process_without_the_servers_clock_cannot_be_placed() -> None:
+    """No server time learned yet: only its external id can settle it."""
+    doubt = place(
+        video_id="vid-1",
+        external_task_id="ext-1",
+        window=WINDOW,
+        clock_uncertainty=SECOND,
+        server_now=None,
+        sent_ago=dt.timedelta(seconds=40),
+    )
+    assert doubt.sent_at is None
+
+
+def test_a_journaled_send_is_placed_by_its_recorded_server_time_first() -> None:
+    """The server time journaled with the send, with its own uncertainty, outranks its
+    wall-clock time."""
+    recorded = place(
+        video_id="vid-1",
+        external_task_id=None,
+        window=WINDOW,
+        clock_uncertainty=SECOND,
+        server_now=NOW,
+        sent_server=SENT,
+        sent_uncertainty=3 * SECOND,
+        sent_wall_on_server=SENT + dt.timedelta(minutes=5),
+    )
+    by_wall = place(
+        video_id="vid-1",
+        external_task_id=None,
+        window=WINDOW,
+        clock_uncertainty=SECOND,
+        server_now=NOW,
+        sent_wall_on_server=SENT + dt.timedelta(minutes=5),
+    )
+    assert (SENT, 3 * SECOND) == (recorded.sent_at, recorded.uncertainty)
+    assert (SENT + dt.timedelta(minutes=5), SECOND) == (by_wall.sent_at, by_wall.uncertainty)
+
+
+@pytest.mark.parametrize(
+    ("sent_at", "expected"),
+    [
+        (SENT - dt.timedelta(minutes=1), False),  # in the past: the clock is fine
+        (SENT + dt.timedelta(seconds=5), False),  # within the step tolerance
+        (SENT + dt.timedelta(seconds=6), True),  # in the future: the clock was set back
+    ],
+)
+def test_a_send_recorded_in_the_clocks_future_was_set_back(
+    sent_at: dt.datetime, expected: bool
+) -> None:
+    """A journaled send more than `CLOCK_STEP` seconds ahead of now cannot be placed."""
+    assert expected == set_back(sent_at, SENT)
+
+
+@pytest.mark.parametrize(
+    ("sent_server", "server_now", "wall_elapsed", "expected"),
+    [
+        (SENT, NOW, 40.0, (90.0, True)),  # both on the server's clock
+        (SENT, NOW, -3600.0, (90.0, True)),  # a wall clock set back an hour cannot matter
+        (None, None, 100.0, (30.0, True)),  # wall clock only: 100 s of 130 gone
+        (None, None, 500.0, (0.0, True)),  # the window closed long ago
+        (None, None, -3.0, (130.0, True)),  # a little in the future: waited in full
+        (None, None, -60.0, (130.0, False)),  # set back: waited in full, cannot be placed
+    ],
+)
+def test_the_time_left_of_a_journaled_send(
+    sent_server: dt.datetime | None,
+    server_now: dt.datetime | None,
+    wall_elapsed: float,
+    expected: tuple[float, bool],
+) -> None:
+    """What is left of a journaled send's window, and whether its wall time places it."""
+    wall_now = SENT + dt.timedelta(seconds=wall_elapsed)
+    assert expected == time_left(
+        130.0, now=wall_now, sent_at=SENT, server_now=server_now, sent_server=sent_server
+    )
+
+
+@pytest.mark.parametrize(
+    ("now", "waits", "rival", "resend", "expected"),
+    [
+        (10.0, True, False, False, False),  # window open, the policy waits: look again
+        (20.0, True, False, False, True),  # window closed: answer
+        (10.0, False, False, False, True),  # no waiting: answer at once
+        (10.0, False, True, False, False),  # ... unless a rival's reply is still to come
+        (10.0, False, False, True, False),  # ... or "absent" would send it again
+    ],
+)
+def test_when_a_look_up_must_answer(
+    now: float, waits: bool, rival: bool, resend: bool, expected: bool
+) -> None:
+    """A look-up answers once the windows end, or at once under a policy that does not wait
+    when nothing may still change the answer."""
+    assert expected == must_answer(
+        now=now, ends=20.0, waits=waits, rival_on_wire=rival, may_resend=resend
+    )
+
+
+def test_look_ups_come_every_few_seconds_or_at_the_windows_end() -> None:
+    """Every `LOOK_EVERY` seconds while the window is open; no waiting: straight to its end."""
+    assert LOOK_EVERY == look_delay(now=0.0, ends=100.0, waits=True)
+    assert 1.5 == look_delay(now=98.5, ends=100.0, waits=True)
+    assert 100.0 == look_delay(now=0.0, ends=100.0, waits=False)
+    assert 0.0 == look_delay(now=120.0, ends=100.0, waits=True)
