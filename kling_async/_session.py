@@ -14,7 +14,7 @@ import pathlib
 import uuid
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -27,7 +27,7 @@ from ._journal import EntryState, Journal, JournalEntry, SQLiteJournal
 from ._keyed import KeyedCreates
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._transport import Transport, open_http_session
-from ._watch import Watcher
+from ._watch import Watcher, WatchEvents
 from ._wire import Wire
 from .errors import InvalidArgumentError, KlingError
 from .models import ExtendRequest, Task, Video
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from .callbacks import CallbackReceiver, _SessionLink
+    from ._callback_tokens import CallbackTokens
+    from .callbacks import CallbackReceiver
 
 __all__ = ["KlingSession", "SessionStatistics"]
 
@@ -169,7 +170,7 @@ class KlingSession:
             self._wire,
             self.poll_policy,
             list_refresh=list_refresh,
-            on_finished=self._creator.gate.release,
+            events=WatchEvents(slot_freed=self._creator.gate.release),
         )
         self._tasks_created = 0
         self._journal: Journal | None
@@ -184,8 +185,8 @@ class KlingSession:
         self._keyed: KeyedCreates | None = None
         if self._journal is not None:
             self._keyed = KeyedCreates(self._creator, self._journal)
-            self._watcher.on_done = self._keyed.finished
-            self._watcher.on_gone = self._keyed.gone
+            self._watcher.events.done = self._keyed.finished
+            self._watcher.events.gone = self._keyed.gone
         if callbacks is not None:
             from .callbacks import CallbackReceiver
 
@@ -194,7 +195,7 @@ class KlingSession:
                     f"callbacks must be a CallbackReceiver, not {type(callbacks).__name__}"
                 )
         self._callbacks = callbacks
-        self._link: _SessionLink | None = None
+        self._link: CallbackTokens[Any] | None = None
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -397,7 +398,7 @@ class KlingSession:
             link.discard(binding)
             raise
         if slot.sent:
-            link.bind(binding, handle._state)
+            link.bind(binding, handle.task_id)
         else:  # a key created before: nothing was sent with this token
             link.discard(binding)
         return handle
