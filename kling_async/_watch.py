@@ -92,7 +92,7 @@ class Watcher:
         # States polled at most every `cap` seconds, held until seen finished or let go:
         # hints may come for them while nobody holds a handle.
         self._capped: dict[str, TaskState] = {}
-        # Ids seen not done, to notice them finish (an OrderedDict: see Creator._known).
+        # Ids seen not done, to notice them finish; the oldest are forgotten first past a bound.
         self._running: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lists = ListRefresh(
             wire, policy, mode=list_refresh, pending=self._pending, fold=self._listed
