@@ -1,10 +1,10 @@
 """TaskHandle: one remote task; awaiting it waits for the result.
 
-A handle is a thin view of the task's shared state in its session (``_watch``): every handle
-of one task id in a session sees the same newest state and shares one poll schedule. It is
-cheap, can be made again from a stored id (`task()`), and loses nothing when a wait is
-cancelled or times out: the remote task keeps running (Kling has no cancel) and the handle
-can wait again.
+A handle is a thin view of the task's shared state in its session (``_task_state``, polled
+by ``_watch``): every handle of one task id in a session sees the same newest state and
+shares one poll schedule. It is cheap, can be made again from a stored id (`task()`), and
+loses nothing when a wait is cancelled or times out: the remote task keeps running (Kling
+has no cancel) and the handle can wait again.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from .errors import TaskFailedError
 from .models import Task, TaskStatus
 
 if TYPE_CHECKING:
-    from ._watch import TaskState, Watcher
+    from ._task_state import TaskState
+    from ._watch import Watcher
 
 __all__ = ["TaskHandle"]
 

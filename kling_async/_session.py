@@ -26,7 +26,7 @@ from ._journal import Journal, SQLiteJournal
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._submit import Submitter
 from ._transport import Transport, open_http_session
-from ._watch import Watcher
+from ._watch import Watcher, WatchEvents
 from ._wire import Wire
 from .errors import KlingError
 from .models import ExtendRequest, SessionStatistics, Task, Video
@@ -124,7 +124,10 @@ class KlingSession:
         gate = LocalSlotGate(self._wire.sleep)
         creator = Creator(self._wire, gate)
         self._watcher = Watcher(
-            self._wire, self.poll_policy, list_refresh=config.list_refresh, on_finished=gate.freed
+            self._wire,
+            self.poll_policy,
+            list_refresh=config.list_refresh,
+            events=WatchEvents(slot_freed=gate.freed),
         )
         self._journal: Journal | None = None
         self._owns_journal = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -26,7 +26,7 @@ from .errors import KlingError
 from .models import ExtendRequest
 
 if TYPE_CHECKING:
-    from .callbacks import _SessionLink
+    from ._callback_tokens import CallbackTokens
 
 __all__ = ["Submitter"]
 
@@ -52,9 +52,11 @@ class Submitter:
         self.keyed: KeyedCreates | None = None
         if journal is not None:
             self.keyed = KeyedCreates(creator, journal)
-            watcher.on_done = self.keyed.finished
-            watcher.on_gone = self.keyed.gone
-        self.link: _SessionLink | None = None  # a receiver's tokens, while the session is open
+            watcher.events.done = self.keyed.finished
+            watcher.events.gone = self.keyed.gone
+        self.link: CallbackTokens[Any] | None = (
+            None  # a receiver's tokens, while the session is open
+        )
         self.safety: float | None = None  # the receiver's safety cadence, with ``link``
         self.tasks_created = 0
 
@@ -79,7 +81,7 @@ class Submitter:
             link.discard(binding)
             raise
         if slot.sent:
-            link.bind(binding, handle._state)
+            link.bind(binding, handle.task_id)
         else:  # a key created before: nothing was sent with this token
             link.discard(binding)
         return handle

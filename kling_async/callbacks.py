@@ -1,14 +1,14 @@
 """CallbackReceiver: Kling's callbacks, checked and turned into hints for the sessions' waits.
 
 Kling POSTs the bare task object to a task's ``callback_url`` when its status changes, maybe
-several times, in any order, and unsigned (api.md "Callbacks"). So a callback is a hint,
-never the truth: it is tied to its create by an unguessable one-time token in the URL (never
-by the body's ``task_id`` alone), checked (size, shape, task id), and a final status is, with
-``confirm`` on, confirmed by one query that the waits themselves make (``_watch``). The core
-here is pure and never awaits; `CallbackReceiver.aiohttp_app` and
-`CallbackReceiver.asgi_app` are thin adapters around `CallbackReceiver.deliver`, in the way
-of Stripe's and Standard Webhooks' verifiers: constant-time token look-up, size caps,
-"verify, then trust".
+several times, in any order, and unsigned (docs/callbacks.md "Security model"). So a
+callback is a hint, never the truth: it is tied to its create by an unguessable one-time
+token in the URL (never by the body's ``task_id`` alone), checked (size, shape, task id),
+and a final status is, with ``confirm`` on, confirmed by one query that the waits
+themselves make (``_watch``). The core here is pure and never awaits;
+`CallbackReceiver.aiohttp_app` and `CallbackReceiver.asgi_app` are thin adapters around
+`CallbackReceiver.deliver`, in the way of Stripe's and Standard Webhooks' verifiers:
+constant-time token look-up, size caps, "verify, then trust".
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ import attrs
 import cattrs
 
 from . import _urls
+from ._callback_tokens import CallbackTokens
 from ._converter import converter
-from ._watch import newer
+from ._schedule import newer
 from .models import Task
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from ._watch import TaskState, Watcher
+    from ._watch import Watcher
 
 __all__ = ["CallbackReceiver"]
 
@@ -90,14 +91,13 @@ def parse_callback(body: bytes) -> Task | None:
 
 
 class _Binding:
-    """One create's token: before the reply, an early callback; after, its task state."""
+    """One create's token: before the reply, an early callback; after, its task id."""
 
-    __slots__ = ("alias", "digest", "early", "early_at", "finished", "link", "state", "task_id")
+    __slots__ = ("alias", "digest", "early", "early_at", "finished", "link", "task_id")
 
     def __init__(self, link: _SessionLink, digest: bytes) -> None:
         self.link = link
         self.digest = digest
-        self.state: TaskState | None = None
         self.task_id: str | None = None  # the id the create's reply gave
         self.alias: str | None = None  # a gateway session: Kling's id for the same task
         self.early: Task | None = None
@@ -123,7 +123,11 @@ class _Binding:
 
 
 class _SessionLink:
-    """What a receiver knows of one open session: its watcher and its tokens."""
+    """One open session's tokens (`CallbackTokens`, in this process) and its watcher.
+
+    Callbacks become `Watcher.hint` calls on the session's loop; the watcher's ``finished``
+    event retires a task's token, which then only answers late duplicates.
+    """
 
     def __init__(
         self,
@@ -140,6 +144,8 @@ class _SessionLink:
         self.closed = False
         self.active: set[bytes] = set()
         self.finished: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.by_task: dict[str, _Binding] = {}  # bound tokens not yet retired
+        watcher.events.finished = self.task_finished
 
     @property
     def open_tokens(self) -> int:
@@ -157,20 +163,18 @@ class _SessionLink:
         self.active.add(digest)
         return binding, f"{self.receiver.public_url}/{token}"
 
-    def bind(self, binding: _Binding, state: TaskState) -> None:
+    def bind(self, binding: _Binding, task_id: str) -> None:
         """The create's reply came: tie the token to its task and apply an early callback."""
         if self.closed or binding.digest not in self.active:
             return
-        binding.state = state
-        binding.task_id = state.task_id
-        state.retire = functools.partial(self.retire, binding)
+        binding.task_id = task_id
+        self.by_task[task_id] = binding
         early, binding.early = binding.early, None
         if early is not None and time.monotonic() - binding.early_at <= _EARLY_MAX_AGE:
             agreed = binding.agree(early)
             if agreed is not None:
-                self.watcher.hint(state, agreed, confirm=self.receiver.confirm)
-        last = state.last
-        if last is not None and last.done:
+                self.watcher.hint(task_id, agreed, confirm=self.receiver.confirm)
+        if self.watcher.seen_done(task_id):
             self.retire(binding)
 
     def discard(self, binding: _Binding) -> None:
@@ -178,14 +182,18 @@ class _SessionLink:
         self.active.discard(binding.digest)
         self.receiver._bindings.pop(binding.digest, None)
 
+    def task_finished(self, task_id: str) -> None:
+        """The watcher needs no more callbacks of ``task_id``: retire its token."""
+        binding = self.by_task.get(task_id)
+        if binding is not None:
+            self.retire(binding)
+
     def retire(self, binding: _Binding) -> None:
         """Its task was seen finished: keep the token only to answer late duplicates."""
         if self.closed or binding.finished or binding.digest not in self.active:
             return
-        state = binding.state
-        if state is not None and state.retire is not None:
-            state.retire = None
-        binding.state = None
+        if binding.task_id is not None and self.by_task.get(binding.task_id) is binding:
+            del self.by_task[binding.task_id]
         binding.finished = True
         self.active.discard(binding.digest)
         finished = self.finished
@@ -195,10 +203,12 @@ class _SessionLink:
             self.receiver._bindings.pop(oldest, None)
 
     def receive(self, binding: _Binding, task: Task) -> int:
+        if self.closed:
+            return 404
         if binding.finished:
             return 200 if binding.agree(task) is not None else 400
-        state = binding.state
-        if state is None:  # before the create's reply: keep the newest, checked at bind
+        task_id = binding.task_id
+        if task_id is None:  # before the create's reply: keep the newest, checked at bind
             if binding.early is None or newer(binding.early, task):
                 binding.early = task
                 binding.early_at = time.monotonic()
@@ -206,7 +216,7 @@ class _SessionLink:
         agreed = binding.agree(task)
         if agreed is None:
             return 400
-        hint = functools.partial(self.watcher.hint, state, agreed, confirm=self.receiver.confirm)
+        hint = functools.partial(self.watcher.hint, task_id, agreed, confirm=self.receiver.confirm)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - deliver() is a coroutine
@@ -225,11 +235,13 @@ class _SessionLink:
         self.closed = True
         bindings = self.receiver._bindings
         for digest in (*self.active, *self.finished):
-            entry = bindings.pop(digest, None)
-            if entry is not None:
-                entry[1].state = None
+            bindings.pop(digest, None)
         self.active.clear()
         self.finished.clear()
+        self.by_task.clear()
+        events = self.watcher.events
+        if events.finished == self.task_finished:
+            events.finished = None
 
 
 class CallbackReceiver:
@@ -293,7 +305,8 @@ class CallbackReceiver:
 
     def _attach(
         self, watcher: Watcher, loop: asyncio.AbstractEventLoop, *, gateway: bool
-    ) -> _SessionLink:
+    ) -> CallbackTokens[Any]:
+        """A session opened with this receiver: its token set, wired to its watcher."""
         return _SessionLink(self, watcher, loop, gateway=gateway)
 
     def _lookup(self, token: object) -> _Binding | None:

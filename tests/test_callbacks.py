@@ -350,7 +350,7 @@ async def test_an_early_final_callback_is_confirmed_after_the_reply() -> None:
         early = json.dumps({"task_id": made.task_id, "task_status": "succeed"}).encode()
         assert 200 == await receiver.deliver(token_of(url), early)
         assert not made.done
-        link.bind(binding, made._state)  # the reply came: the early callback applies
+        link.bind(binding, made.task_id)  # the reply came: the early callback applies
         with anyio.fail_after(2):  # polls alone would not look before 15 s
             task = await made.wait()
         assert "succeed" == task.status.value

@@ -24,7 +24,7 @@ from kling_async import (
     sansio,
 )
 from kling_async._policies import Action, Step, classify, next_step, parse_retry_after
-from kling_async._watch import Schedule
+from kling_async._schedule import Schedule
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2025, 11, 6, 9, 10, tzinfo=UTC)

@@ -1,0 +1,136 @@
+"""What a session knows of each task id, and the store that holds it.
+
+All handles of a task id in a session share one `TaskState`; the watcher (``_watch``) polls
+and waits on it. The store is behind a small protocol, `TaskStates`, so that states shared
+by several processes can be added beside today's in-process store, `LocalTaskStates`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from .errors import KlingError
+from .models import Task
+
+if TYPE_CHECKING:
+    import anyio
+
+__all__ = ["LocalTaskStates", "TaskState", "TaskStates"]
+
+
+class TaskState:
+    """What a session knows of one task id, when it is polled next, and who is polling it."""
+
+    __slots__ = (
+        "__weakref__",
+        "born",
+        "busy",
+        "cap",
+        "confirm_due",
+        "confirmed_at",
+        "generation",
+        "last",
+        "list_miss",
+        "listed_in",
+        "listeners",
+        "next_due",
+        "outcome",
+        "polls",
+        "recorded",
+        "replied",
+        "sleepers",
+        "task_id",
+        "waiters",
+    )
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.last: Task | None = None
+        # The newest reply of the server. `last` is either this or a hint (a callback's) that
+        # moved the status on; the next fresh reply of the hint's status or a later one
+        # replaces the hint whatever its clock says, so a hint never outranks the server.
+        self.replied: Task | None = None
+        self.waiters = 0
+        self.next_due = 0.0  # loop time of the next poll a wait makes
+        self.born: float | None = None  # loop time the task was made, as far as known
+        # The longest time between polls (seconds), or None for the schedule alone: set
+        # while something else (a callback receiver) tells of the task's changes.
+        self.cap: float | None = None
+        # The next poll must be one query, with no list round: a final status was hinted
+        # and is confirmed before any wait returns. `confirmed_at`: when the last one began.
+        self.confirm_due = False
+        self.confirmed_at = -math.inf
+        self.polls = 0
+        self.busy = False
+        self.generation = 0  # polls finished (or cancelled)
+        # The last poll that came to an end: its generation and its task or error.
+        self.outcome: tuple[int, Task | KlingError] | None = None
+        self.list_miss = False
+        self.listed_in = 0  # the list refresh that last saw it
+        self.recorded = False  # its end was handed to the watcher's `done` event
+        self.listeners: list[anyio.Event] | None = None
+        # Waits dozing until the next change: bare futures, lighter than an event and a
+        # cancel scope each (a thousand pending waits are a thousand of these).
+        self.sleepers: list[asyncio.Future[None]] | None = None
+
+    def notify(self) -> None:
+        """A change (a poll done, a new state, the session closing): wake whoever waits."""
+        sleepers = self.sleepers
+        if sleepers:
+            self.sleepers = None
+            for future in sleepers:
+                if not future.done():
+                    future.set_result(None)
+        if self.listeners:
+            for event in self.listeners:
+                event.set()
+
+
+class TaskStates(Protocol):
+    """Where a session keeps its task states: one per task id, alive while someone uses it."""
+
+    def get(self, task_id: str) -> TaskState:
+        """The state of ``task_id``, made on first use."""
+
+    def find(self, task_id: str) -> TaskState | None:
+        """The state of ``task_id`` if one is held, without making one."""
+
+    def __iter__(self) -> Iterator[TaskState]:
+        """Every state held."""
+
+    def __len__(self) -> int:
+        """How many states are held."""
+
+
+class LocalTaskStates:
+    """Task states of this process, held weakly: a state lives while a handle or a wait on
+    it does (or its watcher holds it), so that finished creates nobody uses keep no memory."""
+
+    __slots__ = ("_states",)
+
+    def __init__(self) -> None:
+        self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
+
+    def get(self, task_id: str) -> TaskState:
+        """The state of ``task_id``, made on first use."""
+        state = self._states.get(task_id)
+        if state is None:
+            state = TaskState(task_id)
+            self._states[task_id] = state
+        return state
+
+    def find(self, task_id: str) -> TaskState | None:
+        """The state of ``task_id`` if one is held, without making one."""
+        return self._states.get(task_id)
+
+    def __iter__(self) -> Iterator[TaskState]:
+        """Every state held (a snapshot: states may go while it is read)."""
+        return iter(list(self._states.values()))
+
+    def __len__(self) -> int:
+        """How many states are held."""
+        return len(self._states)
