@@ -23,9 +23,10 @@ from . import _download, _urls, sansio
 from ._auth import BearerKey, JWTSigner
 from ._create import CallbackSlot, Creator
 from ._handle import TaskHandle
-from ._journal import EntryState, Journal, JournalEntry, SQLiteJournal
+from ._journal import EntryState, Journal, JournalEntry
 from ._keyed import KeyedCreates
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
+from ._sqlite_journal import SQLiteJournal
 from ._transport import Transport, open_http_session
 from ._watch import Watcher
 from ._wire import Wire
