@@ -50,6 +50,7 @@ class Owners:
         self._dead: set[str] = set()  # a dead owner never comes back
 
     def path(self, token: str) -> pathlib.Path:
+        """The lock file of the owner ``token``."""
         return self.directory / f"{token}{_LOCK_SUFFIX}"
 
     def acquire(self) -> None:
