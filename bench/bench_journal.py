@@ -29,7 +29,8 @@ import anyio
 import anyio.to_thread
 from _targets import Report
 
-from kling_async._journal import ClaimOutcome, SQLiteJournal
+from kling_async._journal import ClaimOutcome
+from kling_async._sqlite_journal import SQLiteJournal
 from kling_async.models import ExtendRequest
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

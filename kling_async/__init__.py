@@ -8,9 +8,10 @@ Open a `KlingSession`, ``await session.extend(video_id)`` to submit a task, and
 from __future__ import annotations
 
 from ._handle import TaskHandle
-from ._journal import Claim, ClaimOutcome, EntryState, Journal, JournalEntry, SQLiteJournal
+from ._journal import Claim, ClaimOutcome, EntryState, Journal, JournalEntry
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._session import KlingSession
+from ._sqlite_journal import SQLiteJournal
 from .callbacks import CallbackReceiver
 from .errors import (
     AccountError,

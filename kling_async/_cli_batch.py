@@ -51,8 +51,9 @@ from ._cli_output import (
 )
 from ._download import file_name
 from ._handle import TaskHandle
-from ._journal import EntryState, SQLiteJournal
+from ._journal import EntryState
 from ._session import KlingSession
+from ._sqlite_journal import SQLiteJournal
 from .errors import InvalidArgumentError, KlingError, NotFoundError, TaskFailedError
 from .models import ExtendRequest, Task, TaskStatus
 

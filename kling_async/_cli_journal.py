@@ -32,8 +32,9 @@ from ._cli_output import (
     _silence_stdout,
     _usage_error,
 )
-from ._journal import EntryState, JournalEntry, SQLiteJournal
+from ._journal import EntryState, JournalEntry
 from ._session import KlingSession
+from ._sqlite_journal import SQLiteJournal
 from .errors import JournalError, KlingError
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]

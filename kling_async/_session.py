@@ -22,8 +22,9 @@ from ._account import LocalSlotGate
 from ._config import check_count, check_key, check_task_id, configure
 from ._create import Creator
 from ._handle import TaskHandle
-from ._journal import Journal, SQLiteJournal
+from ._journal import Journal
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
+from ._sqlite_journal import SQLiteJournal
 from ._submit import Submitter
 from ._transport import Transport, open_http_session
 from ._watch import Watcher, WatchEvents

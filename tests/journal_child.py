@@ -14,7 +14,8 @@ import sys
 
 import anyio
 
-from kling_async._journal import ClaimOutcome, SQLiteJournal
+from kling_async._journal import ClaimOutcome
+from kling_async._sqlite_journal import SQLiteJournal
 from kling_async.models import ExtendRequest
 
 

@@ -19,14 +19,9 @@ from typing import Any
 import anyio
 import pytest
 
-from kling_async._journal import (
-    SCHEMA_VERSION,
-    ClaimOutcome,
-    EntryState,
-    Journal,
-    JournalError,
-    SQLiteJournal,
-)
+from kling_async._journal import ClaimOutcome, EntryState, Journal, JournalError
+from kling_async._journal_schema import SCHEMA_VERSION
+from kling_async._sqlite_journal import SQLiteJournal
 from kling_async.models import ExtendRequest, TaskStatus
 
 from .journal_child import request_for

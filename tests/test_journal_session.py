@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from kling_async import ContentPolicyError, ExtendRequest
-from kling_async._journal import SQLiteJournal
+from kling_async._sqlite_journal import SQLiteJournal
 from kling_async.testing import Fault, KlingEmulator
 
 from .helpers import official
