@@ -20,13 +20,14 @@ import anyio
 import attrs
 
 from . import _download, _urls, sansio
+from ._aiohttp_transport import AiohttpTransport, open_http_session
 from ._auth import BearerKey, JWTSigner
 from ._create import CallbackSlot, Creator
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, JournalEntry, SQLiteJournal
 from ._keyed import KeyedCreates
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
-from ._transport import Transport, open_http_session
+from ._transport import Transport
 from ._watch import Watcher
 from ._wire import Wire
 from .errors import InvalidArgumentError, KlingError
@@ -93,8 +94,10 @@ class KlingSession:
     `Journal`) makes keyed creates survive a crash: see `extend`'s ``key`` and `resume`.
     ``callbacks`` (a `CallbackReceiver`) gives each create without its own ``callback_url``
     one of the receiver's URLs, so that its callbacks wake the waits on it at once.
+    ``transport`` replaces aiohttp with another `Transport`, such as
+    `kling_async.testing.MockTransport` in a unit test.
 
-    Added in version 0.1; ``callbacks`` in 0.2.
+    Added in version 0.1; ``callbacks`` in 0.2; ``transport`` in 0.3.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class KlingSession:
         max_response_bytes: int = 8 * 1024 * 1024,
         journal: str | os.PathLike[str] | Journal | None = None,
         callbacks: CallbackReceiver | None = None,
+        transport: Transport | None = None,
     ) -> None:
         auth = _credentials(api_key, access_key, secret_key)
         if base_url is None:
@@ -141,6 +145,12 @@ class KlingSession:
             raise ValueError(
                 "trace_configs go on the aiohttp.ClientSession you pass as http_session"
             )
+        if transport is not None:
+            if not isinstance(transport, Transport):
+                raise TypeError(f"transport must be a Transport, not {type(transport).__name__}")
+            if http_session is not None or trace_configs is not None:
+                raise ValueError("http_session and trace_configs are for aiohttp, not transport")
+        self._transport = transport
         self.poll_policy = poll_policy if poll_policy is not None else PollPolicy()
         self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
         self._auth = auth
@@ -204,19 +214,19 @@ class KlingSession:
         self._wire.running_loop()  # before aiohttp, which fails obscurely without asyncio
         transport_http = self._borrowed
         try:
-            if transport_http is None:
-                transport_http = open_http_session(
-                    limit=self._max_in_flight, trace_configs=self._trace_configs
-                )
-                self._http = transport_http
-            self._wire.open(
-                Transport(
+            if self._transport is None:
+                if transport_http is None:
+                    transport_http = open_http_session(
+                        limit=self._max_in_flight, trace_configs=self._trace_configs
+                    )
+                    self._http = transport_http
+                self._transport = AiohttpTransport(
                     transport_http,
                     connect_timeout=self._connect_timeout,
                     read_timeout=self._read_timeout,
                     max_body=self._max_body,
                 )
-            )
+            self._wire.open(self._transport)
             if self._owns_journal:
                 assert self._journal is not None
                 await self._journal.__aenter__()
@@ -574,13 +584,11 @@ class KlingSession:
         """
         return await _download.download(
             self._wire,
-            self._http if self._http is not None else self._borrowed,
+            self._transport,
             video_or_task,
             dest,
             progress=progress,
             policy=policy,
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
         )
 
     def as_completed(

@@ -9,11 +9,12 @@ wire ends at once. It knows the event loop it was opened on and uses that loop's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -170,6 +171,20 @@ class Wire:
         return time.time() + self.server_clock.seconds
 
     # -- requests -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the in-flight slots API requests take (a download's connection does),
+        counted in ``in_flight``; SessionClosedError if the session closed meanwhile."""
+        assert self._limiter is not None
+        async with self._limiter:
+            if self.state == _CLOSED:
+                raise SessionClosedError(CLOSED_WHILE_PENDING)
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
 
     async def call(
         self,
