@@ -37,7 +37,7 @@ import anyio
 import anyio.to_thread
 
 from . import _media, _urls
-from ._media import check_url, file_name, media_of, redirect_target, refused_host
+from ._media import check_url, file_name, media_of, refused_host
 from ._partfile import PartFile, is_directory
 from ._policies import DownloadPolicy
 from ._transport import AddressRefused, MediaClient, MediaReply, Transport, holds_no_request
@@ -56,7 +56,7 @@ from .models import Video
 if TYPE_CHECKING:
     from ._wire import Wire
 
-__all__ = ["Progress", "download", "file_name", "redact", "redirect_target"]
+__all__ = ["Progress", "download", "file_name"]
 
 logger = logging.getLogger("kling_async")
 
