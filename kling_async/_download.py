@@ -1,63 +1,47 @@
 """Streaming, atomic, resumable, bounded downloads of result videos, with no credentials to
-the media host and no way onto internal addresses.
+the media host and no way onto internal addresses: the driver that sends, sleeps and records.
 
-`download()` streams a `Video`'s URL into a temporary file next to the destination
-(``.<name>.<random>.part``, locked while in use), checks the length the server announced,
-fsyncs it and renames it into place with `os.replace`: a partial file never has the final name,
-whatever happens to the process, and a failed or cancelled download removes its temporary file
-(a killed process's leftover is removed by the next download to the same destination). A body
-that breaks off is resumed with ``Range`` (and ``If-Range`` when the server sent a validator);
-a 200 to a Range request starts over. Attempts that make no progress are bounded by the
-session's `RetryPolicy`; a body is bounded in size (`DownloadPolicy.max_bytes`) and in
-slowness (`DownloadPolicy.stall_bytes` per `DownloadPolicy.stall_window`). Each connection
-holds one of the session's in-flight slots, so downloads and API calls together never have
-more than ``max_in_flight`` requests on the wire.
+`download()` streams a `Video`'s URL through the session's `Transport` into a `PartFile` next
+to the destination, checks the length the server announced, fsyncs it and renames it into
+place: a partial file never has the final name, and a failed or cancelled download removes
+its temporary file. What each reply means (write, resume, start over, follow a redirect,
+retry, give up) is decided by ``_media.decide``; how long to wait before trying again by the
+session's `RetryPolicy` (attempts that make no progress are bounded by it). A body is bounded
+in size (`DownloadPolicy.max_bytes`) and in slowness (`DownloadPolicy.stall_bytes` per
+`DownloadPolicy.stall_window`). Each connection holds one of the session's in-flight slots
+(`Wire.slot`), so downloads and API calls together never have more than ``max_in_flight``
+requests on the wire.
 
-Credentials: the Kling ``Authorization`` header is only ever added per request by
-``_transport``, for the API. Downloads go through an `aiohttp.ClientSession` and a connector of
-their own, so that whatever a borrowed aiohttp session carries (default headers, ``auth``,
-cookies, middlewares) is not applied either; a URL with a user name or password is refused
-(`_urls.http_url`). Redirects are followed here, one hop at a time, at most five, never from
-https to http, and with the same credential-free headers.
+Credentials: the Kling ``Authorization`` header is only ever added by the transport's `send`,
+for the API; media requests carry only the headers built here, and a URL with a user name or
+password is refused (`_urls.http_url`). Redirects are followed here, one hop at a time, at
+most five, never from https to http, and with the same credential-free headers.
 
-Addresses: every URL and redirect is checked before it is requested, and the connector's
-resolver checks every address a name resolves to before aiohttp may connect to it, so a DNS
-answer that changes between a check and the connect (rebinding) meets the check itself. IP
-literals never reach a resolver; they are checked from the URL.
+Addresses: every URL and redirect is checked before it is requested, and the transport checks
+every address a name resolves to before it connects (IP literals are checked from the URL).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import errno
 import inspect
-import ipaddress
 import logging
 import math
 import os
 import pathlib
-import posixpath
-import re
-import secrets
-import socket
-import stat
-import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import aiohttp.abc
 import anyio
 import anyio.to_thread
-import yarl
 
-from . import _urls
+from . import _media, _urls
 from ._account import CLOSED_WHILE_PENDING
-from ._policies import DownloadPolicy, parse_retry_after
-from ._transport import USER_AGENT, _holds_no_request
+from ._media import check_url, file_name, media_of, refused_host
+from ._partfile import PartFile, is_directory
+from ._policies import DownloadPolicy
+from ._transport import AddressRefused, MediaClient, MediaReply, Transport, holds_no_request
 from ._urls import redact
 from .errors import (
     DownloadError,
@@ -65,302 +49,22 @@ from .errors import (
     MediaExpiredError,
     RetryAfterTooLongError,
     SessionClosedError,
+    TransportError,
 )
-from .models import Task, TaskStatus, Video
+from .models import Video
 
 if TYPE_CHECKING:
     from ._wire import Wire
 
-if sys.platform != "win32":
-    import fcntl
-
-__all__ = ["Progress", "download", "file_name", "redact", "redirect_target"]
+__all__ = ["Progress", "download", "file_name"]
 
 logger = logging.getLogger("kling_async")
 
 Progress = Callable[[int, "int | None"], object]
 """``progress(bytes_done, total_bytes_or_None)``, called from the event loop."""
 
-_CHUNK = 64 * 1024
 _FLUSH = 1024 * 1024  # bytes held in memory before one write in a worker thread
-_MAX_REDIRECTS = 5
 _PROGRESS_INTERVAL = 0.1  # seconds between progress calls, unless a whole percent passed
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_EXPIRED = frozenset({403, 404, 410})  # what object stores answer for expired or deleted media
-_RETRIED = frozenset({408, 425, 429})  # and every 5xx
-_DEFAULT_SUFFIX = ".mp4"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
-_PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.part")
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
-_UNSATISFIED = re.compile(r"bytes\s+\*/(\d+)\s*", re.IGNORECASE)
-# What a broken connection, a timeout or a malformed reply raises while reading; aiohttp
-# raises RuntimeError ("Connection closed.", "Session is closed") when its session closes.
-_NETWORK = (aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError)
-
-
-# -- pure helpers ---------------------------------------------------------------------------
-
-
-def media_of(item: object) -> Video:
-    """The video to download: a `Video`, or a succeeded `Task`'s first one."""
-    if isinstance(item, Task):
-        if item.status.value != TaskStatus.SUCCEED.value:
-            raise ValueError(
-                f"task {item.task_id} is {item.status.value}, not succeed: "
-                "there is no result to download yet (wait for it first)"
-            )
-        video = item.video
-        if video is None:
-            raise ValueError(
-                f"task {item.task_id} succeeded but its reply lists no video; "
-                "query it again with get_task()"
-            )
-        return video
-    if isinstance(item, Video):
-        return item
-    raise TypeError(f"download() takes a Video or a Task, not {type(item).__name__}")
-
-
-def check_url(url: object) -> None:
-    """Refuse, before any I/O, a media URL that is not plain http(s) or carries a credential."""
-    if isinstance(url, str) and not url:
-        raise InvalidArgumentError("url", "the video has no URL: there is nothing to download")
-    _urls.http_url(url, "url")
-
-
-def file_name(video_id: str, url: str) -> str:
-    """The file name in a destination directory: the video id (made safe) and the URL's suffix."""
-    stem = _UNSAFE.sub("_", video_id)[:200].lstrip(".") or "video"
-    suffix = posixpath.splitext(urllib.parse.urlsplit(url).path)[1]
-    return stem + (suffix.lower() if _SUFFIX.fullmatch(suffix) else _DEFAULT_SUFFIX)
-
-
-def is_directory(dest: str | os.PathLike[str]) -> bool:
-    """Whether ``dest`` names a folder to download into: it ends with a path separator, has no
-    suffix (``videos``, not ``video.mp4``), or is an existing directory."""
-    text = os.fspath(dest)
-    if text.endswith(("/", os.sep)):
-        return True
-    path = pathlib.Path(text)
-    return not path.suffix or path.is_dir()
-
-
-class RedirectRefused(Exception):
-    """A redirect this module does not follow; the message says why."""
-
-
-def redirect_target(current: str, location: str) -> str:
-    """Where a redirect from ``current`` leads: http(s) only, never https to http, no user info."""
-    target, _fragment = urllib.parse.urldefrag(urllib.parse.urljoin(current, location.strip()))
-    try:
-        parts = _urls.http_url(target, "the redirect")
-    except InvalidArgumentError as exc:
-        raise RedirectRefused(f"a redirect whose target {str(exc).split(': ', 1)[1]}") from None
-    if urllib.parse.urlsplit(current).scheme.lower() == "https" and parts.scheme == "http":
-        raise RedirectRefused(f"a redirect from https to plain http ({redact(target)})")
-    return target
-
-
-def refused_host(url: str, policy: DownloadPolicy, *, allow_loopback: bool) -> str | None:
-    """Why ``url``'s host must not be requested, judged from its spelling alone (an IP
-    literal, ``localhost``), or None; names are judged again by the resolver."""
-    if policy.allow_private:
-        return None
-    host = urllib.parse.urlsplit(url).hostname or ""
-    address = _urls.literal_address(host)
-    if address is not None:
-        reason = _urls.refused_address(address, allow_loopback=allow_loopback)
-        return None if reason is None else f"{address} is {reason}"
-    if _urls.is_loopback(host) and not allow_loopback:
-        return f"{host} is a loopback name"
-    return None
-
-
-def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``bytes first-last/total`` (total may be ``*``), or None."""
-    match = _CONTENT_RANGE.fullmatch(value or "")
-    if match is None:
-        return None
-    first, last, total = match.groups()
-    return int(first), int(last), None if total == "*" else int(total)
-
-
-def _unsatisfied_size(value: str | None) -> int | None:
-    """The size in a 416's ``Content-Range: bytes */size``, or None."""
-    match = _UNSATISFIED.fullmatch(value or "")
-    return int(match.group(1)) if match else None
-
-
-def _validator(headers: Mapping[str, str]) -> str | None:
-    """What ``If-Range`` may carry (RFC 9110 13.1.5): a strong ETag, else Last-Modified."""
-    etag = headers.get("ETag")
-    if etag is not None and etag.startswith('"'):
-        return etag
-    return headers.get("Last-Modified") or None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"{exc.status}, {exc.message}" if exc.message else str(exc.status)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return "aiohttp refused the URL"  # its text is the whole URL
-    return str(exc) or type(exc).__name__
-
-
-# -- the temporary file (blocking; every method runs in a worker thread) ---------------------
-
-
-class _PartFile:
-    """The ``.<name>.<random>.part`` file a download writes, renamed into place when whole.
-
-    It is locked (``flock``, POSIX) while in use, so that the next download to the same
-    destination can tell a leftover of a killed process (unlocked: removed) from a download
-    in progress (locked: left alone).
-    """
-
-    def __init__(self, final: pathlib.Path, temp: pathlib.Path, fd: int) -> None:
-        self.final = final
-        self.temp = temp
-        self.fd: int | None = fd
-        self.size = 0
-
-    @classmethod
-    def create(cls, dest: pathlib.Path, name: str, *, as_directory: bool) -> _PartFile:
-        if as_directory:
-            if dest.exists() and not dest.is_dir():
-                raise FileExistsError(
-                    errno.EEXIST,
-                    "a file has the name of the directory to download into (a destination "
-                    "without a suffix names a directory)",
-                    str(dest),
-                )
-            dest.mkdir(parents=True, exist_ok=True)
-            final = dest / name
-        else:
-            final = dest
-        if final.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "a directory has the file's name", str(final))
-        directory = final.parent
-        if not directory.is_dir():
-            raise FileNotFoundError(
-                errno.ENOENT, "no such directory to download into", str(directory)
-            )
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        prefix = f".{final.name[:200]}."
-        for _ in range(100):
-            temp = directory / f"{prefix}{secrets.token_hex(6)}.part"
-            try:
-                fd = os.open(temp, flags, 0o666)  # the umask applies, as for any new file
-            except FileExistsError:
-                continue
-            if not _lock(fd, temp):  # removed as a leftover before it was locked: next name
-                os.close(fd)
-                continue
-            part = cls(final, temp, fd)
-            part.remove_leftovers(prefix)
-            return part
-        raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
-
-    def remove_leftovers(self, prefix: str) -> None:
-        """Delete the unlocked ``.part`` files of this destination: a killed process left them."""
-        if sys.platform == "win32":  # pragma: no cover - no flock
-            return
-        try:
-            names = os.listdir(self.temp.parent)
-        except OSError:
-            return
-        for name in names:
-            if not name.startswith(prefix) or name == self.temp.name or not _PART.fullmatch(name):
-                continue
-            if len(name) != len(self.temp.name):
-                continue  # another destination whose name begins with this one's
-            path = self.temp.parent / name
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a download in progress holds it
-            else:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                    logger.info("removed %s, left by an interrupted download", path)
-            finally:
-                os.close(fd)
-
-    def write(self, chunks: list[bytes]) -> None:
-        assert self.fd is not None
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self.fd, view) :]
-            self.size += len(chunk)
-
-    def reset(self) -> None:
-        """Start over: the server sent the whole body again."""
-        assert self.fd is not None
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        os.ftruncate(self.fd, 0)
-        self.size = 0
-
-    def commit(self) -> None:
-        """Make the bytes durable, then give them the final name in one atomic step; a file
-        replaced keeps its permission bits."""
-        assert self.fd is not None
-        fd, self.fd = self.fd, None
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                mode = stat.S_IMODE(os.stat(self.final).st_mode)
-                if hasattr(os, "fchmod"):
-                    os.fchmod(fd, mode)
-                else:  # pragma: no cover - Windows
-                    os.chmod(self.temp, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.temp, self.final)
-        _fsync_directory(self.final.parent)
-
-    def discard(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.temp.unlink(missing_ok=True)
-
-
-def _lock(fd: int, path: pathlib.Path) -> bool:
-    """Lock a new temporary file; False when another download removed it before the lock.
-    A file system without locks downloads unlocked (its leftovers are then never removed)."""
-    if sys.platform == "win32":  # pragma: no cover - no flock
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False  # another download is removing it as a leftover
-    except OSError:  # pragma: no cover - no locks here (some network file systems)
-        return True
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _fsync_directory(directory: pathlib.Path) -> None:
-    """Persist the rename itself (POSIX); a platform that cannot open directories skips it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -413,14 +117,12 @@ class _Failure:
 
 async def download(
     wire: Wire,
-    http: aiohttp.ClientSession | None,
+    transport: Transport | None,
     item: object,
     dest: object,
     *,
     progress: Progress | None,
     policy: object,
-    connect_timeout: float,
-    read_timeout: float,
 ) -> pathlib.Path:
     """`KlingSession.download`: validate, then stream, resume, check, fsync and rename."""
     video = media_of(item)
@@ -439,7 +141,7 @@ async def download(
     if not isinstance(policy, DownloadPolicy):
         raise TypeError(f"policy must be a DownloadPolicy, not {type(policy).__name__}")
     wire.check_open()
-    if http is None or http.closed:
+    if transport is None or transport.closed:
         raise SessionClosedError("the aiohttp.ClientSession lent to this session is closed")
     allow_loopback = _urls.is_loopback(urllib.parse.urlsplit(wire.base_url).hostname or "")
     refused = refused_host(video.url, policy, allow_loopback=allow_loopback)
@@ -453,17 +155,14 @@ async def download(
     as_directory = await anyio.to_thread.run_sync(is_directory, dest)
     with anyio.CancelScope(shield=True):  # a cancel now would lose track of the new file
         part = await anyio.to_thread.run_sync(
-            lambda: _PartFile.create(
+            lambda: PartFile.create(
                 dest_path, file_name(video.id, video.url), as_directory=as_directory
             )
         )
     try:
-        job = _Job(wire, http, video, part, _Progress(progress, wire.clock))
+        job = _Job(wire, transport, video, part, _Progress(progress, wire.clock))
         job.policy = policy
         job.allow_loopback = allow_loopback
-        job.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
         await _unless_closed(wire, job.run)
         job.progress.update(part.size, part.size, final=True)  # before the file has its name
         await job.on_disk(part.commit)
@@ -476,7 +175,7 @@ async def download(
 
 async def _unless_closed(wire: Wire, run: Callable[[], Awaitable[None]]) -> None:
     """Run ``run()``, cut short (SessionClosedError) the moment the session closes, as
-    requests on the wire are (api.md "Opening")."""
+    requests on the wire are (docs/concepts.md, "Opening and closing")."""
     failure: Exception | None = None
     finished = False
     async with anyio.create_task_group() as group:
@@ -499,81 +198,19 @@ async def _unless_closed(wire: Wire, run: Callable[[], Awaitable[None]]) -> None
         raise SessionClosedError(CLOSED_WHILE_PENDING)
 
 
-class _AddressRefused(Exception):
-    """The resolver found an address a download must not connect to (not an OSError, so that
-    aiohttp passes it through instead of treating it as a failed look-up to retry)."""
-
-    def __init__(self, host: str, reason: str) -> None:
-        super().__init__(f"{host} resolves to {reason}")
-
-
-class _CheckingResolver(aiohttp.abc.AbstractResolver):
-    """The system resolver, refusing any answer with an address a download must not reach.
-
-    aiohttp connects only to addresses its resolver returned, so checking here checks the
-    address actually connected to, whatever the name resolved to when it was first seen.
-    """
-
-    def __init__(self, *, allow_loopback: bool) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-        self._allow_loopback = allow_loopback
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            address = ipaddress.ip_address(result["host"].split("%", 1)[0])
-            reason = _urls.refused_address(address, allow_loopback=self._allow_loopback)
-            if reason is not None:
-                raise _AddressRefused(host, f"{address}, {reason}")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-# The media connectors in use, one per session and address rule, shared by that session's
-# concurrent downloads (so they reuse connections) and closed when the last of them ends.
-_connectors: dict[tuple[int, bool, bool], tuple[aiohttp.TCPConnector, list[int]]] = {}
-
-
-@contextlib.asynccontextmanager
-async def _media_connector(
-    wire: Wire, policy: DownloadPolicy, allow_loopback: bool
-) -> AsyncIterator[aiohttp.TCPConnector]:
-    key = (id(wire), policy.allow_private, allow_loopback)  # the wire lives while in use
-    entry = _connectors.get(key)
-    if entry is None:
-        resolver = (
-            None if policy.allow_private else _CheckingResolver(allow_loopback=allow_loopback)
-        )
-        entry = _connectors[key] = (aiohttp.TCPConnector(limit=0, resolver=resolver), [0])
-    connector, users = entry
-    users[0] += 1
-    try:
-        yield connector
-    finally:
-        users[0] -= 1
-        if users[0] == 0:
-            del _connectors[key]
-            with anyio.CancelScope(shield=True):
-                await connector.close()
-
-
 class _Job:
     """One download's attempts, over one temporary file."""
 
     def __init__(
         self,
         wire: Wire,
-        http: aiohttp.ClientSession,
+        transport: Transport,
         video: Video,
-        part: _PartFile,
+        part: PartFile,
         progress: _Progress,
     ) -> None:
         self.wire = wire
-        self.http = http
+        self.transport = transport
         self.video = video
         self.url = video.url
         self.shown_url = redact(video.url)
@@ -581,7 +218,6 @@ class _Job:
         self.progress = progress
         self.policy = DownloadPolicy()
         self.allow_loopback = False
-        self.timeout = aiohttp.ClientTimeout()
         self.ranges = True  # until the server says it cannot resume
         self.validator: str | None = None
         self.total: int | None = None
@@ -595,7 +231,7 @@ class _Job:
         *,
         cls: type[DownloadError] = DownloadError,
     ) -> DownloadError:
-        detail = f"{message}: {_describe(cause)}" if cause is not None else message
+        detail = message if cause is None else f"{message}: {str(cause) or type(cause).__name__}"
         error = cls(
             detail,
             url=self.shown_url,
@@ -603,7 +239,7 @@ class _Job:
             status=self.status,
             received=self.part.size + self.pending,
         )
-        if cause is not None and _holds_no_request(cause):
+        if cause is not None and holds_no_request(cause):
             error.__cause__ = cause
         return error
 
@@ -623,24 +259,16 @@ class _Job:
         retry = 0
         best = 0
         progressed_at = wire.clock()
-        async with (
-            _media_connector(wire, self.policy, self.allow_loopback) as connector,
-            aiohttp.ClientSession(
-                connector=connector,
-                connector_owner=False,  # shared by this session's concurrent downloads
-                headers={"User-Agent": USER_AGENT},
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,  # the bytes Content-Length counts are the bytes stored
-                trace_configs=list(self.http.trace_configs) or None,
-            ) as media,
-        ):
+        async with self.transport.media(
+            allow_private=self.policy.allow_private, allow_loopback=self.allow_loopback
+        ) as media:
             while True:
                 failure = await self.attempt(media)
                 if failure is None:
                     return
                 if wire.closed:
                     raise SessionClosedError(CLOSED_WHILE_PENDING)
-                if self.http.closed:
+                if self.transport.closed:
                     raise SessionClosedError(
                         "the aiohttp.ClientSession lent to this session was closed"
                     )
@@ -677,7 +305,7 @@ class _Job:
                 )
                 await wire.sleep(delay)
 
-    async def attempt(self, media: aiohttp.ClientSession) -> _Failure | None:
+    async def attempt(self, media: MediaClient) -> _Failure | None:
         """One request (and its redirects) under one in-flight slot; None once the file is whole."""
         if self.part.size and not self.ranges:
             await self.on_disk(self.part.reset)
@@ -687,23 +315,8 @@ class _Job:
             headers["Range"] = f"bytes={self.part.size}-"
             if self.validator is not None:
                 headers["If-Range"] = self.validator
-        wire = self.wire
-        # The session's in-flight limiter (``Wire._limiter``): downloads share max_in_flight
-        # with the API calls. Read here rather than through a new Wire method, to keep
-        # _wire.py as it is; a public accessor there would be the cleaner spelling.
-        limiter = wire._limiter
-        assert limiter is not None
-        await limiter.acquire()
-        try:
-            if wire.closed:
-                raise SessionClosedError(CLOSED_WHILE_PENDING)
-            wire.in_flight += 1
-            try:
-                return await self.exchange(media, headers, ranged)
-            finally:
-                wire.in_flight -= 1
-        finally:
-            limiter.release()
+        async with self.wire.slot():
+            return await self.exchange(media, headers, ranged)
 
     def refuse(self, url: str, reason: str) -> DownloadError:
         shown = redact(url)
@@ -714,113 +327,73 @@ class _Job:
         )
 
     async def exchange(
-        self, media: aiohttp.ClientSession, headers: dict[str, str], ranged: bool
+        self, media: MediaClient, headers: dict[str, str], ranged: bool
     ) -> _Failure | None:
         url = self.url
-        for _hop in range(_MAX_REDIRECTS + 1):
+        for _hop in range(_media.MAX_REDIRECTS + 1):
             reason = refused_host(url, self.policy, allow_loopback=self.allow_loopback)
             if reason is not None:
                 raise self.refuse(url, reason)
             self.wire.requests_sent += 1
             self.status = None  # until this request has a reply
-            broken: BaseException | None = None
-            refused: _AddressRefused | None = None
+            broken: TransportError | None = None
+            refused: AddressRefused | None = None
             try:
-                response = await media.get(
-                    yarl.URL(url, encoded=url.isascii()),
-                    headers=headers,
-                    allow_redirects=False,  # followed below, hop by hop, with the same headers
-                    timeout=self.timeout,
-                    raise_for_status=False,
-                )
-            except _AddressRefused as exc:
+                async with media.stream(url, headers) as reply:
+                    asked = _media.Asked(
+                        url=url,
+                        have=self.part.size,
+                        ranged=ranged,
+                        validator=headers.get("If-Range"),
+                        max_bytes=self.policy.max_bytes,
+                    )
+                    decision = _media.decide(
+                        reply.status, reply.headers, asked, now=dt.datetime.now(dt.timezone.utc)
+                    )
+                    if isinstance(decision, _media.Follow):
+                        self.status = reply.status
+                        url = decision.url
+                        continue
+                    return await self.receive(reply, decision)
+            except AddressRefused as exc:
                 refused = exc
-            except _NETWORK as exc:
+            except TransportError as exc:  # no reply (the body's failures end in stream())
                 broken = exc
             if refused is not None:
                 self.wire.requests_sent -= 1  # refused before connecting: nothing was sent
                 raise self.refuse(url, str(refused))
-            if broken is not None:
-                return _Failure(self.error("could not get a reply from the media host", broken))
-            try:
-                location = response.headers.get("Location")
-                if response.status in _REDIRECTS and location:
-                    self.status = response.status
-                    refusal: str | None = None
-                    try:
-                        url = redirect_target(url, location)
-                    except RedirectRefused as exc:
-                        refusal = str(exc)
-                    if refusal is not None:
-                        raise self.error(f"the media host sent {refusal}, not followed")
-                    response.release()  # pooled again if its body was read, else closed
-                    continue
-                outcome = await self.receive(response, ranged)
-            except BaseException:
-                response.close()  # whatever is left of the body is never read
-                raise
-            response.release()  # a whole body leaves a connection the pool can reuse
-            return outcome
-        raise self.error(f"the media host redirected more than {_MAX_REDIRECTS} times")
+            assert broken is not None
+            return _Failure(self.error("could not get a reply from the media host", broken))
+        raise self.error(f"the media host redirected more than {_media.MAX_REDIRECTS} times")
+
+    async def receive(self, reply: MediaReply, decision: _media.Decision) -> _Failure | None:
+        """Act on what the reply's status and headers mean, then stream its body into the file."""
+        self.status = reply.status
+        part = self.part
+        if isinstance(decision, _media.Expired):
+            raise self.error(decision.reason, cls=MediaExpiredError)
+        if isinstance(decision, _media.Fail):
+            raise self.error(decision.reason)
+        if isinstance(decision, _media.Whole):
+            self.total = decision.total  # the file already holds everything
+            return None
+        if isinstance(decision, _media.Retry):
+            if decision.restart:
+                await self.on_disk(part.reset)
+            if decision.ranges is not None:
+                self.ranges = decision.ranges
+            return _Failure(self.error(decision.reason), decision.retry_after)
+        assert isinstance(decision, _media.Write)
+        if decision.ranges is not None:
+            self.ranges = decision.ranges
+            self.validator = decision.validator
+        if decision.restart:
+            await self.on_disk(part.reset)  # a 200 to a Range: start over
+        self.total = decision.total
+        return await self.stream(reply, decision.end)
 
     def too_big(self, size: int, what: str) -> DownloadError:
-        return self.error(
-            f"the media host {what} {size} bytes, over the cap of {self.policy.max_bytes} "
-            "bytes (DownloadPolicy.max_bytes)"
-        )
-
-    async def receive(self, response: aiohttp.ClientResponse, ranged: bool) -> _Failure | None:
-        """Check the reply's status and headers, then stream its body into the file."""
-        status = self.status = response.status
-        headers = response.headers
-        part = self.part
-        if status in _EXPIRED:
-            raise self.error(
-                "the media URL has expired or the result is gone (Kling keeps results for "
-                "30 days; a fresh query of the task may give a new URL)",
-                cls=MediaExpiredError,
-            )
-        if status == 416 and ranged:
-            size = _unsatisfied_size(headers.get("Content-Range"))
-            if size is not None and size == part.size:
-                self.total = size  # the file already holds everything
-                return None
-            await self.on_disk(part.reset)
-            return _Failure(self.error("the media host refused to resume (HTTP 416)"))
-        if status in _RETRIED or 500 <= status <= 599:
-            retry_after = parse_retry_after(
-                headers.get("Retry-After"), dt.datetime.now(dt.timezone.utc)
-            )
-            return _Failure(self.error(f"the media host answered HTTP {status}"), retry_after)
-        if status not in (200, 206) or (status == 206 and not ranged):
-            raise self.error(f"the media host answered HTTP {status}")
-        encoding = headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise self.error(f"the media host sent a {encoding}-encoded body, not the video")
-        if status == 200:
-            length = response.content_length
-            if length is not None and length > self.policy.max_bytes:
-                raise self.too_big(length, "announced")
-            validator = _validator(headers)
-            accept = headers.get("Accept-Ranges", "").strip().lower()
-            if ranged and (validator is None or validator == self.validator):
-                self.ranges = accept == "bytes"  # it ignored the Range: resume only if it says so
-            else:
-                self.ranges = accept != "none"
-            self.validator = validator
-            if part.size:
-                await self.on_disk(part.reset)  # a 200 to a Range: start over
-            end = self.total = length
-        else:
-            span = _content_range(headers.get("Content-Range"))
-            if span is None or span[0] != part.size:
-                self.ranges = False  # another range than asked: start over next time
-                return _Failure(self.error("the media host answered another range than asked"))
-            if max(span[1] + 1, span[2] or 0) > self.policy.max_bytes:
-                raise self.too_big(max(span[1] + 1, span[2] or 0), "announced")
-            end = span[1] + 1
-            self.total = span[2]
-        return await self.stream(response, end)
+        return self.error(_media.too_big(size, what, self.policy.max_bytes))
 
     def stalled(self) -> DownloadError:
         limits = self.policy
@@ -829,7 +402,7 @@ class _Job:
             f"{limits.stall_window:g} s (DownloadPolicy.stall_bytes, stall_window)"
         )
 
-    async def stream(self, response: aiohttp.ClientResponse, end: int | None) -> _Failure | None:
+    async def stream(self, reply: MediaReply, end: int | None) -> _Failure | None:
         """Read the body into the file in bounded memory; the file then ends at ``end``.
 
         At least ``stall_bytes`` must arrive in every ``stall_window`` seconds (on the loop's
@@ -839,15 +412,18 @@ class _Job:
         progress.update(part.size, self.total)
         buffer: list[bytes] = []
         self.pending = 0
-        broken: BaseException | None = None
+        broken: TransportError | None = None
         window_start, window_bytes = clock(), 0
+        body = reply.body
         while True:
             chunk = b""
             deadline = window_start + limits.stall_window
             with anyio.move_on_after(deadline - clock()) as waited:
                 try:
-                    chunk = await response.content.read(_CHUNK)
-                except _NETWORK as exc:
+                    chunk = await body.__anext__()
+                except StopAsyncIteration:
+                    pass
+                except TransportError as exc:
                     broken = exc
                     break
             if waited.cancelled_caught:
@@ -872,8 +448,5 @@ class _Job:
             await self.on_disk(part.write, chunks)
         if broken is not None:
             return _Failure(self.error("the download broke off", broken))
-        if end is not None and part.size != end:
-            return _Failure(self.error(f"the body ended after {part.size} of {end} bytes"))
-        if self.total is not None and part.size != self.total:
-            return _Failure(self.error(f"the file holds {part.size} of {self.total} bytes"))
-        return None
+        shortfall = _media.body_shortfall(part.size, end, self.total)
+        return None if shortfall is None else _Failure(self.error(shortfall))

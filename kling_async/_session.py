@@ -19,6 +19,7 @@ import anyio
 
 from . import _download, sansio
 from ._account import LocalSlotGate
+from ._aiohttp_transport import AiohttpTransport, open_http_session
 from ._config import check_count, check_key, check_task_id, configure
 from ._create import Creator
 from ._handle import TaskHandle
@@ -26,7 +27,7 @@ from ._journal import Journal
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._sqlite_journal import SQLiteJournal
 from ._submit import Submitter
-from ._transport import Transport, open_http_session
+from ._transport import Transport
 from ._watch import Watcher, WatchEvents
 from ._wire import Wire
 from .errors import KlingError
@@ -59,8 +60,10 @@ class KlingSession:
     `Journal`) makes keyed creates survive a crash: see `extend`'s ``key`` and `resume`.
     ``callbacks`` (a `CallbackReceiver`) gives each create without its own ``callback_url``
     one of the receiver's URLs, so that its callbacks wake the waits on it at once.
+    ``transport`` replaces aiohttp with another `Transport`, such as
+    `kling_async.testing.MockTransport` in a unit test.
 
-    Added in version 0.1; ``callbacks`` in 0.2.
+    Added in version 0.1; ``callbacks`` in 0.2; ``transport`` in 0.3.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class KlingSession:
         max_response_bytes: int = 8 * 1024 * 1024,
         journal: str | os.PathLike[str] | Journal | None = None,
         callbacks: CallbackReceiver | None = None,
+        transport: Transport | None = None,
     ) -> None:
         config = configure(
             api_key=api_key,
@@ -102,6 +106,12 @@ class KlingSession:
             raise ValueError(
                 "trace_configs go on the aiohttp.ClientSession you pass as http_session"
             )
+        if transport is not None:
+            if not isinstance(transport, Transport):
+                raise TypeError(f"transport must be a Transport, not {type(transport).__name__}")
+            if http_session is not None or trace_configs is not None:
+                raise ValueError("http_session and trace_configs are for aiohttp, not transport")
+        self._transport = transport
         if callbacks is not None:
             from .callbacks import CallbackReceiver
 
@@ -157,19 +167,19 @@ class KlingSession:
         config = self._config
         transport_http = self._borrowed
         try:
-            if transport_http is None:
-                transport_http = open_http_session(
-                    limit=config.limits.max_in_flight, trace_configs=self._trace_configs
-                )
-                self._http = transport_http
-            self._wire.open(
-                Transport(
+            if self._transport is None:
+                if transport_http is None:
+                    transport_http = open_http_session(
+                        limit=config.limits.max_in_flight, trace_configs=self._trace_configs
+                    )
+                    self._http = transport_http
+                self._transport = AiohttpTransport(
                     transport_http,
                     connect_timeout=config.timeouts.connect,
                     read_timeout=config.timeouts.read,
                     max_body=config.limits.max_response_bytes,
                 )
-            )
+            self._wire.open(self._transport)
             if self._owns_journal:
                 assert self._journal is not None
                 await self._journal.__aenter__()
@@ -422,13 +432,11 @@ class KlingSession:
         """
         return await _download.download(
             self._wire,
-            self._http if self._http is not None else self._borrowed,
+            self._transport,
             video_or_task,
             dest,
             progress=progress,
             policy=policy,
-            connect_timeout=self._config.timeouts.connect,
-            read_timeout=self._config.timeouts.read,
         )
 
     def as_completed(

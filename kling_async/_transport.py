@@ -1,235 +1,90 @@
-"""The only module that speaks aiohttp on the client side: send one request, translate failures.
+"""The transport seam: what a session needs from an HTTP library, and nothing of Kling.
 
-It knows nothing of Kling: it sends an `HTTPRequest`, reads the body under a size cap, and
-turns every aiohttp or socket failure into a `TransportError` whose ``sent`` says whether the
-request may have reached the server (api.md "Create retries": a refused connection certainly
-did not).
+A `Transport` sends an API request and returns the whole reply (`send`), and opens a
+`MediaClient` for one download (`media`), whose `MediaClient.stream` GETs a URL as a
+`MediaReply` whose body arrives in chunks. A media request follows no redirect and carries
+no credential: the download driver decides what a reply means. (A download holds its
+`MediaClient` across its attempts and redirects, so that they can reuse connections.) Its
+failures are `TransportError` (whose ``sent`` says whether the request may have reached the
+server: docs/concepts.md, "Creates: retries, stamping and reconciliation") or, for a media
+host whose name resolves to an address a download must not reach, `AddressRefused`.
+``_aiohttp_transport`` implements it over aiohttp; ``kling_async.testing.MockTransport``
+answers from a function.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import os
-import socket
-import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
 
-import aiohttp
-import yarl
+import attrs
 
-from .errors import ResponseDecodeError, TransportError
 from .sansio import HTTPRequest, HTTPResponse
 
-__all__ = ["Transport", "open_http_session"]
-
-# The package version (kling_async.__version__; a test keeps the two equal).
-USER_AGENT = f"kling_async/0.2.0 aiohttp/{aiohttp.__version__}"
-_CHUNK = 64 * 1024
+__all__ = ["AddressRefused", "MediaClient", "MediaReply", "Transport", "holds_no_request"]
 
 
-def open_http_session(
-    *, limit: int, trace_configs: Sequence[aiohttp.TraceConfig]
-) -> aiohttp.ClientSession:
-    """The aiohttp session a KlingSession owns: as many connections as requests in flight."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
-        trace_configs=list(trace_configs) or None,
-        headers={"User-Agent": USER_AGENT},
-    )
+@attrs.frozen(kw_only=True)
+class MediaReply:
+    """A media host's reply: status and headers at once, the body as it arrives.
+
+    ``headers`` ignore the case of names. ``body`` yields the bytes in chunks (never an empty
+    one) and raises `TransportError` when the body breaks off.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: AsyncIterator[bytes]
 
 
-class Transport:
-    """Sends requests over one ``aiohttp.ClientSession`` with per-request socket timeouts."""
+class MediaClient(Protocol):
+    """Media requests for one download, under one address rule."""
 
-    __slots__ = ("_connect_timeout", "_max_body", "_read_timeout", "_session", "_timeout")
+    def stream(
+        self, url: str, headers: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[MediaReply]:
+        """GET ``url`` with exactly ``headers`` (no credential added, no redirect followed)."""
+        ...
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        max_body: int,
-    ) -> None:
-        self._session = session
-        # sock_connect/sock_read bound each socket step; waiting for a pooled connection is
-        # bounded by the session's limiter instead, so a large batch never hits a pool timeout.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
-        self._max_body = max_body
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+
+@runtime_checkable
+class Transport(Protocol):
+    """Sends the session's requests: API calls whole, media downloads streamed."""
 
     @property
     def closed(self) -> bool:
-        """True once the aiohttp session is closed (by us, or by its owner if borrowed)."""
-        return self._session.closed
+        """True once nothing more can be sent (a borrowed HTTP session was closed, say)."""
+        ...
 
     async def send(self, request: HTTPRequest, authorization: str) -> HTTPResponse:
-        """Send ``request`` with ``authorization`` and return the whole reply.
+        """Send ``request`` with the ``Authorization`` value and return the whole reply."""
+        ...
 
-        Every failure becomes a `TransportError` raised outside the ``except`` block that
-        caught it, so that neither ``__cause__`` nor ``__context__`` leads to aiohttp's
-        request objects, whose headers hold the ``Authorization`` credential.
+    def media(
+        self, *, allow_private: bool, allow_loopback: bool
+    ) -> AbstractAsyncContextManager[MediaClient]:
+        """A `MediaClient` for one download, closed when the download ends.
+
+        Unless ``allow_private``, every address a media host's name resolves to is checked
+        before connecting (loopback is allowed with ``allow_loopback``); a refused one raises
+        `AddressRefused` from `MediaClient.stream` and nothing is sent.
         """
-        try:
-            # encoded=True: the URL is sent exactly as sansio built it (no requoting, no
-            # normalisation of "%2E%2E" into another path).
-            url = yarl.URL(request.url, encoded=True)
-        except ValueError as exc:
-            raise _error(request, f"the URL {request.url} is not valid", sent=False) from exc
-        headers = dict(request.headers)
-        headers["Authorization"] = authorization
-        try:
-            async with self._session.request(
-                request.method,
-                url,
-                data=request.body,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-                raise_for_status=False,  # a borrowed session's own setting would hide the reply
-            ) as response:
-                body = await self._read(response)
-                return HTTPResponse(status=response.status, body=body, headers=response.headers)
-        except ResponseDecodeError:
-            raise
-        except BaseException as exc:
-            failure = self._translate(request, exc)
-            if failure is None:
-                raise
-            if _holds_no_request(exc):
-                failure.__cause__ = exc
-        del headers, authorization
-        raise failure
-
-    def _translate(self, request: HTTPRequest, exc: BaseException) -> TransportError | None:
-        """The TransportError for an aiohttp or socket failure, or None to let it through.
-
-        Its message says what failed in words (``could not connect to URL: connection
-        refused``), not in aiohttp's or OpenSSL's. ``sent`` is False only where the request
-        certainly never left (docs/concepts.md, "Creates: retries, stamping and
-        reconciliation"): no connection, a URL aiohttp refused, a loop that cannot run it.
-        """
-        url = request.url
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            # DNS, refused connection, TLS handshake: the request never left.
-            return _error(request, f"could not connect to {url}: {_reason(exc)}", sent=False)
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            what = f"could not connect to {url}: no answer within {self._connect_timeout:g} s"
-            return _error(request, what, sent=False)
-        if isinstance(exc, aiohttp.InvalidURL):
-            return _error(request, f"the URL {url} was refused before sending", sent=False)
-        if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-            what = f"no reply from {url}: nothing arrived for {self._read_timeout:g} s"
-            return _error(request, what, sent=True)
-        if isinstance(exc, aiohttp.ClientResponseError):
-            # Its repr carries request_info (our headers): only its status and message are kept.
-            detail = f"{exc.status}, {exc.message}" if exc.message else str(exc.status)
-            return _error(request, f"the reply from {url} was malformed ({detail})", sent=True)
-        if isinstance(exc, (aiohttp.ClientError, OSError)):
-            return _error(request, f"the connection to {url} failed: {_reason(exc)}", sent=True)
-        if isinstance(exc, RuntimeError):
-            text = str(exc).lower()
-            if "loop" in text and ("closed" in text or "different" in text):
-                # A closed or foreign event loop fails before anything is written.
-                what = f"could not send to {url}: the event loop cannot run it ({exc})"
-                return _error(request, what, sent=False)
-            # aiohttp's "Session is closed" / "Connection closed." when its session closes
-            # under a request: whether anything left is unknown, so it counts as sent.
-            what = f"the request to {url} ended: the aiohttp session was closed"
-            return _error(request, what, sent=True)
-        return None
-
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        """Read the body, refusing more than ``max_body`` bytes (a runaway gateway page).
-
-        A compressed body is counted after decompression: its Content-Length says nothing
-        of what it unpacks to.
-        """
-        length = response.content_length
-        if length is not None and "Content-Encoding" not in response.headers:
-            if length > self._max_body:
-                raise self._too_large(response.status)
-            return await response.read()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > self._max_body:
-                raise self._too_large(response.status)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _too_large(self, status: int) -> ResponseDecodeError:
-        return ResponseDecodeError(
-            f"the reply is larger than {self._max_body} bytes", status=status, is_json=False
-        )
+        ...
 
 
-def _error(request: HTTPRequest, message: str, *, sent: bool) -> TransportError:
-    return TransportError(message, method=request.method, path=request.path, sent=sent)
+class AddressRefused(Exception):
+    """The media host's name resolves to an address a download must not connect to (not an
+    OSError, so that an HTTP library passes it through instead of retrying the look-up)."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host} resolves to {reason}")
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc``, the OS error aiohttp wraps in it, and what those chain, each once."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        wrapped = getattr(current, "os_error", None)  # ClientConnectorError and its kinds
-        todo.extend(
-            e
-            for e in (wrapped, current.__cause__, current.__context__)
-            if isinstance(e, BaseException)
-        )
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a connection failed, in words: no exception class, no ``ssl:default``, no
-    OpenSSL source line."""
-    causes = list(_causes(exc))
-    for current in causes:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            why = current.verify_message or "not trusted"
-            return f"the server's TLS certificate was refused ({why})"
-        if isinstance(current, ssl.SSLError) and not isinstance(current, aiohttp.ClientError):
-            reason = current.reason or ""
-            if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
-                return "the TLS handshake failed: the server does not speak TLS there (http://?)"
-            return f"the TLS handshake failed ({reason.replace('_', ' ').lower() or 'no reason'})"
-        if isinstance(current, socket.gaierror):
-            return "the host name was not found (DNS)"
-        if isinstance(current, aiohttp.ServerDisconnectedError):
-            return "the server closed the connection without a reply"
-        if isinstance(current, aiohttp.ClientPayloadError):
-            return "the reply broke off before its end"
-    for current in causes:
-        if isinstance(current, OSError) and not isinstance(current, aiohttp.ClientError):
-            if current.errno is not None:
-                return _ERRNO.get(current.errno) or os.strerror(current.errno).lower()
-            if isinstance(current, (TimeoutError, asyncio.TimeoutError)):
-                return "timed out"
-    return str(exc) or type(exc).__name__
-
-
-_ERRNO = {
-    errno.ECONNREFUSED: "connection refused",
-    errno.ECONNRESET: "the connection was reset by the server",
-    errno.ETIMEDOUT: "timed out",
-    errno.EPIPE: "the server closed the connection",
-}
-
-
-def _holds_no_request(exc: BaseException) -> bool:
-    """Whether ``exc`` and what it chains are safe to keep as a cause: aiohttp's
-    ``request_info`` (on ClientResponseError) carries our request headers, credential and all."""
+def holds_no_request(exc: BaseException) -> bool:
+    """Whether ``exc`` and what it chains are safe to keep as a cause: an HTTP library's
+    ``request_info`` (aiohttp's ClientResponseError) carries our request headers, credential
+    and all."""
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:
@@ -237,7 +92,7 @@ def _holds_no_request(exc: BaseException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if hasattr(current, "request_info") or isinstance(current, aiohttp.ClientResponseError):
+        if hasattr(current, "request_info"):
             return False
         todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return True

@@ -87,7 +87,7 @@ def test_every_version_string_agrees(project: dict[str, Any]) -> None:
     import importlib.metadata
     import subprocess
 
-    from kling_async._transport import USER_AGENT
+    from kling_async._aiohttp_transport import USER_AGENT
 
     version = kling_async.__version__
     shown = subprocess.run(

@@ -25,7 +25,9 @@ from kling_async import (
     TaskStatus,
     Video,
 )
-from kling_async._download import _Progress, file_name, redact, redirect_target
+from kling_async._download import _Progress
+from kling_async._media import file_name, redirect_target
+from kling_async._urls import redact
 from kling_async.testing import Fault, KlingEmulator
 
 from .helpers import gateway, official

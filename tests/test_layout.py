@@ -9,7 +9,7 @@ import kling_async
 
 PACKAGE = pathlib.Path(kling_async.__file__).parent
 # Modules that adapt a library to the SDK (design.md): the only ones that may import aiohttp.
-AIOHTTP_ADAPTERS = {"_transport", "_download", "callbacks", "testing"}
+AIOHTTP_ADAPTERS = {"_aiohttp_transport", "callbacks", "testing"}
 
 
 def _runtime_tree(path: pathlib.Path) -> ast.Module:

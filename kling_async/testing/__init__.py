@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from kling_async.testing._emulator import KlingEmulator
 from kling_async.testing._fault import Fault
+from kling_async.testing._mock import MockTransport
 from kling_async.testing._records import EmulatedTask, RecordedCallback, RecordedRequest
 
-__all__ = ["EmulatedTask", "Fault", "KlingEmulator", "RecordedCallback", "RecordedRequest"]
+__all__ = [
+    "EmulatedTask",
+    "Fault",
+    "KlingEmulator",
+    "MockTransport",
+    "RecordedCallback",
+    "RecordedRequest",
+]
