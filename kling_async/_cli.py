@@ -28,22 +28,23 @@ import anyio
 
 from . import __version__, _cli_batch, _cli_journal
 from ._cli_output import (
-    _INTERRUPTED,
+    INTERRUPTED,
     PROG,
-    _check,
-    _clean,
-    _clock,
-    _in_flags,
-    _number,
-    _OutputClosed,
-    _rich_console,
-    _say,
-    _session_options,
-    _silence_stdout,
-    _size,
-    _timeouts,
-    _usage_error,
+    OutputClosed,
+    check_command,
+    clean,
+    clock_text,
+    in_flags,
+    number,
+    rich_console,
+    say,
+    session_options,
+    silence_stdout,
+    size_text,
+    timeouts,
+    usage_error,
 )
+from ._cli_request import extend_arguments, extend_request
 from ._handle import TaskHandle
 from ._policies import PollPolicy, RetryPolicy
 from ._session import KlingSession
@@ -77,14 +78,14 @@ _FINAL_QUERY_SECONDS = 5.0
 
 
 def _seconds(text: str) -> float:
-    value = _number(text)
+    value = number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = _number(text)
+    value = number(text)
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
     return value
@@ -122,7 +123,7 @@ def _task_line(task: Task) -> str:
     if task.video is not None:
         duration = f" {task.video.duration:g}s" if task.video.duration is not None else ""
         parts.append(f"-> {task.video.url}{duration}")
-    return _clean("  ".join(parts))
+    return clean("  ".join(parts))
 
 
 def _task_json(task: Task) -> dict[str, Any]:
@@ -152,12 +153,12 @@ def _show(task: Task, as_json: bool, *, file: pathlib.Path | None = None) -> Non
             shown["file"] = str(file)
         text = json.dumps(shown)
     else:
-        text = _task_line(task) if file is None else f"{_task_line(task)}\n{_clean(str(file))}"
+        text = _task_line(task) if file is None else f"{_task_line(task)}\n{clean(str(file))}"
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        _silence_stdout()
-        raise _OutputClosed from None
+        silence_stdout()
+        raise OutputClosed from None
 
 
 # -- progress on stderr ---------------------------------------------------------------------
@@ -204,19 +205,19 @@ class _PlainProgress:
 
     def _write(self, line: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr must not end the wait
-            print(_clean(line), file=self._stream, flush=True)
+            print(clean(line), file=self._stream, flush=True)
 
     def update(self, task: Task) -> None:
         self._status = task.status
         now = self._last_line = self._clock()
         message = f"  ({task.status_message})" if task.status_message else ""
-        self._write(f"{_clock(now - self._started)}  {task.status.value}{message}")
+        self._write(f"{clock_text(now - self._started)}  {task.status.value}{message}")
 
     def tick(self) -> None:
         now = self._clock()
         if self._status is not None and now - self._last_line >= self.heartbeat:
             self._last_line = now
-            self._write(f"{_clock(now - self._started)}  still {self._status.value}")
+            self._write(f"{clock_text(now - self._started)}  still {self._status.value}")
 
     def close(self) -> None:
         pass
@@ -254,12 +255,10 @@ class _RichProgress:
         from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
 
         task = self._task
-        status = escape(_clean(task.status.value)) if task is not None else "querying"
-        message = (
-            f" ({escape(_clean(task.status_message))})" if task and task.status_message else ""
-        )
-        elapsed = _clock(self._clock() - self._started)
-        return f"task {escape(_clean(self._task_id))}  [bold]{status}[/]{message}  {elapsed}"
+        status = escape(clean(task.status.value)) if task is not None else "querying"
+        message = f" ({escape(clean(task.status_message))})" if task and task.status_message else ""
+        elapsed = clock_text(self._clock() - self._started)
+        return f"task {escape(clean(self._task_id))}  [bold]{status}[/]{message}  {elapsed}"
 
     def __rich__(self) -> Any:
         self._spinner.update(text=self._describe() + "  [dim](Ctrl+C stops waiting)[/]")
@@ -292,7 +291,7 @@ def _progress(task_id: str, quiet: bool) -> _Progress:
     """Rich on a terminal when it is installed (``kling-async[cli]``), else plain lines."""
     if quiet:
         return _Quiet()
-    console = _rich_console()
+    console = rich_console()
     if console is not None:
         return _RichProgress(task_id, console)
     return _PlainProgress(task_id, sys.stderr)
@@ -333,10 +332,10 @@ class _PlainDownload:
 
     def _write(self) -> None:
         self._shown = (self._done, self._total)
-        of = f" of {_size(self._total)}" if self._total else ""
+        of = f" of {size_text(self._total)}" if self._total else ""
         with contextlib.suppress(OSError, ValueError):
             print(
-                _clean(f"downloading {self._name}: {_size(self._done)}{of}"),
+                clean(f"downloading {self._name}: {size_text(self._done)}{of}"),
                 file=self._stream,
                 flush=True,
             )
@@ -367,7 +366,7 @@ class _RichDownload:
         )
 
         self._bar = Progress(
-            TextColumn(f"downloading {escape(_clean(name))}"),
+            TextColumn(f"downloading {escape(clean(name))}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
@@ -376,7 +375,7 @@ class _RichDownload:
             redirect_stdout=False,
         )
         self._task = self._bar.add_task("download", total=None)
-        self._name = escape(_clean(name))
+        self._name = escape(clean(name))
         self._console = console
         self._done = 0
         self._complete = False
@@ -395,14 +394,14 @@ class _RichDownload:
             if not self._complete:
                 return
             self._console.print(
-                f"[green]✓[/] downloaded {self._name} ({_size(self._done)})", highlight=False
+                f"[green]✓[/] downloaded {self._name} ({size_text(self._done)})", highlight=False
             )
 
 
 def _download_progress(name: str, quiet: bool) -> _DownloadProgress:
     if quiet:
         return _QuietDownload()
-    console = _rich_console()
+    console = rich_console()
     if console is not None:
         return _RichDownload(name, console)
     return _PlainDownload(name, sys.stderr)
@@ -516,7 +515,7 @@ async def _demo(args: argparse.Namespace) -> int:
             videos = ["demo-video-1", "demo-video-2", "demo-video-risky"]
             handles = [await session.extend(video, prompt="pull back") for video in videos]
             for video, handle in zip(videos, handles, strict=True):
-                print(_clean(f"submitted {video} as task {handle.task_id}"))
+                print(clean(f"submitted {video} as task {handle.task_id}"))
 
             async def follow(video: str, handle: TaskHandle) -> None:
                 async for task in handle.watch():
@@ -543,15 +542,7 @@ async def _remote(session: KlingSession, args: argparse.Namespace, state: _State
                 _show(listed, args.json)
             return 0
         if args.command == "extend":
-            handle = await session.extend(
-                args.video_id,
-                prompt=args.prompt,
-                negative_prompt=args.negative_prompt,
-                cfg_scale=args.cfg_scale,
-                callback_url=args.callback_url,
-                parent_task_id=args.parent_task_id,
-                external_task_id=args.external_task_id,
-            )
+            handle = await session.extend(**extend_arguments(extend_request(vars(args))))
             state.handle = handle
             if not args.wait:
                 _show(
@@ -857,7 +848,7 @@ class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             # Log lines quote the server (error messages, task ids): cleaned like the rest.
-            print(_clean(self.format(record)), file=sys.stderr, flush=True)
+            print(clean(self.format(record)), file=sys.stderr, flush=True)
         except Exception:
             self.handleError(record)
 
@@ -901,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_status(exit)
     command = commands[args.command]
     if unknown:  # argparse would blame the top-level parser and show its usage
-        return _usage_error(command, f"unrecognized arguments: {' '.join(unknown)}")
+        return usage_error(command, f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "emulator":
         return emulator_cli.run(args)
     with _logging(args.verbose):
@@ -913,50 +904,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "batch":
                 return _cli_batch.run(args, command, list(sys.argv[1:] if argv is None else argv))
             return _main_remote(args, command)
-        except _INTERRUPTED:
+        except INTERRUPTED:
             return 130
-        except (_OutputClosed, BrokenPipeError):  # nobody reads the rest: stop quietly
-            _silence_stdout()
+        except (OutputClosed, BrokenPipeError):  # nobody reads the rest: stop quietly
+            silence_stdout()
             return 1
 
 
 def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
-    problem = _check(args)
+    problem = check_command(args)
     if problem is not None:
-        return _usage_error(command, problem)
+        return usage_error(command, problem)
     try:
         session = KlingSession(
             base_url=args.base_url,
             allow_insecure_http=args.allow_insecure_http,
-            **_timeouts(args),
-            **_session_options(),
+            **timeouts(args),
+            **session_options(),
         )
     except ValueError as error:
-        return _usage_error(command, _in_flags(error, args))
+        return usage_error(command, in_flags(error, args))
     state = _State()
     try:
         return anyio.run(_remote, session, args, state)
-    except _INTERRUPTED:
+    except INTERRUPTED:
         _show_last(state, args)
         handle = state.handle
         if handle is None and args.command == "extend":
-            _say(
+            say(
                 "interrupted before Kling answered the create: it may have made a (paid) task; "
                 f"look for it with '{PROG} list' or in the Kling console before extending "
                 "the video again"
             )
         elif handle is None:
-            _say("interrupted")
+            say("interrupted")
         else:
-            _say(f"interrupted: stopped waiting for task {handle.task_id}; it keeps running")
-            _say(f"resume with: {_resume_command(args, handle.task_id)}")
+            say(f"interrupted: stopped waiting for task {handle.task_id}; it keeps running")
+            say(f"resume with: {_resume_command(args, handle.task_id)}")
         return 130
     except KlingError as error:
         _show_last(state, args, error.task if isinstance(error, TaskFailedError) else None)
-        _say(_kling_message(error, args, _resumable(state, error)))
+        say(_kling_message(error, args, _resumable(state, error)))
         return 1
     except ValueError as error:  # the SDK refused an argument; nothing was sent for it
-        return _usage_error(command, _in_flags(error, args))
+        return usage_error(command, in_flags(error, args))
 
 
 def _resumable(state: _State, error: KlingError) -> str | None:
@@ -978,5 +969,5 @@ def _show_last(state: _State, args: argparse.Namespace, task: Task | None = None
         task = state.handle.last
     if task is not None and not state.shown:
         state.shown = True
-        with contextlib.suppress(_OutputClosed):  # the message on stderr matters more
+        with contextlib.suppress(OutputClosed):  # the message on stderr matters more
             _show(task, args.json)

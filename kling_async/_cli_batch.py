@@ -30,47 +30,36 @@ import anyio
 import attrs
 
 from ._cli_output import (
-    _INTERRUPTED,
-    _SURROGATE,
+    INTERRUPTED,
     PROG,
-    _check,
-    _clean,
-    _clock,
-    _file,
-    _folder,
-    _in_flags,
-    _one_line,
-    _OutputClosed,
-    _rich_console,
-    _say,
-    _session_options,
-    _silence_stdout,
-    _size,
-    _timeouts,
-    _usage_error,
+    SURROGATE,
+    OutputClosed,
+    check_command,
+    clean,
+    clock_text,
+    file_problem,
+    folder_problem,
+    in_flags,
+    one_line,
+    rich_console,
+    say,
+    session_options,
+    silence_stdout,
+    size_text,
+    timeouts,
+    usage_error,
 )
+from ._cli_request import FIELDS, RequestProblem, extend_arguments, extend_request
 from ._download import file_name
 from ._handle import TaskHandle
 from ._journal import EntryState, SQLiteJournal
 from ._session import KlingSession
-from .errors import InvalidArgumentError, KlingError, NotFoundError, TaskFailedError
+from .errors import KlingError, NotFoundError, TaskFailedError
 from .models import ExtendRequest, Task, TaskStatus
 
 __all__ = ["read_rows", "run"]
 
-FIELDS = (
-    "video_id",
-    "prompt",
-    "negative_prompt",
-    "cfg_scale",
-    "callback_url",
-    "parent_task_id",
-    "external_task_id",
-    "watermark",
-)
 COLUMNS = ("key", *FIELDS)
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
 # Plain progress prints a changed line at most this often, an unchanged one every heartbeat.
 _PLAIN_INTERVAL = 2.0
 _PLAIN_HEARTBEAT = 30.0
@@ -97,31 +86,9 @@ class Row:
 # -- reading the file -------------------------------------------------------------------------
 
 
-def _field(line: int, name: str, value: object) -> object:
-    """A CSV cell or JSON value as ExtendRequest takes it (CSV cells are all text)."""
-    if value == "" or value is None:
-        return None
-    if not isinstance(value, str):
-        return value
-    if name == "cfg_scale":
-        try:
-            return float(value)
-        except ValueError:
-            raise BatchFileError(
-                f"line {line}: cfg_scale must be a number, got {value!r}"
-            ) from None
-    if name == "watermark":
-        if value.strip().lower() in _TRUE:
-            return True
-        if value.strip().lower() in _FALSE:
-            return False
-        raise BatchFileError(f"line {line}: watermark must be true or false, got {value!r}")
-    return value
-
-
 def _row(line: int, record: dict[str, object]) -> Row:
     for text in (*record, *record.values()):
-        if isinstance(text, str) and _SURROGATE.search(text):
+        if isinstance(text, str) and SURROGATE.search(text):
             shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
             raise BatchFileError(
                 f"line {line}: {shown[:40]!r} is not valid Unicode text (a lone surrogate)"
@@ -136,17 +103,10 @@ def _row(line: int, record: dict[str, object]) -> Row:
         key = str(key)
     if not isinstance(key, str) or not key.strip():
         raise BatchFileError(f"line {line}: every row needs a key (a non-empty string)")
-    fields = {name: _field(line, name, record.get(name)) for name in FIELDS}
-    if fields["video_id"] is None:
-        raise BatchFileError(f"line {line}: video_id is missing")
     try:
-        request = ExtendRequest(**fields)  # type: ignore[arg-type]  # ExtendRequest checks types
-    except InvalidArgumentError as error:
-        raise BatchFileError(
-            f"line {line}: {error.field}: {str(error).removeprefix(f'{error.field}: ')}"
-        ) from None
-    except TypeError as error:
-        raise BatchFileError(f"line {line}: {error}") from None
+        request = extend_request(record, cells=True)
+    except RequestProblem as problem:
+        raise BatchFileError(f"line {line}: {problem}") from None
     return Row(line=line, key=key, request=request)
 
 
@@ -410,12 +370,12 @@ def _downloads(snap: Snapshot) -> str:
     """``downloaded 2/6, 1 failed (1.2 MB; 2 in progress: 300 kB of 1.0 MB)``: files in
     place of those wanted, and bytes of the finished and of the running ones apart."""
     failed = f", {snap.downloads_failed} failed" if snap.downloads_failed else ""
-    notes = [_size(snap.received)]
+    notes = [size_text(snap.received)]
     if snap.downloads_skipped:
         notes.append(f"{snap.downloads_skipped} already there")
     if snap.in_progress:
-        of = f" of {_size(snap.in_progress_expected)}" if snap.in_progress_expected else ""
-        notes.append(f"{snap.in_progress} in progress: {_size(snap.in_progress_received)}{of}")
+        of = f" of {size_text(snap.in_progress_expected)}" if snap.in_progress_expected else ""
+        notes.append(f"{snap.in_progress} in progress: {size_text(snap.in_progress_received)}{of}")
     return f"downloaded {snap.downloads_done}/{snap.downloads}{failed} ({', '.join(notes)})"
 
 
@@ -431,7 +391,7 @@ def describe(snap: Snapshot, *, eta: bool = True) -> str:
         parts.append(_downloads(snap))
     remaining = snap.eta() if eta else None
     if remaining is not None:
-        parts.append(f"ETA {_clock(remaining)}")
+        parts.append(f"ETA {clock_text(remaining)}")
     return "  ".join(part for part in parts if part)
 
 
@@ -481,14 +441,14 @@ class PlainProgress:
 
     def _write(self, line: str) -> None:
         with contextlib.suppress(OSError, ValueError):
-            print(_clean(line), file=self._stream, flush=True)
+            print(clean(line), file=self._stream, flush=True)
 
     def note(self, text: str) -> None:
         self._write(text)
 
     def _line(self) -> str:
         snap = self._run.snapshot()
-        return f"{_clock(snap.elapsed)}  {describe(snap)}"
+        return f"{clock_text(snap.elapsed)}  {describe(snap)}"
 
     def tick(self) -> None:
         now = self._clock()
@@ -553,7 +513,7 @@ class RichProgress:
         snap = self._run.snapshot()
         styles = {"succeed": "green", "failed": "red", "error": "red", "processing": "cyan"}
         counts = "  ".join(
-            f"[{styles.get(status, 'default')}]{escape(_clean(status))} {n}[/]"
+            f"[{styles.get(status, 'default')}]{escape(clean(status))} {n}[/]"
             for status, n in snap.counts.items()
         )
         if snap.downloads:
@@ -574,7 +534,7 @@ class RichProgress:
     def note(self, text: str) -> None:
         from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
 
-        self._console.print(escape(_clean(text)), highlight=False)
+        self._console.print(escape(clean(text)), highlight=False)
 
     def close(self) -> None:
         if self._closed:
@@ -587,7 +547,7 @@ class RichProgress:
             "[yellow]…[/]" if snap.done < snap.total else "[red]✗[/]" if failed else "[green]✓[/]"
         )
         self._console.print(
-            f"{mark} batch {snap.done}/{snap.total} done in {_clock(snap.elapsed)}  "
+            f"{mark} batch {snap.done}/{snap.total} done in {clock_text(snap.elapsed)}  "
             + self._counts().rsplit("  [dim](", 1)[0],
             highlight=False,
         )
@@ -596,7 +556,7 @@ class RichProgress:
 def _progress(run: Run, quiet: bool) -> BatchProgress:
     if quiet:
         return Quiet()
-    console = _rich_console()
+    console = rich_console()
     if console is not None:
         return RichProgress(run, console)
     return PlainProgress(run, sys.stderr)
@@ -607,7 +567,7 @@ def _progress(run: Run, quiet: bool) -> BatchProgress:
 
 def _message(error: BaseException) -> str:
     """An error in words, on one line (the results file keeps it as the server said it)."""
-    return _one_line(str(error) or type(error).__name__)
+    return one_line(str(error) or type(error).__name__)
 
 
 async def _execute(
@@ -635,14 +595,7 @@ async def _execute(
         async with contextlib.nullcontext() if row.key in doubts else creates:
             try:
                 handle = await session.extend(
-                    request.video_id,
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt,
-                    cfg_scale=request.cfg_scale,
-                    callback_url=request.callback_url,
-                    parent_task_id=request.parent_task_id,
-                    external_task_id=request.external_task_id,
-                    watermark=request.watermark,
+                    **extend_arguments(request),
                     key=row.key,
                 )
             except (KlingError, ValueError, RuntimeError) as error:
@@ -749,12 +702,12 @@ def _print_rows(outcomes: Iterable[Outcome], as_json: bool) -> None:
     try:
         for outcome in outcomes:
             print(
-                json.dumps(outcome.as_json()) if as_json else _clean(_row_line(outcome)),
+                json.dumps(outcome.as_json()) if as_json else clean(_row_line(outcome)),
                 flush=True,
             )
     except BrokenPipeError:
-        _silence_stdout()
-        raise _OutputClosed from None
+        silence_stdout()
+        raise OutputClosed from None
 
 
 def _paths(args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path]:
@@ -772,14 +725,14 @@ def _outputs(args: argparse.Namespace) -> str | None:
     """
     journal, results = _paths(args)
     if args.out is not None:
-        problem = _folder(args.out)
+        problem = folder_problem(args.out)
         if problem is not None:
             return f"--out: {problem}"
     for flag, given, path in (
         ("--results", args.results, results),
         ("--journal", args.journal, journal),
     ):
-        problem = _file(path)
+        problem = file_problem(path)
         if problem is not None:
             where = flag if given is not None else f"{path} (beside FILE; choose it with {flag})"
             return f"{where}: {problem}"
@@ -791,13 +744,13 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     try:
         rows = read_rows(args.file)
     except BatchFileError as error:
-        return _usage_error(command, str(error))
-    problem = _check(args)
+        return usage_error(command, str(error))
+    problem = check_command(args)
     if problem is not None:
-        return _usage_error(command, problem)
+        return usage_error(command, problem)
     problem = _outputs(args)
     if problem is not None:
-        return _usage_error(command, problem)
+        return usage_error(command, problem)
     journal, results = _paths(args)
     try:
         store = SQLiteJournal(journal)
@@ -805,11 +758,11 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
             base_url=args.base_url,
             allow_insecure_http=args.allow_insecure_http,
             journal=store,
-            **_timeouts(args),
-            **_session_options(),
+            **timeouts(args),
+            **session_options(),
         )
     except ValueError as error:
-        return _usage_error(command, _in_flags(error, args))
+        return usage_error(command, in_flags(error, args))
     batch = Run(rows)
     progress = _progress(batch, args.quiet)
 
@@ -832,19 +785,19 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
 
     try:
         anyio.run(main)
-    except _INTERRUPTED:
+    except INTERRUPTED:
         progress.close()
         snap = batch.snapshot()
-        _say(
+        say(
             f"interrupted: {snap.done} of {_rows(snap.total)} done; "
             "the submitted tasks keep running"
         )
-        _say(f"resume with: {shlex.join([PROG, *argv])}")
+        say(f"resume with: {shlex.join([PROG, *argv])}")
         return 130
     except KlingError as error:  # the journal or the session as a whole (not one row)
         progress.close()
-        _say(f"error: {error}")
-        _say(f"fix it, then resume with: {shlex.join([PROG, *argv])}")
+        say(f"error: {error}")
+        say(f"fix it, then resume with: {shlex.join([PROG, *argv])}")
         return 1
     progress.close()
     _write_results(results, batch.outcomes)
@@ -852,8 +805,8 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     failed = [o for o in batch.outcomes if o.status != TaskStatus.SUCCEED.value]
     total = len(batch.outcomes)
     if failed:
-        _say(f"{len(failed)} of {_rows(total)} failed; results in {results}")
+        say(f"{len(failed)} of {_rows(total)} failed; results in {results}")
         return 1
     every = "all " if total > 1 else ""
-    _say(f"{every}{_rows(total)} succeeded; results in {results}")
+    say(f"{every}{_rows(total)} succeeded; results in {results}")
     return 0

@@ -92,7 +92,7 @@ def served_slow() -> Iterator[str]:
 def instant(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process commands poll and retry without sleeping; credentials come from nowhere."""
     options = {"poll_policy": PollPolicy.instant(), "retry_policy": RetryPolicy.instant()}
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", options)
     for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
 
@@ -406,7 +406,7 @@ def test_in_flags_translates_python_names_only_as_whole_words() -> None:
     """`base_url`, `timeout` and `connect_timeout` become flags; `my_timeout` stays."""
     args = _cli._parser()[0].parse_args(["get", "1", "--base-url", "https://x"])
 
-    translated = _cli._in_flags(
+    translated = _cli_output.in_flags(
         "base_url, timeout, connect_timeout, my_timeout, allow_insecure_http=True", args
     )
 
@@ -535,7 +535,9 @@ def test_plain_progress_repeats_a_status_at_most_every_heartbeat() -> None:
 
 def test_the_clock_reads_minutes_and_hours() -> None:
     """Elapsed time is m:ss, and h:mm:ss past an hour."""
-    assert ["0:00", "0:59", "1:05", "1:00:00"] == [_cli._clock(s) for s in (0.4, 59.9, 65, 3600)]
+    assert ["0:00", "0:59", "1:05", "1:00:00"] == [
+        _cli_output.clock_text(s) for s in (0.4, 59.9, 65, 3600)
+    ]
 
 
 def test_without_rich_a_terminal_gets_plain_progress(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -884,8 +886,8 @@ def test_a_failed_connection_is_said_in_words(
     """`error: could not connect to URL: connection refused` and the like: no class name, no
     `ssl:default`, no OpenSSL source line, no errno."""
     monkeypatch.setenv("KLING_API_KEY", "test-key")
-    options = dict(_cli_output._SESSION_OPTIONS, read_timeout=0.2)
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    options = dict(_cli_output.SESSION_OPTIONS, read_timeout=0.2)
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", options)
     with contextlib.ExitStack() as stack:
         if case == "refused":
             base, reason = f"http://127.0.0.1:{free_port()}/kling", "could not connect to {}: "
@@ -920,7 +922,7 @@ def test_a_wait_that_times_out_queries_once_at_the_deadline(
     """Default policies (a query at once, the next after 15 s): a task done before --timeout
     runs out is found done by one query at the deadline and reported so (exit 0), not as
     "still submitted"."""
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", {})
     with emulator_thread(step_seconds=0.1) as emulator:  # done 0.2 s after its create
         use(monkeypatch, emulator.gateway_url)
 
@@ -935,7 +937,7 @@ def test_a_failed_query_at_the_deadline_says_how_old_the_state_is(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The query at the deadline fails: the last known state is shown with its age."""
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", {})
     with emulator_thread(step_seconds=3600) as emulator:
         emulator.inject(Fault.delay(0), route="query")  # the wait's first query: answered
         emulator.inject(Fault.business(1200, status=400), route="query")  # the deadline's

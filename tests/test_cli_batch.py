@@ -3,8 +3,8 @@
 The batch runs as its own process (``python -m kling_async``) where it matters: SIGKILL, Ctrl+C,
 stderr that is not a terminal. Those children poll every 0.05 s instead of the default
 schedule (first poll after 15 s) through the test-only ``KLING_ASYNC_TEST_POLL_SECONDS``
-environment variable (`kling_async._cli_output._TEST_POLL_VARIABLE`); in-process runs get instant
-policies through ``_cli_output._SESSION_OPTIONS`` as in ``test_cli.py``.
+environment variable (`kling_async._cli_output.TEST_POLL_VARIABLE`); in-process runs get instant
+policies through ``_cli_output.SESSION_OPTIONS`` as in ``test_cli.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from kling_async import PollPolicy, RetryPolicy, _cli_batch, _cli_output
 
 from .test_cli import HOSTILE, UNSAFE, child_env, cli, emulator_thread, run, serving, use
 
-FAST = {_cli_output._TEST_POLL_VARIABLE: "0.05"}
+FAST = {_cli_output.TEST_POLL_VARIABLE: "0.05"}
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +50,10 @@ def served() -> Iterator[str]:
 def instant(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process commands poll and retry without sleeping; credentials come from nowhere."""
     options = {"poll_policy": PollPolicy.instant(), "retry_policy": RetryPolicy.instant()}
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", options)
     for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv(_cli_output._TEST_POLL_VARIABLE, raising=False)
+    monkeypatch.delenv(_cli_output.TEST_POLL_VARIABLE, raising=False)
 
 
 @pytest.fixture
@@ -478,14 +478,14 @@ def test_a_bad_download_argument_creates_no_task(
 
 def test_the_test_poll_variable_sets_a_fast_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     """KLING_ASYNC_TEST_POLL_SECONDS polls every N s; unset or junk changes nothing."""
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
-    assert {} == _cli_output._session_options()
-    monkeypatch.setenv(_cli_output._TEST_POLL_VARIABLE, "junk")
-    assert {} == _cli_output._session_options()
-    monkeypatch.setenv(_cli_output._TEST_POLL_VARIABLE, "0.05")
-    policy = _cli_output._session_options()["poll_policy"]
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", {})
+    assert {} == _cli_output.session_options()
+    monkeypatch.setenv(_cli_output.TEST_POLL_VARIABLE, "junk")
+    assert {} == _cli_output.session_options()
+    monkeypatch.setenv(_cli_output.TEST_POLL_VARIABLE, "0.05")
+    policy = _cli_output.session_options()["poll_policy"]
     assert (0.05, 0.05, 0.05) == (policy.first_delay, policy.interval, policy.max_delay)
-    assert os.environ[_cli_output._TEST_POLL_VARIABLE] == "0.05"
+    assert os.environ[_cli_output.TEST_POLL_VARIABLE] == "0.05"
 
 
 # -- rows without a result ------------------------------------------------------------------
