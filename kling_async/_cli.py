@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import pathlib
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TextIO
+from typing import Any
 
 import anyio
 
@@ -33,18 +31,17 @@ from ._cli_output import (
     OutputClosed,
     check_command,
     clean,
-    clock_text,
     in_flags,
     number,
-    rich_console,
     say,
     session_options,
     silence_stdout,
-    size_text,
     timeouts,
     usage_error,
 )
+from ._cli_progress import Progress, progress_view
 from ._cli_request import extend_arguments, extend_request
+from ._cli_task import download_display, show, task_display, task_line
 from ._handle import TaskHandle
 from ._policies import PollPolicy, RetryPolicy
 from ._session import KlingSession
@@ -66,8 +63,6 @@ from .testing import __main__ as emulator_cli
 __all__ = ["main"]
 
 _REMOTE = ("extend", "get", "wait", "list", "batch")
-# Plain progress repeats the status at most this often while it does not change.
-_HEARTBEAT_SECONDS = 30.0
 # How often a wait looks at its task's newest state (for the progress and its age).
 _TICK = 0.25
 # When --timeout runs out, one last query tells the state at the deadline; it waits this long.
@@ -112,299 +107,7 @@ def _text(text: str) -> str:
     return text
 
 
-# -- output ---------------------------------------------------------------------------------
-
-
-def _task_line(task: Task) -> str:
-    """``<id>  <status>  (<message>)  -> <url> <duration>s``, cleaned of control characters."""
-    parts = [f"{task.task_id}  {task.status.value}"]
-    if task.status_message:
-        parts.append(f"({task.status_message})")
-    if task.video is not None:
-        duration = f" {task.video.duration:g}s" if task.video.duration is not None else ""
-        parts.append(f"-> {task.video.url}{duration}")
-    return clean("  ".join(parts))
-
-
-def _task_json(task: Task) -> dict[str, Any]:
-    parent = task.parent_video
-    return {
-        "task_id": task.task_id,
-        "status": task.status.value,
-        "status_message": task.status_message,
-        "created_at": task.created_at.isoformat() if task.created_at else None,
-        "updated_at": task.updated_at.isoformat() if task.updated_at else None,
-        "external_task_id": task.external_task_id,
-        "parent_video": (
-            None
-            if parent is None
-            else {"id": parent.id, "url": parent.url, "duration": parent.duration}
-        ),
-        "videos": [
-            {"id": video.id, "url": video.url, "duration": video.duration} for video in task.videos
-        ],
-    }
-
-
-def _show(task: Task, as_json: bool, *, file: pathlib.Path | None = None) -> None:
-    if as_json:
-        shown = _task_json(task)
-        if file is not None:
-            shown["file"] = str(file)
-        text = json.dumps(shown)
-    else:
-        text = _task_line(task) if file is None else f"{_task_line(task)}\n{clean(str(file))}"
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        silence_stdout()
-        raise OutputClosed from None
-
-
-# -- progress on stderr ---------------------------------------------------------------------
-
-
-class _Progress(Protocol):
-    heartbeat: float
-
-    def update(self, task: Task) -> None: ...
-    def tick(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class _Quiet:
-    heartbeat = math.inf
-
-    def update(self, task: Task) -> None:
-        pass
-
-    def tick(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _PlainProgress:
-    """One line per status change, with the elapsed time; repeated at most every heartbeat."""
-
-    def __init__(
-        self,
-        task_id: str,
-        stream: TextIO,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        heartbeat: float | None = None,
-    ) -> None:
-        self.heartbeat = _HEARTBEAT_SECONDS if heartbeat is None else heartbeat
-        self._stream = stream
-        self._clock = clock
-        self._started = self._last_line = clock()
-        self._status: TaskStatus | None = None
-        self._write(f"waiting for task {task_id} (Ctrl+C stops waiting; the task keeps running)")
-
-    def _write(self, line: str) -> None:
-        with contextlib.suppress(OSError, ValueError):  # a closed stderr must not end the wait
-            print(clean(line), file=self._stream, flush=True)
-
-    def update(self, task: Task) -> None:
-        self._status = task.status
-        now = self._last_line = self._clock()
-        message = f"  ({task.status_message})" if task.status_message else ""
-        self._write(f"{clock_text(now - self._started)}  {task.status.value}{message}")
-
-    def tick(self) -> None:
-        now = self._clock()
-        if self._status is not None and now - self._last_line >= self.heartbeat:
-            self._last_line = now
-            self._write(f"{clock_text(now - self._started)}  still {self._status.value}")
-
-    def close(self) -> None:
-        pass
-
-
-class _RichProgress:
-    """A spinner line with the task id, its status and the elapsed time, on a terminal."""
-
-    heartbeat = math.inf  # rich refreshes the view by itself
-
-    def __init__(
-        self, task_id: str, console: Any, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        from rich.live import Live  # type: ignore[import-not-found, unused-ignore]
-        from rich.spinner import Spinner  # type: ignore[import-not-found, unused-ignore]
-
-        self._task_id = task_id
-        self._console = console
-        self._clock = clock
-        self._started = clock()
-        self._task: Task | None = None
-        self._spinner = Spinner("dots", style="cyan")
-        self._live = Live(
-            self,
-            console=console,
-            transient=True,
-            refresh_per_second=8,
-            redirect_stdout=False,
-            redirect_stderr=True,  # -v log lines show above the view
-        )
-        self._closed = False
-        self._live.start()
-
-    def _describe(self) -> str:
-        from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
-
-        task = self._task
-        status = escape(clean(task.status.value)) if task is not None else "querying"
-        message = f" ({escape(clean(task.status_message))})" if task and task.status_message else ""
-        elapsed = clock_text(self._clock() - self._started)
-        return f"task {escape(clean(self._task_id))}  [bold]{status}[/]{message}  {elapsed}"
-
-    def __rich__(self) -> Any:
-        self._spinner.update(text=self._describe() + "  [dim](Ctrl+C stops waiting)[/]")
-        return self._spinner
-
-    def update(self, task: Task) -> None:
-        self._task = task
-        self._live.refresh()
-
-    def tick(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._live.stop()
-        # The view goes; one line stays: ✓ succeed, ✗ failed, … still running (Ctrl+C, timeout).
-        status = self._task.status if self._task is not None else None
-        mark: dict[TaskStatus | None, str] = {
-            TaskStatus.SUCCEED: "[green]✓[/]",
-            TaskStatus.FAILED: "[red]✗[/]",
-        }
-        self._console.print(
-            f"{mark.get(status, '[yellow]…[/]')} {self._describe()}", highlight=False
-        )
-
-
-def _progress(task_id: str, quiet: bool) -> _Progress:
-    """Rich on a terminal when it is installed (``kling-async[cli]``), else plain lines."""
-    if quiet:
-        return _Quiet()
-    console = rich_console()
-    if console is not None:
-        return _RichProgress(task_id, console)
-    return _PlainProgress(task_id, sys.stderr)
-
-
-class _DownloadProgress(Protocol):
-    def update(self, done: int, total: int | None) -> None: ...
-    def close(self) -> None: ...
-
-
-class _QuietDownload:
-    def update(self, done: int, total: int | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _PlainDownload:
-    """``downloading VIDEO: 1.2 MB of 4.5 MB``, at most once a second, and at the end."""
-
-    def __init__(
-        self,
-        name: str,
-        stream: TextIO,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        interval: float = 1.0,
-    ) -> None:
-        self._name = name
-        self._stream = stream
-        self._clock = clock
-        self._interval = interval
-        self._last = -math.inf
-        self._done = 0
-        self._total: int | None = None
-        self._shown: tuple[int, int | None] | None = None
-
-    def _write(self) -> None:
-        self._shown = (self._done, self._total)
-        of = f" of {size_text(self._total)}" if self._total else ""
-        with contextlib.suppress(OSError, ValueError):
-            print(
-                clean(f"downloading {self._name}: {size_text(self._done)}{of}"),
-                file=self._stream,
-                flush=True,
-            )
-
-    def update(self, done: int, total: int | None) -> None:
-        self._done, self._total = done, total
-        now = self._clock()
-        if now - self._last >= self._interval:
-            self._last = now
-            self._write()
-
-    def close(self) -> None:
-        if self._shown != (self._done, self._total):
-            self._write()
-
-
-class _RichDownload:
-    """A transient bar with the bytes and the speed, on a terminal."""
-
-    def __init__(self, name: str, console: Any) -> None:
-        from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
-        from rich.progress import (  # type: ignore[import-not-found, unused-ignore]
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn(f"downloading {escape(clean(name))}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=console,
-            transient=True,
-            redirect_stdout=False,
-        )
-        self._task = self._bar.add_task("download", total=None)
-        self._name = escape(clean(name))
-        self._console = console
-        self._done = 0
-        self._complete = False
-        self._bar.start()
-        self._closed = False
-
-    def update(self, done: int, total: int | None) -> None:
-        self._done = done
-        self._complete = done == total  # the last call is (size, size)
-        self._bar.update(self._task, completed=done, total=total)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._bar.stop()
-            if not self._complete:
-                return
-            self._console.print(
-                f"[green]✓[/] downloaded {self._name} ({size_text(self._done)})", highlight=False
-            )
-
-
-def _download_progress(name: str, quiet: bool) -> _DownloadProgress:
-    if quiet:
-        return _QuietDownload()
-    console = rich_console()
-    if console is not None:
-        return _RichDownload(name, console)
-    return _PlainDownload(name, sys.stderr)
+# -- waiting --------------------------------------------------------------------------------
 
 
 class _StaleTimeout(WaitTimeoutError):
@@ -429,7 +132,9 @@ class _Seen:
             self.task, self.at = self._handle.last, anyio.current_time()
 
 
-async def _follow(handle: TaskHandle, timeout: float | None, progress: _Progress) -> Task:
+async def _follow(
+    handle: TaskHandle, timeout: float | None, progress: Progress[Task | None]
+) -> Task:
     """Wait for the task, reporting each status change; raise as ``handle.wait()`` would.
 
     When ``timeout`` runs out, one more query (bounded by `_FINAL_QUERY_SECONDS`) tells the
@@ -519,7 +224,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
             async def follow(video: str, handle: TaskHandle) -> None:
                 async for task in handle.watch():
-                    print(f"{video}: {_task_line(task)}")
+                    print(f"{video}: {task_line(task)}")
 
             async with anyio.create_task_group() as group:
                 for video, handle in zip(videos, handles, strict=True):
@@ -535,17 +240,17 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _remote(session: KlingSession, args: argparse.Namespace, state: _State) -> int:
     async with session:
         if args.command == "get":
-            _show(await session.get_task(args.task_id), args.json)
+            show(await session.get_task(args.task_id), args.json)
             return 0
         if args.command == "list":
             async for listed in session.list_tasks(page_size=args.page_size, max_pages=args.pages):
-                _show(listed, args.json)
+                show(listed, args.json)
             return 0
         if args.command == "extend":
             handle = await session.extend(**extend_arguments(extend_request(vars(args))))
             state.handle = handle
             if not args.wait:
-                _show(
+                show(
                     handle.last or Task(task_id=handle.task_id, status=TaskStatus.SUBMITTED),
                     args.json,
                 )
@@ -553,7 +258,7 @@ async def _remote(session: KlingSession, args: argparse.Namespace, state: _State
                 return 0
         else:
             handle = state.handle = session.task(args.task_id)
-        progress = _progress(handle.task_id, args.quiet)
+        progress = progress_view(task_display(handle.task_id), None, args.quiet)
         try:
             task = await _follow(handle, args.timeout, progress)
         finally:
@@ -561,7 +266,7 @@ async def _remote(session: KlingSession, args: argparse.Namespace, state: _State
         file = None
         if getattr(args, "download", None) is not None:
             file = await _download(session, task, args.download, args.quiet)
-        _show(task, args.json, file=file)
+        show(task, args.json, file=file)
         state.shown = True
     return 0
 
@@ -570,9 +275,12 @@ async def _download(
     session: KlingSession, task: Task, folder: pathlib.Path, quiet: bool
 ) -> pathlib.Path:
     """Download the result into ``folder`` with its progress on stderr; return the file."""
-    progress = _download_progress(task.video.id if task.video else task.task_id, quiet)
+    name = task.video.id if task.video else task.task_id
+    progress = progress_view(download_display(name), (0, None), quiet)
     try:
-        path = await session.download(task, folder, progress=progress.update)
+        path = await session.download(
+            task, folder, progress=lambda done, total: progress.update((done, total))
+        )
     finally:
         progress.close()
     return path
@@ -970,4 +678,4 @@ def _show_last(state: _State, args: argparse.Namespace, task: Task | None = None
     if task is not None and not state.shown:
         state.shown = True
         with contextlib.suppress(OutputClosed):  # the message on stderr matters more
-            _show(task, args.json)
+            show(task, args.json)

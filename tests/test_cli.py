@@ -26,7 +26,16 @@ from typing import Any
 import pytest
 
 import kling_async
-from kling_async import PollPolicy, RetryPolicy, Task, TaskStatus, _cli, _cli_output
+from kling_async import (
+    PollPolicy,
+    RetryPolicy,
+    Task,
+    TaskStatus,
+    _cli,
+    _cli_output,
+    _cli_progress,
+    _cli_task,
+)
 from kling_async._cli import main
 from kling_async.testing import Fault, KlingEmulator
 from kling_async.testing.__main__ import main as emulator_main
@@ -515,7 +524,8 @@ def test_plain_progress_repeats_a_status_at_most_every_heartbeat() -> None:
     """Between status changes a `still <status>` line comes at most once per heartbeat."""
     now = [100.0]
     stream = io.StringIO()
-    progress = _cli._PlainProgress("t1", stream, clock=lambda: now[0], heartbeat=30)
+    display = _cli_task.task_display("t1", heartbeat=30)
+    progress = _cli_progress.PlainView(display, None, stream, clock=lambda: now[0])
     progress.update(Task(task_id="t1", status=TaskStatus.SUBMITTED))
     for second in range(1, 100):
         now[0] = 100.0 + second
@@ -550,7 +560,8 @@ def test_without_rich_a_terminal_gets_plain_progress(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(sys, "stderr", Terminal())
     monkeypatch.setitem(sys.modules, "rich.console", None)  # makes the import fail
 
-    assert isinstance(_cli._progress("t1", quiet=False), _cli._PlainProgress)
+    view = _cli_progress.progress_view(_cli_task.task_display("t1"), None, quiet=False)
+    assert isinstance(view, _cli_progress.PlainView)
 
 
 def cli(*argv: str, env: dict[str, str], **options: Any) -> subprocess.Popen[str]:
