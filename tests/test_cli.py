@@ -33,6 +33,7 @@ from kling_async import (
     TaskStatus,
     _cli,
     _cli_output,
+    _cli_parser,
     _cli_progress,
     _cli_task,
 )
@@ -413,7 +414,7 @@ def test_a_timeout_says_how_to_resume_the_wait(capsys: pytest.CaptureFixture[str
 
 def test_in_flags_translates_python_names_only_as_whole_words() -> None:
     """`base_url`, `timeout` and `connect_timeout` become flags; `my_timeout` stays."""
-    args = _cli._parser()[0].parse_args(["get", "1", "--base-url", "https://x"])
+    args = _cli_parser.build_parser()[0].parse_args(["get", "1", "--base-url", "https://x"])
 
     translated = _cli_output.in_flags(
         "base_url, timeout, connect_timeout, my_timeout, allow_insecure_http=True", args
@@ -740,16 +741,16 @@ def test_an_empty_base_url_is_an_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_argument_types_refuse_what_the_sdk_would() -> None:
     """The argparse types: positive finite seconds, 0..1 fractions, bounded counts."""
-    assert 2.5 == _cli._seconds("2.5")
-    assert 0.5 == _cli._fraction("0.5")
-    assert 500 == _cli._count(500)("500")
+    assert 2.5 == _cli_parser._seconds("2.5")
+    assert 0.5 == _cli_parser._fraction("0.5")
+    assert 500 == _cli_parser._count(500)("500")
     for check, text in [
-        (_cli._seconds, "0"),
-        (_cli._seconds, str(math.inf)),
-        (_cli._fraction, "-0.1"),
-        (_cli._count(500), "501"),
-        (_cli._count(500), "1.0"),
-        (_cli._text, "  "),
+        (_cli_parser._seconds, "0"),
+        (_cli_parser._seconds, str(math.inf)),
+        (_cli_parser._fraction, "-0.1"),
+        (_cli_parser._count(500), "501"),
+        (_cli_parser._count(500), "1.0"),
+        (_cli_parser._text, "  "),
     ]:
         with pytest.raises(Exception, match="must"):
             check(text)

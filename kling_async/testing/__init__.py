@@ -9,8 +9,16 @@ created. The pytest plugin (`kling_async.testing.pytest_plugin`) offers it as th
 
 from __future__ import annotations
 
+from kling_async.testing._command import emulator_command
 from kling_async.testing._emulator import KlingEmulator
 from kling_async.testing._fault import Fault
 from kling_async.testing._records import EmulatedTask, RecordedCallback, RecordedRequest
 
-__all__ = ["EmulatedTask", "Fault", "KlingEmulator", "RecordedCallback", "RecordedRequest"]
+__all__ = [
+    "EmulatedTask",
+    "Fault",
+    "KlingEmulator",
+    "RecordedCallback",
+    "RecordedRequest",
+    "emulator_command",
+]
