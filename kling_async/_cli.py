@@ -5,7 +5,9 @@ needed); ``extend``, ``get``, ``wait`` and ``list`` talk to Kling or a gateway w
 credentials from the environment (``KLING_API_KEY`` or ``KLING_ACCESS_KEY`` +
 ``KLING_SECRET_KEY``, and ``KLING_BASE_URL``).
 
-This module is the CLI's output layer: it alone prints. Results go to stdout, progress,
+This module runs the commands on the public session API, as any user's code would; the
+parser is `_cli_parser`, a task's words `_cli_task`, progress `_cli_progress`, the batch
+command `_cli_batch`, the journal command `_cli_journal`. Results go to stdout, progress,
 logs and errors to stderr. Every argument is checked before anything is sent, and messages
 speak in flags and commands, not in the SDK's Python names.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import anyio
 
-from . import _cli_batch, _cli_journal
+from . import KlingSession, PollPolicy, RetryPolicy, TaskHandle, _cli_batch, _cli_journal
 from ._cli_output import (
     INTERRUPTED,
     PROG,
@@ -40,9 +42,6 @@ from ._cli_parser import build_parser
 from ._cli_progress import Progress, progress_view
 from ._cli_request import extend_arguments, extend_request
 from ._cli_task import download_display, show, task_display, task_line
-from ._handle import TaskHandle
-from ._policies import PollPolicy, RetryPolicy
-from ._session import KlingSession
 from .errors import (
     AmbiguousCreateError,
     KlingError,

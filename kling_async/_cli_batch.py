@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence, Set
 
 import anyio
 
+from . import EntryState, KlingSession, SQLiteJournal, TaskHandle
 from ._cli_batch_file import BatchFileError, Row, file_stems, read_rows
 from ._cli_batch_state import Outcome, Run, Snapshot, batch_display, rows_text
 from ._cli_output import (
@@ -40,9 +41,6 @@ from ._cli_output import (
 from ._cli_progress import Progress, progress_view
 from ._cli_request import extend_arguments
 from ._download import file_name
-from ._handle import TaskHandle
-from ._journal import EntryState, SQLiteJournal
-from ._session import KlingSession
 from .errors import KlingError, NotFoundError, TaskFailedError
 from .models import Task, TaskStatus
 

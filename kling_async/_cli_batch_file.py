@@ -55,6 +55,7 @@ class Row:
 
 
 def _row(line: int, record: dict[str, object]) -> Row:
+    """One record as a checked row: valid text, known fields, a key, a valid request."""
     for text in (*record, *record.values()):
         if isinstance(text, str) and SURROGATE.search(text):
             shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")

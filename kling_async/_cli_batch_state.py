@@ -10,10 +10,10 @@ from typing import Any
 
 import attrs
 
+from . import TaskHandle
 from ._cli_batch_file import Row
 from ._cli_output import clock_text, size_text
 from ._cli_progress import Display, Frame, markup
-from ._handle import TaskHandle
 
 __all__ = [
     "Outcome",

@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from . import KlingSession
 from ._cli_output import (
     PROG,
     OutputClosed,
@@ -33,7 +34,6 @@ from ._cli_output import (
     usage_error,
 )
 from ._journal import EntryState, JournalEntry, SQLiteJournal
-from ._session import KlingSession
 from .errors import JournalError, KlingError
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]

@@ -1,7 +1,8 @@
 """The CLI's shared output and checks: the one place that prints, and speaks in flags.
 
-`_cli` (the commands) and `_cli_batch` (the batch command) both build on it, so that imports
-run one way. Results go to stdout; progress, logs and errors to stderr.
+Every other ``_cli_*`` module builds on it (it imports none of them but the request
+builder), so that imports run one way. Results go to stdout; progress, logs and errors to
+stderr.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 import tempfile
 from typing import Any, TypedDict
 
+from . import PollPolicy, RetryPolicy
 from ._cli_request import RequestProblem, extend_request
-from ._policies import PollPolicy, RetryPolicy
 from .errors import InvalidArgumentError
 
 __all__ = [
