@@ -5,7 +5,9 @@ needed); ``extend``, ``get``, ``wait`` and ``list`` talk to Kling or a gateway w
 credentials from the environment (``KLING_API_KEY`` or ``KLING_ACCESS_KEY`` +
 ``KLING_SECRET_KEY``, and ``KLING_BASE_URL``).
 
-This module is the CLI's output layer: it alone prints. Results go to stdout, progress,
+This module runs the commands on the public session API, as any user's code would; the
+parser is `_cli_parser`, a task's words `_cli_task`, progress `_cli_progress`, the batch
+command `_cli_batch`, the journal command `_cli_journal`. Results go to stdout, progress,
 logs and errors to stderr. Every argument is checked before anything is sent, and messages
 speak in flags and commands, not in the SDK's Python names.
 """
@@ -14,39 +16,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import math
 import pathlib
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TextIO
 
 import anyio
 
-from . import __version__, _cli_batch, _cli_journal
+from . import KlingSession, PollPolicy, RetryPolicy, TaskHandle, _cli_batch, _cli_journal
 from ._cli_output import (
-    _INTERRUPTED,
+    INTERRUPTED,
     PROG,
-    _check,
-    _clean,
-    _clock,
-    _in_flags,
-    _number,
-    _OutputClosed,
-    _rich_console,
-    _say,
-    _session_options,
-    _silence_stdout,
-    _size,
-    _timeouts,
-    _usage_error,
+    OutputClosed,
+    check_command,
+    clean,
+    in_flags,
+    say,
+    session_options,
+    silence_stdout,
+    timeouts,
+    usage_error,
 )
-from ._handle import TaskHandle
-from ._policies import PollPolicy, RetryPolicy
-from ._session import KlingSession
+from ._cli_parser import build_parser
+from ._cli_progress import Progress, progress_view
+from ._cli_request import extend_arguments, extend_request
+from ._cli_task import download_display, show, task_display, task_line
 from .errors import (
     AmbiguousCreateError,
     KlingError,
@@ -60,352 +55,16 @@ from .errors import (
     WaitTimeoutError,
 )
 from .models import Task, TaskStatus
-from .testing import __main__ as emulator_cli
 
 __all__ = ["main"]
 
-_REMOTE = ("extend", "get", "wait", "list", "batch")
-# Plain progress repeats the status at most this often while it does not change.
-_HEARTBEAT_SECONDS = 30.0
 # How often a wait looks at its task's newest state (for the progress and its age).
 _TICK = 0.25
 # When --timeout runs out, one last query tells the state at the deadline; it waits this long.
 _FINAL_QUERY_SECONDS = 5.0
 
 
-# -- argument types: argparse reports a bad value as a one-line usage error ------------------
-
-
-def _seconds(text: str) -> float:
-    value = _number(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _number(text)
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
-    return value
-
-
-def _count(maximum: int) -> Callable[[str], int]:
-    def check(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if not 1 <= value <= maximum:
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number from 1 to {maximum}, got {text!r}"
-            )
-        return value
-
-    return check
-
-
-def _text(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
-# -- output ---------------------------------------------------------------------------------
-
-
-def _task_line(task: Task) -> str:
-    """``<id>  <status>  (<message>)  -> <url> <duration>s``, cleaned of control characters."""
-    parts = [f"{task.task_id}  {task.status.value}"]
-    if task.status_message:
-        parts.append(f"({task.status_message})")
-    if task.video is not None:
-        duration = f" {task.video.duration:g}s" if task.video.duration is not None else ""
-        parts.append(f"-> {task.video.url}{duration}")
-    return _clean("  ".join(parts))
-
-
-def _task_json(task: Task) -> dict[str, Any]:
-    parent = task.parent_video
-    return {
-        "task_id": task.task_id,
-        "status": task.status.value,
-        "status_message": task.status_message,
-        "created_at": task.created_at.isoformat() if task.created_at else None,
-        "updated_at": task.updated_at.isoformat() if task.updated_at else None,
-        "external_task_id": task.external_task_id,
-        "parent_video": (
-            None
-            if parent is None
-            else {"id": parent.id, "url": parent.url, "duration": parent.duration}
-        ),
-        "videos": [
-            {"id": video.id, "url": video.url, "duration": video.duration} for video in task.videos
-        ],
-    }
-
-
-def _show(task: Task, as_json: bool, *, file: pathlib.Path | None = None) -> None:
-    if as_json:
-        shown = _task_json(task)
-        if file is not None:
-            shown["file"] = str(file)
-        text = json.dumps(shown)
-    else:
-        text = _task_line(task) if file is None else f"{_task_line(task)}\n{_clean(str(file))}"
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        _silence_stdout()
-        raise _OutputClosed from None
-
-
-# -- progress on stderr ---------------------------------------------------------------------
-
-
-class _Progress(Protocol):
-    heartbeat: float
-
-    def update(self, task: Task) -> None: ...
-    def tick(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class _Quiet:
-    heartbeat = math.inf
-
-    def update(self, task: Task) -> None:
-        pass
-
-    def tick(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _PlainProgress:
-    """One line per status change, with the elapsed time; repeated at most every heartbeat."""
-
-    def __init__(
-        self,
-        task_id: str,
-        stream: TextIO,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        heartbeat: float | None = None,
-    ) -> None:
-        self.heartbeat = _HEARTBEAT_SECONDS if heartbeat is None else heartbeat
-        self._stream = stream
-        self._clock = clock
-        self._started = self._last_line = clock()
-        self._status: TaskStatus | None = None
-        self._write(f"waiting for task {task_id} (Ctrl+C stops waiting; the task keeps running)")
-
-    def _write(self, line: str) -> None:
-        with contextlib.suppress(OSError, ValueError):  # a closed stderr must not end the wait
-            print(_clean(line), file=self._stream, flush=True)
-
-    def update(self, task: Task) -> None:
-        self._status = task.status
-        now = self._last_line = self._clock()
-        message = f"  ({task.status_message})" if task.status_message else ""
-        self._write(f"{_clock(now - self._started)}  {task.status.value}{message}")
-
-    def tick(self) -> None:
-        now = self._clock()
-        if self._status is not None and now - self._last_line >= self.heartbeat:
-            self._last_line = now
-            self._write(f"{_clock(now - self._started)}  still {self._status.value}")
-
-    def close(self) -> None:
-        pass
-
-
-class _RichProgress:
-    """A spinner line with the task id, its status and the elapsed time, on a terminal."""
-
-    heartbeat = math.inf  # rich refreshes the view by itself
-
-    def __init__(
-        self, task_id: str, console: Any, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        from rich.live import Live  # type: ignore[import-not-found, unused-ignore]
-        from rich.spinner import Spinner  # type: ignore[import-not-found, unused-ignore]
-
-        self._task_id = task_id
-        self._console = console
-        self._clock = clock
-        self._started = clock()
-        self._task: Task | None = None
-        self._spinner = Spinner("dots", style="cyan")
-        self._live = Live(
-            self,
-            console=console,
-            transient=True,
-            refresh_per_second=8,
-            redirect_stdout=False,
-            redirect_stderr=True,  # -v log lines show above the view
-        )
-        self._closed = False
-        self._live.start()
-
-    def _describe(self) -> str:
-        from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
-
-        task = self._task
-        status = escape(_clean(task.status.value)) if task is not None else "querying"
-        message = (
-            f" ({escape(_clean(task.status_message))})" if task and task.status_message else ""
-        )
-        elapsed = _clock(self._clock() - self._started)
-        return f"task {escape(_clean(self._task_id))}  [bold]{status}[/]{message}  {elapsed}"
-
-    def __rich__(self) -> Any:
-        self._spinner.update(text=self._describe() + "  [dim](Ctrl+C stops waiting)[/]")
-        return self._spinner
-
-    def update(self, task: Task) -> None:
-        self._task = task
-        self._live.refresh()
-
-    def tick(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._live.stop()
-        # The view goes; one line stays: ✓ succeed, ✗ failed, … still running (Ctrl+C, timeout).
-        status = self._task.status if self._task is not None else None
-        mark: dict[TaskStatus | None, str] = {
-            TaskStatus.SUCCEED: "[green]✓[/]",
-            TaskStatus.FAILED: "[red]✗[/]",
-        }
-        self._console.print(
-            f"{mark.get(status, '[yellow]…[/]')} {self._describe()}", highlight=False
-        )
-
-
-def _progress(task_id: str, quiet: bool) -> _Progress:
-    """Rich on a terminal when it is installed (``kling-async[cli]``), else plain lines."""
-    if quiet:
-        return _Quiet()
-    console = _rich_console()
-    if console is not None:
-        return _RichProgress(task_id, console)
-    return _PlainProgress(task_id, sys.stderr)
-
-
-class _DownloadProgress(Protocol):
-    def update(self, done: int, total: int | None) -> None: ...
-    def close(self) -> None: ...
-
-
-class _QuietDownload:
-    def update(self, done: int, total: int | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _PlainDownload:
-    """``downloading VIDEO: 1.2 MB of 4.5 MB``, at most once a second, and at the end."""
-
-    def __init__(
-        self,
-        name: str,
-        stream: TextIO,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        interval: float = 1.0,
-    ) -> None:
-        self._name = name
-        self._stream = stream
-        self._clock = clock
-        self._interval = interval
-        self._last = -math.inf
-        self._done = 0
-        self._total: int | None = None
-        self._shown: tuple[int, int | None] | None = None
-
-    def _write(self) -> None:
-        self._shown = (self._done, self._total)
-        of = f" of {_size(self._total)}" if self._total else ""
-        with contextlib.suppress(OSError, ValueError):
-            print(
-                _clean(f"downloading {self._name}: {_size(self._done)}{of}"),
-                file=self._stream,
-                flush=True,
-            )
-
-    def update(self, done: int, total: int | None) -> None:
-        self._done, self._total = done, total
-        now = self._clock()
-        if now - self._last >= self._interval:
-            self._last = now
-            self._write()
-
-    def close(self) -> None:
-        if self._shown != (self._done, self._total):
-            self._write()
-
-
-class _RichDownload:
-    """A transient bar with the bytes and the speed, on a terminal."""
-
-    def __init__(self, name: str, console: Any) -> None:
-        from rich.markup import escape  # type: ignore[import-not-found, unused-ignore]
-        from rich.progress import (  # type: ignore[import-not-found, unused-ignore]
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn(f"downloading {escape(_clean(name))}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=console,
-            transient=True,
-            redirect_stdout=False,
-        )
-        self._task = self._bar.add_task("download", total=None)
-        self._name = escape(_clean(name))
-        self._console = console
-        self._done = 0
-        self._complete = False
-        self._bar.start()
-        self._closed = False
-
-    def update(self, done: int, total: int | None) -> None:
-        self._done = done
-        self._complete = done == total  # the last call is (size, size)
-        self._bar.update(self._task, completed=done, total=total)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._bar.stop()
-            if not self._complete:
-                return
-            self._console.print(
-                f"[green]✓[/] downloaded {self._name} ({_size(self._done)})", highlight=False
-            )
-
-
-def _download_progress(name: str, quiet: bool) -> _DownloadProgress:
-    if quiet:
-        return _QuietDownload()
-    console = _rich_console()
-    if console is not None:
-        return _RichDownload(name, console)
-    return _PlainDownload(name, sys.stderr)
+# -- waiting --------------------------------------------------------------------------------
 
 
 class _StaleTimeout(WaitTimeoutError):
@@ -430,7 +89,9 @@ class _Seen:
             self.task, self.at = self._handle.last, anyio.current_time()
 
 
-async def _follow(handle: TaskHandle, timeout: float | None, progress: _Progress) -> Task:
+async def _follow(
+    handle: TaskHandle, timeout: float | None, progress: Progress[Task | None]
+) -> Task:
     """Wait for the task, reporting each status change; raise as ``handle.wait()`` would.
 
     When ``timeout`` runs out, one more query (bounded by `_FINAL_QUERY_SECONDS`) tells the
@@ -516,11 +177,11 @@ async def _demo(args: argparse.Namespace) -> int:
             videos = ["demo-video-1", "demo-video-2", "demo-video-risky"]
             handles = [await session.extend(video, prompt="pull back") for video in videos]
             for video, handle in zip(videos, handles, strict=True):
-                print(_clean(f"submitted {video} as task {handle.task_id}"))
+                print(clean(f"submitted {video} as task {handle.task_id}"))
 
             async def follow(video: str, handle: TaskHandle) -> None:
                 async for task in handle.watch():
-                    print(f"{video}: {_task_line(task)}")
+                    print(f"{video}: {task_line(task)}")
 
             async with anyio.create_task_group() as group:
                 for video, handle in zip(videos, handles, strict=True):
@@ -536,25 +197,17 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _remote(session: KlingSession, args: argparse.Namespace, state: _State) -> int:
     async with session:
         if args.command == "get":
-            _show(await session.get_task(args.task_id), args.json)
+            show(await session.get_task(args.task_id), args.json)
             return 0
         if args.command == "list":
             async for listed in session.list_tasks(page_size=args.page_size, max_pages=args.pages):
-                _show(listed, args.json)
+                show(listed, args.json)
             return 0
         if args.command == "extend":
-            handle = await session.extend(
-                args.video_id,
-                prompt=args.prompt,
-                negative_prompt=args.negative_prompt,
-                cfg_scale=args.cfg_scale,
-                callback_url=args.callback_url,
-                parent_task_id=args.parent_task_id,
-                external_task_id=args.external_task_id,
-            )
+            handle = await session.extend(**extend_arguments(extend_request(vars(args))))
             state.handle = handle
             if not args.wait:
-                _show(
+                show(
                     handle.last or Task(task_id=handle.task_id, status=TaskStatus.SUBMITTED),
                     args.json,
                 )
@@ -562,7 +215,7 @@ async def _remote(session: KlingSession, args: argparse.Namespace, state: _State
                 return 0
         else:
             handle = state.handle = session.task(args.task_id)
-        progress = _progress(handle.task_id, args.quiet)
+        progress = progress_view(task_display(handle.task_id), None, args.quiet)
         try:
             task = await _follow(handle, args.timeout, progress)
         finally:
@@ -570,7 +223,7 @@ async def _remote(session: KlingSession, args: argparse.Namespace, state: _State
         file = None
         if getattr(args, "download", None) is not None:
             file = await _download(session, task, args.download, args.quiet)
-        _show(task, args.json, file=file)
+        show(task, args.json, file=file)
         state.shown = True
     return 0
 
@@ -579,9 +232,12 @@ async def _download(
     session: KlingSession, task: Task, folder: pathlib.Path, quiet: bool
 ) -> pathlib.Path:
     """Download the result into ``folder`` with its progress on stderr; return the file."""
-    progress = _download_progress(task.video.id if task.video else task.task_id, quiet)
+    name = task.video.id if task.video else task.task_id
+    progress = progress_view(download_display(name), (0, None), quiet)
     try:
-        path = await session.download(task, folder, progress=progress.update)
+        path = await session.download(
+            task, folder, progress=lambda done, total: progress.update((done, total))
+        )
     finally:
         progress.close()
     return path
@@ -644,210 +300,6 @@ def _kling_message(error: KlingError, args: argparse.Namespace, task_id: str | N
     return text
 
 
-# -- parser ---------------------------------------------------------------------------------
-
-_ENVIRONMENT = """\
-environment:
-  KLING_API_KEY                       a gateway's API key, or
-  KLING_ACCESS_KEY, KLING_SECRET_KEY  Kling's access key and secret key
-  KLING_BASE_URL                      the base URL (--base-url overrides it)"""
-
-
-_VERBOSE = "log retries on stderr (INFO); -vv logs every request (DEBUG)"
-
-
-def _add_verbose(parser: argparse.ArgumentParser | Any) -> None:
-    # SUPPRESS: a -v before the command is not reset by the command's own default.
-    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=_VERBOSE)
-
-
-def _add_waiting(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="stop waiting after SECONDS (then query the task once more)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
-
-
-def _add_connection(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("connection and output")
-    group.add_argument(
-        "--base-url",
-        type=_text,
-        metavar="URL",
-        help="Kling's or a gateway's base URL (default: KLING_BASE_URL, else Kling's global API)",
-    )
-    group.add_argument(
-        "--allow-insecure-http",
-        action="store_true",
-        help="allow a plain http:// base URL that is not on this machine (the key travels "
-        "unencrypted)",
-    )
-    group.add_argument(
-        "--connect-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="give up connecting after SECONDS (default 10)",
-    )
-    group.add_argument(
-        "--read-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="give up on a reply after SECONDS without data (default 60); a create in doubt "
-        "is looked up until SECONDS x 2 + the connect timeout after it was sent",
-    )
-    group.add_argument(
-        "--json", action="store_true", help="print each task as one JSON object per line"
-    )
-    _add_verbose(group)
-
-
-def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Extend Kling videos from the command line.",
-        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
-    )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    subs: dict[str, argparse.ArgumentParser] = {}
-
-    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=help,
-            description=description,
-            epilog=_ENVIRONMENT if name in _REMOTE else None,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        subs[name] = sub
-        return sub
-
-    demo = add(
-        "demo",
-        "run against the built-in emulator (no account needed)",
-        "Extend three videos on an in-process emulator: one create is retried, one task fails.",
-    )
-    demo.add_argument(
-        "--step",
-        type=_seconds,
-        default=0.5,
-        metavar="SECONDS",
-        help="emulated seconds per status step (default %(default)s)",
-    )
-    _add_verbose(demo)
-
-    extend = add(
-        "extend",
-        "submit an extend task (a paid job)",
-        "Submit one extend task (a paid job) and print it. With --wait, show its progress\n"
-        "on stderr, then print its final state.",
-    )
-    extend.add_argument("video_id", metavar="VIDEO_ID", type=_text, help="the video to extend")
-    extend.add_argument("--prompt", metavar="TEXT", help="at most 2500 characters")
-    extend.add_argument("--negative-prompt", metavar="TEXT", help="at most 2500 characters")
-    extend.add_argument("--cfg-scale", type=_fraction, metavar="X", help="0 to 1")
-    extend.add_argument("--callback-url", metavar="URL", help="where Kling POSTs status changes")
-    extend.add_argument(
-        "--parent-task-id", metavar="ID", help="the parent task id some gateways require"
-    )
-    extend.add_argument("--external-task-id", metavar="ID", help="your own id for the task")
-    extend.add_argument("--wait", action="store_true", help="wait until the task is done")
-    extend.add_argument(
-        "--download",
-        type=pathlib.Path,
-        metavar="DIR",
-        help="with --wait: download the result into DIR (made if missing) and print its path",
-    )
-    _add_waiting(extend)
-    _add_connection(extend)
-
-    get = add(
-        "get", "show a task by task id or external task id", "Query one task once and print it."
-    )
-    get.add_argument("task_id", metavar="TASK_ID", type=_text)
-    _add_connection(get)
-
-    waiting = add(
-        "wait",
-        "wait until a task is done",
-        "Wait until a task is done, showing its progress on stderr, then print its final\n"
-        "state. The task keeps running if the wait ends early (Ctrl+C, --timeout).",
-    )
-    waiting.add_argument("task_id", metavar="TASK_ID", type=_text)
-    _add_waiting(waiting)
-    _add_connection(waiting)
-
-    listing = add(
-        "list",
-        "list tasks, newest first",
-        "Print the account's extend tasks, newest first (most gateways do not offer it).",
-    )
-    listing.add_argument(
-        "--page-size",
-        type=_count(500),
-        default=30,
-        metavar="N",
-        help="tasks per page, 1 to 500 (default %(default)s)",
-    )
-    listing.add_argument(
-        "--pages",
-        type=_count(1000),
-        default=1,
-        metavar="N",
-        help="pages to fetch, 1 to 1000 (default %(default)s)",
-    )
-    _add_connection(listing)
-
-    batch = add(
-        "batch",
-        "extend every row of a JSON Lines or CSV file, resumably",
-        "Submit one extend task (a paid job) per row of FILE, wait for all of them, optionally\n"
-        "download the results, and write a results file. FILE is JSON Lines (one object per\n"
-        "line) or CSV with a header; the fields are key, video_id, prompt, negative_prompt,\n"
-        "cfg_scale, callback_url, parent_task_id, external_task_id and watermark. Every row\n"
-        "is checked before anything is sent. A journal records each submission, so running\n"
-        "the same command again after Ctrl+C or a crash resumes: no row is submitted twice\n"
-        "and finished downloads are not fetched again. Exits 1 if any row failed.",
-    )
-    batch.add_argument("file", type=pathlib.Path, metavar="FILE", help="the requests, one per row")
-    batch.add_argument(
-        "--journal",
-        type=pathlib.Path,
-        metavar="PATH",
-        help="the journal of submissions (default: FILE.journal.sqlite3 beside FILE)",
-    )
-    batch.add_argument(
-        "--out", type=pathlib.Path, metavar="DIR", help="download each result into DIR"
-    )
-    batch.add_argument(
-        "--results",
-        type=pathlib.Path,
-        metavar="PATH",
-        help="where to write one JSON line per row (default: FILE.results.jsonl beside FILE)",
-    )
-    batch.add_argument(
-        "--concurrency",
-        type=_count(64),
-        default=8,
-        metavar="N",
-        help="creates and downloads at once, 1 to 64 (default %(default)s)",
-    )
-    batch.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
-    _add_connection(batch)
-
-    _cli_journal.add_arguments(add("journal", _cli_journal.HELP, _cli_journal.DESCRIPTION))
-
-    emulator = add(
-        "emulator", "serve an emulated Kling API (no account needed)", emulator_cli.DESCRIPTION
-    )
-    emulator_cli.add_arguments(emulator)
-    return parser, subs
-
-
 # -- logging --------------------------------------------------------------------------------
 
 
@@ -857,7 +309,7 @@ class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             # Log lines quote the server (error messages, task ids): cleaned like the rest.
-            print(_clean(self.format(record)), file=sys.stderr, flush=True)
+            print(clean(self.format(record)), file=sys.stderr, flush=True)
         except Exception:
             self.handleError(record)
 
@@ -894,16 +346,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 success, 1 a Kling error (including a failed task or a timeout), 2 bad usage (nothing
     was sent), 130 interrupted (the remote task keeps running).
     """
-    parser, commands = _parser()
+    parser, commands = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as exit:  # --help, --version, or a usage error argparse printed
         return _exit_status(exit)
     command = commands[args.command]
     if unknown:  # argparse would blame the top-level parser and show its usage
-        return _usage_error(command, f"unrecognized arguments: {' '.join(unknown)}")
+        return usage_error(command, f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "emulator":
-        return emulator_cli.run(args)
+        serve: Callable[[argparse.Namespace], int] = args.serve
+        return serve(args)
     with _logging(args.verbose):
         try:
             if args.command == "demo":
@@ -913,50 +366,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "batch":
                 return _cli_batch.run(args, command, list(sys.argv[1:] if argv is None else argv))
             return _main_remote(args, command)
-        except _INTERRUPTED:
+        except INTERRUPTED:
             return 130
-        except (_OutputClosed, BrokenPipeError):  # nobody reads the rest: stop quietly
-            _silence_stdout()
+        except (OutputClosed, BrokenPipeError):  # nobody reads the rest: stop quietly
+            silence_stdout()
             return 1
 
 
 def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
-    problem = _check(args)
+    problem = check_command(args)
     if problem is not None:
-        return _usage_error(command, problem)
+        return usage_error(command, problem)
     try:
         session = KlingSession(
             base_url=args.base_url,
             allow_insecure_http=args.allow_insecure_http,
-            **_timeouts(args),
-            **_session_options(),
+            **timeouts(args),
+            **session_options(),
         )
     except ValueError as error:
-        return _usage_error(command, _in_flags(error, args))
+        return usage_error(command, in_flags(error, args))
     state = _State()
     try:
         return anyio.run(_remote, session, args, state)
-    except _INTERRUPTED:
+    except INTERRUPTED:
         _show_last(state, args)
         handle = state.handle
         if handle is None and args.command == "extend":
-            _say(
+            say(
                 "interrupted before Kling answered the create: it may have made a (paid) task; "
                 f"look for it with '{PROG} list' or in the Kling console before extending "
                 "the video again"
             )
         elif handle is None:
-            _say("interrupted")
+            say("interrupted")
         else:
-            _say(f"interrupted: stopped waiting for task {handle.task_id}; it keeps running")
-            _say(f"resume with: {_resume_command(args, handle.task_id)}")
+            say(f"interrupted: stopped waiting for task {handle.task_id}; it keeps running")
+            say(f"resume with: {_resume_command(args, handle.task_id)}")
         return 130
     except KlingError as error:
         _show_last(state, args, error.task if isinstance(error, TaskFailedError) else None)
-        _say(_kling_message(error, args, _resumable(state, error)))
+        say(_kling_message(error, args, _resumable(state, error)))
         return 1
     except ValueError as error:  # the SDK refused an argument; nothing was sent for it
-        return _usage_error(command, _in_flags(error, args))
+        return usage_error(command, in_flags(error, args))
 
 
 def _resumable(state: _State, error: KlingError) -> str | None:
@@ -978,5 +431,5 @@ def _show_last(state: _State, args: argparse.Namespace, task: Task | None = None
         task = state.handle.last
     if task is not None and not state.shown:
         state.shown = True
-        with contextlib.suppress(_OutputClosed):  # the message on stderr matters more
-            _show(task, args.json)
+        with contextlib.suppress(OutputClosed):  # the message on stderr matters more
+            show(task, args.json)

@@ -21,20 +21,18 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from . import EntryState, JournalEntry, KlingSession, SQLiteJournal
 from ._cli_output import (
     PROG,
-    _check,
-    _clean,
-    _in_flags,
-    _OutputClosed,
-    _say,
-    _session_options,
-    _silence_stdout,
-    _usage_error,
+    OutputClosed,
+    check_command,
+    clean,
+    in_flags,
+    say,
+    session_options,
+    silence_stdout,
+    usage_error,
 )
-from ._journal import EntryState, JournalEntry
-from ._session import KlingSession
-from ._sqlite_journal import SQLiteJournal
 from .errors import JournalError, KlingError
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
@@ -164,7 +162,7 @@ class _Key:
             details = f"video {self.video_id}: a running process is creating it now"
         else:
             details = str(self.reason)
-        return _clean(f"{self.key}  {self.state.replace('_', ' ')}  {details}")
+        return clean(f"{self.key}  {self.state.replace('_', ' ')}  {details}")
 
 
 def _describe(entry: JournalEntry, in_doubt: bool) -> _Key | None:
@@ -242,8 +240,8 @@ def _print(text: str) -> None:
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        _silence_stdout()
-        raise _OutputClosed from None
+        silence_stdout()
+        raise OutputClosed from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -256,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             if path.is_dir()
             else f"no such file: {str(path)!r}"
         )
-        return _usage_error(parser, f"JOURNAL: {_clean(str(problem))}")
+        return usage_error(parser, f"JOURNAL: {clean(str(problem))}")
     try:
         if args.action == "show":
             return _show(args, path)
@@ -264,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
             return _forget(args, parser, path)
         return _settle(args, parser, path)
     except JournalError as error:
-        _say(f"error: {error}")
+        say(f"error: {error}")
         return 1
 
 
@@ -278,8 +276,8 @@ def _show(args: argparse.Namespace, path: pathlib.Path) -> int:
         _print(line.line())
     _print(_summary(counts))
     if any(line.state in ("in_doubt", "gone", "unreadable") for line in shown):
-        quoted = _clean(str(path))
-        _say(
+        quoted = clean(str(path))
+        say(
             f"settle a key to the task its create made with '{PROG} journal settle {quoted} "
             f"KEY TASK_ID', or let the next run create a new (paid) one with '{PROG} journal "
             f"forget {quoted} KEY'"
@@ -318,7 +316,7 @@ def _confirm(question: str) -> bool:
 def _forget(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pathlib.Path) -> int:
     key: str = args.key
     if not args.yes and not sys.stdin.isatty():
-        return _usage_error(
+        return usage_error(
             parser,
             "forgetting a key lets the next batch run create a new (paid) task for it: "
             "pass --yes to confirm when not on a terminal",
@@ -348,36 +346,36 @@ def _forget(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
         else:
             # Asked on the main thread, with no event loop running: Ctrl+C ends it at once.
             question = (
-                f"forget key {_clean(str(key))!r} ({_clean(str(what))})? The next batch run "
+                f"forget key {clean(str(key))!r} ({clean(str(what))})? The next batch run "
                 "creates, and pays for, a new task for it. [y/N] "
             )
             yes = args.yes or _confirm(question)
             outcome = (what, yes and anyio.run(forget, what))
     except ValueError as error:  # a live process is creating it right now
-        return _usage_error(parser, _clean(str(error)))
+        return usage_error(parser, clean(str(error)))
     except _Changed:
-        _say(f"error: key {_clean(str(key))!r} changed while you were asked; nothing forgotten")
+        say(f"error: key {clean(str(key))!r} changed while you were asked; nothing forgotten")
         return 1
     if outcome is None:
-        _say(f"error: key {_clean(str(key))!r} is not in journal {_clean(str(path))}")
+        say(f"error: key {clean(str(key))!r} is not in journal {clean(str(path))}")
         return 1
     what, forgotten = outcome
     if args.json:
         _print(json.dumps({"key": key, "forgotten": forgotten, "was": what}))
     elif forgotten:
-        _print(_clean(f"{key}  forgotten  (was {what})"))
+        _print(clean(f"{key}  forgotten  (was {what})"))
     if not forgotten:
-        _say("nothing forgotten")
+        say("nothing forgotten")
         return 1
-    _say("the next batch run of its file creates a new (paid) task for this key")
+    say("the next batch run of its file creates a new (paid) task for this key")
     return 0
 
 
 def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pathlib.Path) -> int:
     key: str = args.key
-    problem = _check(args)
+    problem = check_command(args)
     if problem is not None:
-        return _usage_error(parser, problem)
+        return usage_error(parser, problem)
 
     async def settle() -> tuple[JournalEntry, JournalEntry] | None:
         async with SQLiteJournal(path) as journal:
@@ -388,7 +386,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
                 base_url=args.base_url,
                 allow_insecure_http=args.allow_insecure_http,
                 journal=journal,
-                **_session_options(),
+                **session_options(),
             ) as session:
                 await session.settle(key, args.task_id)
             after = await journal.get(key)
@@ -398,14 +396,14 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
     try:
         outcome = anyio.run(settle)
     except ValueError as error:  # another video, a task of another key, a bad argument
-        return _usage_error(parser, _clean(str(_in_flags(error, args))))
+        return usage_error(parser, clean(str(in_flags(error, args))))
     except KlingError as error:  # the query failed: nothing was recorded
         if isinstance(error, JournalError):
             raise
-        _say(f"error: {error}; nothing was recorded")
+        say(f"error: {error}; nothing was recorded")
         return 1
     if outcome is None:
-        _say(f"error: key {_clean(str(key))!r} is not in journal {_clean(str(path))}")
+        say(f"error: key {clean(str(key))!r} is not in journal {clean(str(path))}")
         return 1
     before, after = outcome
     if args.json:
@@ -422,10 +420,10 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
         )
     else:
         _print(
-            _clean(
+            clean(
                 f"{key}  {after.state.value}  task {after.task_id}, video "
                 f"{after.request.video_id}  (was {before.state.value})"
             )
         )
-    _say("the next batch run of its file waits for this task instead of creating one")
+    say("the next batch run of its file waits for this task instead of creating one")
     return 0

@@ -1,7 +1,8 @@
 """The CLI's shared output and checks: the one place that prints, and speaks in flags.
 
-`_cli` (the commands) and `_cli_batch` (the batch command) both build on it, so that imports
-run one way. Results go to stdout; progress, logs and errors to stderr.
+Every other ``_cli_*`` module builds on it (it imports none of them but the request
+builder), so that imports run one way. Results go to stdout; progress, logs and errors to
+stderr.
 """
 
 from __future__ import annotations
@@ -16,20 +17,44 @@ import sys
 import tempfile
 from typing import Any, TypedDict
 
-from ._policies import PollPolicy, RetryPolicy
+from . import PollPolicy, RetryPolicy
+from ._cli_request import RequestProblem, extend_request
 from .errors import InvalidArgumentError
-from .models import ExtendRequest
+
+__all__ = [
+    "INTERRUPTED",
+    "PROG",
+    "SESSION_OPTIONS",
+    "SURROGATE",
+    "TEST_POLL_VARIABLE",
+    "OutputClosed",
+    "check_command",
+    "clean",
+    "clock_text",
+    "file_problem",
+    "folder_problem",
+    "in_flags",
+    "number",
+    "one_line",
+    "rich_console",
+    "say",
+    "session_options",
+    "silence_stdout",
+    "size_text",
+    "timeouts",
+    "usage_error",
+]
 
 PROG = "kling-async"
 
 
 # Extra KlingSession options; the tests put instant poll and retry policies here.
-_SESSION_OPTIONS: dict[str, Any] = {}
+SESSION_OPTIONS: dict[str, Any] = {}
 
 
 # Tests that run the CLI as a child process set this to poll every N seconds (and retry
 # without waiting), so that a batch against a fast emulator takes a second, not minutes.
-_TEST_POLL_VARIABLE = "KLING_ASYNC_TEST_POLL_SECONDS"
+TEST_POLL_VARIABLE = "KLING_ASYNC_TEST_POLL_SECONDS"
 # ... and this one as well to keep the default retry policy (crash and clock tests: the
 # look-ups of creates in doubt wait between tries, as they do for a user).
 _TEST_DEFAULT_RETRY_VARIABLE = "KLING_ASYNC_TEST_DEFAULT_RETRY"
@@ -37,7 +62,7 @@ _TEST_DEFAULT_RETRY_VARIABLE = "KLING_ASYNC_TEST_DEFAULT_RETRY"
 
 # Ctrl+C ends anyio.run() with KeyboardInterrupt; on Python 3.10 (no Task.uncancel()) the
 # runner cannot tell it from another cancellation and lets the CancelledError out instead.
-_INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)
+INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)
 
 
 # The SDK's Python names, as a CLI user knows them (for SDK messages the CLI passes on).
@@ -66,7 +91,7 @@ class _Timeouts(TypedDict, total=False):
     read_timeout: float
 
 
-def _timeouts(args: argparse.Namespace) -> _Timeouts:
+def timeouts(args: argparse.Namespace) -> _Timeouts:
     """The KlingSession timeouts the command line sets (``--connect-timeout``, ...)."""
     timeouts = _Timeouts()
     if getattr(args, "connect_timeout", None) is not None:
@@ -76,10 +101,10 @@ def _timeouts(args: argparse.Namespace) -> _Timeouts:
     return timeouts
 
 
-def _session_options() -> dict[str, Any]:
+def session_options() -> dict[str, Any]:
     """The extra KlingSession options: the tests' policies, in-process or by environment."""
-    options = dict(_SESSION_OPTIONS)
-    seconds = _number(os.environ.get(_TEST_POLL_VARIABLE, ""))
+    options = dict(SESSION_OPTIONS)
+    seconds = number(os.environ.get(TEST_POLL_VARIABLE, ""))
     if math.isfinite(seconds) and seconds >= 0:
         options["poll_policy"] = PollPolicy(
             first_delay=seconds,
@@ -96,18 +121,18 @@ def _session_options() -> dict[str, Any]:
     return options
 
 
-def _number(text: str) -> float:
+def number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
         return math.nan
 
 
-class _OutputClosed(Exception):
+class OutputClosed(Exception):
     """Stdout's reader went away (``kling-async list | head -1``, or Ctrl+C in a pipeline)."""
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """Point stdout at /dev/null, so that the flush at exit does not fail again."""
     try:
         fd = sys.stdout.fileno()
@@ -118,7 +143,7 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-def _clock(seconds: float) -> str:
+def clock_text(seconds: float) -> str:
     """Elapsed time as ``m:ss`` (``h:mm:ss`` past an hour)."""
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -138,10 +163,10 @@ _CONTROL = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]"
 )
 _SPACING = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
     """``text`` safe to print on one terminal line: what a server (or a file) sent cannot
     move the cursor, clear the screen, retitle the window, ring, or reverse the text.
 
@@ -150,19 +175,19 @@ def _clean(text: str) -> str:
     """
     text = _ESCAPE.sub("", text)
     text = _CONTROL.sub(lambda m: " " if m.group() in _SPACING else "", text)
-    return _SURROGATE.sub("\ufffd", text)
+    return SURROGATE.sub("\ufffd", text)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """One line on stderr, cleaned of control characters (it may quote the server)."""
-    print(_clean(_one_line(message)), file=sys.stderr, flush=True)
+    print(clean(one_line(message)), file=sys.stderr, flush=True)
 
 
-def _size(count: float) -> str:
+def size_text(count: float) -> str:
     """Bytes as people read them: ``812 B``, ``4.2 MB``."""
     for unit in ("B", "kB", "MB", "GB"):
         if count < 1000 or unit == "GB":
@@ -171,7 +196,7 @@ def _size(count: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _in_flags(error: ValueError | str, args: argparse.Namespace) -> str:
+def in_flags(error: ValueError | str, args: argparse.Namespace) -> str:
     """An SDK ValueError's text with its Python names replaced by flags and variables."""
     message = str(error)
     if isinstance(error, InvalidArgumentError):  # "field: why" reads "--flag why" here
@@ -187,10 +212,10 @@ def _in_flags(error: ValueError | str, args: argparse.Namespace) -> str:
     return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: words[m.group(1)], message)
 
 
-def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     """Like ``parser.error()`` (the command's usage, then one line), but return 2."""
     parser.print_usage(sys.stderr)
-    _say(f"{parser.prog}: error: {message}")
+    say(f"{parser.prog}: error: {message}")
     return 2
 
 
@@ -210,7 +235,7 @@ def _unwritable(folder: pathlib.Path) -> str | None:
     return None
 
 
-def _folder(path: pathlib.Path) -> str | None:
+def folder_problem(path: pathlib.Path) -> str | None:
     """Make the download folder (and its parents); None if it can be used, else why not."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -219,14 +244,14 @@ def _folder(path: pathlib.Path) -> str | None:
     return _unwritable(path)
 
 
-def _file(path: pathlib.Path) -> str | None:
+def file_problem(path: pathlib.Path) -> str | None:
     """Whether an output file can be written at ``path`` (its folder is not made); None if so."""
     if path.is_dir():
         return f"{str(path)!r} is a folder"
     return _unwritable(path.parent)
 
 
-def _check(args: argparse.Namespace) -> str | None:
+def check_command(args: argparse.Namespace) -> str | None:
     """What argparse cannot check alone; None if the command may run."""
     if args.command == "extend":
         if args.timeout is not None and not args.wait:
@@ -234,22 +259,13 @@ def _check(args: argparse.Namespace) -> str | None:
         if args.download is not None:
             if not args.wait:
                 return "--download saves the result of --wait; pass --wait too"
-            problem = _folder(args.download)
+            problem = folder_problem(args.download)
             if problem is not None:
                 return f"--download: {problem}"
         try:
-            ExtendRequest(
-                video_id=args.video_id,
-                prompt=args.prompt,
-                negative_prompt=args.negative_prompt,
-                cfg_scale=args.cfg_scale,
-                callback_url=args.callback_url,
-                parent_task_id=args.parent_task_id,
-                external_task_id=args.external_task_id,
-            )
-        except InvalidArgumentError as error:
-            flag = _FLAGS.get(error.field, error.field)
-            return f"{flag}: {str(error).removeprefix(f'{error.field}: ')}"
+            extend_request(vars(args))
+        except RequestProblem as problem:
+            return problem.naming(_FLAGS.get(problem.field or "", problem.field or ""))
     if not any(
         os.environ.get(name) for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY")
     ):
@@ -260,7 +276,7 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _rich_console() -> Any | None:
+def rich_console() -> Any | None:
     """A rich console on stderr when stderr is a terminal and rich is installed
     (``kling-async[cli]``); None for plain lines."""
     if not sys.stderr.isatty():

@@ -26,7 +26,17 @@ from typing import Any
 import pytest
 
 import kling_async
-from kling_async import PollPolicy, RetryPolicy, Task, TaskStatus, _cli, _cli_output
+from kling_async import (
+    PollPolicy,
+    RetryPolicy,
+    Task,
+    TaskStatus,
+    _cli,
+    _cli_output,
+    _cli_parser,
+    _cli_progress,
+    _cli_task,
+)
 from kling_async._cli import main
 from kling_async.testing import Fault, KlingEmulator
 from kling_async.testing.__main__ import main as emulator_main
@@ -92,7 +102,7 @@ def served_slow() -> Iterator[str]:
 def instant(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process commands poll and retry without sleeping; credentials come from nowhere."""
     options = {"poll_policy": PollPolicy.instant(), "retry_policy": RetryPolicy.instant()}
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", options)
     for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
 
@@ -404,9 +414,9 @@ def test_a_timeout_says_how_to_resume_the_wait(capsys: pytest.CaptureFixture[str
 
 def test_in_flags_translates_python_names_only_as_whole_words() -> None:
     """`base_url`, `timeout` and `connect_timeout` become flags; `my_timeout` stays."""
-    args = _cli._parser()[0].parse_args(["get", "1", "--base-url", "https://x"])
+    args = _cli_parser.build_parser()[0].parse_args(["get", "1", "--base-url", "https://x"])
 
-    translated = _cli._in_flags(
+    translated = _cli_output.in_flags(
         "base_url, timeout, connect_timeout, my_timeout, allow_insecure_http=True", args
     )
 
@@ -515,7 +525,8 @@ def test_plain_progress_repeats_a_status_at_most_every_heartbeat() -> None:
     """Between status changes a `still <status>` line comes at most once per heartbeat."""
     now = [100.0]
     stream = io.StringIO()
-    progress = _cli._PlainProgress("t1", stream, clock=lambda: now[0], heartbeat=30)
+    display = _cli_task.task_display("t1", heartbeat=30)
+    progress = _cli_progress.PlainView(display, None, stream, clock=lambda: now[0])
     progress.update(Task(task_id="t1", status=TaskStatus.SUBMITTED))
     for second in range(1, 100):
         now[0] = 100.0 + second
@@ -535,7 +546,9 @@ def test_plain_progress_repeats_a_status_at_most_every_heartbeat() -> None:
 
 def test_the_clock_reads_minutes_and_hours() -> None:
     """Elapsed time is m:ss, and h:mm:ss past an hour."""
-    assert ["0:00", "0:59", "1:05", "1:00:00"] == [_cli._clock(s) for s in (0.4, 59.9, 65, 3600)]
+    assert ["0:00", "0:59", "1:05", "1:00:00"] == [
+        _cli_output.clock_text(s) for s in (0.4, 59.9, 65, 3600)
+    ]
 
 
 def test_without_rich_a_terminal_gets_plain_progress(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -548,7 +561,8 @@ def test_without_rich_a_terminal_gets_plain_progress(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(sys, "stderr", Terminal())
     monkeypatch.setitem(sys.modules, "rich.console", None)  # makes the import fail
 
-    assert isinstance(_cli._progress("t1", quiet=False), _cli._PlainProgress)
+    view = _cli_progress.progress_view(_cli_task.task_display("t1"), None, quiet=False)
+    assert isinstance(view, _cli_progress.PlainView)
 
 
 def cli(*argv: str, env: dict[str, str], **options: Any) -> subprocess.Popen[str]:
@@ -727,16 +741,16 @@ def test_an_empty_base_url_is_an_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_argument_types_refuse_what_the_sdk_would() -> None:
     """The argparse types: positive finite seconds, 0..1 fractions, bounded counts."""
-    assert 2.5 == _cli._seconds("2.5")
-    assert 0.5 == _cli._fraction("0.5")
-    assert 500 == _cli._count(500)("500")
+    assert 2.5 == _cli_parser._seconds("2.5")
+    assert 0.5 == _cli_parser._fraction("0.5")
+    assert 500 == _cli_parser._count(500)("500")
     for check, text in [
-        (_cli._seconds, "0"),
-        (_cli._seconds, str(math.inf)),
-        (_cli._fraction, "-0.1"),
-        (_cli._count(500), "501"),
-        (_cli._count(500), "1.0"),
-        (_cli._text, "  "),
+        (_cli_parser._seconds, "0"),
+        (_cli_parser._seconds, str(math.inf)),
+        (_cli_parser._fraction, "-0.1"),
+        (_cli_parser._count(500), "501"),
+        (_cli_parser._count(500), "1.0"),
+        (_cli_parser._text, "  "),
     ]:
         with pytest.raises(Exception, match="must"):
             check(text)
@@ -884,8 +898,8 @@ def test_a_failed_connection_is_said_in_words(
     """`error: could not connect to URL: connection refused` and the like: no class name, no
     `ssl:default`, no OpenSSL source line, no errno."""
     monkeypatch.setenv("KLING_API_KEY", "test-key")
-    options = dict(_cli_output._SESSION_OPTIONS, read_timeout=0.2)
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    options = dict(_cli_output.SESSION_OPTIONS, read_timeout=0.2)
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", options)
     with contextlib.ExitStack() as stack:
         if case == "refused":
             base, reason = f"http://127.0.0.1:{free_port()}/kling", "could not connect to {}: "
@@ -920,7 +934,7 @@ def test_a_wait_that_times_out_queries_once_at_the_deadline(
     """Default policies (a query at once, the next after 15 s): a task done before --timeout
     runs out is found done by one query at the deadline and reported so (exit 0), not as
     "still submitted"."""
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", {})
     with emulator_thread(step_seconds=0.1) as emulator:  # done 0.2 s after its create
         use(monkeypatch, emulator.gateway_url)
 
@@ -935,7 +949,7 @@ def test_a_failed_query_at_the_deadline_says_how_old_the_state_is(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The query at the deadline fails: the last known state is shown with its age."""
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", {})
     with emulator_thread(step_seconds=3600) as emulator:
         emulator.inject(Fault.delay(0), route="query")  # the wait's first query: answered
         emulator.inject(Fault.business(1200, status=400), route="query")  # the deadline's

@@ -3,8 +3,8 @@
 The batch runs as its own process (``python -m kling_async``) where it matters: SIGKILL, Ctrl+C,
 stderr that is not a terminal. Those children poll every 0.05 s instead of the default
 schedule (first poll after 15 s) through the test-only ``KLING_ASYNC_TEST_POLL_SECONDS``
-environment variable (`kling_async._cli_output._TEST_POLL_VARIABLE`); in-process runs get instant
-policies through ``_cli_output._SESSION_OPTIONS`` as in ``test_cli.py``.
+environment variable (`kling_async._cli_output.TEST_POLL_VARIABLE`); in-process runs get instant
+policies through ``_cli_output.SESSION_OPTIONS`` as in ``test_cli.py``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,19 @@ from pathlib import Path
 
 import pytest
 
-from kling_async import PollPolicy, RetryPolicy, _cli_batch, _cli_output
+from kling_async import (
+    ExtendRequest,
+    PollPolicy,
+    RetryPolicy,
+    _cli_batch_file,
+    _cli_batch_state,
+    _cli_output,
+    _cli_progress,
+)
 
 from .test_cli import HOSTILE, UNSAFE, child_env, cli, emulator_thread, run, serving, use
 
-FAST = {_cli_output._TEST_POLL_VARIABLE: "0.05"}
+FAST = {_cli_output.TEST_POLL_VARIABLE: "0.05"}
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +58,10 @@ def served() -> Iterator[str]:
 def instant(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process commands poll and retry without sleeping; credentials come from nowhere."""
     options = {"poll_policy": PollPolicy.instant(), "retry_policy": RetryPolicy.instant()}
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", options)
     for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv(_cli_output._TEST_POLL_VARIABLE, raising=False)
+    monkeypatch.delenv(_cli_output.TEST_POLL_VARIABLE, raising=False)
 
 
 @pytest.fixture
@@ -201,8 +209,8 @@ def test_a_file_without_a_known_suffix_is_sniffed(
     table = tmp_path / "table.txt"
     table.write_text("key,video_id\ne-1,v\n", encoding="utf-8")
 
-    assert ["e-0", "e-1"] == [row.key for row in _cli_batch.read_rows(jsonl)]
-    assert ["e-1"] == [row.key for row in _cli_batch.read_rows(table)]
+    assert ["e-0", "e-1"] == [row.key for row in _cli_batch_file.read_rows(jsonl)]
+    assert ["e-1"] == [row.key for row in _cli_batch_file.read_rows(table)]
 
 
 # -- the file is checked before anything is sent ----------------------------------------------
@@ -395,17 +403,16 @@ def test_a_terminal_gets_the_live_view(gateway: dict[str, str], tmp_path: Path) 
 def test_plain_progress_prints_changes_at_a_bounded_rate() -> None:
     """A changed line at most every interval, a repeat every heartbeat, the last at close."""
     now = [0.0]
-    batch = _cli_batch.Run(
+    batch = _cli_batch_state.Run(
         [
-            _cli_batch.Row(line=n, key=f"k{n}", request=_cli_batch.ExtendRequest(video_id="v"))
+            _cli_batch_file.Row(line=n, key=f"k{n}", request=ExtendRequest(video_id="v"))
             for n in range(2)
         ],
         clock=lambda: now[0],
     )
     stream = io.StringIO()
-    progress = _cli_batch.PlainProgress(
-        batch, stream, clock=lambda: now[0], interval=2, heartbeat=30
-    )
+    display = _cli_batch_state.batch_display(len(batch.outcomes))
+    progress = _cli_progress.PlainView(display, batch.snapshot(), stream, clock=lambda: now[0])
     first, second = batch.outcomes
     for tick in range(1, 401):  # 100 s in quarter seconds
         now[0] = tick / 4
@@ -413,8 +420,10 @@ def test_plain_progress_prints_changes_at_a_bounded_rate() -> None:
             first.status = second.status = "submitted"
         if tick == 3:
             first.status = "succeed"
+        progress.update(batch.snapshot())
         progress.tick()
     second.status = "failed"
+    progress.update(batch.snapshot())
     progress.close()
 
     assert [
@@ -478,14 +487,14 @@ def test_a_bad_download_argument_creates_no_task(
 
 def test_the_test_poll_variable_sets_a_fast_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     """KLING_ASYNC_TEST_POLL_SECONDS polls every N s; unset or junk changes nothing."""
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", {})
-    assert {} == _cli_output._session_options()
-    monkeypatch.setenv(_cli_output._TEST_POLL_VARIABLE, "junk")
-    assert {} == _cli_output._session_options()
-    monkeypatch.setenv(_cli_output._TEST_POLL_VARIABLE, "0.05")
-    policy = _cli_output._session_options()["poll_policy"]
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", {})
+    assert {} == _cli_output.session_options()
+    monkeypatch.setenv(_cli_output.TEST_POLL_VARIABLE, "junk")
+    assert {} == _cli_output.session_options()
+    monkeypatch.setenv(_cli_output.TEST_POLL_VARIABLE, "0.05")
+    policy = _cli_output.session_options()["poll_policy"]
     assert (0.05, 0.05, 0.05) == (policy.first_delay, policy.interval, policy.max_delay)
-    assert os.environ[_cli_output._TEST_POLL_VARIABLE] == "0.05"
+    assert os.environ[_cli_output.TEST_POLL_VARIABLE] == "0.05"
 
 
 # -- rows without a result ------------------------------------------------------------------
@@ -627,7 +636,7 @@ def test_a_file_larger_than_the_cap_is_refused(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Past MAX_FILE_BYTES the file is refused without being read to its end."""
-    monkeypatch.setattr(_cli_batch, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(_cli_batch_file, "MAX_FILE_BYTES", 1000)
     file = write_jsonl(tmp_path / "rows.jsonl", rows_of(40, "z"))
 
     status, _, err = run(capsys, "batch", str(file))
@@ -648,7 +657,7 @@ def test_result_files_are_named_by_the_rows_key(
         tmp_path / "rows.jsonl", [{"key": key, "video_id": f"v{n}"} for n, key in enumerate(keys)]
     )
     out = tmp_path / "out"
-    stems = _cli_batch.file_stems(keys)
+    stems = _cli_batch_file.file_stems(keys)
     with emulator_thread(polls_to_start=0, polls_to_finish=0) as emulator:
         use(monkeypatch, emulator.gateway_url)
 
@@ -668,33 +677,33 @@ def test_file_stems_are_safe_short_and_distinct() -> None:
     """Only [A-Za-z0-9._-], never `.`/`..`/hidden, at most 100 + 9 characters, all distinct
     even ignoring case; a key that is already safe keeps its name."""
     keys = ["plain_key-1.v2", "..", ".", ".hidden", "a/b", "a\\b", "x" * 300, "é", "A", "a", "-rf"]
-    stems = _cli_batch.file_stems(keys)
+    stems = _cli_batch_file.file_stems(keys)
 
     assert "plain_key-1.v2" == stems["plain_key-1.v2"]
     assert len({stem.casefold() for stem in stems.values()}) == len(keys)
     for stem in stems.values():
         assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,108}", stem), stem
-    assert stems == _cli_batch.file_stems(list(reversed(keys)))  # the keys alone decide
+    assert stems == _cli_batch_file.file_stems(list(reversed(keys)))  # the keys alone decide
 
 
 def test_the_download_count_and_bytes_agree() -> None:
     """Two of six downloads have all their bytes but are not in place yet: 0/6 done, and the
     bytes are said to be those of the 2 in progress."""
     rows = [
-        _cli_batch.Row(line=n, key=f"k{n}", request=_cli_batch.ExtendRequest(video_id="v"))
+        _cli_batch_file.Row(line=n, key=f"k{n}", request=ExtendRequest(video_id="v"))
         for n in range(6)
     ]
-    batch = _cli_batch.Run(rows, clock=lambda: 0.0)
+    batch = _cli_batch_state.Run(rows, clock=lambda: 0.0)
     batch.downloads = 6
     batch.received("k0", 262_144, 262_144)
     batch.received("k1", 262_144, 262_144)
-    assert "downloaded 0/6 (0 B, 2 in progress: 524.3 kB of 524.3 kB)" in _cli_batch.describe(
+    assert "downloaded 0/6 (0 B, 2 in progress: 524.3 kB of 524.3 kB)" in _cli_batch_state.describe(
         batch.snapshot()
     )
 
     batch.fetched("k0", ok=True)
     batch.fetched("k1", ok=False)
-    assert "downloaded 1/6, 1 failed (262.1 kB)" in _cli_batch.describe(batch.snapshot())
+    assert "downloaded 1/6, 1 failed (262.1 kB)" in _cli_batch_state.describe(batch.snapshot())
 
 
 def test_one_row_is_one_row(

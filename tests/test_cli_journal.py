@@ -53,7 +53,7 @@ def served() -> Iterator[str]:
 def instant(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process commands poll and retry without sleeping; credentials come from nowhere."""
     options = {"poll_policy": PollPolicy.instant(), "retry_policy": RetryPolicy.instant()}
-    monkeypatch.setattr(_cli_output, "_SESSION_OPTIONS", options)
+    monkeypatch.setattr(_cli_output, "SESSION_OPTIONS", options)
     for name in ("KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
 

@@ -9,6 +9,7 @@ created. The pytest plugin (`kling_async.testing.pytest_plugin`) offers it as th
 
 from __future__ import annotations
 
+from kling_async.testing._command import emulator_command
 from kling_async.testing._emulator import KlingEmulator
 from kling_async.testing._fault import Fault
 from kling_async.testing._mock import MockTransport
@@ -21,4 +22,5 @@ __all__ = [
     "MockTransport",
     "RecordedCallback",
     "RecordedRequest",
+    "emulator_command",
 ]

@@ -1,186 +1,29 @@
 """Run the Kling emulator from the command line: ``python -m kling_async.testing``.
 
-The same command is ``kling-async emulator``: both build their options with `add_arguments`
-and serve with `run`. Useful to try a client by hand or from another process; stops on
-SIGINT/SIGTERM (Ctrl+C). Every option is checked by argparse, so a bad value is a one-line
-usage error (exit 2), never a traceback.
+The same command is ``kling-async emulator`` (both are built with `emulator_command`).
+Useful to try a client by hand or from another process; stops on SIGINT/SIGTERM (Ctrl+C).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import math
-import shlex
-import signal
 import sys
 from collections.abc import Sequence
 
-__all__ = ["DESCRIPTION", "add_arguments", "main", "run"]
+from kling_async.testing import emulator_command
 
-DESCRIPTION = "Serve an emulated Kling video-extend API until interrupted (Ctrl+C)."
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
-    return port
-
-
-def _whole(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the emulator's options to ``parser`` (this module's and ``kling-async emulator``)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    parser.add_argument(
-        "--port", type=_port, default=8000, help="port, 0 for any free one (default %(default)s)"
-    )
-    parser.add_argument(
-        "--step-seconds",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="advance tasks by time: processing after N s, final after 2N s "
-        "(default: advance by polls)",
-    )
-    parser.add_argument(
-        "--polls-to-start",
-        type=_whole,
-        default=1,
-        metavar="N",
-        help="queries that still show submitted (default %(default)s)",
-    )
-    parser.add_argument(
-        "--polls-to-finish",
-        type=_whole,
-        default=1,
-        metavar="N",
-        help="the following queries that show processing (default %(default)s)",
-    )
-    parser.add_argument("--api-key", default="test-key", help="gateway-style Bearer key")
-    parser.add_argument("--access-key", default="test-access-key", help="JWT issuer (iss)")
-    parser.add_argument("--secret-key", default="test-secret-key", help="JWT HS256 secret")
-    parser.add_argument(
-        "--max-running",
-        type=_whole,
-        default=None,
-        metavar="N",
-        help="parallel task limit: more answer 429 code 1303 (default: none)",
-    )
-    parser.add_argument(
-        "--fail-video",
-        action="append",
-        default=[],
-        metavar="VIDEO_ID",
-        help="tasks extending this video end failed with 'content risk control' (repeatable)",
-    )
-    parser.add_argument(
-        "--list-mode",
-        choices=["ok", "404", "html"],
-        default="ok",
-        help="how the list endpoint answers: tasks, a 404, or a gateway's HTML page",
-    )
-    parser.add_argument(
-        "--require-parent-task-id",
-        action="store_true",
-        help="refuse creates without task_id, like some gateways",
-    )
-    parser.add_argument(
-        "--drop-external-task-id",
-        action="store_true",
-        help="silently ignore external_task_id, like most gateways",
-    )
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    from kling_async.testing._emulator import KlingEmulator
-
-    emulator = KlingEmulator(
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        access_key=args.access_key,
-        secret_key=args.secret_key,
-        polls_to_start=args.polls_to_start,
-        polls_to_finish=args.polls_to_finish,
-        step_seconds=args.step_seconds,
-        max_running=args.max_running,
-        list_mode=args.list_mode,
-        require_parent_task_id=args.require_parent_task_id,
-        accept_external_task_id=not args.drop_external_task_id,
-    )
-    for video_id in args.fail_video:
-        emulator.fail_video(video_id)
-    async with emulator:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, stop.set)
-        print("Kling emulator running (Ctrl+C to stop)", flush=True)
-        print(f"  official base URL: {emulator.base_url}", flush=True)
-        print(f"  gateway base URL:  {emulator.gateway_url}", flush=True)
-        print(f"  api key:           {emulator.api_key}", flush=True)
-        print(f"  access key:        {emulator.access_key}", flush=True)
-        print(f"  secret key:        {emulator.secret_key}", flush=True)
-        print("try it from another terminal:", flush=True)
-        print(
-            f"  export KLING_API_KEY={shlex.quote(emulator.api_key)} "
-            f"KLING_BASE_URL={shlex.quote(emulator.gateway_url)}",
-            flush=True,
-        )
-        print("  kling-async extend any-video-id --wait", flush=True)
-        await stop.wait()
-    print("Kling emulator stopped", flush=True)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve with the options `add_arguments` parsed until SIGINT/SIGTERM; the exit status."""
-    try:
-        asyncio.run(_serve(args))
-    except KeyboardInterrupt:  # platforms without loop signal handlers
-        return 0
-    except OSError as exc:
-        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # argparse checked each option; this is a combination of them
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and serve until SIGINT/SIGTERM; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m kling_async.testing", description=DESCRIPTION)
-    add_arguments(parser)
+    parser = argparse.ArgumentParser(prog="python -m kling_async.testing")
+    serve = emulator_command(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # --help, or a usage error argparse already printed
         return exit.code if isinstance(exit.code, int) else 2 if exit.code else 0
-    return run(args)
+    return serve(args)
 
 
 if __name__ == "__main__":
