@@ -357,8 +357,7 @@ def _forget(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
         say(f"error: key {clean(str(key))!r} changed while you were asked; nothing forgotten")
         return 1
     if outcome is None:
-        say(f"error: key {clean(str(key))!r} is not in journal {clean(str(path))}")
-        return 1
+        return _not_in(key, path)
     what, forgotten = outcome
     if args.json:
         _print(json.dumps({"key": key, "forgotten": forgotten, "was": what}))
@@ -369,6 +368,11 @@ def _forget(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
         return 1
     say("the next batch run of its file creates a new (paid) task for this key")
     return 0
+
+
+def _not_in(key: str, path: pathlib.Path) -> int:
+    say(f"error: key {clean(str(key))!r} is not in journal {clean(str(path))}")
+    return 1
 
 
 def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pathlib.Path) -> int:
@@ -403,8 +407,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
         say(f"error: {error}; nothing was recorded")
         return 1
     if outcome is None:
-        say(f"error: key {clean(str(key))!r} is not in journal {clean(str(path))}")
-        return 1
+        return _not_in(key, path)
     before, after = outcome
     if args.json:
         _print(

@@ -15,17 +15,14 @@ import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-import anyio
-
 from . import _download, sansio
 from ._account import LocalSlotGate
-from ._aiohttp_transport import AiohttpTransport, open_http_session
 from ._config import check_count, check_key, check_task_id, configure
 from ._create import Creator
 from ._handle import TaskHandle
 from ._journal import Journal
+from ._lifetime import Lifetime
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
-from ._sqlite_journal import SQLiteJournal
 from ._submit import Submitter
 from ._transport import Transport
 from ._watch import Watcher, WatchEvents
@@ -102,29 +99,16 @@ class KlingSession:
             max_response_bytes=max_response_bytes,
             environ=os.environ,
         )
-        if http_session is not None and trace_configs is not None:
-            raise ValueError(
-                "trace_configs go on the aiohttp.ClientSession you pass as http_session"
-            )
-        if transport is not None:
-            if not isinstance(transport, Transport):
-                raise TypeError(f"transport must be a Transport, not {type(transport).__name__}")
-            if http_session is not None or trace_configs is not None:
-                raise ValueError("http_session and trace_configs are for aiohttp, not transport")
-        self._transport = transport
-        if callbacks is not None:
-            from .callbacks import CallbackReceiver
-
-            if not isinstance(callbacks, CallbackReceiver):
-                raise TypeError(
-                    f"callbacks must be a CallbackReceiver, not {type(callbacks).__name__}"
-                )
+        self._lifetime = lifetime = Lifetime(
+            transport=transport,
+            http_session=http_session,
+            trace_configs=trace_configs,
+            journal=journal,
+            callbacks=callbacks,
+        )
         self.poll_policy = poll_policy if poll_policy is not None else PollPolicy()
         self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
         self._config = config
-        self._borrowed = http_session
-        self._trace_configs = tuple(trace_configs or ())
-        self._http: aiohttp.ClientSession | None = None
         self._wire = Wire(
             base_url=config.base_url,
             auth=config.auth,
@@ -140,14 +124,7 @@ class KlingSession:
             list_refresh=config.list_refresh,
             events=WatchEvents(slot_freed=gate.freed),
         )
-        self._journal: Journal | None = None
-        self._owns_journal = False
-        if journal is None or isinstance(journal, Journal):
-            self._journal = journal
-        elif isinstance(journal, (str, os.PathLike)):
-            self._journal, self._owns_journal = SQLiteJournal(journal), True
-        else:
-            raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
+        self._journal = lifetime.journal
         self._submitter = Submitter(
             creator,
             self._watcher,
@@ -156,7 +133,6 @@ class KlingSession:
             busy_wait=config.timeouts.create,
         )
         self._gate = gate
-        self._callbacks = callbacks
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -164,37 +140,7 @@ class KlingSession:
         if self._wire.state != "unopened":
             raise RuntimeError(f"a KlingSession can be opened once; this one is {self._wire.state}")
         self._wire.running_loop()  # before aiohttp, which fails obscurely without asyncio
-        config = self._config
-        transport_http = self._borrowed
-        try:
-            if self._transport is None:
-                if transport_http is None:
-                    transport_http = open_http_session(
-                        limit=config.limits.max_in_flight, trace_configs=self._trace_configs
-                    )
-                    self._http = transport_http
-                self._transport = AiohttpTransport(
-                    transport_http,
-                    connect_timeout=config.timeouts.connect,
-                    read_timeout=config.timeouts.read,
-                    max_body=config.limits.max_response_bytes,
-                )
-            self._wire.open(self._transport)
-            if self._owns_journal:
-                assert self._journal is not None
-                await self._journal.__aenter__()
-            if self._callbacks is not None:
-                submitter = self._submitter
-                submitter.safety = self._callbacks.safety_interval
-                submitter.link = self._callbacks._attach(
-                    self._watcher, self._wire.loop, gateway=config.gateway
-                )
-        except BaseException:
-            self._wire.close()
-            if self._http is not None:
-                await self._http.close()
-                self._http = None
-            raise
+        await self._lifetime.open(self._config, self._wire, self._watcher, self._submitter)
         return self
 
     async def __aexit__(
@@ -218,19 +164,7 @@ class KlingSession:
             # Wake every sleeping wait and slot wait; each then sees the state and raises.
             self._watcher.close()
             self._gate.close()
-        submitter = self._submitter
-        if submitter.link is not None:
-            link, submitter.link = submitter.link, None
-            link.close()  # its tokens are forgotten: their callbacks get 404 from now on
-        if self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
-        if submitter.keyed is not None:
-            with anyio.CancelScope(shield=True):
-                await submitter.keyed.flush()  # finishes a failed write left behind
-        if self._owns_journal:
-            assert self._journal is not None
-            await self._journal.aclose()
+        await self._lifetime.close(self._submitter)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         wire = getattr(self, "_wire", None)
@@ -432,7 +366,7 @@ class KlingSession:
         """
         return await _download.download(
             self._wire,
-            self._transport,
+            self._lifetime.transport,
             video_or_task,
             dest,
             progress=progress,

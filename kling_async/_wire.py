@@ -208,22 +208,15 @@ class Wire:
             await self.sleep(step.delay)
 
     @contextlib.asynccontextmanager
-    async def slot(self, deadline: float | None = None) -> AsyncIterator[None]:
-        """Hold one of the ``max_in_flight`` slots (counted in ``in_flight``); past
-        ``deadline`` (the loop's clock) while waiting for one, raise `DeadlinePassed`."""
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``max_in_flight`` slots (counted in ``in_flight``), as a request
+        on the wire does: a download's connection takes one too."""
         limiter = self._limiter
         assert limiter is not None
         try:
-            limiter.acquire_nowait()  # the common case, without a trip through the event loop
+            limiter.acquire_nowait()
         except anyio.WouldBlock:
-            if deadline is None:
-                await limiter.acquire()
-            else:
-                with anyio.move_on_after(deadline - self.clock()):
-                    await limiter.acquire()
-                    deadline = None
-                if deadline is not None:
-                    raise DeadlinePassed from None
+            await self._await_slot(limiter, None)
         try:
             if self.state == _CLOSED:  # closed while this call waited for the limiter
                 raise SessionClosedError(CLOSED_WHILE_PENDING)
@@ -234,6 +227,17 @@ class Wire:
                 self.in_flight -= 1
         finally:
             limiter.release()
+
+    async def _await_slot(self, limiter: anyio.Semaphore, deadline: float | None) -> None:
+        """Wait for an in-flight slot; past ``deadline`` (the loop's clock) raise
+        `DeadlinePassed` instead."""
+        if deadline is None:
+            await limiter.acquire()
+            return
+        with anyio.move_on_after(deadline - self.clock()):
+            await limiter.acquire()
+            return
+        raise DeadlinePassed
 
     async def send(
         self,
@@ -259,10 +263,19 @@ class Wire:
         pace = self.pace
         if pace.enabled and self.retry_policy.wait:
             await pace.turn(deadline)
-        async with self.slot(deadline):
+        limiter = self._limiter
+        assert limiter is not None
+        try:
+            limiter.acquire_nowait()  # the common case, without a trip through the event loop
+        except anyio.WouldBlock:
+            await self._await_slot(limiter, deadline)
+        try:
+            if self.state == _CLOSED:  # closed while this call waited for the limiter
+                raise SessionClosedError(CLOSED_WHILE_PENDING)
             if transport.closed:
                 raise SessionClosedError("the aiohttp.ClientSession lent to this session is closed")
             self.requests_sent += 1
+            self.in_flight += 1
             sent_at = self.clock()
             wall_sent = time.time()
             pace.sent(sent_at)
@@ -275,6 +288,10 @@ class Wire:
                 if self.state == _CLOSED and not isinstance(error, SessionClosedError):
                     raise SessionClosedError(CLOSED_WHILE_PENDING) from error
                 raise
+            finally:
+                self.in_flight -= 1
+        finally:
+            limiter.release()
         now = dt.datetime.now(dt.timezone.utc)
         if response.status >= 400:  # a refusal of our token's times says what time it is
             self.server_clock.observe_date(
@@ -288,10 +305,11 @@ class Wire:
             _log_failure(request, attempt, error)
             if isinstance(error, RateLimitError) and not isinstance(error, TaskLimitError):
                 pace.throttled(self.clock(), sent_at)  # 1302: the whole account slows down
-            else:
+            elif pace.enabled:
                 pace.succeeded(self.clock())
             raise
-        pace.succeeded(self.clock())
+        if pace.enabled:
+            pace.succeeded(self.clock())
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s -> %s (attempt %d) request_id=%s%s",

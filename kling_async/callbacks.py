@@ -339,27 +339,14 @@ class CallbackReceiver:
 
     def aiohttp_app(self) -> web.Application:
         """An ``aiohttp.web.Application`` serving ``POST /{token}``, for ``add_subapp``."""
-        from aiohttp import web
+        from ._aiohttp_web import receiver_app
 
-        limit = self.max_body_bytes
-
-        async def handle(request: web.Request) -> web.Response:
-            token = request.match_info["token"]
-            if self._lookup(token) is None:
-                return _aiohttp_reply(web, 404)
-            length = request.content_length
-            if length is not None and length > limit:
-                return _aiohttp_reply(web, 413)
-            body = bytearray()
-            async for chunk in request.content.iter_any():
-                body += chunk
-                if len(body) > limit:
-                    return _aiohttp_reply(web, 413)
-            return _aiohttp_reply(web, await self.deliver(token, bytes(body)))
-
-        app = web.Application()
-        app.router.add_post("/{token}", handle)
-        return app
+        return receiver_app(
+            known=lambda token: self._lookup(token) is not None,
+            deliver=self.deliver,
+            limit=self.max_body_bytes,
+            reasons=_REASONS,
+        )
 
     @property
     def asgi_app(self) -> ASGIApp:
@@ -415,11 +402,6 @@ class CallbackReceiver:
             if not message.get("more_body", False):
                 break
         await _asgi_reply(send, await self.deliver(token, bytes(body)))
-
-
-def _aiohttp_reply(module: Any, status: int) -> web.Response:
-    """A short text reply (``module`` is ``aiohttp.web``, imported when an app is made)."""
-    return module.Response(status=status, text=_REASONS.get(status, ""))  # type: ignore[no-any-return]
 
 
 async def _asgi_reply(send: Send, status: int, *headers: tuple[bytes, bytes]) -> None:

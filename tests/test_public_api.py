@@ -64,6 +64,26 @@ PUBLIC_EXCEPTIONS = [
 ]
 
 
+TESTING_ALL = [
+    "EmulatedTask",
+    "Fault",
+    "KlingEmulator",
+    "MockTransport",
+    "RecordedCallback",
+    "RecordedRequest",
+    "emulator_command",
+]
+
+
+def test_the_testing_package_has_its_expected_sorted_surface() -> None:
+    """`kling_async.testing` exports exactly these names, sorted, each importable."""
+    import kling_async.testing
+
+    assert TESTING_ALL == kling_async.testing.__all__
+    for name in TESTING_ALL:
+        assert getattr(kling_async.testing, name) is not None
+
+
 def test_all_is_sorted() -> None:
     """``__all__`` is kept sorted so that additions show up plainly in review."""
     assert sorted(kling_async.__all__) == kling_async.__all__

@@ -22,34 +22,28 @@ __all__ = ["emulator_command"]
 DESCRIPTION = "Serve an emulated Kling video-extend API until interrupted (Ctrl+C)."
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
-    return port
+def _number(
+    cast: Callable[[str], float], fits: Callable[[float], bool], what: str
+) -> Callable[[str], float]:
+    """An argparse type: ``text`` read with ``cast``, refused unless it ``fits``."""
+
+    def read(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = math.nan
+        if not fits(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return read
 
 
-def _whole(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
+_port = _number(int, lambda port: 0 <= port <= 65535, "a port number from 0 to 65535")
+_whole = _number(int, lambda value: value >= 0, "a whole number >= 0")
+_seconds = _number(
+    float, lambda value: math.isfinite(value) and value >= 0, "a number of seconds >= 0"
+)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

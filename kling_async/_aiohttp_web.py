@@ -1,0 +1,46 @@
+"""The callback receiver served by ``aiohttp.web``: the server side's only aiohttp code.
+
+Like the client's transport (``_aiohttp_transport``), it only adapts: it refuses an unknown
+token before reading anything, reads the body under the receiver's cap, and hands the
+token and the body to the receiver, whose pure core decides the reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+__all__ = ["receiver_app"]
+
+
+def receiver_app(
+    *,
+    known: Callable[[str], bool],
+    deliver: Callable[[str, bytes], Awaitable[int]],
+    limit: int,
+    reasons: Mapping[int, str],
+) -> web.Application:
+    """An application serving ``POST /{token}``: 404 for a token ``known`` refuses, 413 for a
+    body over ``limit`` bytes, else what ``deliver`` answers (``reasons`` give the text)."""
+
+    def reply(status: int) -> web.Response:
+        return web.Response(status=status, text=reasons.get(status, ""))
+
+    async def handle(request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        if not known(token):
+            return reply(404)
+        length = request.content_length
+        if length is not None and length > limit:
+            return reply(413)
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                return reply(413)
+        return reply(await deliver(token, bytes(body)))
+
+    app = web.Application()
+    app.router.add_post("/{token}", handle)
+    return app
