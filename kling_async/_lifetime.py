@@ -52,13 +52,7 @@ class Lifetime:
                 raise TypeError(f"transport must be a Transport, not {type(transport).__name__}")
             if http_session is not None or trace_configs is not None:
                 raise ValueError("http_session and trace_configs are for aiohttp, not transport")
-        if callbacks is not None:
-            from .callbacks import CallbackReceiver
-
-            if not isinstance(callbacks, CallbackReceiver):
-                raise TypeError(
-                    f"callbacks must be a CallbackReceiver, not {type(callbacks).__name__}"
-                )
+        # Checked in the order of the arguments (the journal before the receiver).
         self.journal: Journal | None = None
         self._owns_journal = False
         if journal is None or isinstance(journal, Journal):
@@ -67,6 +61,13 @@ class Lifetime:
             self.journal, self._owns_journal = SQLiteJournal(journal), True
         else:
             raise TypeError(f"journal must be a path or a Journal, not {type(journal).__name__}")
+        if callbacks is not None:
+            from .callbacks import CallbackReceiver
+
+            if not isinstance(callbacks, CallbackReceiver):
+                raise TypeError(
+                    f"callbacks must be a CallbackReceiver, not {type(callbacks).__name__}"
+                )
         self.transport = transport
         self.callbacks = callbacks
         self._borrowed = http_session
