@@ -118,9 +118,6 @@ class LocalSlotGate:
     def close(self) -> None:
         self.freed(len(self._waiters))
 
-    def __len__(self) -> int:
-        return len(self._waiters)
-
 
 class LocalPace:
     """The pace of one process: `Pace`'s turns, slept on the loop's clock.

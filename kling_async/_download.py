@@ -175,7 +175,7 @@ async def download(
 
 async def _unless_closed(wire: Wire, run: Callable[[], Awaitable[None]]) -> None:
     """Run ``run()``, cut short (SessionClosedError) the moment the session closes, as
-    requests on the wire are (docs/concepts.md, "Opening and closing")."""
+    requests on the wire are (docs/concepts.md, "The session and its lifetime")."""
     failure: Exception | None = None
     finished = False
     async with anyio.create_task_group() as group:

@@ -158,7 +158,7 @@ class Lookup:
                 return None
             tasks, covered = listed
         key = attempt.key
-        rivals = [self.doubt(other) for other in self._attempts.rivals(attempt)]
+        rivals = [self._doubt(other) for other in self._attempts.rivals(attempt)]
         claimed = self._attempts.claimed(key)
         if self.journal is not None:
             try:
@@ -179,10 +179,10 @@ class Lookup:
                     rival.placed = not _reconcile.set_back(entry.sent_at, wall_now)
                     rival.sent_server = entry.sent_server
                     rival.sent_uncertainty = entry.sent_uncertainty or 0.0
-                    rivals.append(self.doubt(rival))
+                    rivals.append(self._doubt(rival))
             claimed.update(task_id for task_id, owner in owners.items() if owner != key)
         return _reconcile.verdict(
-            self.doubt(attempt),
+            self._doubt(attempt),
             tasks,
             claimed=claimed,
             rivals=rivals,
@@ -246,14 +246,14 @@ class Lookup:
             )
             wire.server_clock.observe_date(date, before, dt.datetime.now(dt.timezone.utc))
             tasks.extend(listed)
-            scan_from = self.doubt(attempt).scan_from
+            scan_from = self._doubt(attempt).scan_from
             if scan_from is None:
                 return tasks, False  # cannot tell how far back to read
             if not _reconcile.read_next_page(listed, _PAGE_SIZE, scan_from):
                 return tasks, True
         return tasks, False
 
-    def doubt(self, attempt: CreateAttempt) -> _reconcile.Doubt:
+    def _doubt(self, attempt: CreateAttempt) -> _reconcile.Doubt:
         """``attempt`` as the look-up's rules see it, on the server's clock now."""
         wire = self._wire
         clock = wire.server_clock

@@ -30,6 +30,7 @@ import anyio.lowlevel
 import attrs
 
 from . import sansio
+from ._account import CLOSED_WHILE_PENDING
 from ._list_refresh import ListRefresh
 from ._policies import PollPolicy
 from ._schedule import Schedule, born_at, capped_delay, confirm_at, newer, rank
@@ -44,7 +45,6 @@ __all__ = ["WatchEvents", "Watcher"]
 
 _REMEMBERED_RUNNING = 10_000
 _STEP_SLACK = 0.05  # as_completed: seconds by which a poll may come early to join a step
-_CLOSED = "the session was closed while this call was pending"
 
 
 def _nothing() -> None:
@@ -372,7 +372,7 @@ class Watcher:
         """Sleep ``seconds`` or until the state changes (closing the session changes it)."""
         wire = self._wire
         if wire.closed:
-            raise SessionClosedError(_CLOSED)
+            raise SessionClosedError(CLOSED_WHILE_PENDING)
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
         else:
@@ -392,7 +392,7 @@ class Watcher:
                 if sleepers is not None and not future.done():
                     sleepers.remove(future)
         if wire.closed:
-            raise SessionClosedError(_CLOSED)
+            raise SessionClosedError(CLOSED_WHILE_PENDING)
 
     def _interest(self, state: TaskState, change: int) -> None:
         state.waiters += change
@@ -459,7 +459,7 @@ class Watcher:
                 with anyio.move_on_after(min(soonest, deadline) - now):
                     await moved.wait()
                 if wire.closed:
-                    raise SessionClosedError(_CLOSED)
+                    raise SessionClosedError(CLOSED_WHILE_PENDING)
         finally:
             self.waits -= 1
             for state in waiting:
