@@ -7,7 +7,8 @@ processes can share one implementation (the fleet) without a branch in the drive
 - `SlotGate`: creates refused with 1303 wait here for a task to finish (`LocalSlotGate`);
 - `RequestPace`: every request takes its turn at the pace learned from 1302 (`LocalPace`);
 - the journal of keyed creates (``_journal.Journal``), the task states and their one poller
-  (``_task_state``), and a receiver's callback tokens (``callbacks``) are the others.
+  (``_task_state``), and a receiver's callback tokens (``_callback_tokens``, kept by
+  ``callbacks``) are the others.
 
 The pace's arithmetic is pure (``_pace.Pace``); `LocalPace` only sleeps on the loop's clock
 and wakes the sleepers when the rate climbs back (``docs/waiting.md``, "The session-wide pace
