@@ -142,7 +142,9 @@ async def download(
         raise TypeError(f"policy must be a DownloadPolicy, not {type(policy).__name__}")
     wire.check_open()
     if transport is None or transport.closed:
-        raise SessionClosedError("the aiohttp.ClientSession lent to this session is closed")
+        raise SessionClosedError(
+            "the aiohttp.ClientSession (or transport) lent to this session is closed"
+        )
     allow_loopback = _urls.is_loopback(urllib.parse.urlsplit(wire.base_url).hostname or "")
     refused = refused_host(video.url, policy, allow_loopback=allow_loopback)
     if refused is not None:
@@ -270,7 +272,7 @@ class _Job:
                     raise SessionClosedError(CLOSED_WHILE_PENDING)
                 if self.transport.closed:
                     raise SessionClosedError(
-                        "the aiohttp.ClientSession lent to this session was closed"
+                        "the aiohttp.ClientSession (or transport) lent to this session was closed"
                     )
                 if self.part.size > best:  # progress renews the budget
                     best, retry, progressed_at = self.part.size, 0, wire.clock()

@@ -97,7 +97,7 @@ class Lifetime:
                 assert self.journal is not None
                 await self.journal.__aenter__()
             if self.callbacks is not None:
-                submitter.safety = self.callbacks.safety_interval
+                submitter.receiver = self.callbacks
                 submitter.link = self.callbacks._attach(watcher, wire.loop, gateway=config.gateway)
         except BaseException:
             wire.close()

@@ -335,9 +335,11 @@ def next_step(
     rng: random.Random,
     retry_after: float | None = None,
 ) -> Step:
-    """The one retry decision of requests, creates and downloads: what ``error`` means
-    (`classify`) and, where it may be retried, the wait before retry number ``retry``
-    (`RetryPolicy.retry_delay`, ``elapsed`` seconds into the retry budget)."""
+    """The one retry decision of queries and creates: what ``error`` means (`classify`)
+    and, where it may be retried, the wait before retry number ``retry``
+    (`RetryPolicy.retry_delay`, ``elapsed`` seconds into the retry budget). A download
+    decides what a media reply means itself (``_media``) and takes its wait from the same
+    `RetryPolicy.retry_delay`."""
     action = classify(error, create=create)
     if action is not Action.RETRY:
         return Step(action)

@@ -1,10 +1,10 @@
 """KlingSession: the façade. It holds the configuration and the lifetime, and the public calls.
 
 Arguments are checked in ``_config``; requests go through ``_wire``, creates through
-``_submit`` (and ``_create``), waits through ``_watch``. The session wires them together,
-owns (or borrows) the aiohttp session, and keeps its lifetime's promise (``docs/concepts.md``,
-"The session and its lifetime"): after closing, every call raises, and closing stops every
-pending call.
+``_submit`` (and ``_create``), waits through ``_watch``, and what the session opens and
+closes (its transport, its journal, its receiver's tokens) is ``_lifetime``'s. The session
+wires them together and keeps its lifetime's promise (``docs/concepts.md``, "The session and
+its lifetime"): after closing, every call raises, and closing stops every pending call.
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ class KlingSession:
             stamp=config.stamp_external_id,
             journal=self._journal,
             busy_wait=config.timeouts.create,
+            check_open=self._wire.check_open,
         )
         self._gate = gate
 
@@ -244,7 +245,6 @@ class KlingSession:
         )
         if key is not None:
             check_key(key, journal=self._journal is not None)
-        self._wire.check_open()
         return await self._submitter.submit(request, None, key)
 
     async def extend_many(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -27,6 +28,7 @@ from .models import ExtendRequest
 
 if TYPE_CHECKING:
     from ._callback_tokens import CallbackTokens
+    from .callbacks import CallbackReceiver
 
 __all__ = ["Submitter"]
 
@@ -44,7 +46,9 @@ class Submitter:
         stamp: bool,
         journal: Journal | None,
         busy_wait: float,
+        check_open: Callable[[], None],
     ) -> None:
+        self._check_open = check_open  # the session's: raises once it is closed
         self._creator = creator
         self._watcher = watcher
         self._stamp = stamp
@@ -57,7 +61,7 @@ class Submitter:
         self.link: CallbackTokens[Any] | None = (
             None  # a receiver's tokens, while the session is open
         )
-        self.safety: float | None = None  # the receiver's safety cadence, with ``link``
+        self.receiver: CallbackReceiver | None = None  # whose tokens ``link`` holds
         self.tasks_created = 0
 
     def handle(self, task_id: str) -> TaskHandle:
@@ -68,6 +72,7 @@ class Submitter:
         self, request: ExtendRequest, deadline: float | None, key: str | None = None
     ) -> TaskHandle:
         """Create ``request`` (under journal ``key``) and return its handle."""
+        self._check_open()
         link = self.link
         if link is None or request.callback_url is not None:
             return await self._submit(request, deadline, key, None)
@@ -114,7 +119,10 @@ class Submitter:
                 request = attrs.evolve(request, external_task_id=stamp)
             task = await self._creator.create(request, deadline=deadline, callback=slot)
         self.tasks_created += 1
-        safety = self.safety if slot is not None and slot.sent else None
+        safety = None
+        if slot is not None and slot.sent:
+            assert self.receiver is not None
+            safety = self.receiver.safety_interval
         return TaskHandle(self._watcher, self._watcher.created(task, safety=safety))
 
     async def submit_many(

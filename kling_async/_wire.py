@@ -273,7 +273,9 @@ class Wire:
             if self.state == _CLOSED:  # closed while this call waited for the limiter
                 raise SessionClosedError(CLOSED_WHILE_PENDING)
             if transport.closed:
-                raise SessionClosedError("the aiohttp.ClientSession lent to this session is closed")
+                raise SessionClosedError(
+                    "the aiohttp.ClientSession (or transport) lent to this session is closed"
+                )
             self.requests_sent += 1
             self.in_flight += 1
             sent_at = self.clock()
@@ -326,9 +328,10 @@ class Wire:
         self, request: sansio.HTTPRequest, authorization: str, *, shielded: bool
     ) -> sansio.HTTPResponse:
         """One request/reply in a scope that `close()` cancels: a request on the wire then
-        ends at once, whether the aiohttp session is ours or borrowed, and whatever part of
-        the reply has arrived. A create's scope is also shielded from the caller's scopes
-        (its reply is awaited, so a task it makes is not forgotten) and so has a deadline."""
+        ends at once, whether the transport is ours or borrowed, and whatever part of the
+        reply has arrived. A shielded request's scope (a paid create's) is also shielded from
+        the caller's scopes (its reply is awaited, so a task it makes is not forgotten) and
+        so has a deadline."""
         assert self._transport is not None
         if shielded:
             scope = self._scope_class(deadline=self.clock() + self.create_deadline, shield=True)
