@@ -17,7 +17,7 @@ import anyio
 from ._aiohttp_transport import AiohttpTransport, open_http_session
 from ._journal import Journal
 from ._sqlite_journal import SQLiteJournal
-from ._transport import Transport
+from ._transport import BoundedTransport, Transport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -92,6 +92,8 @@ class Lifetime:
                     read_timeout=config.timeouts.read,
                     max_body=config.limits.max_response_bytes,
                 )
+            elif not isinstance(self.transport, BoundedTransport):
+                self.transport = BoundedTransport(self.transport, config.limits.max_response_bytes)
             wire.open(self.transport)
             if self._owns_journal:
                 assert self.journal is not None

@@ -20,9 +20,17 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from .errors import ResponseDecodeError
 from .sansio import HTTPRequest, HTTPResponse
 
-__all__ = ["AddressRefused", "MediaClient", "MediaReply", "Transport", "holds_no_request"]
+__all__ = [
+    "AddressRefused",
+    "BoundedTransport",
+    "MediaClient",
+    "MediaReply",
+    "Transport",
+    "holds_no_request",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +79,40 @@ class Transport(Protocol):
         `AddressRefused` from `MediaClient.stream` and nothing is sent.
         """
         ...
+
+
+class BoundedTransport:
+    """A transport given to a session, its API replies held to ``max_response_bytes``
+    (docs/concepts.md: a larger reply is refused as not JSON), as the aiohttp transport
+    holds them while reading."""
+
+    __slots__ = ("_inner", "_max_body")
+
+    def __init__(self, inner: Transport, max_body: int) -> None:
+        self._inner = inner
+        self._max_body = max_body
+
+    @property
+    def closed(self) -> bool:
+        """Whether the given transport is closed."""
+        return self._inner.closed
+
+    async def send(self, request: HTTPRequest, authorization: str) -> HTTPResponse:
+        """The given transport's reply, refused when its body is over the cap."""
+        response = await self._inner.send(request, authorization)
+        if len(response.body) > self._max_body:
+            raise ResponseDecodeError(
+                f"the reply is larger than {self._max_body} bytes",
+                status=response.status,
+                is_json=False,
+            )
+        return response
+
+    def media(
+        self, *, allow_private: bool, allow_loopback: bool
+    ) -> AbstractAsyncContextManager[MediaClient]:
+        """The given transport's media client (downloads have their own cap)."""
+        return self._inner.media(allow_private=allow_private, allow_loopback=allow_loopback)
 
 
 class AddressRefused(Exception):

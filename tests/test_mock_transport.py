@@ -14,6 +14,7 @@ from kling_async import (
     KlingSession,
     MediaExpiredError,
     PollPolicy,
+    ResponseDecodeError,
     RetryPolicy,
     TaskStatus,
     TransportError,
@@ -196,3 +197,21 @@ def test_transport_is_type_checked_and_excludes_aiohttp_options() -> None:
         KlingSession("key", transport=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="http_session and trace_configs"):
         KlingSession("key", transport=MockTransport(Kling()), trace_configs=[aiohttp.TraceConfig()])
+
+
+async def test_max_response_bytes_holds_through_a_transport() -> None:
+    """A reply over ``max_response_bytes`` is refused as over aiohttp, whatever the transport."""
+    padded = {"code": 0, "message": "SUCCEED", "request_id": "r1", "data": task("succeed")}
+    body = json.dumps({**padded, "pad": "x" * 5000}).encode()
+    transport = MockTransport(lambda request: HTTPResponse(status=200, body=body))
+    async with KlingSession(
+        "key",
+        base_url=BASE,
+        transport=transport,
+        list_refresh=False,
+        retry_policy=RetryPolicy.instant(),
+        max_response_bytes=1000,
+    ) as s:
+        with pytest.raises(ResponseDecodeError, match="larger than 1000 bytes") as caught:
+            await s.get_task("t1")
+    assert (200, False) == (caught.value.status, caught.value.is_json)
