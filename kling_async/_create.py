@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
-import anyio
 import attrs
 
 from . import _reconcile, sansio
@@ -88,7 +87,12 @@ class Creator:
                 external_task_id=request.external_task_id,
                 key=key,
             ) from error
-        except anyio.get_cancelled_exc_class():
+        except AmbiguousCreateError:
+            self.attempts.left_in_doubt(attempt)  # may still own a listed task: a rival
+            raise
+        except BaseException:
+            # A cancel, or a transport of the caller's that raised its own exception: what
+            # was on the wire may have made a task, so it stays a rival, and the log says so.
             if attempt.doubtful:
                 attempt.in_doubt = True
                 self.attempts.left_in_doubt(attempt)
@@ -101,9 +105,6 @@ class Creator:
                     if request.external_task_id
                     else "",
                 )
-            raise
-        except AmbiguousCreateError:
-            self.attempts.left_in_doubt(attempt)  # may still own a listed task: a rival
             raise
         else:
             attempt.resolved = True

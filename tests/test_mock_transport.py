@@ -215,3 +215,23 @@ async def test_max_response_bytes_holds_through_a_transport() -> None:
         with pytest.raises(ResponseDecodeError, match="larger than 1000 bytes") as caught:
             await s.get_task("t1")
     assert (200, False) == (caught.value.status, caught.value.is_json)
+
+
+async def test_a_transports_own_exception_during_a_create_is_logged_as_in_doubt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A transport of the caller's that raises its own exception while a create is on the
+    wire: the exception reaches the caller as raised, and the create, which may have made a
+    task, is logged as in doubt (as a cancelled one is)."""
+
+    class Broken(Exception):
+        pass
+
+    def handler(request: HTTPRequest) -> HTTPResponse:
+        raise Broken("the handler's own failure")
+
+    with caplog.at_level("WARNING", logger="kling_async"):
+        async with session(MockTransport(handler)) as kling:
+            with pytest.raises(Broken):
+                await kling.extend("vid-1")
+    assert any("outcome was unknown" in record.getMessage() for record in caplog.records)
