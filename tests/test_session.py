@@ -383,3 +383,10 @@ async def test_a_closed_borrowed_http_session_is_a_clear_error(emu: KlingEmulato
             await session.get_task("1")
 
     assert [] == emu.requests
+
+
+def test_a_bad_journal_is_refused_before_a_bad_receiver() -> None:
+    """Arguments are checked in a fixed order: the journal before the callback receiver, so
+    the same mistake always gets the same message."""
+    with pytest.raises(TypeError, match="journal must be a path or a Journal, not int"):
+        KlingSession(api_key="k", journal=5, callbacks=object())  # type: ignore[arg-type]
