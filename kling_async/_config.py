@@ -26,6 +26,7 @@ __all__ = [
     "check_count",
     "check_key",
     "check_task_id",
+    "check_timeout",
     "configure",
     "credentials",
     "header_safe",
@@ -172,6 +173,12 @@ def check_base_url(url: str, *, allow_insecure_http: bool) -> str:
             "unencrypted; use https:// or pass allow_insecure_http=True",
         )
     return url.rstrip("/")
+
+
+def check_timeout(timeout: float | None) -> None:
+    """A wait's bound: None, or seconds >= 0 (NaN is refused)."""
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
 
 
 def check_task_id(task_id: object) -> None:

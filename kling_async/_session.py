@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import _download, sansio
 from ._account import LocalSlotGate
-from ._config import check_count, check_key, check_task_id, configure
+from ._config import check_count, check_key, check_task_id, check_timeout, configure
 from ._create import Creator
 from ._handle import TaskHandle
 from ._journal import Journal
@@ -265,8 +265,7 @@ class KlingSession:
                 raise TypeError(
                     f"requests[{index}] must be an ExtendRequest, not {type(request).__name__}"
                 )
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_timeout(timeout)
         self._wire.check_open()
         deadline = None if timeout is None else self._wire.clock() + timeout
         return await self._submitter.submit_many(batch, deadline)
@@ -392,8 +391,7 @@ class KlingSession:
             if handle._watcher is not self._watcher:
                 raise ValueError(f"{handle!r} belongs to another session")
             states.append(handle._state)
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_timeout(timeout)
         self._wire.check_open()
         return self._watcher.as_completed(states, timeout)
 

@@ -58,10 +58,9 @@ class Submitter:
             self.keyed = KeyedCreates(creator, journal)
             watcher.events.done = self.keyed.finished
             watcher.events.gone = self.keyed.gone
-        self.link: CallbackTokens[Any] | None = (
-            None  # a receiver's tokens, while the session is open
-        )
-        self.receiver: CallbackReceiver | None = None  # whose tokens ``link`` holds
+        # The receiver and this session's tokens of it, while the session is open.
+        self.receiver: CallbackReceiver | None = None
+        self.link: CallbackTokens[Any] | None = None
         self.tasks_created = 0
 
     def handle(self, task_id: str) -> TaskHandle:

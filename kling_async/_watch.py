@@ -31,6 +31,7 @@ import attrs
 
 from . import sansio
 from ._account import CLOSED_WHILE_PENDING
+from ._config import check_timeout
 from ._list_refresh import ListRefresh
 from ._policies import PollPolicy
 from ._schedule import Schedule, born_at, capped_delay, confirm_at, newer, rank
@@ -332,8 +333,7 @@ class Watcher:
         self, state: TaskState, condition: Callable[[Task], bool], timeout: float | None
     ) -> Task:
         """Return the state once ``condition`` holds; poll when due, or let another poll."""
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_timeout(timeout)
         last = state.last
         if last is not None and condition(last):
             await self._finished(state)
@@ -405,8 +405,7 @@ class Watcher:
         self, states: Iterable[TaskState], timeout: float | None
     ) -> AsyncGenerator[Task, None]:
         """Yield each task once it is done, in the order it finished (see KlingSession)."""
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_timeout(timeout)
         wire = self._wire
         unique = list(dict.fromkeys(states))
         wire.check_open()
