@@ -9,7 +9,7 @@ has no cancel) and the handle can wait again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import TaskFailedError
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ._task_state import TaskState
     from ._watch import Watcher
 
-__all__ = ["TaskHandle"]
+__all__ = ["TaskHandle", "states_of"]
 
 
 class TaskHandle:
@@ -120,3 +120,16 @@ def _finished(task: Task) -> bool:
 
 def _moved_on(seen: TaskStatus) -> Callable[[Task], bool]:
     return lambda task: task.done or task.status != seen
+
+
+def states_of(handles: Iterable[object], watcher: Watcher) -> list[TaskState]:
+    """The shared states of ``handles``, each a `TaskHandle` of ``watcher``'s session
+    (``TypeError`` for anything else, ``ValueError`` for another session's handle)."""
+    states = []
+    for handle in handles:
+        if not isinstance(handle, TaskHandle):
+            raise TypeError(f"as_completed() takes TaskHandles, not {type(handle).__name__}")
+        if handle._watcher is not watcher:
+            raise ValueError(f"{handle!r} belongs to another session")
+        states.append(handle._state)
+    return states

@@ -19,7 +19,7 @@ from . import _download, sansio
 from ._account import LocalSlotGate
 from ._config import check_count, check_key, check_task_id, check_timeout, configure
 from ._create import Creator
-from ._handle import TaskHandle
+from ._handle import TaskHandle, states_of
 from ._journal import Journal
 from ._lifetime import Lifetime
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
@@ -384,13 +384,7 @@ class KlingSession:
 
         Added in version 0.2.
         """
-        states = []
-        for handle in handles:
-            if not isinstance(handle, TaskHandle):
-                raise TypeError(f"as_completed() takes TaskHandles, not {type(handle).__name__}")
-            if handle._watcher is not self._watcher:
-                raise ValueError(f"{handle!r} belongs to another session")
-            states.append(handle._state)
+        states = states_of(handles, self._watcher)
         check_timeout(timeout)
         self._wire.check_open()
         return self._watcher.as_completed(states, timeout)
