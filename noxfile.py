@@ -27,7 +27,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".", "mypy", "pytest")  # pytest: the emulator fixture is typed
+    session.install("-e", ".[redis]", "mypy", "pytest")  # pytest: the emulator fixture is typed
     session.run("mypy")
 
 
@@ -52,7 +52,7 @@ def bench(session: nox.Session) -> None:
     arguments and records nothing unless given ``--record``; ``-- batch --tasks 200 --min 5
     --max 15`` is a quick batch run. The full batch run takes about ten minutes.
     """
-    session.install("-e", ".")
+    session.install("-e", ".[redis]")  # the fleet's benchmark starts its own redis-server
     if session.posargs:
         first, *rest = session.posargs
         if first not in BENCHMARKS:

@@ -45,8 +45,11 @@ __all__ = [
     "AccountError",
     "AmbiguousCreateError",
     "AuthenticationError",
+    "ClaimLostError",
     "ContentPolicyError",
     "DownloadError",
+    "FleetError",
+    "FleetUnavailableError",
     "InvalidArgumentError",
     "InvalidRequestError",
     "JournalError",
@@ -412,3 +415,39 @@ class JournalError(KlingError):
         named = (("key", self.key), ("task", self.task_id))
         details = [f"{name} {value!r}" for name, value in named if value is not None]
         return f"{self.args[0]} ({', '.join(details)})" if details else str(self.args[0])
+
+
+class FleetError(KlingError):
+    """The fleet's Redis could not do what a shared promise needs (``docs/fleet.md``).
+
+    ``key`` names the journal key concerned, when one is. Nothing was sent for a create that
+    raised it before its send; see the subclasses for what else is known.
+
+    Added in version 0.3.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} (key {self.key!r})" if self.key is not None else str(self.args[0])
+
+
+class FleetUnavailableError(FleetError):
+    """The fleet's Redis did not answer (refused, reset, timed out); the cause is chained.
+
+    Raised before a create sends anything when its claim or its slot could not be recorded:
+    the create was not sent and may be tried again.
+
+    Added in version 0.3.
+    """
+
+
+class ClaimLostError(FleetError):
+    """This process's claim on a key ended (its lease ran out and another process took the
+    key over), so it may no longer write the key's record (fencing). The other process now
+    settles the key; nothing this process sent is forgotten by the fleet.
+
+    Added in version 0.3.
+    """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -10,6 +12,7 @@ from kling_async import KlingSession
 from kling_async.testing import KlingEmulator
 
 from .helpers import official
+from .redis_server import RedisServer, redis_available
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +33,23 @@ async def session(emu: KlingEmulator) -> AsyncIterator[KlingSession]:
     """An open official-style session on the emulator with instant policies."""
     async with official(emu) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real ``redis-server`` for the run (on a free port, in a temporary directory)."""
+    if not redis_available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: .ci/run installs it (as root)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The test's own empty Redis (the shared server, flushed before each test)."""
+    with socket.create_connection(("127.0.0.1", redis_server.port)) as sock:
+        sock.sendall(b"FLUSHALL\r\n")
+        assert sock.recv(64).startswith(b"+OK")
+    return redis_server.url

@@ -217,3 +217,18 @@ def test_no_class_is_over_450_lines() -> None:
                 if lines > MAX_CLASS_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert [] == long
+
+
+def test_only_fleet_modules_import_redis() -> None:
+    """Redis is an optional extra: only ``_fleet`` and the ``_redis_*`` modules import it."""
+    users = set()
+    for name, path in _modules().items():
+        for node in ast.walk(_tree(path, type_only=False)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            if any(imported.split(".")[0] == "redis" for imported in names):
+                users.add(name)
+    assert {name for name in users if name != "_fleet" and not name.startswith("_redis_")} == set()
