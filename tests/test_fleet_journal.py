@@ -348,3 +348,53 @@ async def test_a_process_killed_while_sending_is_in_doubt_once_its_lease_lapses(
     assert ClaimOutcome.IN_DOUBT == claim.outcome
     assert "crash-0" == claim.request.external_task_id
     assert waited > LEASE - 1.5  # not before the lease (renewed each second) ran out
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+async def test_keyed_extends_in_two_processes_create_each_key_once_and_resume_finds_them(
+    emu: KlingEmulator, fleets: Callable[[], Any], redis_url: str
+) -> None:
+    """Two processes extend the same keys through KlingSession(journal=RedisJournal(fleet)):
+    one create per key at the emulator, both get its task, a third session resumes them."""
+    keys = 20
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, str(CHILD), "extend", redis_url, emu.base_url, str(keys)]
+    processes = [
+        await anyio.open_process(argv, env=env, stderr=subprocess.DEVNULL) for _ in range(2)
+    ]
+    outputs: list[dict[str, str]] = []
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            ready = await process.stdout.receive()
+            assert b"ready" in ready
+        for process in processes:
+            assert process.stdin is not None
+            await process.stdin.send(b"go\n")
+
+        async def collect(process: Any) -> None:
+            chunks = [chunk async for chunk in process.stdout]
+            await process.wait()
+            outputs.append(json.loads(b"".join(chunks)))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for process in processes:
+                    group.start_soon(collect, process)
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+    creates = emu.count("create")
+    journal = RedisJournal(await fleets())
+    async with journal, official(emu, journal=journal) as session:
+        resumed = await session.resume()
+
+    assert keys == creates
+    assert outputs[0] == outputs[1]
+    assert keys == len(set(outputs[0].values()))
+    assert set(outputs[0].values()) == {handle.task_id for handle in resumed}
+    assert keys == emu.count("create")  # resume sent nothing
