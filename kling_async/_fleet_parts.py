@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ._account import LocalPace, LocalSlotGate
 from ._fleet import Fleet
+from ._redis_journal import RedisJournal
 from ._task_state import LocalTaskStates
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class FleetParts:
         return LocalTaskStates()
 
     def journal(self) -> Journal | None:
-        return None
+        return RedisJournal(self._link)
 
     async def open(self) -> None:
         await self._link.open()
