@@ -105,7 +105,7 @@ class RedisPace:
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._started:
+        if self._started or self.fleet.closed:
             return
         self._started = True
         self._kick = asyncio.Event()

@@ -21,7 +21,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from kling_async import sansio
+from kling_async import RetryPolicy, sansio
 from kling_async._account import DeadlinePassed
 from kling_async._fleet import Fleet
 from kling_async._pace import Pace
@@ -31,6 +31,7 @@ from kling_async.errors import FleetError, KlingError, SessionClosedError
 from kling_async.testing import Fault, KlingEmulator
 
 from .fleet_pace_child import Counts, paced_wire
+from .helpers import official
 from .redis_server import RedisServer
 
 CHILD = Path(__file__).with_name("fleet_pace_child.py")
@@ -384,3 +385,20 @@ async def test_redis_lost_mid_burst_leaves_requests_flowing_at_the_local_pace(
             stop.set()
             await asyncio.gather(*workers)
             assert leaked == []
+
+
+async def test_sessions_with_one_fleet_share_the_pace(emu: KlingEmulator, redis_url: str) -> None:
+    """``KlingSession(fleet=...)`` paces with the fleet: a 1302 met by one session shows in
+    the other's statistics at once (DEFAULT retry policy), which met none."""
+    options: dict[str, Any] = {"fleet": redis_url, "retry_policy": RetryPolicy()}
+    async with official(emu, **options) as first, official(emu, **options) as second:
+        handle = await first.extend("video-1", prompt="pace")
+        await second.get_task(handle.task_id)  # the second's pace is running
+        assert second.statistics().rate_limit is None
+        emu.inject(Fault.rate_limited(), route="query")
+        await first.get_task(handle.task_id)  # 1302, then retried
+        for _ in range(100):
+            if second.statistics().rate_limit is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert second.statistics().rate_limit is not None
