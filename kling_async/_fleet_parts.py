@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._account import LocalPace, LocalSlotGate
+from ._account import LocalSlotGate
 from ._fleet import Fleet
 from ._redis_journal import RedisJournal
 from ._task_state import LocalTaskStates
@@ -35,7 +35,9 @@ class FleetParts:
         return self.fleet
 
     def pace(self) -> RequestPace:
-        return LocalPace()
+        from ._redis_pace import RedisPace
+
+        return RedisPace(self._link)
 
     def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
         return LocalSlotGate(sleep)
