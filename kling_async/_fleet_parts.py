@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._account import LocalPace, LocalSlotGate
+from ._account import LocalPace
 from ._fleet import Fleet
 from ._task_state import LocalTaskStates
 
@@ -37,7 +37,9 @@ class FleetParts:
         return LocalPace()
 
     def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
-        return LocalSlotGate(sleep)
+        from ._redis_gate import RedisSlotGate
+
+        return RedisSlotGate(self._link, sleep, limit=limit)
 
     def states(self) -> TaskStates:
         return LocalTaskStates()

@@ -59,7 +59,7 @@ class LocalParts:
         return LocalPace()
 
     def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
-        return LocalSlotGate(sleep)
+        return LocalSlotGate(sleep, limit=limit)
 
     def states(self) -> TaskStates:
         from ._task_state import LocalTaskStates

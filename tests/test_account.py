@@ -45,10 +45,11 @@ async def test_each_freed_slot_wakes_the_oldest_waiter_only() -> None:
         for name in ("first", "second", "third"):
             group.start_soon(_waiter, gate, name, woken)
             await anyio.wait_all_tasks_blocked()
-        gate.freed(1)
+        gate.freed("task-1")
         await anyio.wait_all_tasks_blocked()
         assert ["first"] == woken
-        gate.freed(2)
+        gate.freed("task-2")
+        gate.freed("task-3")
     assert ["first", "second", "third"] == woken
 
 
@@ -62,7 +63,7 @@ async def test_a_slot_given_to_a_cancelled_waiter_passes_to_the_next() -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(_waiter, gate, "second", woken)
         await anyio.wait_all_tasks_blocked()
-        gate.freed(1)  # the first in line is woken for it ...
+        gate.freed("task-1")  # the first in line is woken for it ...
         first.cancel()  # ... and cancelled before it could use it
         await anyio.wait_all_tasks_blocked()
         assert ["second"] == woken
