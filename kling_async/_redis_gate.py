@@ -36,10 +36,19 @@ if TYPE_CHECKING:
     from ._account import Sleep
     from ._fleet import Fleet
 
-__all__ = ["RedisSlotGate"]
+__all__ = ["BOUND_TTL", "LEARNED_TTL", "PENDING_TTL", "RECHECK", "RedisSlotGate"]
 
 logger = logging.getLogger("kling_async")
 
+PENDING_TTL = 150.0
+"""Seconds a create's slot outlives its process: a create's longest time on the wire (the
+default ``connect_timeout + 2 * read_timeout`` is 130 s) and some margin."""
+BOUND_TTL = 600.0
+"""Seconds a task's slot outlives its process (and the last `RedisSlotGate.renew`)."""
+LEARNED_TTL = 3600.0
+"""Seconds a limit learned from a 1303 is kept; then it is learned again (and may grow)."""
+RECHECK = 2.0
+"""Seconds between looks at a full gate even when no freed slot was heard of."""
 _MAX_QUEUED = 100_000  # writes kept while Redis is away; the oldest go first past it
 _BIND_WAIT = 5.0  # seconds a create waits for its slot's binding to be written
 
@@ -140,11 +149,15 @@ class RedisSlotGate:
         sleep: Sleep,
         *,
         limit: int | None = None,
-        pending_ttl: float = 150.0,
-        bound_ttl: float = 600.0,
-        learned_ttl: float = 3600.0,
-        recheck: float = 2.0,
+        pending_ttl: float | None = None,
+        bound_ttl: float | None = None,
+        learned_ttl: float | None = None,
+        recheck: float | None = None,
     ) -> None:
+        pending_ttl = PENDING_TTL if pending_ttl is None else pending_ttl
+        bound_ttl = BOUND_TTL if bound_ttl is None else bound_ttl
+        learned_ttl = LEARNED_TTL if learned_ttl is None else learned_ttl
+        recheck = RECHECK if recheck is None else recheck
         self._fleet = fleet
         self._sleep = sleep
         self._limit = limit
