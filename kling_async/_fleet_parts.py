@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._account import LocalSlotGate
 from ._fleet import Fleet
+from ._redis_gate import RedisSlotGate
 from ._redis_journal import RedisJournal
 from ._redis_pace import RedisPace
 from ._task_state import LocalTaskStates
@@ -40,8 +40,8 @@ class FleetParts:
         self._pace = RedisPace(self._link)
         return self._pace
 
-    def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
-        return LocalSlotGate(sleep)
+    def gate(self, sleep: Sleep, *, limit: int | None, hold: float) -> SlotGate:
+        return RedisSlotGate(self._link, sleep, limit=limit, pending_ttl=hold)
 
     def states(self) -> TaskStates:
         return LocalTaskStates()
