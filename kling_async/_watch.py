@@ -55,8 +55,8 @@ def _nothing(task_id: str) -> None:
 class WatchEvents:
     """What a watcher tells the rest of the session; each listener is set by whoever wires it.
 
-    ``slot_freed``: a task seen running was seen finished (or let go): a parallel-task slot
-    is free. ``done``: a wait saw the task finished, told once per task id (the journal
+    ``slot_freed``: a task was seen finished (or let go): the parallel-task slot it held,
+    if any, is free. ``done``: a wait saw the task finished, told once per task id (the journal
     records it). ``gone``: a query answered that the task does not exist (404/1203); it must
     not raise. ``finished``: the task's changes need no more telling (seen finished, or a
     final hint came while nobody waited): a callback receiver retires its token.
@@ -301,16 +301,17 @@ class Watcher:
         self._reschedule(state, listed=True)
 
     def _saw(self, task: Task) -> None:
-        """Notice tasks that finish: one seen running, now done, frees a parallel-task slot."""
+        """Notice tasks that finish: a task seen done frees its parallel-task slot, whoever
+        made it (a task made by a process that died holds one until someone sees it done)."""
         running = self._running
         if not task.done:
             running[task.task_id] = None
             if len(running) > _REMEMBERED_RUNNING:
                 running.popitem(last=False)
             return
+        self.events.slot_freed(task.task_id)
         if task.task_id in running:
             del running[task.task_id]
-            self.events.slot_freed(task.task_id)
             if task.status is TaskStatus.SUCCEED and task.created_at and task.updated_at:
                 self.schedule.observe((task.updated_at - task.created_at).total_seconds())
 

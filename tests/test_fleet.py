@@ -129,7 +129,9 @@ def test_four_workers_share_one_gate_and_make_each_key_once(
     emulator = emulator_factory(max_running=5, seconds=[0.3, 1.0])
     out = tmp_path / "results.txt"
     workers = [
-        Worker(emulator, redis_url, first=25 * n, count=25, limit=5, results=str(out)).start()
+        Worker(
+            emulator, redis_url, first=25 * n, count=25, limit=5, results=str(out), policy="instant"
+        ).start()
         for n in range(4)
     ]
     for worker in workers:
