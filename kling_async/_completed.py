@@ -30,6 +30,10 @@ class Completing(Protocol):
     waits: int
 
     @property
+    def polling(self) -> bool:
+        """Whether this process's waits query Kling themselves now."""
+
+    @property
     def clock(self) -> float:
         """The session's loop time now."""
 
@@ -92,7 +96,8 @@ async def as_completed(
                 raise WaitTimeoutError(
                     None, timeout=timeout or 0.0, last=None, pending=_ids(waiting)
                 )
-            idle = [s for s in waiting if not s.busy]
+            # While another process polls for this one, the states' changes wake it.
+            idle = [s for s in waiting if not s.busy] if watcher.polling else []
             # Polls due within the next moment go now too: fewer, fuller steps.
             due = [s for s in idle if s.next_due <= now + _STEP_SLACK]
             if due:

@@ -99,6 +99,7 @@ class Watcher:
             wire, policy, mode=list_refresh, pending=self._pending, fold=self._listed
         )
         self.waits = 0
+        self._states.bind(self)
 
     @property
     def list_mode(self) -> bool | None:
@@ -268,10 +269,13 @@ class Watcher:
             state.generation += 1
             state.notify()
 
-    def _merge(self, state: TaskState, task: Task, *, hinted: bool = False) -> Task:
+    def _merge(
+        self, state: TaskState, task: Task, *, hinted: bool = False, shared: bool = False
+    ) -> Task:
         """Fold a reply (or a hint) into the shared state; return the state now seen (never
         older). A reply replaces a hint of its status or an earlier one whatever their
-        clocks say: a hint's ``updated_at`` cannot make genuine replies look stale."""
+        clocks say: a hint's ``updated_at`` cannot make genuine replies look stale. A new
+        reply this process received (not ``shared``: read from the store) is recorded."""
         old = state.last
         if hinted:
             take = newer(old, task)
@@ -280,6 +284,8 @@ class Watcher:
             take = newer(replied, task)
             if take:
                 state.replied = task
+                if not shared and task != replied:
+                    self._states.recorded(task)
                 if old is not None and old is not replied:  # the state shows a hint
                     take = rank(task.status) >= rank(old.status)
         if take:
@@ -359,7 +365,14 @@ class Watcher:
         raise WaitTimeoutError(state.task_id, timeout=timeout or 0.0, last=state.last)
 
     async def _step(self, state: TaskState) -> None:
-        """Lead the poll if it is due and nobody else does; else doze until something moves."""
+        """Lead the poll if it is due and nobody else does; else doze until something moves.
+
+        While another process polls for this one (`TaskStates.polling` is False), doze until
+        the store brings news or the poller changes.
+        """
+        if not self._states.polling:
+            await self._doze(state, math.inf)
+            return
         now = self._wire.clock()
         if state.busy or now < state.next_due:
             generation = state.generation
@@ -400,7 +413,27 @@ class Watcher:
         """Yield each task once it is done, in the order it finished (see KlingSession)."""
         return as_completed(self, states, timeout)
 
-    # -- for as_completed (``_completed``) ------------------------------------------------------
+    # -- for as_completed (``_completed``) and the task-state store ----------------------------
+
+    @property
+    def polling(self) -> bool:
+        """Whether this process's waits query Kling themselves now (`TaskStates.polling`)."""
+        return self._states.polling
+
+    def fold(self, task: Task) -> None:
+        """A reply read from the shared store: merged into its state if one is held."""
+        state = self._states.find(task.task_id)
+        if state is not None and not self._wire.closed:
+            self._merge(state, task, shared=True)
+
+    async def follow(self, task_id: str) -> None:
+        """Wait until ``task_id`` is done (a poller's background wait on another's task)."""
+        await self.wait(self.state(task_id), _is_done, None)
+
+    def wake(self) -> None:
+        """Wake every wait: whether this process polls has changed."""
+        for state in self._states:
+            state.notify()
 
     @property
     def clock(self) -> float:
@@ -429,10 +462,12 @@ class Watcher:
     def interest(self, state: TaskState, change: int) -> None:
         """One wait more (+1) or fewer (-1) on ``state``: it is pending while one is."""
         state.waiters += change
-        if state.waiters > 0 and not (state.last is not None and state.last.done):
+        pending = state.waiters > 0 and not (state.last is not None and state.last.done)
+        if pending:
             self._pending[state.task_id] = state
         else:
             self._pending.pop(state.task_id, None)
+        self._states.watching(state.task_id, pending)
 
     async def lead_many(self, due: list[TaskState]) -> None:
         """Poll every due task: one list refresh where it serves, else queries side by side.
@@ -463,6 +498,10 @@ class Watcher:
                 group.start_soon(lead, state)
         if errors:
             raise errors[0]
+
+
+def _is_done(task: Task) -> bool:
+    return task.done
 
 
 def _wake(future: asyncio.Future[None]) -> None:
