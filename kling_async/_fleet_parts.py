@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from ._account import LocalPace, LocalSlotGate
 from ._fleet import Fleet
-from ._task_state import LocalTaskStates
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -40,7 +39,9 @@ class FleetParts:
         return LocalSlotGate(sleep)
 
     def states(self) -> TaskStates:
-        return LocalTaskStates()
+        from ._redis_states import RedisTaskStates
+
+        return RedisTaskStates(self._link)
 
     def journal(self) -> Journal | None:
         return None

@@ -224,6 +224,7 @@ class RedisTaskStates:
     def recorded(self, task: Task) -> None:
         """Write a new reply through to Redis (soon, in one pipeline with the others)."""
         self._unwritten[task.task_id] = task
+        self.start()
         if not self._writing and self._started:
             self._writing = True
             asyncio.get_running_loop().create_task(self._write())
@@ -254,9 +255,6 @@ class RedisTaskStates:
         self._fleet.start(self._read_stream)
         self._fleet.start(self._tend)
         self._fleet.start(self.poller.run)
-        if self._unwritten:
-            self._writing = True
-            asyncio.get_running_loop().create_task(self._write())
 
     def reachable(self, available: bool) -> None:
         """Redis answered (True) or failed (False): waits poll for themselves while it is away."""
