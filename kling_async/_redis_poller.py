@@ -23,7 +23,7 @@ from .errors import KlingError, NotFoundError, SessionClosedError
 if TYPE_CHECKING:
     from ._fleet import Fleet
 
-__all__ = ["LEADER_LEASE", "RedisPoller"]
+__all__ = ["LEADER_LEASE", "RedisPoller", "check_cancelled"]
 
 logger = logging.getLogger("kling_async")
 
@@ -59,6 +59,19 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def check_cancelled() -> None:
+    """Raise `asyncio.CancelledError` if the running task was asked to stop.
+
+    A Redis call that a cancellation meets at the wrong moment may swallow it (seen with
+    redis-py 8 on Python 3.11: a blocking XREAD returned normally afterwards), and a
+    background loop would then run on and hold its fleet's closing forever.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 class Electorate(Protocol):
@@ -116,6 +129,7 @@ class RedisPoller:
         try:
             while True:
                 await self._round()
+                check_cancelled()
                 await asyncio.sleep(RENEW_EVERY)
         finally:
             token, self.token = self.token, None

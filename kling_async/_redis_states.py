@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._fleet import Fleet
-from ._redis_poller import RedisPoller
+from ._redis_poller import RedisPoller, check_cancelled
 from ._schedule import rank
 from ._task_codec import decode_task, encode_task, updated_millis
 from ._task_state import LocalTaskStates, StatesOwner, TaskState
@@ -330,6 +330,7 @@ class RedisTaskStates:
             self._new.clear()
             try:
                 await self._read(ids, touch=[i for i in ids if self.wanted(i)])
+                check_cancelled()
             except Exception as error:
                 self._new.update(i for i in ids if i in self._pending)
                 self.reachable(False)
@@ -369,6 +370,7 @@ class RedisTaskStates:
                     self.ops += 1
                 replies: Any = await client.xread({events: last}, count=1000, block=_BLOCK_MS)
                 self.ops += 1
+                check_cancelled()
             except Exception as error:
                 self.reachable(False)
                 logger.debug("could not read the task events: %s", error)
