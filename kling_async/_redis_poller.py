@@ -33,26 +33,25 @@ RENEW_EVERY = 1.0
 """Seconds between the leader's renewals (and the others' tries to take over)."""
 _REMEMBERED_DONE = 10_000  # finished ids the leader does not follow again
 
-# KEYS: leader, fence counter. ARGV: the token held ('' for none), lease ms.
-# Returns {token, 1} while (or once) this caller leads, {the leader's token, 0} otherwise.
+# Take or renew the lease, and while leading, read what to follow: live interest and
+# bound slots. KEYS: leader, fence counter, watched, slots. ARGV: the token held ('' for
+# none), lease ms. Returns {token, 1, watched, slots} while (or once) this caller leads,
+# {the leader's token or '', 0} otherwise. Times are Redis's own.
 _LEAD = """
 local current = redis.call('GET', KEYS[1])
-if current and current == ARGV[1] then
+local token = current
+if current and current ~= ARGV[1] then return {current, 0} end
+if current then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {current, 1}
+else
+  token = tostring(redis.call('INCR', KEYS[2]))
+  redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 end
-if current then return {current, 0} end
-local token = tostring(redis.call('INCR', KEYS[2]))
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-return {token, 1}
-"""
-
-# KEYS: watched, slots. What the leader follows: live interest and bound slots.
-_SCAN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return {redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')}
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+return {token, 1, redis.call('ZRANGE', KEYS[3], 0, -1),
+  redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')}
 """
 
 _RELEASE = """
@@ -98,7 +97,6 @@ class RedisPoller:
         self._watched = fleet.key("watched")
         self._slots = fleet.key("slots")
         self._lead = client.register_script(_LEAD)
-        self._scan = client.register_script(_SCAN)
         self._release = client.register_script(_RELEASE)
         self._client = client
         self.token: str | None = None  # the fencing token while this process leads
@@ -141,22 +139,20 @@ class RedisPoller:
     async def _round(self) -> None:
         states = self._states
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                lease_ms = int(LEADER_LEASE * 1000)
-                await self._lead(
-                    keys=[self._leader, self._fence], args=[self.token or "", lease_ms], client=pipe
-                )
-                await self._scan(keys=[self._watched, self._slots], client=pipe)
-                states.ops += 1
-                (token, leads), (watched, slots) = await pipe.execute()
+            states.ops += 1
+            answer = await self._lead(
+                keys=[self._leader, self._fence, self._watched, self._slots],
+                args=[self.token or "", int(LEADER_LEASE * 1000)],
+            )
         except Exception as error:
             logger.debug("the fleet's poller election failed: %s", error)
             states.reachable(False)
             return  # the lease lapses on its own if Redis is away; a renewal fences us
         states.reachable(True)
-        if not int(leads):
+        if not int(answer[1]):
             self.lost()
             return
+        token, _, watched, slots = answer
         if self.token is None:
             self.token = token.decode() if isinstance(token, bytes) else str(token)
             self.terms += 1

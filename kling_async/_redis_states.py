@@ -21,8 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from ._fleet import Fleet
 from ._redis_poller import RedisPoller, check_cancelled
-from ._schedule import rank
-from ._task_codec import decode_task, encode_task, updated_millis
+from ._redis_task_keys import (
+    INTEREST_TTL,
+    MAXLEN,
+    MERGE,
+    READ,
+    TaskKeys,
+    merge_call,
+    stored,
+    text,
+)
+from ._task_codec import decode_task, encode_task
 from ._task_state import LocalTaskStates, StatesOwner, TaskState
 from .models import Task
 
@@ -35,100 +44,9 @@ logger = logging.getLogger("kling_async")
 
 REREAD_EVERY = 3.0
 """Seconds between a process's re-reads of the states its waits are on (the slow cadence)."""
-_INTEREST_TTL = 15_000  # ms a wait's interest outlives its last renewal
-_PENDING_TTL = 86_400_000  # ms a pending task's state is kept past its last change
-_DONE_TTL = 86_400_000  # ms a finished task's state is kept
-_MAXLEN = 10_000  # the events stream's approximate bound
 _BLOCK_MS = 1_000  # an XREAD's longest block (under the client's socket timeout)
 _RETRY = 1.0  # seconds between tries while Redis is away
-
-# KEYS: task, events, watched, leader. ARGV: id, rank, updated ms, data, kind, pending ttl,
-# done ttl, maxlen, token ('' for none). Returns {taken, still leads}. A stale poller's
-# write is not refused: the merge never goes backwards, so a reply it got is still true;
-# what fences it is the answer (0: you no longer lead), on which it stops at once.
-_MERGE = """
-local old = redis.call('GET', KEYS[1])
-local rank = tonumber(ARGV[2])
-local upd = tonumber(ARGV[3])
-local take = true
-local same = false
-if old then
-  local orank, oupd, odata = string.match(old, '^(%d+):(%-?%d+):(.*)$')
-  orank = tonumber(orank)
-  oupd = tonumber(oupd)
-  if rank ~= orank then
-    take = rank > orank
-  elseif oupd < 0 or upd < 0 then
-    take = orank < 2
-  else
-    take = upd >= oupd
-  end
-  same = take and odata == ARGV[4]
-end
-local leads = 1
-if ARGV[9] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[9] then leads = 0 end
-local ttl = ARGV[6]
-if rank >= 2 then ttl = ARGV[7] end
-if not take then return {0, leads} end
-if same then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  return {0, leads}
-end
-redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3] .. ':' .. ARGV[4], 'PX', ttl)
-if rank >= 2 then redis.call('ZREM', KEYS[3], ARGV[1]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
-  'kind', ARGV[5], 'task', ARGV[1], 'data', ARGV[4], 'confirm', '0')
-return {1, leads}
-"""
-
-# KEYS: watched. ARGV: interest ttl ms, ids... Expiry on Redis's clock; the set itself
-# goes when nobody renews anything in it.
-_TOUCH = """
-local t = redis.call('TIME')
-local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], expiry, ARGV[i]) end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
-return #ARGV - 1
-"""
-
-
-class _Keys:
-    """The key names of one account's shared task states."""
-
-    __slots__ = ("events", "leader", "prefix", "watched")
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.prefix = fleet.key("task", "")
-        self.events = fleet.key("events")
-        self.watched = fleet.key("watched")
-        self.leader = fleet.key("leader")
-
-    def task(self, task_id: str) -> str:
-        return self.prefix + task_id
-
-
-def _merge_args(task: Task, kind: str, token: str) -> list[Any]:
-    return [
-        task.task_id,
-        rank(task.status),
-        updated_millis(task),
-        encode_task(task),
-        kind,
-        _PENDING_TTL,
-        _DONE_TTL,
-        _MAXLEN,
-        token,
-    ]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _stored(value: bytes | str) -> Task:
-    """The task in a stored ``<rank>:<updated>:<json>`` value."""
-    text = value.decode() if isinstance(value, bytes) else value
-    return decode_task(text.split(":", 2)[2])
+_BATCH = 1_000  # tasks per script call (Lua's unpack has a limit near 8,000)
 
 
 async def record_hint(
@@ -141,23 +59,16 @@ async def record_hint(
     it as `Watcher.hint` does, and the poller confirms a final one with one query.
     """
     fleet = Fleet(client, account=account)
-    keys = _Keys(fleet)
+    keys = TaskKeys(fleet)
     with fleet.guard("recording a callback", key=task_id):
         if not confirm:
-            await client.eval(
-                _MERGE,
-                4,
-                keys.task(task_id),
-                keys.events,
-                keys.watched,
-                keys.leader,
-                *_merge_args(task, "hint", ""),
-            )
+            names, args = merge_call(keys, [task], kind="hint", token="")
+            await client.eval(MERGE, len(names), *names, *args)
             return
         await client.xadd(
             keys.events,
             {"kind": "hint", "task": task_id, "data": encode_task(task), "confirm": "1"},
-            maxlen=_MAXLEN,
+            maxlen=MAXLEN,
             approximate=True,
         )
 
@@ -173,11 +84,11 @@ class RedisTaskStates:
     def __init__(self, fleet: Fleet) -> None:
         self._fleet = fleet
         self._client = fleet.client
-        self._keys = _Keys(fleet)
+        self._keys = TaskKeys(fleet)
         self._local = LocalTaskStates()
         self._owner: StatesOwner | None = None
-        self._merge = self._client.register_script(_MERGE)
-        self._touch = self._client.register_script(_TOUCH)
+        self._merge = self._client.register_script(MERGE)
+        self._read_script = self._client.register_script(READ)
         self._pending: set[str] = set()  # ids this process waits on, not done
         self._new: set[str] = set()  # of those, the ones not yet announced nor read
         self._tend_due = asyncio.Event()
@@ -280,28 +191,19 @@ class RedisTaskStates:
     # -- loops -----------------------------------------------------------------------------
 
     async def _write(self) -> None:
-        """Write every queued reply in one pipeline; keep them for later while Redis is away."""
+        """Write the queued replies (one script call per `_BATCH`); keep them for later while
+        Redis is away."""
         try:
             await asyncio.sleep(0)  # replies merged in the same moment go together
             while self._unwritten:
-                batch, self._unwritten = self._unwritten, {}
+                batch = dict(list(self._unwritten.items())[:_BATCH])
+                for task_id in batch:
+                    del self._unwritten[task_id]
                 token = self.poller.token or ""
-                keys = self._keys
+                names, args = merge_call(self._keys, batch.values(), kind="state", token=token)
                 try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for task in batch.values():
-                            await self._merge(
-                                keys=[
-                                    keys.task(task.task_id),
-                                    keys.events,
-                                    keys.watched,
-                                    keys.leader,
-                                ],
-                                args=_merge_args(task, "state", token),
-                                client=pipe,
-                            )
-                        self.ops += 1
-                        answers = await pipe.execute()
+                    self.ops += 1
+                    _, leads = await self._merge(keys=names, args=args)
                 except Exception as error:
                     for task_id, task in batch.items():
                         self._unwritten.setdefault(task_id, task)
@@ -310,7 +212,7 @@ class RedisTaskStates:
                     await asyncio.sleep(_RETRY)
                     continue
                 self.reachable(True)
-                if token and any(int(answer[1]) == 0 for answer in answers):
+                if token and not int(leads):
                     self.poller.lost()
         finally:
             self._writing = False
@@ -326,10 +228,12 @@ class RedisTaskStates:
             self._tend_due.clear()
             await asyncio.sleep(0)  # waits started together are read together
             full = loop.time() - last_full >= REREAD_EVERY * 0.9 or not self._new
-            ids = sorted(self._pending) if full else sorted(self._new)
-            self._new.clear()
+            new, self._new = self._new, set()
+            ids = sorted(self._pending) if full else sorted(new)
+            # The leader writes what it polls: it reads only what it did not see written.
+            read = [i for i in ids if i in new] if self.poller.leading else ids
             try:
-                await self._read(ids, touch=[i for i in ids if self.wanted(i)])
+                await self._read(read, touch=[i for i in ids if self.wanted(i)])
                 check_cancelled()
             except Exception as error:
                 self._new.update(i for i in ids if i in self._pending)
@@ -344,19 +248,19 @@ class RedisTaskStates:
 
     async def _read(self, ids: list[str], *, touch: list[str]) -> None:
         """One round trip: renew interest in ``touch``, read ``ids``' states and fold them."""
-        if not ids:
-            return
         keys = self._keys
-        async with self._client.pipeline(transaction=False) as pipe:
-            if touch:
-                await self._touch(keys=[keys.watched], args=[_INTEREST_TTL, *touch], client=pipe)
-            pipe.mget([keys.task(task_id) for task_id in ids])
+        for at in range(0, max(len(ids), len(touch)), _BATCH):
+            reading, touching = ids[at : at + _BATCH], touch[at : at + _BATCH]
+            if not reading and not touching:
+                continue
             self.ops += 1
-            answers = await pipe.execute()
-        owner = self.owner
-        for value in answers[-1]:
-            if value is not None:
-                owner.fold(_stored(value))
+            values = await self._read_script(
+                keys=[keys.watched, *map(keys.task, reading)], args=[INTEREST_TTL, *touching]
+            )
+            owner = self.owner
+            for value in values:
+                if value is not None:
+                    owner.fold(stored(value))
 
     async def _read_stream(self) -> None:
         """Wake waits from the events stream (XREAD from the last id seen)."""
@@ -366,7 +270,7 @@ class RedisTaskStates:
             try:
                 if last is None:
                     newest: Any = await client.xrevrange(events, count=1)
-                    last = _text(newest[0][0]) if newest else "0-0"
+                    last = text(newest[0][0]) if newest else "0-0"
                     self.ops += 1
                 replies: Any = await client.xread({events: last}, count=1000, block=_BLOCK_MS)
                 self.ops += 1
@@ -380,7 +284,7 @@ class RedisTaskStates:
             self.reachable(True)
             for _, entries in replies:
                 for entry_id, fields in entries:
-                    last = _text(entry_id)
+                    last = text(entry_id)
                     self._event(fields)
 
     def _event(self, fields: dict[bytes, bytes]) -> None:
