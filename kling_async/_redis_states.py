@@ -102,7 +102,9 @@ class RedisTaskStates:
     # -- TaskStates ------------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskState:
-        """The state of ``task_id``, made on first use."""
+        """The state of ``task_id``, made on first use (a session that uses one takes part
+        in the fleet's polling from then on)."""
+        self.start()
         return self._local.get(task_id)
 
     def find(self, task_id: str) -> TaskState | None:

@@ -7,8 +7,9 @@ It opens one `KlingSession(fleet=...)` on the emulator given, waits on every tas
 
     python -m tests.fleet_states_child CONFIG_JSON
 
-CONFIG_JSON: {"base_url", "access_key", "secret_key", "redis", "ids": [...], "policy":
-{PollPolicy fields} or null for the default}.
+CONFIG_JSON: {"base_url", "access_key", "secret_key", "redis", "ids": [...] or null to read
+them (one JSON line) from stdin after ``ready``, "policy": {PollPolicy fields} or null for
+the default}.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ async def run(config: dict[str, Any]) -> None:
 
     async with session:
         print("ready", flush=True)
-        await asyncio.gather(*(wait(task_id) for task_id in config["ids"]))
+        ids = config["ids"]
+        if ids is None:  # given on stdin once the parent made them
+            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            ids = json.loads(line)
+        await asyncio.gather(*(wait(task_id) for task_id in ids))
     print("all", flush=True)
 
 
