@@ -126,6 +126,7 @@ class RedisPoller:
         """Take or renew the lease every `RENEW_EVERY` seconds; while leading, follow."""
         try:
             while True:
+                check_cancelled()
                 await self._round()
                 check_cancelled()
                 await asyncio.sleep(RENEW_EVERY)

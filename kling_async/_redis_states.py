@@ -225,8 +225,10 @@ class RedisTaskStates:
         loop = asyncio.get_running_loop()
         last_full = -float("inf")
         while True:
+            check_cancelled()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._tend_due.wait(), REREAD_EVERY)
+            check_cancelled()
             self._tend_due.clear()
             await asyncio.sleep(0)  # waits started together are read together
             full = loop.time() - last_full >= REREAD_EVERY * 0.9 or not self._new
@@ -269,6 +271,7 @@ class RedisTaskStates:
         client, events = self._client, self._keys.events
         last: str | None = None
         while True:
+            check_cancelled()
             try:
                 if last is None:
                     newest: Any = await client.xrevrange(events, count=1)
