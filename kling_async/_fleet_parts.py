@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._account import LocalPace, LocalSlotGate
 from ._fleet import Fleet
+from ._redis_gate import RedisSlotGate
+from ._redis_journal import RedisJournal
+from ._redis_pace import RedisPace
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -26,6 +28,7 @@ class FleetParts:
 
     def __init__(self, fleet: str | aioredis.Redis, *, account: str) -> None:
         self.fleet: Fleet | None = Fleet(fleet, account=account)
+        self._pace: RedisPace | None = None
 
     @property
     def _link(self) -> Fleet:
@@ -33,10 +36,11 @@ class FleetParts:
         return self.fleet
 
     def pace(self) -> RequestPace:
-        return LocalPace()
+        self._pace = RedisPace(self._link)
+        return self._pace
 
-    def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
-        return LocalSlotGate(sleep)
+    def gate(self, sleep: Sleep, *, limit: int | None, hold: float) -> SlotGate:
+        return RedisSlotGate(self._link, sleep, limit=limit, pending_ttl=hold)
 
     def states(self) -> TaskStates:
         from ._redis_states import RedisTaskStates
@@ -44,10 +48,12 @@ class FleetParts:
         return RedisTaskStates(self._link)
 
     def journal(self) -> Journal | None:
-        return None
+        return RedisJournal(self._link)
 
     async def open(self) -> None:
         await self._link.open()
+        if self._pace is not None:
+            self._pace.start()  # a cut made before this session's first request reaches it
 
     async def close(self) -> None:
         await self._link.aclose()
