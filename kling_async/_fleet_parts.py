@@ -12,7 +12,6 @@ from ._fleet import Fleet
 from ._redis_gate import RedisSlotGate
 from ._redis_journal import RedisJournal
 from ._redis_pace import RedisPace
-from ._task_state import LocalTaskStates
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -44,7 +43,9 @@ class FleetParts:
         return RedisSlotGate(self._link, sleep, limit=limit, pending_ttl=hold)
 
     def states(self) -> TaskStates:
-        return LocalTaskStates()
+        from ._redis_states import RedisTaskStates
+
+        return RedisTaskStates(self._link)
 
     def journal(self) -> Journal | None:
         return RedisJournal(self._link)

@@ -2,7 +2,8 @@
 
 All handles of a task id in a session share one `TaskState`; the watcher (``_watch``) polls
 and waits on it. The store is behind a small protocol, `TaskStates`, so that states shared
-by several processes can be added beside today's in-process store, `LocalTaskStates`.
+by several processes (``_redis_states``) sits beside today's in-process store,
+`LocalTaskStates`; it also says whether this process polls (`TaskStates.polling`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .models import Task
 if TYPE_CHECKING:
     import anyio
 
-__all__ = ["LocalTaskStates", "TaskState", "TaskStates"]
+__all__ = ["LocalTaskStates", "StatesOwner", "TaskState", "TaskStates"]
 
 
 class TaskState:
@@ -90,8 +91,28 @@ class TaskState:
                 event.set()
 
 
+class StatesOwner(Protocol):
+    """What a task-state store calls back on the watcher whose states it holds."""
+
+    def fold(self, task: Task) -> None:
+        """A reply read from the shared store: merge it into its state if one is held."""
+
+    def hint(self, task_id: str, task: Task, *, confirm: bool) -> None:
+        """A callback's hint of ``task_id``'s state (see `Watcher.hint`)."""
+
+    async def follow(self, task_id: str) -> None:
+        """Wait until ``task_id`` is done, polling it on the usual schedule."""
+
+    def wake(self) -> None:
+        """Wake every wait: whether this process polls has changed."""
+
+
 class TaskStates(Protocol):
-    """Where a session keeps its task states: one per task id, alive while someone uses it."""
+    """Where a session keeps its task states: one per task id, alive while someone uses it.
+
+    A store shared by several processes also decides who polls: while `polling` is False
+    another process polls for this one's waits, which doze until the store wakes them.
+    """
 
     def get(self, task_id: str) -> TaskState:
         """The state of ``task_id``, made on first use."""
@@ -104,6 +125,19 @@ class TaskStates(Protocol):
 
     def __len__(self) -> int:
         """How many states are held."""
+
+    def bind(self, owner: StatesOwner) -> None:
+        """The watcher these states are of (called once, by the watcher)."""
+
+    @property
+    def polling(self) -> bool:
+        """Whether this process's waits query Kling themselves now."""
+
+    def recorded(self, task: Task) -> None:
+        """A reply this process merged (a new one): share it; never blocks."""
+
+    def watching(self, task_id: str, pending: bool) -> None:
+        """Whether a wait of this process is on ``task_id`` and it is not yet done."""
 
 
 class LocalTaskStates:
@@ -134,3 +168,17 @@ class LocalTaskStates:
     def __len__(self) -> int:
         """How many states are held."""
         return len(self._states)
+
+    def bind(self, owner: StatesOwner) -> None:
+        """Nothing to call back: this process alone polls its tasks."""
+
+    @property
+    def polling(self) -> bool:
+        """Always: this process polls its own waits."""
+        return True
+
+    def recorded(self, task: Task) -> None:
+        """Nobody else to tell."""
+
+    def watching(self, task_id: str, pending: bool) -> None:
+        """Nobody else to tell."""

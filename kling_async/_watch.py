@@ -31,6 +31,7 @@ import attrs
 
 from . import sansio
 from ._account import CLOSED_WHILE_PENDING
+from ._completed import as_completed
 from ._config import check_timeout
 from ._list_refresh import ListRefresh
 from ._policies import PollPolicy
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["WatchEvents", "Watcher"]
 
 _REMEMBERED_RUNNING = 10_000
-_STEP_SLACK = 0.05  # as_completed: seconds by which a poll may come early to join a step
 
 
 def _nothing(task_id: str) -> None:
@@ -99,6 +99,7 @@ class Watcher:
             wire, policy, mode=list_refresh, pending=self._pending, fold=self._listed
         )
         self.waits = 0
+        self._states.bind(self)
 
     @property
     def list_mode(self) -> bool | None:
@@ -268,10 +269,13 @@ class Watcher:
             state.generation += 1
             state.notify()
 
-    def _merge(self, state: TaskState, task: Task, *, hinted: bool = False) -> Task:
+    def _merge(
+        self, state: TaskState, task: Task, *, hinted: bool = False, shared: bool = False
+    ) -> Task:
         """Fold a reply (or a hint) into the shared state; return the state now seen (never
         older). A reply replaces a hint of its status or an earlier one whatever their
-        clocks say: a hint's ``updated_at`` cannot make genuine replies look stale."""
+        clocks say: a hint's ``updated_at`` cannot make genuine replies look stale. A new
+        reply this process received (not ``shared``: read from the store) is recorded."""
         old = state.last
         if hinted:
             take = newer(old, task)
@@ -280,6 +284,8 @@ class Watcher:
             take = newer(replied, task)
             if take:
                 state.replied = task
+                if not shared and task != replied:
+                    self._states.recorded(task)
                 if old is not None and old is not replied:  # the state shows a hint
                     take = rank(task.status) >= rank(old.status)
         if take:
@@ -337,12 +343,12 @@ class Watcher:
         check_timeout(timeout)
         last = state.last
         if last is not None and condition(last):
-            await self._finished(state)
+            await self.finished(state)
             return last
         wire = self._wire
         wire.check_open()
         self.waits += 1
-        self._interest(state, +1)
+        self.interest(state, +1)
         try:
             with anyio.move_on_after(timeout) if timeout is not None else _NO_SCOPE:
                 # One turn of the loop first: waits started together (a gather) all count as
@@ -351,16 +357,23 @@ class Watcher:
                 while True:
                     last = state.last
                     if last is not None and condition(last):
-                        await self._finished(state)
+                        await self.finished(state)
                         return last
                     await self._step(state)
         finally:
             self.waits -= 1
-            self._interest(state, -1)
+            self.interest(state, -1)
         raise WaitTimeoutError(state.task_id, timeout=timeout or 0.0, last=state.last)
 
     async def _step(self, state: TaskState) -> None:
-        """Lead the poll if it is due and nobody else does; else doze until something moves."""
+        """Lead the poll if it is due and nobody else does; else doze until something moves.
+
+        While another process polls for this one (`TaskStates.polling` is False), doze until
+        the store brings news or the poller changes.
+        """
+        if not self._states.polling:
+            await self._doze(state, math.inf)
+            return
         now = self._wire.clock()
         if state.busy or now < state.next_due:
             generation = state.generation
@@ -395,77 +408,49 @@ class Watcher:
         if wire.closed:
             raise SessionClosedError(CLOSED_WHILE_PENDING)
 
-    def _interest(self, state: TaskState, change: int) -> None:
-        state.waiters += change
-        if state.waiters > 0 and not (state.last is not None and state.last.done):
-            self._pending[state.task_id] = state
-        else:
-            self._pending.pop(state.task_id, None)
-
-    async def as_completed(
+    def as_completed(
         self, states: Iterable[TaskState], timeout: float | None
     ) -> AsyncGenerator[Task, None]:
         """Yield each task once it is done, in the order it finished (see KlingSession)."""
-        check_timeout(timeout)
-        wire = self._wire
-        unique = list(dict.fromkeys(states))
-        wire.check_open()
-        deadline = math.inf if timeout is None else wire.clock() + timeout
-        waiting: list[TaskState] = []
-        for state in unique:
-            if state.last is not None and state.last.done:
-                await self._finished(state)
-                yield state.last
-            else:
-                waiting.append(state)
-        if not waiting:
-            return
-        moved = anyio.Event()
-        for state in waiting:
-            if state.listeners is None:
-                state.listeners = []
-            state.listeners.append(moved)
-            self._interest(state, +1)
-        self.waits += 1
-        try:
-            while waiting:
-                finished = [s for s in waiting if s.last is not None and s.last.done]
-                if finished:
-                    finished.sort(key=_finish_order)
-                    for state in finished:
-                        waiting.remove(state)
-                        self._forget(state, moved)
-                    for state in finished:
-                        assert state.last is not None
-                        await self._finished(state)
-                        yield state.last
-                    continue
-                now = wire.clock()
-                if now >= deadline:
-                    raise WaitTimeoutError(
-                        None, timeout=timeout or 0.0, last=None, pending=_ids(waiting)
-                    )
-                idle = [s for s in waiting if not s.busy]
-                # Polls due within the next moment go now too: fewer, fuller steps.
-                due = [s for s in idle if s.next_due <= now + _STEP_SLACK]
-                if due:
-                    with anyio.move_on_after(deadline - now):
-                        await self._lead_many(due)
-                    continue
-                if moved.is_set():
-                    moved = self._renew(waiting, moved)
-                    continue
-                soonest = min((s.next_due for s in idle), default=math.inf)
-                with anyio.move_on_after(min(soonest, deadline) - now):
-                    await moved.wait()
-                if wire.closed:
-                    raise SessionClosedError(CLOSED_WHILE_PENDING)
-        finally:
-            self.waits -= 1
-            for state in waiting:
-                self._forget(state, moved)
+        return as_completed(self, states, timeout)
 
-    async def _finished(self, state: TaskState) -> None:
+    # -- for as_completed (``_completed``) and the task-state store ----------------------------
+
+    @property
+    def polling(self) -> bool:
+        """Whether this process's waits query Kling themselves now (`TaskStates.polling`)."""
+        return self._states.polling
+
+    def fold(self, task: Task) -> None:
+        """A reply read from the shared store: merged into its state if one is held."""
+        state = self._states.find(task.task_id)
+        if state is not None and not self._wire.closed:
+            self._merge(state, task, shared=True)
+
+    async def follow(self, task_id: str) -> None:
+        """Wait until ``task_id`` is done (a poller's background wait on another's task)."""
+        await self.wait(self.state(task_id), _is_done, None)
+
+    def wake(self) -> None:
+        """Wake every wait: whether this process polls has changed."""
+        for state in self._states:
+            state.notify()
+
+    @property
+    def clock(self) -> float:
+        """The session's loop time now."""
+        return self._wire.clock()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session is closed."""
+        return self._wire.closed
+
+    def check_open(self) -> None:
+        """Raise `SessionClosedError` if the session is closed."""
+        self._wire.check_open()
+
+    async def finished(self, state: TaskState) -> None:
         """Hand a finished task to the `WatchEvents.done` listener, once per task id."""
         done = self.events.done
         if done is None or state.recorded:
@@ -475,22 +460,17 @@ class Watcher:
             state.recorded = True
             await done(last)
 
-    def _forget(self, state: TaskState, moved: anyio.Event) -> None:
-        if state.listeners is not None and moved in state.listeners:
-            state.listeners.remove(moved)
-            if not state.listeners:
-                state.listeners = None
-            self._interest(state, -1)
+    def interest(self, state: TaskState, change: int) -> None:
+        """One wait more (+1) or fewer (-1) on ``state``: it is pending while one is."""
+        state.waiters += change
+        pending = state.waiters > 0 and not (state.last is not None and state.last.done)
+        if pending:
+            self._pending[state.task_id] = state
+        else:
+            self._pending.pop(state.task_id, None)
+        self._states.watching(state.task_id, pending)
 
-    def _renew(self, waiting: list[TaskState], moved: anyio.Event) -> anyio.Event:
-        fresh = anyio.Event()
-        for state in waiting:
-            listeners = state.listeners
-            if listeners is not None:
-                listeners[listeners.index(moved)] = fresh
-        return fresh
-
-    async def _lead_many(self, due: list[TaskState]) -> None:
+    async def lead_many(self, due: list[TaskState]) -> None:
         """Poll every due task: one list refresh where it serves, else queries side by side.
 
         Confirming queries of final hints go first, as queries of their own, without a list round.
@@ -521,6 +501,10 @@ class Watcher:
             raise errors[0]
 
 
+def _is_done(task: Task) -> bool:
+    return task.done
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -538,14 +522,3 @@ def _outcome(state: TaskState, generation: int) -> Task | None:
     if isinstance(outcome[1], KlingError):
         raise outcome[1]
     return outcome[1]
-
-
-def _finish_order(state: TaskState) -> float:
-    last = state.last
-    if last is None or last.updated_at is None:
-        return math.inf
-    return last.updated_at.timestamp()
-
-
-def _ids(states: Iterable[TaskState]) -> tuple[str, ...]:
-    return tuple(state.task_id for state in states)

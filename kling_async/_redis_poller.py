@@ -1,0 +1,206 @@
+"""The fleet's one poller: a leader lease with a fencing token, and the leader's waits.
+
+One process at a time holds ``leader`` (a token from an INCR counter, with a TTL on Redis's
+clock, renewed every second); the others try to take it every second, so a dead leader is
+replaced within `LEADER_LEASE` + 1 s. While it leads, its watcher waits in the background on
+every task another process waits on (the ``watched`` ZSET) and every task that holds a
+parallel-task slot (``slots`` members that are task ids), so its usual schedule and list
+rounds poll them; each reply it merges is written through (``_redis_states``). A write or a
+renewal that finds another token stops it at once: its waits go back to following.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from ._task_state import StatesOwner
+from .errors import KlingError, NotFoundError, SessionClosedError
+
+if TYPE_CHECKING:
+    from ._fleet import Fleet
+
+__all__ = ["LEADER_LEASE", "RedisPoller", "check_cancelled"]
+
+logger = logging.getLogger("kling_async")
+
+LEADER_LEASE = 3.0
+"""Seconds the leader's lease outlives its last renewal."""
+RENEW_EVERY = 1.0
+"""Seconds between the leader's renewals (and the others' tries to take over)."""
+_REMEMBERED_DONE = 10_000  # finished ids the leader does not follow again
+
+# Take or renew the lease, and while leading, read what to follow: live interest and
+# bound slots. KEYS: leader, fence counter, watched, slots. ARGV: the token held ('' for
+# none), lease ms. Returns {token, 1, watched, slots} while (or once) this caller leads,
+# {the leader's token or '', 0} otherwise. Times are Redis's own.
+_LEAD = """
+local current = redis.call('GET', KEYS[1])
+local token = current
+if current and current ~= ARGV[1] then return {current, 0} end
+if current then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  token = tostring(redis.call('INCR', KEYS[2]))
+  redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+return {token, 1, redis.call('ZRANGE', KEYS[3], 0, -1),
+  redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def check_cancelled() -> None:
+    """Raise `asyncio.CancelledError` if the running task was asked to stop.
+
+    A Redis call that a cancellation meets at the wrong moment may swallow it (seen with
+    redis-py 8 on Python 3.11: a blocking XREAD returned normally afterwards), and a
+    background loop would then run on and hold its fleet's closing forever.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
+
+
+class Electorate(Protocol):
+    """What the poller needs of the shared task states (``_redis_states``)."""
+
+    ops: int
+
+    @property
+    def owner(self) -> StatesOwner:
+        """The watcher whose waits and polls these are."""
+
+    def reachable(self, available: bool) -> None:
+        """Redis answered (True) or failed (False)."""
+
+
+class RedisPoller:
+    """This process's part in the election, and while it leads, its background waits."""
+
+    def __init__(self, fleet: Fleet, states: Electorate) -> None:
+        client = fleet.client
+        self._states = states
+        self._leader = fleet.key("leader")
+        self._fence = fleet.key("states", "fence")
+        self._watched = fleet.key("watched")
+        self._slots = fleet.key("slots")
+        self._lead = client.register_script(_LEAD)
+        self._release = client.register_script(_RELEASE)
+        self._client = client
+        self.token: str | None = None  # the fencing token while this process leads
+        self._follows: dict[str, asyncio.Task[None]] = {}
+        self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.terms = 0  # how many times this process took the lead
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process leads the polling now."""
+        return self.token is not None
+
+    def follows(self, task_id: str) -> bool:
+        """Whether the leader's background wait is on ``task_id``."""
+        return task_id in self._follows
+
+    def lost(self) -> None:
+        """Another process leads (a write or a renewal said so): stop at once."""
+        if self.token is None:
+            return
+        logger.info("this process no longer leads the fleet's polling")
+        self.token = None
+        self._stop_following()
+        self._states.owner.wake()
+
+    async def run(self) -> None:
+        """Take or renew the lease every `RENEW_EVERY` seconds; while leading, follow."""
+        try:
+            while True:
+                check_cancelled()
+                await self._round()
+                check_cancelled()
+                await asyncio.sleep(RENEW_EVERY)
+        finally:
+            token, self.token = self.token, None
+            self._stop_following()
+            if token is not None:
+                with contextlib.suppress(Exception):
+                    await self._release(keys=[self._leader], args=[token])
+
+    async def _round(self) -> None:
+        states = self._states
+        try:
+            states.ops += 1
+            answer = await self._lead(
+                keys=[self._leader, self._fence, self._watched, self._slots],
+                args=[self.token or "", int(LEADER_LEASE * 1000)],
+            )
+        except Exception as error:
+            logger.debug("the fleet's poller election failed: %s", error)
+            states.reachable(False)
+            return  # the lease lapses on its own if Redis is away; a renewal fences us
+        states.reachable(True)
+        if not int(answer[1]):
+            self.lost()
+            return
+        token, _, watched, slots = answer
+        if self.token is None:
+            self.token = token.decode() if isinstance(token, bytes) else str(token)
+            self.terms += 1
+            logger.info("this process leads the fleet's polling (token %s)", self.token)
+            states.owner.wake()
+        wanted = {_text(m) for m in watched}
+        wanted.update(m for m in map(_text, slots) if not m.startswith("pending:"))
+        self._follow(wanted)
+
+    def _follow(self, wanted: set[str]) -> None:
+        """Wait in the background on every wanted id not done; drop the ones no longer wanted."""
+        for task_id in list(self._follows):
+            if task_id not in wanted:
+                self._follows.pop(task_id).cancel()
+        owner = self._states.owner
+        loop = asyncio.get_running_loop()
+        for task_id in wanted:
+            if task_id in self._follows or task_id in self._done:
+                continue
+            self._follows[task_id] = loop.create_task(self._wait(owner, task_id))
+
+    async def _wait(self, owner: StatesOwner, task_id: str) -> None:
+        try:
+            await owner.follow(task_id)
+        except SessionClosedError:
+            return
+        except KlingError as error:  # gone, or the queries failed: told, tried again later
+            logger.debug("the poller's wait on %s ended: %s", task_id, error)
+            if isinstance(error, NotFoundError):
+                self._remember(task_id)
+            return
+        finally:
+            if self._follows.get(task_id) is asyncio.current_task():
+                del self._follows[task_id]
+        self._remember(task_id)
+
+    def _remember(self, task_id: str) -> None:
+        done = self._done
+        done[task_id] = None
+        if len(done) > _REMEMBERED_DONE:
+            done.popitem(last=False)
+
+    def _stop_following(self) -> None:
+        follows, self._follows = self._follows, {}
+        for task in follows.values():
+            task.cancel()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
