@@ -142,11 +142,13 @@ class Fleet:
             return
         self._closed = True
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # A Redis call that a cancel meets at the wrong moment may swallow it (redis-py on
+        # Python 3.11): cancel again until each loop has really ended.
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=0.1)
+            tasks = [task for task in tasks if not task.done()]
         with contextlib.suppress(Exception):
             await self.client.delete(self.alive_key(self.instance))
         if self._owned:

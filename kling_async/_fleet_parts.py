@@ -12,6 +12,7 @@ from ._fleet import Fleet
 from ._redis_gate import RedisSlotGate
 from ._redis_journal import RedisJournal
 from ._redis_pace import RedisPace
+from ._redis_states import RedisTaskStates
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -29,6 +30,7 @@ class FleetParts:
     def __init__(self, fleet: str | aioredis.Redis, *, account: str) -> None:
         self.fleet: Fleet | None = Fleet(fleet, account=account)
         self._pace: RedisPace | None = None
+        self._states: RedisTaskStates | None = None
 
     @property
     def _link(self) -> Fleet:
@@ -43,9 +45,8 @@ class FleetParts:
         return RedisSlotGate(self._link, sleep, limit=limit, pending_ttl=hold)
 
     def states(self) -> TaskStates:
-        from ._redis_states import RedisTaskStates
-
-        return RedisTaskStates(self._link)
+        self._states = RedisTaskStates(self._link)
+        return self._states
 
     def journal(self) -> Journal | None:
         return RedisJournal(self._link)
@@ -54,6 +55,8 @@ class FleetParts:
         await self._link.open()
         if self._pace is not None:
             self._pace.start()  # a cut made before this session's first request reaches it
+        if self._states is not None:
+            self._states.start()  # takes its turn at leading the account's polling at once
 
     async def close(self) -> None:
         await self._link.aclose()

@@ -18,6 +18,7 @@ AIOHTTP_ADAPTERS = {"_aiohttp_transport", "_aiohttp_web", "testing"}
 # Modules whose rules are pure (values in, values out): no I/O, no clock, no event loop.
 PURE = {
     "_config",
+    "_journal_hash",
     "_journal_rules",
     "_list_round",
     "_media",
@@ -25,6 +26,7 @@ PURE = {
     "_policies",
     "_reconcile",
     "_schedule",
+    "_task_codec",
     "sansio",
 }
 IMPURE = {"aiohttp", "anyio", "asyncio", "os", "socket", "sqlite3", "threading", "time"}
