@@ -7,6 +7,7 @@ surprise on the wire (``docs/concepts.md``, "The base URL is checked").
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 
@@ -55,6 +56,8 @@ class Limits:
 
     max_in_flight: int
     max_response_bytes: int
+    max_parallel_tasks: int | None = None
+    """The account's parallel-task limit, or None to learn it from 1303 replies."""
 
 
 @attrs.frozen(kw_only=True)
@@ -67,6 +70,17 @@ class SessionConfig:
     limits: Limits
     stamp_external_id: bool
     list_refresh: bool | None
+
+    @property
+    def account(self) -> str:
+        """The account's name in a fleet's Redis: a digest of the base URL and the key's
+        public part (the access key, or a digest of the gateway key), never a secret."""
+        auth = self.auth
+        if isinstance(auth, JWTSigner):
+            identity = auth.access_key
+        else:
+            identity = hashlib.sha256(auth.api_key.encode()).hexdigest()
+        return hashlib.sha256(f"{self.base_url}\n{identity}".encode()).hexdigest()[:16]
 
     @property
     def gateway(self) -> bool:
@@ -88,6 +102,7 @@ def configure(
     allow_insecure_http: bool,
     max_response_bytes: int,
     environ: Mapping[str, str],
+    max_parallel_tasks: int | None = None,
 ) -> SessionConfig:
     """Check a session's arguments (missing credentials and base URL from ``environ``)."""
     auth = credentials(api_key, access_key, secret_key, environ)
@@ -107,13 +122,19 @@ def configure(
         raise TypeError("max_response_bytes must be an int")
     if max_response_bytes < 1:
         raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
+    if max_parallel_tasks is not None:
+        check_count("max_parallel_tasks", max_parallel_tasks, None)
     if list_refresh not in (None, True, False):
         raise TypeError(f"list_refresh must be None, True or False, not {list_refresh!r}")
     return SessionConfig(
         base_url=base,
         auth=auth,
         timeouts=Timeouts(connect=float(connect_timeout), read=float(read_timeout)),
-        limits=Limits(max_in_flight=max_in_flight, max_response_bytes=max_response_bytes),
+        limits=Limits(
+            max_in_flight=max_in_flight,
+            max_response_bytes=max_response_bytes,
+            max_parallel_tasks=max_parallel_tasks,
+        ),
         stamp_external_id=(
             isinstance(auth, JWTSigner) if stamp_external_id is None else stamp_external_id
         ),

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import FleetError, FleetUnavailableError
 
@@ -30,7 +29,6 @@ __all__ = [
     "LEASE",
     "RENEW_EVERY",
     "Fleet",
-    "account_of",
     "check_fleet",
 ]
 
@@ -45,14 +43,7 @@ _SOCKET_TIMEOUT = 5.0  # a Redis command that takes longer is a Redis that is go
 _PREFIX = "kling-async"
 
 
-def account_of(base_url: str, identity: str) -> str:
-    """The account's name in Redis: a digest of the base URL and the key's public part
-    (the access key, or the gateway key's digest), never a secret in clear."""
-    digest = hashlib.sha256(f"{base_url}\n{identity}".encode()).hexdigest()
-    return digest[:16]
-
-
-def check_fleet(fleet: object) -> object:
+def check_fleet(fleet: object) -> str | aioredis.Redis | None:
     """``fleet`` if it is None, a Redis URL or a ``redis.asyncio.Redis``; ``TypeError`` or
     ``ValueError`` otherwise, and ``RuntimeError`` when the ``redis`` extra is missing."""
     if fleet is None:
@@ -70,7 +61,7 @@ def check_fleet(fleet: object) -> object:
         raise TypeError(
             f"fleet must be a Redis URL or a redis.asyncio.Redis, not {type(fleet).__name__}"
         )
-    return fleet
+    return cast("aioredis.Redis", fleet)
 
 
 def _redis_module() -> Any:

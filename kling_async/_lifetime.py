@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._config import SessionConfig
+    from ._seams import AccountParts
     from ._submit import Submitter
     from ._watch import Watcher
     from ._wire import Wire
@@ -42,6 +43,7 @@ class Lifetime:
         trace_configs: Sequence[aiohttp.TraceConfig] | None,
         journal: str | os.PathLike[str] | Journal | None,
         callbacks: CallbackReceiver | None,
+        parts: AccountParts,
     ) -> None:
         if http_session is not None and trace_configs is not None:
             raise ValueError(
@@ -55,7 +57,10 @@ class Lifetime:
         # Checked in the order of the arguments (the journal before the receiver).
         self.journal: Journal | None = None
         self._owns_journal = False
-        if journal is None or isinstance(journal, Journal):
+        self.parts = parts
+        if journal is None and (shared := parts.journal()) is not None:
+            self.journal, self._owns_journal = shared, True  # the fleet's, in its Redis
+        elif journal is None or isinstance(journal, Journal):
             self.journal = journal
         elif isinstance(journal, (str, os.PathLike)):
             self.journal, self._owns_journal = SQLiteJournal(journal), True
@@ -77,9 +82,11 @@ class Lifetime:
     async def open(
         self, config: SessionConfig, wire: Wire, watcher: Watcher, submitter: Submitter
     ) -> None:
-        """Open the transport (an aiohttp one unless given), the journal if it is ours, and
-        the receiver's link; on a failure, close what was opened and raise."""
+        """Open the account's shared parts (the fleet's Redis link), the transport (an
+        aiohttp one unless given), the journal if it is ours, and the receiver's link; on a
+        failure, close what was opened and raise."""
         try:
+            await self.parts.open()
             if self.transport is None:
                 http = self._borrowed
                 if http is None:
@@ -104,6 +111,7 @@ class Lifetime:
         except BaseException:
             wire.close()
             await self._close_http()
+            await self.parts.close()
             raise
 
     async def close(self, submitter: Submitter) -> None:
@@ -119,6 +127,7 @@ class Lifetime:
         if self._owns_journal:
             assert self.journal is not None
             await self.journal.aclose()
+        await self.parts.close()
 
     async def _close_http(self) -> None:
         if self._http is not None:

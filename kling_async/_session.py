@@ -16,13 +16,14 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from . import _download, sansio
-from ._account import LocalSlotGate
 from ._config import check_count, check_key, check_task_id, check_timeout, configure
 from ._create import Creator
+from ._fleet import check_fleet
 from ._handle import TaskHandle, states_of
 from ._journal import Journal
 from ._lifetime import Lifetime
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
+from ._seams import account_parts
 from ._submit import Submitter
 from ._transport import Transport
 from ._watch import Watcher, WatchEvents
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import aiohttp
+    import redis.asyncio
 
     from .callbacks import CallbackReceiver
 
@@ -60,7 +62,15 @@ class KlingSession:
     ``transport`` replaces aiohttp with another `Transport`, such as
     `kling_async.testing.MockTransport` in a unit test.
 
-    Added in version 0.1; ``callbacks`` in 0.2; ``transport`` in 0.3.
+    ``fleet`` (a Redis URL such as ``"redis://host:6379/0"``, or a ``redis.asyncio.Redis``
+    client, borrowed and never closed) makes every session on that Redis and Kling account
+    one client (``docs/fleet.md``): one journal of keys (used when ``journal`` is not given),
+    one parallel-task gate, one pace, one poller. It needs ``kling-async[redis]``.
+    ``max_parallel_tasks`` is the account's parallel-task limit, kept before each create is
+    sent (None: learned from 1303 replies).
+
+    Added in version 0.1; ``callbacks`` in 0.2; ``transport``, ``fleet`` and
+    ``max_parallel_tasks`` in 0.3.
     """
 
     def __init__(
@@ -84,7 +94,10 @@ class KlingSession:
         journal: str | os.PathLike[str] | Journal | None = None,
         callbacks: CallbackReceiver | None = None,
         transport: Transport | None = None,
+        fleet: str | redis.asyncio.Redis | None = None,
+        max_parallel_tasks: int | None = None,
     ) -> None:
+        fleet = check_fleet(fleet)
         config = configure(
             api_key=api_key,
             base_url=base_url,
@@ -98,13 +111,16 @@ class KlingSession:
             allow_insecure_http=allow_insecure_http,
             max_response_bytes=max_response_bytes,
             environ=os.environ,
+            max_parallel_tasks=max_parallel_tasks,
         )
+        parts = account_parts(fleet, account=config.account)
         self._lifetime = lifetime = Lifetime(
             transport=transport,
             http_session=http_session,
             trace_configs=trace_configs,
             journal=journal,
             callbacks=callbacks,
+            parts=parts,
         )
         self.poll_policy = poll_policy if poll_policy is not None else PollPolicy()
         self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
@@ -115,14 +131,16 @@ class KlingSession:
             retry_policy=self.retry_policy,
             max_in_flight=config.limits.max_in_flight,
             create_deadline=config.timeouts.create,
+            pace=parts.pace(),
         )
-        gate = LocalSlotGate(self._wire.sleep)
+        gate = parts.gate(self._wire.sleep, limit=config.limits.max_parallel_tasks)
         creator = Creator(self._wire, gate)
         self._watcher = Watcher(
             self._wire,
             self.poll_policy,
             list_refresh=config.list_refresh,
             events=WatchEvents(slot_freed=gate.freed),
+            states=parts.states(),
         )
         self._journal = lifetime.journal
         self._submitter = Submitter(
