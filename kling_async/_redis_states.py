@@ -8,7 +8,7 @@ own until theirs is merged over it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._task_codec import encode_task
 
@@ -30,7 +30,7 @@ async def record_hint(
     client: aioredis.Redis, account: str, task_id: str, task: Task, *, confirm: bool
 ) -> None:
     """Append a callback's hint of ``task_id`` to the account's events stream (a wake-up)."""
-    fields: dict[str | bytes, str | bytes | int | float] = {
+    fields: dict[Any, Any] = {
         "kind": "hint",
         "task": task_id,
         "data": encode_task(task),
