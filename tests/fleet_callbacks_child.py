@@ -42,7 +42,8 @@ async def wait(redis: str, base: str, access: str, secret: str, public: str) -> 
 
 
 def main() -> None:
-    anyio.run(wait, *sys.argv[1:6])
+    redis, base, access, secret, public = sys.argv[1:6]
+    anyio.run(wait, redis, base, access, secret, public)
 
 
 if __name__ == "__main__":

@@ -286,10 +286,12 @@ async def test_redis_down_answers_503_and_records_nothing(tmp_path: pathlib.Path
             base = await hints(check)  # the emulator's "submitted" callback
             await check.aclose()
             server.stop()
-            async with aiohttp.ClientSession() as http:
-                async with http.post(url, data=body(handle.task_id, "succeed")) as response:
-                    assert 503 == response.status
-                    assert "5" == response.headers["Retry-After"]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url, data=body(handle.task_id, "succeed")) as response,
+            ):
+                assert 503 == response.status
+                assert "5" == response.headers["Retry-After"]
             server.start()  # its AOF brings the binding back
             check = aioredis.Redis.from_url(server.url)
             assert base == await hints(check)
@@ -390,7 +392,8 @@ async def test_a_callback_before_the_bind_is_applied_by_it(redis_url: str) -> No
         assert 1 == queries_of(emu, made.task_id)
         assert 0 == await client.exists(account_key(account, "early", nonce))
         events = [key async for key in client.scan_iter("kling-async:*:events")]
-        recorded = [f[b"task"].decode() for _, f in await client.xrange(events[0])]
+        entries: Any = await client.xrange(events[0])
+        recorded = [fields[b"task"].decode() for _, fields in entries]
         assert first.task_id in recorded  # the emulator's early one, recorded at its bind
     await client.aclose()
 
