@@ -7,7 +7,7 @@ token and the body to the receiver, whose pure core decides the reply.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -20,12 +20,15 @@ def receiver_app(
     deliver: Callable[[str, bytes], Awaitable[int]],
     limit: int,
     reasons: Mapping[int, str],
+    headers: Mapping[int, Sequence[tuple[str, str]]],
 ) -> web.Application:
     """An application serving ``POST /{token}``: 404 for a token ``known`` refuses, 413 for a
-    body over ``limit`` bytes, else what ``deliver`` answers (``reasons`` give the text)."""
+    body over ``limit`` bytes, else what ``deliver`` answers (``reasons`` give the text,
+    ``headers`` the extra headers of a status, such as a 503's Retry-After)."""
 
     def reply(status: int) -> web.Response:
-        return web.Response(status=status, text=reasons.get(status, ""))
+        extra = dict(headers.get(status, ()))
+        return web.Response(status=status, text=reasons.get(status, ""), headers=extra)
 
     async def handle(request: web.Request) -> web.Response:
         token = request.match_info["token"]

@@ -107,7 +107,9 @@ class Lifetime:
                 await self.journal.__aenter__()
             if self.callbacks is not None:
                 submitter.receiver = self.callbacks
-                submitter.link = self.callbacks._attach(watcher, wire.loop, gateway=config.gateway)
+                submitter.link = await self.callbacks._attach(
+                    watcher, wire.loop, gateway=config.gateway, fleet=self.parts.fleet
+                )
         except BaseException:
             wire.close()
             await self._close_http()

@@ -9,6 +9,10 @@ themselves make (``_watch``). The core here is pure and never awaits;
 `CallbackReceiver.aiohttp_app` and `CallbackReceiver.asgi_app` are thin adapters around
 `CallbackReceiver.deliver`, in the way of Stripe's and Standard Webhooks' verifiers:
 constant-time token look-up, size caps, "verify, then trust".
+
+With ``fleet=`` (a Redis URL or client, as ``KlingSession(fleet=...)`` takes) the receiver
+also takes the fleet's tokens (``_redis_callbacks``): any web worker checks any session's
+token by its HMAC, records the callback in Redis, and the waits wake wherever they are.
 """
 
 from __future__ import annotations
@@ -29,14 +33,19 @@ import attrs
 import cattrs
 
 from . import _urls
-from ._callback_tokens import CallbackTokens
+from ._callback_tokens import CallbackTokens, split_fleet_token
 from ._converter import converter
+from ._fleet import check_fleet
 from ._schedule import newer
+from .errors import FleetError
 from .models import Task
 
 if TYPE_CHECKING:
+    import redis.asyncio
     from aiohttp import web
 
+    from ._fleet import Fleet
+    from ._redis_callbacks import FleetReceiver
     from ._watch import Watcher
 
 __all__ = ["CallbackReceiver"]
@@ -54,7 +63,11 @@ _REASONS = {
     404: "unknown callback token",
     405: "only POST",
     413: "body too large",
+    503: "not recorded (the fleet's store is unreachable): send it again later",
 }
+# A 503 asks Kling to send the callback again; Retry-After says when (seconds).
+_RETRY_AFTER = "5"
+_HEADERS = {503: (("retry-after", _RETRY_AFTER),)}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -261,7 +274,19 @@ class CallbackReceiver:
     callback delays a wait but never hangs it. A final callback for a task nobody waits on
     retires its token at once: finished creates keep no memory, and a later wait confirms.
 
-    Added in version 0.2.
+    ``fleet`` (a Redis URL or a ``redis.asyncio.Redis``, borrowed and never closed; the
+    same Redis as the sessions') lets every web worker of a fleet take every session's
+    callbacks: a session opened with ``fleet=`` and this receiver gets tokens that any
+    worker's receiver checks by their HMAC under a secret kept in Redis (no per-process
+    state), each callback is recorded in Redis, and the waits on its task wake in every
+    process. When Redis does not answer a callback gets 503 with ``Retry-After`` (so that
+    Kling sends it again), never a 200 for a callback not recorded. A session *without*
+    ``fleet=`` beside such a receiver keeps today's in-process tokens: only this process's
+    receiver knows them, and another worker answers its callbacks 404 (its waits then
+    poll every ``safety_interval``); give every session of a fleet ``fleet=``. Call
+    `aclose` to close a Redis client the receiver made from a URL.
+
+    Added in version 0.2; ``fleet`` in 0.3.
     """
 
     def __init__(
@@ -271,6 +296,7 @@ class CallbackReceiver:
         max_body_bytes: int = 65536,
         confirm: bool = True,
         safety_interval: float = 60.0,
+        fleet: str | redis.asyncio.Redis | None = None,
     ) -> None:
         self._public_url = _public_url(public_url)
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
@@ -294,6 +320,11 @@ class CallbackReceiver:
         # sha256(token) -> (token, binding): looked up by a hash, then compared in constant
         # time, so that answers take no longer for tokens that share a prefix with real ones.
         self._bindings: dict[bytes, tuple[str, _Binding]] = {}
+        self._fleet: FleetReceiver | None = None
+        if (checked := check_fleet(fleet)) is not None:
+            from ._redis_callbacks import FleetReceiver
+
+            self._fleet = FleetReceiver(checked)
 
     def __repr__(self) -> str:
         return f"<CallbackReceiver {self._public_url} tokens={len(self._bindings)}>"
@@ -303,11 +334,39 @@ class CallbackReceiver:
         """Where the receiver is reached from outside (no trailing slash)."""
         return self._public_url
 
-    def _attach(
-        self, watcher: Watcher, loop: asyncio.AbstractEventLoop, *, gateway: bool
+    async def aclose(self) -> None:
+        """Close the Redis client made from a ``fleet`` URL (a borrowed one stays open)."""
+        if self._fleet is not None:
+            await self._fleet.aclose()
+
+    async def _attach(
+        self,
+        watcher: Watcher,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        gateway: bool,
+        fleet: Fleet | None = None,
     ) -> CallbackTokens[Any]:
-        """A session opened with this receiver: its token set, wired to its watcher."""
-        return _SessionLink(self, watcher, loop, gateway=gateway)
+        """A session opened with this receiver: its token set, wired to its watcher (the
+        fleet's tokens when both the session and the receiver have a fleet)."""
+        if fleet is None or self._fleet is None:
+            return _SessionLink(self, watcher, loop, gateway=gateway)
+        from ._redis_callbacks import RedisCallbackTokens
+
+        return await RedisCallbackTokens.attach(
+            fleet,
+            public_url=self._public_url,
+            watcher=watcher,
+            loop=loop,
+            gateway=gateway,
+            confirm=self.confirm,
+        )
+
+    def _known(self, token: str) -> bool:
+        """Whether a token may be taken, before the body is read (no I/O)."""
+        if self._lookup(token) is not None:
+            return True
+        return self._fleet is not None and self._fleet.known(token)
 
     def _lookup(self, token: object) -> _Binding | None:
         if not isinstance(token, str) or len(token) != _TOKEN_LENGTH or not token.isascii():
@@ -322,14 +381,19 @@ class CallbackReceiver:
         """Take one callback (the token from its URL, the raw body); return the HTTP status.
 
         200: taken (as a hint); 400: not a task object, or another task's; 404: unknown
-        token (or a closed session's); 413: over ``max_body_bytes``. It never waits for a
-        query: the waits of the task do that.
+        token (or a closed session's); 413: over ``max_body_bytes``; 503: a fleet token's
+        callback that Redis did not record (send it again). It never waits for a query:
+        the waits of the task do that.
+
+        The checks run in this order: the token (constant time), the size, then the body.
+        Kling's Webhook Signature (issue 18), when added, goes between the size and the
+        body: verified on the raw bytes, before anything is parsed.
         """
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError(f"body must be the raw bytes, not {type(body).__name__}")
         binding = self._lookup(token)
         if binding is None:
-            return 404
+            return await self._deliver_fleet(token, body)
         if len(body) > self.max_body_bytes:
             return 413
         task = parse_callback(bytes(body))
@@ -337,15 +401,38 @@ class CallbackReceiver:
             return 400
         return binding.link.receive(binding, task)
 
+    async def _deliver_fleet(self, token: str, body: bytes | bytearray | memoryview) -> int:
+        """A fleet token's callback: checked by its HMAC, recorded in Redis (503 if not)."""
+        fleet = self._fleet
+        if fleet is None or split_fleet_token(token) is None:
+            return 404
+        try:
+            owner = await fleet.verify(token)
+        except FleetError:
+            return 503
+        if owner is None:
+            return 404
+        if len(body) > self.max_body_bytes:
+            return 413
+        task = parse_callback(bytes(body))
+        if task is None:
+            return 400
+        account, nonce = owner
+        try:
+            return await fleet.receive(account, nonce, task, confirm=self.confirm)
+        except FleetError:
+            return 503
+
     def aiohttp_app(self) -> web.Application:
         """An ``aiohttp.web.Application`` serving ``POST /{token}``, for ``add_subapp``."""
         from ._aiohttp_web import receiver_app
 
         return receiver_app(
-            known=lambda token: self._lookup(token) is not None,
+            known=self._known,
             deliver=self.deliver,
             limit=self.max_body_bytes,
             reasons=_REASONS,
+            headers=_HEADERS,
         )
 
     @property
@@ -377,7 +464,7 @@ class CallbackReceiver:
         if scope.get("method") != "POST":
             await _asgi_reply(send, 405, (b"allow", b"POST"))
             return
-        if "/" in token or self._lookup(token) is None:
+        if "/" in token or not self._known(token):
             await _asgi_reply(send, 404)
             return
         limit = self.max_body_bytes
@@ -406,6 +493,7 @@ class CallbackReceiver:
 
 async def _asgi_reply(send: Send, status: int, *headers: tuple[bytes, bytes]) -> None:
     body = _REASONS.get(status, "").encode()
+    headers += tuple((name.encode(), value.encode()) for name, value in _HEADERS.get(status, ()))
     await send(
         {
             "type": "http.response.start",
