@@ -283,7 +283,8 @@ class RedisTaskStates:
             except Exception as error:
                 self.reachable(False)
                 logger.debug("could not read the task events: %s", error)
-                last = None  # after a restart, start from the newest (the re-read covers the gap)
+                # Go on from the last event seen: a Redis that kept its log keeps the events
+                # written since (a hint among them is in no state a re-read would find).
                 await asyncio.sleep(_RETRY)
                 continue
             self.reachable(True)
