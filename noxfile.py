@@ -38,7 +38,7 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 
-BENCHMARKS = ("cycle", "batch", "journal", "burst", "callbacks")
+BENCHMARKS = ("cycle", "batch", "journal", "burst", "callbacks", "fleet")
 
 
 @nox.session
@@ -66,6 +66,7 @@ def bench(session: nox.Session) -> None:
         ["bench/bench_burst.py"],  # 100 waits meet 2 s of 1302s
         ["bench/bench_callbacks.py"],  # callback-to-wait latency, 200 tasks
         ["bench/bench_batch.py"],  # 1,000 tasks of 30-90 s, every mode
+        ["bench/bench_fleet.py"],  # the same on 4 processes and one Redis (about an hour)
     ]
     failed = []
     for args in runs:

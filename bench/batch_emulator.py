@@ -4,7 +4,8 @@ The benchmark's client must not share a CPU with the server it measures, so the 
 here. A small control server on loopback makes them on demand and reports what they saw:
 
 - ``POST /emulators`` ``{"list_mode": "ok" | "404", "durations": [[submitted, processing],
-  ...]}`` starts a fresh `KlingEmulator`; the task for video ``v-<i>`` takes
+  ...], "max_running": N | null}`` starts a fresh `KlingEmulator` (with that parallel-task
+  limit, if any); the task for video ``v-<i>`` takes
   ``durations[i]`` seconds (keyed by video, not creation order, so that concurrent creates and
   separate emulators give the same video the same schedule). Answers its name and URLs.
 - ``GET /emulators/<name>`` answers every task (id, video, created, ``starts_at``,
@@ -60,7 +61,11 @@ class Control:
             _, _, index = task.video_id.rpartition("-")
             return durations[int(index) % len(durations)]
 
-        emulator = KlingEmulator(task_seconds=task_seconds, list_mode=body.get("list_mode", "ok"))
+        emulator = KlingEmulator(
+            task_seconds=task_seconds,
+            list_mode=body.get("list_mode", "ok"),
+            max_running=body.get("max_running"),
+        )
         emulator.requests = StampedRequests()
         await emulator.start()
         name = str(next(self._names))

@@ -136,9 +136,13 @@ class Child:
             response.raise_for_status()
             return await response.json()
 
-    async def emulator(self, list_mode: str, durations: list[tuple[float, float]]) -> Any:
+    async def emulator(
+        self, list_mode: str, durations: list[tuple[float, float]], max_running: int | None = None
+    ) -> Any:
         return await self._call(
-            "POST", "/emulators", {"list_mode": list_mode, "durations": durations}
+            "POST",
+            "/emulators",
+            {"list_mode": list_mode, "durations": durations, "max_running": max_running},
         )
 
     async def report(self, emulator: Any) -> Any:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._account import LocalPace, LocalSlotGate
+from ._account import LocalSlotGate
 from ._fleet import Fleet
+from ._redis_journal import RedisJournal
 from ._task_state import LocalTaskStates
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ class FleetParts:
         return self.fleet
 
     def pace(self) -> RequestPace:
-        return LocalPace()
+        from ._redis_pace import RedisPace
+
+        return RedisPace(self._link)
 
     def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
         return LocalSlotGate(sleep)
@@ -43,7 +46,7 @@ class FleetParts:
         return LocalTaskStates()
 
     def journal(self) -> Journal | None:
-        return None
+        return RedisJournal(self._link)
 
     async def open(self) -> None:
         await self._link.open()

@@ -14,7 +14,7 @@ import logging
 from ._attempt import CallbackSlot
 from ._create import Creator
 from ._journal import ClaimOutcome, Journal
-from .errors import APIError, JournalError, KlingError, NotFoundError
+from .errors import APIError, ClaimLostError, JournalError, KlingError, NotFoundError
 from .models import ExtendRequest, Task, TaskStatus
 from .sansio import error_class_for
 
@@ -55,6 +55,15 @@ class JournalRecord:
             raise JournalError(
                 f"the server made task {task.task_id} but the journal could not record it: "
                 f"{error.args[0]}",
+                key=self._key,
+                task_id=task.task_id,
+            ) from error
+        except ClaimLostError as error:
+            # Another process took the key over while this one was creating: it looks the
+            # task up and records it; this caller learns which task it was.
+            raise ClaimLostError(
+                f"the server made task {task.task_id} but another process had taken the key "
+                f"over: {error.args[0]}",
                 key=self._key,
                 task_id=task.task_id,
             ) from error

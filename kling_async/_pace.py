@@ -80,6 +80,11 @@ class Pace:
         """Tickets taken and neither served nor given up."""
         return self._next_ticket - self._head - len(self._left)
 
+    def recent(self, now: float) -> float:
+        """The rate (requests per second) this pace has measured requests leaving at, now: what
+        a fleet adds up across its processes to cut the account's rate (``_redis_pace``)."""
+        return self._recent(now)
+
     def sent(self, now: float) -> None:
         """Count one request leaving (measures the rate the session really sends at)."""
         if self._bucket_sends == 0 and self._measured == 0:

@@ -420,18 +420,23 @@ class JournalError(KlingError):
 class FleetError(KlingError):
     """The fleet's Redis could not do what a shared promise needs (``docs/fleet.md``).
 
-    ``key`` names the journal key concerned, when one is. Nothing was sent for a create that
-    raised it before its send; see the subclasses for what else is known.
+    ``key`` names the journal key concerned, when one is, and ``task_id`` the task the server
+    made for it when the failure came after the create (that task exists and is paid for).
+    Nothing was sent for a create that raised it before its send; see the subclasses for
+    what else is known.
 
     Added in version 0.3.
     """
 
-    def __init__(self, message: str, *, key: str | None = None) -> None:
+    def __init__(self, message: str, *, key: str | None = None, task_id: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+        self.task_id = task_id
 
     def __str__(self) -> str:
-        return f"{self.args[0]} (key {self.key!r})" if self.key is not None else str(self.args[0])
+        named = (("key", self.key), ("task", self.task_id))
+        details = [f"{name} {value!r}" for name, value in named if value is not None]
+        return f"{self.args[0]} ({', '.join(details)})" if details else str(self.args[0])
 
 
 class FleetUnavailableError(FleetError):
