@@ -106,10 +106,7 @@ broker = ReclaimingStreamBroker(
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)
 async def open_session(state: TaskiqState) -> None:
     """One session per worker process, shared by its jobs: one link to the fleet."""
-    state.kling = await KlingSession(
-        fleet=REDIS_URL,
-        journal=os.environ.get("STANDIN_JOURNAL"),  # STAND-IN until RedisJournal is on main
-    ).__aenter__()
+    state.kling = await KlingSession(fleet=REDIS_URL).__aenter__()
 
 
 @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
