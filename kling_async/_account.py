@@ -4,7 +4,9 @@ Kling's limits are per account, not per process: the parallel-task limit (1303) 
 limit (1302). A session reaches them only through these seams, so that sessions in many
 processes can share one implementation (the fleet) without a branch in the drivers:
 
-- `SlotGate`: creates refused with 1303 wait here for a task to finish (`LocalSlotGate`);
+- `SlotGate`: a create takes a slot before its send and keeps it until its task is seen
+  finished; creates refused with 1303 wait here for a task to finish (`LocalSlotGate`; the
+  fleet's is ``_redis_gate.RedisSlotGate``);
 - `RequestPace`: every request takes its turn at the pace learned from 1302 (`LocalPace`);
 - the journal of keyed creates (``_journal.Journal``), the task states and their one poller
   (``_task_state``), and a receiver's callback tokens (``_callback_tokens``, kept by
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 import anyio
@@ -33,7 +36,9 @@ __all__ = [
     "LocalPace",
     "LocalSlotGate",
     "RequestPace",
+    "Slot",
     "SlotGate",
+    "WaitLine",
 ]
 
 CLOSED_WHILE_PENDING = "the session was closed while this call was pending"
@@ -45,14 +50,57 @@ class DeadlinePassed(Exception):
     """A caller's deadline ran out before the request was sent (nothing left the machine)."""
 
 
+class Slot:
+    """One create's place at the gate: taken before its send, kept until its task is seen
+    finished (once bound to the task's id), or given back when the create made no task.
+
+    ``token`` names it while its create is in flight; ``counted`` says whether the gate
+    counts it (an in-process gate without a limit does not); ``settled`` is set once it
+    was bound, released, refused or left in doubt (later calls change nothing).
+    """
+
+    __slots__ = ("counted", "settled", "token")
+
+    def __init__(self, token: str, *, counted: bool) -> None:
+        self.token = token
+        self.counted = counted
+        self.settled = False
+
+
 class SlotGate(Protocol):
-    """Where creates refused with 1303 (too many running tasks) wait for a slot."""
+    """The account's parallel-task gate (1303): a create passes it before its send, and
+    creates refused with 1303 anyway (the account may be shared) wait here for a slot."""
+
+    async def acquire(self, deadline: float | None) -> Slot:
+        """Take a slot, waiting (oldest first) while the account is at its limit;
+        `DeadlinePassed` past ``deadline`` (the loop's clock), SessionClosedError on close,
+        `FleetUnavailableError` when a shared gate cannot be reached (nothing was sent)."""
+
+    async def bind(self, slot: Slot, task_id: str) -> None:
+        """The create made ``task_id``: the slot stays taken until that task is seen
+        finished (`freed`). Never raises for a gate's own trouble: the task exists."""
+
+    def release(self, slot: Slot) -> None:
+        """The create certainly made no task (refused, not sent, cancelled before its send)."""
+
+    def refused(self, slot: Slot) -> None:
+        """The create was refused with 1303: the slot goes back, and a gate without a set
+        limit may learn one from it."""
+
+    def doubt(self, slot: Slot) -> None:
+        """The create ended while it may have made a task nobody can name: the slot is kept
+        for a create's longest time on the wire, then given back."""
+
+    def freed(self, task_id: str) -> None:
+        """``task_id`` was seen finished (by a poll, a list or a callback): its slot, if it
+        has one, is free, and one create waiting after a 1303 may try again."""
+
+    async def renew(self, task_ids: Collection[str]) -> None:
+        """``task_ids`` were seen running: their slots outlive a process that stopped."""
 
     async def wait(self, delay: float) -> None:
-        """Wait up to ``delay`` seconds, or until a task seen finishing frees a slot."""
-
-    def freed(self, count: int = 1) -> None:
-        """``count`` tasks were seen finishing: as many waiting creates may try again."""
+        """After a 1303: wait up to ``delay`` seconds, or until a task seen finishing frees
+        a slot."""
 
     def close(self) -> None:
         """The session closes: wake every waiter (each then raises SessionClosedError)."""
@@ -89,8 +137,8 @@ class RequestPace(Protocol):
 Sleep = Callable[[float, "anyio.Event | None"], Awaitable[None]]
 
 
-class LocalSlotGate:
-    """The slot gate of one process: each freed slot lets the oldest waiter try again."""
+class WaitLine:
+    """Creates refused with 1303, oldest first: each slot seen freed wakes the oldest."""
 
     __slots__ = ("_sleep", "_waiters")
 
@@ -99,25 +147,144 @@ class LocalSlotGate:
         self._waiters: collections.deque[anyio.Event] = collections.deque()
 
     async def wait(self, delay: float) -> None:
+        """Wait up to ``delay`` seconds, or until `wake` reaches this waiter."""
         event = anyio.Event()
         self._waiters.append(event)
         try:
             await self._sleep(delay, event)
         except BaseException:
             if event.is_set():
-                self.freed(1)  # woken for a slot, then cancelled: the next one takes it
+                self.wake(1)  # woken for a slot, then cancelled: the next one takes it
             raise
         finally:
             if not event.is_set():
                 self._waiters.remove(event)
 
-    def freed(self, count: int = 1) -> None:
+    def wake(self, count: int = 1) -> None:
+        """Wake the ``count`` oldest waiters."""
         while count > 0 and self._waiters:
             self._waiters.popleft().set()
             count -= 1
 
     def close(self) -> None:
-        self.freed(len(self._waiters))
+        self.wake(len(self._waiters))
+
+
+class _Turn:
+    """One create waiting at a full gate: set with ``granted`` when a slot is handed to it."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = False
+
+
+class LocalSlotGate:
+    """The slot gate of one process.
+
+    Without ``limit`` it only queues creates refused with 1303 (each task seen finishing
+    wakes the oldest). With one, at most ``limit`` creates in flight and tasks made and not
+    yet seen finished at once: the others wait, oldest first, for a slot handed to them
+    (passed on when its waiter was cancelled). A create left in doubt keeps its slot for
+    ``hold`` seconds (a create's longest time on the wire).
+    """
+
+    __slots__ = ("_bound", "_closed", "_hold", "_limit", "_line", "_sleep", "_turns", "_used")
+
+    def __init__(self, sleep: Sleep, *, limit: int | None = None, hold: float = 150.0) -> None:
+        self._sleep = sleep
+        self._limit = limit
+        self._hold = hold
+        self._line = WaitLine(sleep)
+        self._turns: collections.deque[_Turn] = collections.deque()
+        self._used = 0  # slots taken: creates in flight and tasks bound
+        self._bound: set[str] = set()
+        self._closed = False
+
+    @property
+    def held(self) -> int:
+        """Slots taken now (creates in flight and tasks not yet seen finished)."""
+        return self._used
+
+    async def acquire(self, deadline: float | None) -> Slot:
+        if self._limit is None:
+            return Slot("", counted=False)
+        if self._closed:
+            raise SessionClosedError(CLOSED_WHILE_PENDING)
+        if not self._turns and self._used < self._limit:
+            self._used += 1
+            return Slot("", counted=True)
+        turn = _Turn()
+        self._turns.append(turn)
+        try:
+            while not turn.granted:
+                if self._closed:
+                    raise SessionClosedError(CLOSED_WHILE_PENDING)
+                delay = math.inf if deadline is None else deadline - anyio.current_time()
+                if delay <= 0:
+                    raise DeadlinePassed
+                await self._sleep(delay, turn.event)
+        except BaseException:
+            if turn.granted:
+                self._give_back()  # handed a slot, then cancelled: the next one takes it
+            else:
+                self._turns.remove(turn)
+            raise
+        return Slot("", counted=True)
+
+    async def bind(self, slot: Slot, task_id: str) -> None:
+        if not self._settle(slot):
+            return
+        if task_id in self._bound:  # already counted (found twice): one slot is enough
+            self._give_back()
+        else:
+            self._bound.add(task_id)
+
+    def release(self, slot: Slot) -> None:
+        if self._settle(slot):
+            self._give_back()
+
+    def refused(self, slot: Slot) -> None:
+        self.release(slot)  # a set limit stays as set; none is learned in one process
+
+    def doubt(self, slot: Slot) -> None:
+        if self._settle(slot):
+            asyncio.get_running_loop().call_later(self._hold, self._give_back)
+
+    def freed(self, task_id: str) -> None:
+        if task_id in self._bound:
+            self._bound.discard(task_id)
+            self._give_back()
+        self._line.wake(1)
+
+    async def renew(self, task_ids: Collection[str]) -> None:
+        return None  # one process's slots live as long as the process
+
+    async def wait(self, delay: float) -> None:
+        await self._line.wait(delay)
+
+    def close(self) -> None:
+        self._closed = True
+        self._line.close()
+        for turn in self._turns:
+            turn.event.set()
+
+    def _settle(self, slot: Slot) -> bool:
+        """Mark ``slot`` settled; whether it was counted and not settled before."""
+        first = slot.counted and not slot.settled
+        slot.settled = True
+        return first
+
+    def _give_back(self) -> None:
+        """A slot comes back: hand it to the oldest waiting create, or count it free."""
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.event.is_set():
+                turn.granted = True
+                turn.event.set()
+                return
+        self._used -= 1
 
 
 class LocalPace:

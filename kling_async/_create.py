@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from . import _reconcile, sansio
-from ._account import DeadlinePassed, SlotGate
+from ._account import DeadlinePassed, Slot, SlotGate
 from ._attempt import Attempts, CallbackSlot, CreateAttempt, CreateRecord
 from ._lookup import Absent, Lookup
 from ._policies import Action, next_step
@@ -116,6 +116,28 @@ class Creator:
     async def _tries(
         self, request: ExtendRequest, attempt: CreateAttempt, deadline: float | None
     ) -> Task:
+        """The tries of one create with its one parallel-task slot: taken before the first
+        send, kept across retries, bound to the task the reply (or a look-up) names, handed
+        back after a 1303 and taken again; at the end, given back if no task was made, or
+        kept as in doubt when one may have been."""
+        held = _Held()
+        try:
+            return await self._try_all(request, attempt, deadline, held)
+        finally:
+            slot = held.slot
+            if slot is not None:
+                if attempt.doubtful:
+                    self.gate.doubt(slot)
+                else:
+                    self.gate.release(slot)
+
+    async def _try_all(
+        self,
+        request: ExtendRequest,
+        attempt: CreateAttempt,
+        deadline: float | None,
+        held: _Held,
+    ) -> Task:
         wire = self._wire
         clock = wire.clock
         http_request = sansio.create_request(wire.base_url, request)
@@ -133,6 +155,11 @@ class Creator:
         while True:
             if deadline is not None and clock() >= deadline:
                 raise self._timed_out(request, deadline, started, last_error) from last_error
+            if held.slot is None:
+                try:
+                    held.slot = await self.gate.acquire(deadline)
+                except DeadlinePassed:
+                    raise self._timed_out(request, deadline, started, last_error) from last_error
             authorization = wire.auth.authorization(wire.server_time())
             attempt.begin()
             tried_at = clock()
@@ -178,6 +205,7 @@ class Creator:
                     resigned = True
                     continue
                 if step.action is Action.WAIT_SLOT:
+                    self.gate.refused(held.take())
                     first_refusal = tried_at if first_refusal is None else first_refusal
                     await self._wait_for_slot(error, now - first_refusal, slot_waits + 1, deadline)
                     slot_waits += 1
@@ -188,6 +216,7 @@ class Creator:
                     # Never resent: a "not found" cannot prove that the first create will not
                     # still make its task.
                     found = await self.lookup.settle(request, str(error), attempt, cause=error)
+                    await self._bind(held, found)
                     if attempt.record is not None:
                         await attempt.record.created(found)
                     return found
@@ -200,6 +229,7 @@ class Creator:
                 # Claimed at once, before any await: a concurrent look-up must not take it.
                 self.attempts.remember(task.task_id, attempt.key)
                 attempt.take_off_wire()
+                await self._bind(held, task)
                 if task.created_at is not None:  # the server's clock, read during the send
                     wire.server_clock.observe(
                         task.created_at, attempt.sent_at, dt.datetime.now(dt.timezone.utc)
@@ -289,6 +319,15 @@ class Creator:
         await self._not_sent(attempt)
         return await self.create(request, record=record, callback=callback, key=key)
 
+    async def _bind(self, held: _Held, task: Task) -> None:
+        """The create's task is known: its slot is kept until the task is seen finished (or
+        given back at once when it already is: nobody will see it finish)."""
+        slot = held.take()
+        if task.done:
+            self.gate.release(slot)
+        else:
+            await self.gate.bind(slot, task.task_id)
+
     async def _not_sent(self, attempt: CreateAttempt) -> None:
         if attempt.record is not None and attempt.recorded:
             attempt.recorded = False
@@ -328,6 +367,22 @@ class Creator:
             await self.gate.wait(delay)
         else:
             await wire.sleep(delay)
+
+
+class _Held:
+    """The slot a create holds between its tries (None before it takes one)."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self) -> None:
+        self.slot: Slot | None = None
+
+    def take(self) -> Slot:
+        """The held slot, no longer held here (bound or handed back by the caller)."""
+        slot = self.slot
+        assert slot is not None
+        self.slot = None
+        return slot
 
 
 # Refusals of this very request (``docs/errors.md``, "Which Kling code raises which class"):

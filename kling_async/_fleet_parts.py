@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._account import LocalSlotGate
 from ._fleet import Fleet
+from ._redis_gate import RedisSlotGate
 from ._redis_journal import RedisJournal
+from ._redis_pace import RedisPace
 from ._task_state import LocalTaskStates
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class FleetParts:
 
     def __init__(self, fleet: str | aioredis.Redis, *, account: str) -> None:
         self.fleet: Fleet | None = Fleet(fleet, account=account)
+        self._pace: RedisPace | None = None
 
     @property
     def _link(self) -> Fleet:
@@ -35,12 +37,11 @@ class FleetParts:
         return self.fleet
 
     def pace(self) -> RequestPace:
-        from ._redis_pace import RedisPace
+        self._pace = RedisPace(self._link)
+        return self._pace
 
-        return RedisPace(self._link)
-
-    def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
-        return LocalSlotGate(sleep)
+    def gate(self, sleep: Sleep, *, limit: int | None, hold: float) -> SlotGate:
+        return RedisSlotGate(self._link, sleep, limit=limit, pending_ttl=hold)
 
     def states(self) -> TaskStates:
         return LocalTaskStates()
@@ -50,6 +51,8 @@ class FleetParts:
 
     async def open(self) -> None:
         await self._link.open()
+        if self._pace is not None:
+            self._pace.start()  # a cut made before this session's first request reaches it
 
     async def close(self) -> None:
         await self._link.aclose()

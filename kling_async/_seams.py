@@ -34,8 +34,9 @@ class AccountParts(Protocol):
     def pace(self) -> RequestPace:
         """The pace every request keeps after a 1302."""
 
-    def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
-        """The parallel-task gate (``limit``: the account's limit, None to learn it)."""
+    def gate(self, sleep: Sleep, *, limit: int | None, hold: float) -> SlotGate:
+        """The parallel-task gate (``limit``: the account's limit, None to learn it;
+        ``hold``: how long a create's slot may stay unbound, its longest time on the wire)."""
 
     def states(self) -> TaskStates:
         """Where the task states live."""
@@ -58,8 +59,8 @@ class LocalParts:
     def pace(self) -> RequestPace:
         return LocalPace()
 
-    def gate(self, sleep: Sleep, *, limit: int | None) -> SlotGate:
-        return LocalSlotGate(sleep)
+    def gate(self, sleep: Sleep, *, limit: int | None, hold: float) -> SlotGate:
+        return LocalSlotGate(sleep, limit=limit, hold=hold)
 
     def states(self) -> TaskStates:
         from ._task_state import LocalTaskStates

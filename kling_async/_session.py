@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["KlingSession"]
 
+_SLOT_MARGIN = 30.0  # seconds a create's unbound slot outlives the create's longest send
+
 
 class KlingSession:
     """An async client for the Kling video-extend API; open it with ``async with``.
@@ -133,7 +135,12 @@ class KlingSession:
             create_deadline=config.timeouts.create,
             pace=parts.pace(),
         )
-        gate = parts.gate(self._wire.sleep, limit=config.limits.max_parallel_tasks)
+        # A create's slot is held unbound at most as long as the create may be on the wire.
+        gate = parts.gate(
+            self._wire.sleep,
+            limit=config.limits.max_parallel_tasks,
+            hold=config.timeouts.create + _SLOT_MARGIN,
+        )
         creator = Creator(self._wire, gate)
         self._watcher = Watcher(
             self._wire,

@@ -48,7 +48,7 @@ _REMEMBERED_RUNNING = 10_000
 _STEP_SLACK = 0.05  # as_completed: seconds by which a poll may come early to join a step
 
 
-def _nothing() -> None:
+def _nothing(task_id: str) -> None:
     return None
 
 
@@ -64,7 +64,7 @@ class WatchEvents:
 
     __slots__ = ("done", "finished", "gone", "slot_freed")
 
-    def __init__(self, *, slot_freed: Callable[[], None] = _nothing) -> None:
+    def __init__(self, *, slot_freed: Callable[[str], None] = _nothing) -> None:
         self.slot_freed = slot_freed
         self.done: Callable[[Task], Awaitable[None]] | None = None
         self.gone: Callable[[str, KlingError], Awaitable[None]] | None = None
@@ -181,7 +181,7 @@ class Watcher:
         running = self._running
         if state.task_id in running:
             del running[state.task_id]
-            self.events.slot_freed()
+            self.events.slot_freed(state.task_id)
 
     def _release(self, state: TaskState) -> None:
         """Its changes need no more telling: the watcher stops holding it; tell the listener."""
@@ -310,7 +310,7 @@ class Watcher:
             return
         if task.task_id in running:
             del running[task.task_id]
-            self.events.slot_freed()
+            self.events.slot_freed(task.task_id)
             if task.status is TaskStatus.SUCCEED and task.created_at and task.updated_at:
                 self.schedule.observe((task.updated_at - task.created_at).total_seconds())
 
