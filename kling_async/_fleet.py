@@ -40,6 +40,7 @@ renewal: a process that dies is taken over this long after."""
 RENEW_EVERY = 1.0
 """Seconds between an instance's renewals of its lease."""
 _SOCKET_TIMEOUT = 5.0  # a Redis command that takes longer is a Redis that is gone
+_CONNECTIONS = 64  # per session: its background loops hold a few, the rest serve commands
 _PREFIX = "kling-async"
 
 
@@ -85,12 +86,17 @@ class Fleet:
     def __init__(self, fleet: str | aioredis.Redis, *, account: str) -> None:
         module = _redis_module()
         if isinstance(fleet, str):
-            self.client: aioredis.Redis = module.Redis.from_url(
+            # A blocking pool: a burst of writes (a thousand waits ending together) queues
+            # for a connection instead of failing with "Too many connections".
+            pool = module.BlockingConnectionPool.from_url(
                 fleet,
+                max_connections=_CONNECTIONS,
+                timeout=_SOCKET_TIMEOUT,
                 socket_timeout=_SOCKET_TIMEOUT,
                 socket_connect_timeout=_SOCKET_TIMEOUT,
                 health_check_interval=30,
             )
+            self.client: aioredis.Redis = module.Redis(connection_pool=pool)
             self._owned = True
         else:
             self.client = fleet
@@ -152,7 +158,7 @@ class Fleet:
         with contextlib.suppress(Exception):
             await self.client.delete(self.alive_key(self.instance))
         if self._owned:
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
 
     @property
     def closed(self) -> bool:
