@@ -14,6 +14,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from ._journal import EntryState, JournalEntry
 from ._journal_rows import decode_request, read_time
 from ._journal_rules import WITH_TASK
@@ -45,9 +47,17 @@ def score_of(claimed_at: str) -> float:
     return dt.datetime.fromisoformat(claimed_at).timestamp()
 
 
-def read_hash(key: str, fields: Mapping[str, str], where: str) -> JournalEntry:
+def read_hash(
+    key: str, fields: Mapping[str, str], where: str, *, now: dt.datetime | None = None
+) -> JournalEntry:
     """The record of ``key`` in ``fields`` (the journal ``where``, for messages);
-    `JournalError` naming the key when it cannot be read."""
+    `JournalError` naming the key when it cannot be read.
+
+    ``now`` is the reader's clock: a create in doubt (SENDING) whose send was stamped on
+    Redis's clock (``sent_redis``, read with ``redis_now``) has its ``sent_at`` placed on the
+    reader's clock, so that a look-up measures the time since the send on one clock even
+    when the sending host's clock was off.
+    """
     try:
         state = EntryState(fields["state"])
         task_id = fields.get("task_id")
@@ -75,6 +85,16 @@ def read_hash(key: str, fields: Mapping[str, str], where: str) -> JournalEntry:
         )
         if entry.claimed_at.tzinfo is None:
             raise ValueError("its claim time has no time zone")
+        sent_redis, redis_now = fields.get("sent_redis"), fields.get("redis_now")
+        if (
+            now is not None
+            and entry.state is EntryState.SENDING
+            and entry.sent_at is not None
+            and sent_redis
+            and redis_now
+        ):
+            since = (int(redis_now) - int(sent_redis)) / 1000
+            entry = attrs.evolve(entry, sent_at=now - dt.timedelta(seconds=max(0.0, since)))
     except (ValueError, TypeError, KeyError, AttributeError, InvalidArgumentError) as error:
         raise JournalError(
             f"journal {where}: the record cannot be read ({error})", key=key

@@ -27,7 +27,9 @@ twice, so run it with ``appendonly yes`` and ``appendfsync always`` where that m
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import logging
 import secrets
 import time
@@ -61,7 +63,7 @@ from ._journal_rules import (
     missed_move,
     to_record,
 )
-from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore, text
+from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore, text, utc_now
 from .errors import ClaimLostError, InvalidArgumentError, JournalError
 from .models import ExtendRequest, TaskStatus
 
@@ -187,9 +189,34 @@ class RedisJournal:
     async def _claim_once(
         self, key: str, request: ExtendRequest, stamp: str | None, claimed_at: str
     ) -> Claim:
-        """One claim, run to its end once started (its result is returned, a cancellation
-        lands at the caller's next ``await``); one at a time per key in this instance."""
+        """One claim, run to its end once started, in a task of its own: a caller cancelled
+        meanwhile (an asyncio cancel passes an anyio shield) leaves, and a key the claim
+        took is released behind it rather than held for the session's life."""
         await anyio.lowlevel.checkpoint_if_cancelled()
+        run = asyncio.ensure_future(self._claim_locked(key, request, stamp, claimed_at))
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            run.add_done_callback(functools.partial(self._abandoned, key))
+            raise
+
+    def _abandoned(self, key: str, run: asyncio.Future[Claim]) -> None:
+        """A claim whose caller left: release the key if the claim took it."""
+        if run.cancelled() or run.exception() is not None:
+            return  # nothing was taken, or a failed claim handled its own traces
+        if run.result().outcome in (ClaimOutcome.FRESH, ClaimOutcome.IN_DOUBT):
+            self._fleet.start(functools.partial(self._release_quietly, key))
+
+    async def _release_quietly(self, key: str) -> None:
+        try:
+            await self.release(key)
+        except (JournalError, RuntimeError) as error:  # closed meanwhile: aclose released it
+            logger.info("journal %s: key %r not released yet: %s", self._store.where, key, error)
+
+    async def _claim_locked(
+        self, key: str, request: ExtendRequest, stamp: str | None, claimed_at: str
+    ) -> Claim:
+        """One claim at a time per key in this instance."""
         lock = self._locks.setdefault(key, anyio.Lock())
         try:
             with anyio.CancelScope(shield=True):
@@ -248,7 +275,7 @@ class RedisJournal:
                     f"{recorded.video_id!r}, claimed {fields.get('claimed_at')}); a key names "
                     "one request: use a new key"
                 )
-            entry = read_hash(key, fields, self._store.where)
+            entry = read_hash(key, fields, self._store.where, now=utc_now())
             owner = fields.get("owner")
             # This instance's own record is alive while it holds the claim; a record naming
             # it that it does not hold is a claim whose reply was lost: nobody's.

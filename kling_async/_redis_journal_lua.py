@@ -28,10 +28,24 @@ __all__ = [
     "TAKE",
 ]
 
+# Every record read carries Redis's clock now ('redis_now', ms), beside 'sent_redis' (Redis's
+# clock when the key went to *sending*): a reader on another host measures the time since
+# the send on one clock, whatever the hosts' own clocks say.
+_NOW = """
+local function with_now(fields)
+  local t = redis.call('TIME')
+  fields[#fields + 1] = 'redis_now'
+  fields[#fields + 1] = tostring(t[1] * 1000 + math.floor(t[2] / 1000))
+  return fields
+end
+"""
+
 # KEYS: rec, pending, fence counter.
 # ARGV: token, nonce, member, fingerprint, request, stamped, claimed_at, score, video_id,
 # alive prefix. -> {'new', fence} | {'old', owner alive 0/1, fields}
-CLAIM = """
+CLAIM = (
+    _NOW
+    + """
 local rec = KEYS[1]
 if redis.call('EXISTS', rec) == 0 then
   local fence = redis.call('INCR', KEYS[3])
@@ -49,8 +63,9 @@ local alive = 0
 if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[10] .. owner) == 1 then
   alive = 1
 end
-return {'old', alive, redis.call('HGETALL', rec)}
+return {'old', alive, with_now(redis.call('HGETALL', rec))}
 """
+)
 
 # KEYS: rec, pending, fence counter.
 # ARGV: token, nonce, member, state, owner, fence (as read), alive prefix, mode
@@ -99,6 +114,8 @@ redis.call('HSET', rec, 'state', ARGV[6], 'op', ARGV[3])
 if ARGV[7] == '1' then redis.call('HDEL', rec, 'owner') end
 local video = ARGV[10] .. redis.call('HGET', rec, 'video_id')
 if ARGV[6] == 'sending' then
+  local t = redis.call('TIME')
+  redis.call('HSET', rec, 'sent_redis', tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
   redis.call('SADD', video, ARGV[4])
 elseif ARGV[5] == 'sending' then
   redis.call('SREM', video, ARGV[4])
@@ -146,14 +163,17 @@ return key
 """
 
 # KEYS: rec. ARGV: token, alive prefix. -> {owner alive 0/1, fields} (fields empty: none)
-READ = """
+READ = (
+    _NOW
+    + """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 local alive = 0
 if owner and (owner == ARGV[1] or redis.call('EXISTS', ARGV[2] .. owner) == 1) then
   alive = 1
 end
-return {alive, redis.call('HGETALL', KEYS[1])}
+return {alive, with_now(redis.call('HGETALL', KEYS[1]))}
 """
+)
 
 # KEYS: rec, pending, tasks. ARGV: token, nonce, member, state, owner, fence (as read),
 # alive prefix, task id, score, video prefix. -> {'ok'} | {'changed'} | {'taken', other key}
@@ -198,20 +218,25 @@ return 1
 """
 
 # KEYS: the video's set. ARGV: rec prefix. -> {{member, fields}, ...} of its SENDING keys
-DOUBTS = """
+DOUBTS = (
+    _NOW
+    + """
 local found = {}
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local rec = ARGV[1] .. member
   if redis.call('HGET', rec, 'state') == 'sending' then
-    found[#found + 1] = {member, redis.call('HGETALL', rec)}
+    found[#found + 1] = {member, with_now(redis.call('HGETALL', rec))}
   end
 end
 return found
 """
+)
 
 # ARGV: token, alive prefix, rec prefix, members... -> {{member, owner alive, fields}, ...}
 # of those CREATED or SENDING (``is_pending`` decides which of them resume picks up).
-PENDING = """
+PENDING = (
+    _NOW
+    + """
 local found = {}
 for i = 4, #ARGV do
   local rec = ARGV[3] .. ARGV[i]
@@ -221,8 +246,9 @@ for i = 4, #ARGV do
     if cur[2] and (cur[2] == ARGV[1] or redis.call('EXISTS', ARGV[2] .. cur[2]) == 1) then
       alive = 1
     end
-    found[#found + 1] = {ARGV[i], alive, redis.call('HGETALL', rec)}
+    found[#found + 1] = {ARGV[i], alive, with_now(redis.call('HGETALL', rec))}
   end
 end
 return found
 """
+)

@@ -29,7 +29,7 @@ from .models import TaskStatus
 if TYPE_CHECKING:
     from ._fleet import Fleet
 
-__all__ = ["JournalUnavailableError", "RecordStore", "text"]
+__all__ = ["JournalUnavailableError", "RecordStore", "text", "utc_now"]
 
 logger = logging.getLogger("kling_async")
 
@@ -111,7 +111,7 @@ class RecordStore:
         check_key(key)
         client = self.fleet.client
         raw = await self.redis("reading a key", lambda: client.hgetall(self.rec + key), key=key)
-        return read_hash(key, fields_of(raw), self.where) if raw else None
+        return read_hash(key, fields_of(raw), self.where, now=utc_now()) if raw else None
 
     async def pending_entries(self) -> list[JournalEntry]:
         """The whole fleet's CREATED entries and SENDING ones in doubt, oldest claim first."""
@@ -196,7 +196,7 @@ class RecordStore:
             )
             if refusal is not None:
                 raise refusal
-            entry = read_hash(key, fields, self.where)
+            entry = read_hash(key, fields, self.where, now=utc_now())
             reply = await self.script(
                 "SETTLE",
                 "settling a key",
@@ -229,7 +229,7 @@ class RecordStore:
     def readable(self, key: str, raw: Any) -> JournalEntry | None:
         """A record read in a list: one that cannot be read is logged and left out."""
         try:
-            return read_hash(key, fields_of(raw), self.where)
+            return read_hash(key, fields_of(raw), self.where, now=utc_now())
         except JournalError as error:
             logger.error("%s; it is left out (fix it or forget the key)", error)
             return None
@@ -264,3 +264,8 @@ class RecordStore:
             ) from error
         except FleetError as error:
             raise JournalError(f"journal {self.where}: {error.args[0]}", key=key) from error
+
+
+def utc_now() -> dt.datetime:
+    """This host's clock, on which a record's send is placed (see ``read_hash``)."""
+    return dt.datetime.now(dt.timezone.utc)

@@ -50,7 +50,6 @@ _NEUTRAL = [
     "test_a_claim_with_the_recorded_request_matches",
     "test_not_sent_goes_back_to_intent_and_stays_owned",
     "test_a_released_intent_is_taken_over_with_the_new_stamp",
-    "test_a_sending_key_nobody_owns_is_in_doubt",
     "test_a_refused_create_is_refused_on_reuse_until_forgotten",
     "test_a_key_a_live_instance_owns_cannot_be_forgotten",
     "test_writes_need_ownership_and_the_right_state",
@@ -62,6 +61,26 @@ _NEUTRAL = [
 ]
 for _name in _NEUTRAL:  # collected here with this module's journal/other fixtures
     globals()[_name] = getattr(contract, _name)
+
+
+async def test_a_sending_key_nobody_owns_is_in_doubt_with_the_send_on_the_readers_clock(
+    journal: RedisJournal, other: RedisJournal
+) -> None:
+    """A create sent and never answered is IN_DOUBT: the claimant owns it to reconcile, and
+    the send is placed on the claimant's clock by Redis's (the sender's clock said 2026-01-02:
+    the send was a moment ago whatever it said)."""
+    await journal.claim("k", REQUEST, now=NOW, stamp="s")
+    await journal.mark_sending("k", SENT)
+    await journal.release("k")
+
+    claim = await other.claim("k", REQUEST, now=NOW, stamp="ignored")
+
+    assert ClaimOutcome.IN_DOUBT == claim.outcome
+    assert ("s", other.token) == (claim.request.external_task_id, claim.entry.owner)
+    assert claim.entry.sent_at is not None
+    since = dt.datetime.now(dt.timezone.utc) - claim.entry.sent_at
+    assert dt.timedelta(0) <= since < dt.timedelta(seconds=5)
+    assert ClaimOutcome.BUSY == (await journal.claim("k", REQUEST, now=NOW)).outcome
 
 
 @pytest.fixture
