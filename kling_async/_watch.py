@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["WatchEvents", "Watcher"]
 
 _REMEMBERED_RUNNING = 10_000
+_FOLLOW_GRACE = 1.0  # seconds a poller's new follow waits for the shared state before a poll
 
 
 def _nothing(task_id: str) -> None:
@@ -425,11 +426,22 @@ class Watcher:
         """A reply read from the shared store: merged into its state if one is held."""
         state = self._states.find(task.task_id)
         if state is not None and not self._wire.closed:
+            unscheduled = state.last is None and state.polls == 0
             self._merge(state, task, shared=True)
+            if unscheduled and state.last is not None and not state.last.done:
+                self._reschedule(state, listed=False)  # its first poll by its age
 
     async def follow(self, task_id: str) -> None:
-        """Wait until ``task_id`` is done (a poller's background wait on another's task)."""
-        await self.wait(self.state(task_id), _is_done, None)
+        """Wait until ``task_id`` is done (a poller's background wait on another's task).
+
+        A task this process knows nothing of yet is first looked for in the shared store
+        (its maker recorded its create's reply there): it is polled on the schedule of its
+        age, not at once; only if the store has nothing within `_FOLLOW_GRACE` is it polled.
+        """
+        state = self.state(task_id)
+        if state.last is None and state.polls == 0:
+            state.next_due = max(state.next_due, self._wire.clock() + _FOLLOW_GRACE)
+        await self.wait(state, _is_done, None)
 
     def wake(self) -> None:
         """Wake every wait: whether this process polls has changed."""
