@@ -29,7 +29,9 @@ __all__ = [
     "LEASE",
     "RENEW_EVERY",
     "Fleet",
+    "check_cancelled",
     "check_fleet",
+    "text",
 ]
 
 logger = logging.getLogger("kling_async")
@@ -62,6 +64,25 @@ def check_fleet(fleet: object) -> str | aioredis.Redis | None:
             f"fleet must be a Redis URL or a redis.asyncio.Redis, not {type(fleet).__name__}"
         )
     return cast("aioredis.Redis", fleet)
+
+
+def text(value: object) -> str:
+    """A Redis reply value as text: bytes from a default client, str from one made with
+    ``decode_responses=True`` (a borrowed client may be either)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_cancelled() -> None:
+    """Raise `asyncio.CancelledError` if the running task was asked to stop.
+
+    A Redis call that a cancellation meets at the wrong moment may swallow it (seen with
+    redis-py 8 on Python 3.11: a blocking XREAD returned normally afterwards); a background
+    loop calls this after each Redis call so that it ends with its fleet at once.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 def _redis_module() -> Any:

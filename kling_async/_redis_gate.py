@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._account import CLOSED_WHILE_PENDING, DeadlinePassed, Slot, WaitLine
+from ._fleet import text
 from .errors import SessionClosedError
 
 if TYPE_CHECKING:
@@ -370,7 +371,7 @@ class RedisSlotGate:
                         self.round_trips += 1
                         gone = await self._renew(keys=self._keys[:1], args=[ms, *members])
                         for member in gone:
-                            members.discard(_text(member))
+                            members.discard(text(member))
             except Exception as error:
                 logger.warning("could not renew parallel-task slots: %s", error)
 
@@ -385,7 +386,7 @@ class RedisSlotGate:
                         ignore_subscribe_messages=True, timeout=self._recheck
                     )
                     if message is not None:
-                        self._heard(_text(message.get("data", b"")))
+                        self._heard(text(message.get("data", b"")))
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -409,7 +410,3 @@ class RedisSlotGate:
 
 def _pending(slot: Slot) -> str:
     return f"pending:{slot.token}"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

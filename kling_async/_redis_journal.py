@@ -38,6 +38,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from ._fleet import text
 from ._journal import (
     Claim,
     ClaimOutcome,
@@ -61,7 +62,7 @@ from ._journal_rules import (
     missed_move,
     to_record,
 )
-from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore, text
+from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore
 from .errors import ClaimLostError, InvalidArgumentError, JournalError
 from .models import ExtendRequest, TaskStatus
 

@@ -22,6 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ._account import CLOSED_WHILE_PENDING, DeadlinePassed, LocalPace
+from ._fleet import text
 from ._pace_lua import PACE_SCRIPT
 from .errors import FleetError, SessionClosedError
 
@@ -307,9 +308,7 @@ class RedisPace:
                 await pubsub.subscribe(self._keys[2])
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        data = message["data"]
-                        text = data.decode() if isinstance(data, bytes) else str(data)
-                        on, rate, version = text.split()
+                        on, rate, version = text(message["data"]).split()
                         if int(version) >= self._version:
                             self._mirror(on == "1", float(rate), int(version))
             except asyncio.CancelledError:

@@ -19,8 +19,8 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._fleet import Fleet
-from ._redis_poller import RedisPoller, check_cancelled
+from ._fleet import Fleet, check_cancelled, text
+from ._redis_poller import RedisPoller
 from ._redis_task_keys import (
     INTEREST_TTL,
     MAXLEN,
@@ -29,7 +29,6 @@ from ._redis_task_keys import (
     TaskKeys,
     merge_call,
     stored,
-    text,
 )
 from ._task_codec import decode_task, encode_task
 from ._task_state import LocalTaskStates, StatesOwner, TaskState
@@ -293,19 +292,20 @@ class RedisTaskStates:
                     last = text(entry_id)
                     self._event(fields)
 
-    def _event(self, fields: dict[bytes, bytes]) -> None:
+    def _event(self, raw: dict[Any, Any]) -> None:
         """One event: fold a state (or a trusted hint) or pass a hint to confirm."""
-        task_id = fields.get(b"task", b"").decode()
+        fields = {text(name): value for name, value in raw.items()}
+        task_id = text(fields.get("task", ""))
         state = self._local.find(task_id)
         if state is None:
             return
         try:
-            task = decode_task(fields.get(b"data", b""))
+            task = decode_task(fields.get("data", ""))
         except ValueError:
             logger.warning("an unreadable task event for %s was skipped", task_id)
             return
         owner = self.owner
-        if fields.get(b"kind") == b"hint" and fields.get(b"confirm") == b"1":
+        if text(fields.get("kind", "")) == "hint" and text(fields.get("confirm", "")) == "1":
             owner.hint(task_id, task, confirm=True)
         elif state.replied != task:
             owner.fold(task)
