@@ -225,7 +225,8 @@ class RedisTaskStates:
         last_full = -float("inf")
         while True:
             check_cancelled()
-            with contextlib.suppress(TimeoutError):
+            # asyncio.TimeoutError: on Python 3.10 not yet the builtin TimeoutError
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._tend_due.wait(), REREAD_EVERY)
             check_cancelled()
             self._tend_due.clear()
