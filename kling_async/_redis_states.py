@@ -92,7 +92,7 @@ class RedisTaskStates:
         self._new: set[str] = set()  # of those, the ones not yet announced nor read
         self._tend_due = asyncio.Event()
         self._unwritten: dict[str, Task] = {}  # replies to write, newest per id
-        self._writing = False
+        self._write_due = asyncio.Event()
         self._available = True
         self.poller = RedisPoller(fleet, self)
         self._started = False
@@ -136,10 +136,8 @@ class RedisTaskStates:
     def recorded(self, task: Task) -> None:
         """Write a new reply through to Redis (soon, in one pipeline with the others)."""
         self._unwritten[task.task_id] = task
+        self._write_due.set()
         self.start()
-        if not self._writing and self._started:
-            self._writing = True
-            asyncio.get_running_loop().create_task(self._write())
 
     def watching(self, task_id: str, pending: bool) -> None:
         """Note a wait's interest (announced and read at once) or its end."""
@@ -166,6 +164,7 @@ class RedisTaskStates:
         self._started = True
         self._fleet.start(self._read_stream)
         self._fleet.start(self._tend)
+        self._fleet.start(self._write)
         self._fleet.start(self.poller.run)
 
     def reachable(self, available: bool) -> None:
@@ -193,8 +192,10 @@ class RedisTaskStates:
 
     async def _write(self) -> None:
         """Write the queued replies (one script call per `_BATCH`); keep them for later while
-        Redis is away."""
-        try:
+        Redis is away. A background loop of the fleet's: it ends when the session closes."""
+        while True:
+            await self._write_due.wait()
+            self._write_due.clear()
             await asyncio.sleep(0)  # replies merged in the same moment go together
             while self._unwritten:
                 batch = dict(list(self._unwritten.items())[:_BATCH])
@@ -212,11 +213,10 @@ class RedisTaskStates:
                     logger.debug("could not write task states: %s", error)
                     await asyncio.sleep(_RETRY)
                     continue
+                check_cancelled()
                 self.reachable(True)
                 if token and not int(leads):
                     self.poller.lost()
-        finally:
-            self._writing = False
 
     async def _tend(self) -> None:
         """Renew interest and re-read the states waited on: at once for new waits, and for
