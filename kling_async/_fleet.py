@@ -29,7 +29,9 @@ __all__ = [
     "LEASE",
     "RENEW_EVERY",
     "Fleet",
+    "check_cancelled",
     "check_fleet",
+    "text",
 ]
 
 logger = logging.getLogger("kling_async")
@@ -41,6 +43,8 @@ RENEW_EVERY = 1.0
 """Seconds between an instance's renewals of its lease."""
 _SOCKET_TIMEOUT = 5.0  # a Redis command that takes longer is a Redis that is gone
 _CONNECTIONS = 64  # per session: its background loops hold a few, the rest serve commands
+_LISTEN_BLOCK = 1.0  # seconds a subscription's read blocks (under the socket timeout)
+_RETRY = 1.0  # seconds between a loop's tries while Redis is away
 _PREFIX = "kling-async"
 
 
@@ -63,6 +67,25 @@ def check_fleet(fleet: object) -> str | aioredis.Redis | None:
             f"fleet must be a Redis URL or a redis.asyncio.Redis, not {type(fleet).__name__}"
         )
     return cast("aioredis.Redis", fleet)
+
+
+def text(value: object) -> str:
+    """A Redis reply value as text: bytes from a default client, str from one made with
+    ``decode_responses=True`` (a borrowed client may be either)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_cancelled() -> None:
+    """Raise `asyncio.CancelledError` if the running task was asked to stop.
+
+    A Redis call that a cancellation meets at the wrong moment may swallow it (seen with
+    redis-py 8 on Python 3.11: a blocking XREAD returned normally afterwards); a background
+    loop calls this after each Redis call so that it ends with its fleet at once.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 def _redis_module() -> Any:
@@ -105,7 +128,6 @@ class Fleet:
         self.instance = secrets.token_hex(8)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.lease_lost: Callable[[], None] | None = None
 
     # -- names --------------------------------------------------------------------------------
 
@@ -182,6 +204,31 @@ class Fleet:
         except Exception:
             logger.exception("a fleet background loop stopped")
 
+    async def listen(self, channel: str, heard: Callable[[str], None]) -> None:
+        """A background loop (for `start`): call ``heard`` with each message published on
+        ``channel``, subscribing again after Redis trouble. Pub/sub loses what is published
+        while a subscriber is away: a listener's owner also looks again on its own cadence.
+        """
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_LISTEN_BLOCK
+                    )
+                    check_cancelled()
+                    if message is not None:
+                        heard(text(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Redis away: subscribe again in a moment
+                logger.debug("the fleet's subscription to %s failed: %s", channel, error)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pubsub.aclose())
+            await asyncio.sleep(_RETRY)
+
     async def alive(self, instance: str) -> bool:
         """Whether ``instance``'s lease still runs."""
         with self.guard("reading a lease"):
@@ -189,7 +236,8 @@ class Fleet:
 
     async def _renew_lease(self) -> None:
         """Renew the lease every `RENEW_EVERY` seconds; when a renewal finds it gone (Redis
-        lost it, or this process stalled past it), say so: claims are fenced from then on."""
+        lost it, or this process stalled past it), take a new one: a key another instance
+        took over meanwhile is fenced (its next write raises `ClaimLostError`)."""
         key = self.alive_key(self.instance)
         while True:
             await asyncio.sleep(RENEW_EVERY)
@@ -198,7 +246,5 @@ class Fleet:
                 if not renewed:
                     logger.warning("this session's fleet lease had ended; taking a new one")
                     await self.client.set(key, "1", px=int(LEASE * 1000))
-                    if self.lease_lost is not None:
-                        self.lease_lost()
             except Exception as error:  # Redis away: keep trying, the lease may lapse
                 logger.warning("could not renew the fleet lease: %s", error)

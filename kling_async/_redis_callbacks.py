@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._callback_tokens import NONCE_BYTES, fleet_token, read_fleet_token, split_fleet_token
-from ._fleet import Fleet
+from ._fleet import Fleet, text
 from ._redis_states import record_hint
 from ._schedule import newer
 from ._task_codec import decode_task, encode_task
@@ -118,10 +118,6 @@ def account_key(account: str, *parts: str) -> str:
     return ":".join(("kling-async", account, "cb", *parts))
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def agree(task: Task, bound: str, alias: str | None, *, gateway: bool) -> tuple[Task | None, str]:
     """The callback's task under the bound id (or None when the ids disagree), and the alias.
 
@@ -143,7 +139,7 @@ async def _secret(client: aioredis.Redis) -> bytes:
     """The fleet's token secret: made once (SET NX) and read by every process, one round trip."""
     mine = secrets.token_hex(32)
     old = await client.set(SECRET_KEY, mine, nx=True, get=True)
-    return bytes.fromhex(_text(old) if old is not None else mine)
+    return bytes.fromhex(text(old) if old is not None else mine)
 
 
 class FleetReceiver:
@@ -188,7 +184,7 @@ class FleetReceiver:
         keys = [account_key(account, "tok", nonce), account_key(account, "early", nonce)]
         args: list[str | int] = [task.task_id, encode_task(task), int(EARLY_TTL * 1000), EARLY_KEPT]
         with self._fleet.guard("recording a callback"):
-            kind, bound = (_text(part) for part in await self._receive(keys=keys, args=args))
+            kind, bound = (text(part) for part in await self._receive(keys=keys, args=args))
             if kind == "wrong":
                 return 400
             if kind == "bound":
@@ -334,7 +330,7 @@ class RedisCallbackTokens:
         args = [task_id, "1" if self._gateway else "0", int(BOUND_TTL * 1000)]
         with self._fleet.guard("binding a callback token"):
             alias_raw, early_raw = await self._bind_script(keys=keys, args=args)
-            alias = _text(alias_raw) or None
+            alias = text(alias_raw) or None
             newest: Task | None = None
             for raw in reversed(early_raw):  # oldest first: the first differing id is Kling's
                 try:
@@ -342,7 +338,7 @@ class RedisCallbackTokens:
                 except ValueError:  # pragma: no cover - the receiver wrote it
                     continue
                 if self._gateway and alias is None and task.task_id != task_id:
-                    alias = _text(await self._alias_script(keys=keys[:1], args=[task.task_id]))
+                    alias = text(await self._alias_script(keys=keys[:1], args=[task.task_id]))
                 agreed, _ = agree(task, task_id, alias, gateway=self._gateway)
                 if agreed is not None and newer(newest, agreed):
                     newest = agreed

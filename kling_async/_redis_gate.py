@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._account import CLOSED_WHILE_PENDING, DeadlinePassed, Slot, WaitLine
+from ._fleet import text
 from .errors import SessionClosedError
 
 if TYPE_CHECKING:
@@ -311,7 +312,7 @@ class RedisSlotGate:
         self._started = True
         self._fleet.start(self._write_loop)
         self._fleet.start(self._renew_loop)
-        self._fleet.start(self._listen_loop)
+        self._fleet.start(lambda: self._fleet.listen(self._channel, self._heard))
 
     async def _write_loop(self) -> None:
         """Write the queued slot changes, in order, a batch per script."""
@@ -370,32 +371,12 @@ class RedisSlotGate:
                         self.round_trips += 1
                         gone = await self._renew(keys=self._keys[:1], args=[ms, *members])
                         for member in gone:
-                            members.discard(_text(member))
+                            members.discard(text(member))
             except Exception as error:
                 logger.warning("could not renew parallel-task slots: %s", error)
 
-    async def _listen_loop(self) -> None:
-        """Wake this process's waiters when another process frees slots."""
-        while True:
-            pubsub = self._fleet.client.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self._recheck
-                    )
-                    if message is not None:
-                        self._heard(_text(message.get("data", b"")))
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                logger.debug("the slot gate's subscription failed: %s", error)
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-
     def _heard(self, data: str) -> None:
+        """Another process freed slots: wake this process's waiters."""
         instance, _, count = data.rpartition(":")
         if instance == self._instance:
             return  # this process woke its own waiters when it freed them
@@ -409,7 +390,3 @@ class RedisSlotGate:
 
 def _pending(slot: Slot) -> str:
     return f"pending:{slot.token}"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -40,6 +40,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from ._fleet import text
 from ._journal import (
     Claim,
     ClaimOutcome,
@@ -63,7 +64,7 @@ from ._journal_rules import (
     missed_move,
     to_record,
 )
-from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore, text, utc_now
+from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore, utc_now
 from .errors import ClaimLostError, InvalidArgumentError, JournalError
 from .models import ExtendRequest, TaskStatus
 

@@ -19,6 +19,7 @@ import anyio
 import attrs
 
 from . import _redis_journal_lua as lua
+from ._fleet import text
 from ._journal import EntryState, JournalEntry, check_id, check_key
 from ._journal_hash import fields_of, read_hash, score_of
 from ._journal_rows import stamp_time, task_text
@@ -29,7 +30,7 @@ from .models import TaskStatus
 if TYPE_CHECKING:
     from ._fleet import Fleet
 
-__all__ = ["JournalUnavailableError", "RecordStore", "text", "utc_now"]
+__all__ = ["JournalUnavailableError", "RecordStore", "utc_now"]
 
 logger = logging.getLogger("kling_async")
 
@@ -46,11 +47,6 @@ class JournalUnavailableError(JournalError, FleetUnavailableError):
 
     Added in version 0.3.
     """
-
-
-def text(value: Any) -> str:
-    """A Redis reply value (bytes or str) as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RecordStore:

@@ -111,7 +111,7 @@ class RedisPace:
         self._kick = asyncio.Event()
         self._flushing = asyncio.Lock()
         self.fleet.start(self._beat_loop)
-        self.fleet.start(self._listen_loop)
+        self.fleet.start(lambda: self.fleet.listen(self._keys[2], self._heard))
         self.fleet.start(self._flush_loop)
 
     async def turn(self, deadline: float | None) -> None:
@@ -299,26 +299,11 @@ class RedisPace:
             except (FleetError, asyncio.TimeoutError) as error:
                 self._lost(error)
 
-    async def _listen_loop(self) -> None:
-        """Mirror each change the fleet publishes; resubscribe after Redis trouble."""
-        while True:
-            pubsub = self.fleet.client.pubsub()
-            try:
-                await pubsub.subscribe(self._keys[2])
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        data = message["data"]
-                        text = data.decode() if isinstance(data, bytes) else str(data)
-                        on, rate, version = text.split()
-                        if int(version) >= self._version:
-                            self._mirror(on == "1", float(rate), int(version))
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # Redis away: the beat says so; listen again later
-                logger.debug("the fleet's pace channel failed: %s", error)
-            finally:
-                await asyncio.shield(pubsub.aclose())
-            await asyncio.sleep(_BEAT)
+    def _heard(self, data: str) -> None:
+        """Mirror a change the fleet published (``"<on> <rate> <version>"``)."""
+        on, rate, version = data.split()
+        if int(version) >= self._version:
+            self._mirror(on == "1", float(rate), int(version))
 
 
 def _wake(waiter: _Waiter) -> None:

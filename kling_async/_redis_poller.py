@@ -17,13 +17,14 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from ._fleet import check_cancelled, text
 from ._task_state import StatesOwner
 from .errors import KlingError, NotFoundError, SessionClosedError
 
 if TYPE_CHECKING:
     from ._fleet import Fleet
 
-__all__ = ["LEADER_LEASE", "RedisPoller", "check_cancelled"]
+__all__ = ["LEADER_LEASE", "RedisPoller"]
 
 logger = logging.getLogger("kling_async")
 
@@ -58,19 +59,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def check_cancelled() -> None:
-    """Raise `asyncio.CancelledError` if the running task was asked to stop.
-
-    A Redis call that a cancellation meets at the wrong moment may swallow it (seen with
-    redis-py 8 on Python 3.11: a blocking XREAD returned normally afterwards), and a
-    background loop would then run on and hold its fleet's closing forever.
-    """
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None and cancelling():
-        raise asyncio.CancelledError
 
 
 class Electorate(Protocol):
@@ -155,12 +143,12 @@ class RedisPoller:
             return
         token, _, watched, slots = answer
         if self.token is None:
-            self.token = token.decode() if isinstance(token, bytes) else str(token)
+            self.token = text(token)
             self.terms += 1
             logger.info("this process leads the fleet's polling (token %s)", self.token)
             states.owner.wake()
-        wanted = {_text(m) for m in watched}
-        wanted.update(m for m in map(_text, slots) if not m.startswith("pending:"))
+        wanted = {text(m) for m in watched}
+        wanted.update(m for m in map(text, slots) if not m.startswith("pending:"))
         self._follow(wanted)
 
     def _follow(self, wanted: set[str]) -> None:
@@ -200,7 +188,3 @@ class RedisPoller:
         follows, self._follows = self._follows, {}
         for task in follows.values():
             task.cancel()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

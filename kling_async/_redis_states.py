@@ -19,8 +19,8 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._fleet import Fleet
-from ._redis_poller import RedisPoller, check_cancelled
+from ._fleet import Fleet, check_cancelled, text
+from ._redis_poller import RedisPoller
 from ._redis_task_keys import (
     INTEREST_TTL,
     MAXLEN,
@@ -29,7 +29,6 @@ from ._redis_task_keys import (
     TaskKeys,
     merge_call,
     stored,
-    text,
 )
 from ._task_codec import decode_task, encode_task
 from ._task_state import LocalTaskStates, StatesOwner, TaskState
@@ -93,7 +92,7 @@ class RedisTaskStates:
         self._new: set[str] = set()  # of those, the ones not yet announced nor read
         self._tend_due = asyncio.Event()
         self._unwritten: dict[str, Task] = {}  # replies to write, newest per id
-        self._writing = False
+        self._write_due = asyncio.Event()
         self._available = True
         self.poller = RedisPoller(fleet, self)
         self._started = False
@@ -137,10 +136,8 @@ class RedisTaskStates:
     def recorded(self, task: Task) -> None:
         """Write a new reply through to Redis (soon, in one pipeline with the others)."""
         self._unwritten[task.task_id] = task
+        self._write_due.set()
         self.start()
-        if not self._writing and self._started:
-            self._writing = True
-            asyncio.get_running_loop().create_task(self._write())
 
     def watching(self, task_id: str, pending: bool) -> None:
         """Note a wait's interest (announced and read at once) or its end."""
@@ -167,6 +164,7 @@ class RedisTaskStates:
         self._started = True
         self._fleet.start(self._read_stream)
         self._fleet.start(self._tend)
+        self._fleet.start(self._write)
         self._fleet.start(self.poller.run)
 
     def reachable(self, available: bool) -> None:
@@ -194,8 +192,10 @@ class RedisTaskStates:
 
     async def _write(self) -> None:
         """Write the queued replies (one script call per `_BATCH`); keep them for later while
-        Redis is away."""
-        try:
+        Redis is away. A background loop of the fleet's: it ends when the session closes."""
+        while True:
+            await self._write_due.wait()
+            self._write_due.clear()
             await asyncio.sleep(0)  # replies merged in the same moment go together
             while self._unwritten:
                 batch = dict(list(self._unwritten.items())[:_BATCH])
@@ -213,11 +213,10 @@ class RedisTaskStates:
                     logger.debug("could not write task states: %s", error)
                     await asyncio.sleep(_RETRY)
                     continue
+                check_cancelled()
                 self.reachable(True)
                 if token and not int(leads):
                     self.poller.lost()
-        finally:
-            self._writing = False
 
     async def _tend(self) -> None:
         """Renew interest and re-read the states waited on: at once for new waits, and for
@@ -226,7 +225,8 @@ class RedisTaskStates:
         last_full = -float("inf")
         while True:
             check_cancelled()
-            with contextlib.suppress(TimeoutError):
+            # asyncio.TimeoutError: on Python 3.10 not yet the builtin TimeoutError
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._tend_due.wait(), REREAD_EVERY)
             check_cancelled()
             self._tend_due.clear()
@@ -293,19 +293,20 @@ class RedisTaskStates:
                     last = text(entry_id)
                     self._event(fields)
 
-    def _event(self, fields: dict[bytes, bytes]) -> None:
+    def _event(self, raw: dict[Any, Any]) -> None:
         """One event: fold a state (or a trusted hint) or pass a hint to confirm."""
-        task_id = fields.get(b"task", b"").decode()
+        fields = {text(name): value for name, value in raw.items()}
+        task_id = text(fields.get("task", ""))
         state = self._local.find(task_id)
         if state is None:
             return
         try:
-            task = decode_task(fields.get(b"data", b""))
+            task = decode_task(fields.get("data", ""))
         except ValueError:
             logger.warning("an unreadable task event for %s was skipped", task_id)
             return
         owner = self.owner
-        if fields.get(b"kind") == b"hint" and fields.get(b"confirm") == b"1":
+        if text(fields.get("kind", "")) == "hint" and text(fields.get("confirm", "")) == "1":
             owner.hint(task_id, task, confirm=True)
         elif state.replied != task:
             owner.fold(task)

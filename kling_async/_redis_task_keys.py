@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._fleet import Fleet
+from ._fleet import Fleet, text
 from ._schedule import rank
 from ._task_codec import decode_task, encode_task, updated_millis
 from .models import Task
@@ -24,7 +24,6 @@ __all__ = [
     "TaskKeys",
     "merge_call",
     "stored",
-    "text",
 ]
 
 INTEREST_TTL = 15_000  # ms a wait's interest outlives its last renewal
@@ -118,12 +117,6 @@ def merge_call(
     return names, args
 
 
-def text(value: bytes | str) -> str:
-    """A Redis reply's bytes as text."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def stored(value: bytes | str) -> Task:
     """The task in a stored ``<rank>:<updated>:<json>`` value."""
-    value_text = text(value)
-    return decode_task(value_text.split(":", 2)[2])
+    return decode_task(text(value).split(":", 2)[2])
