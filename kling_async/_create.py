@@ -216,9 +216,7 @@ class Creator:
                     # Never resent: a "not found" cannot prove that the first create will not
                     # still make its task.
                     found = await self.lookup.settle(request, str(error), attempt, cause=error)
-                    await self._bind(held, found)
-                    if attempt.record is not None:
-                        await attempt.record.created(found)
+                    await self._created(attempt, held, found)
                     return found
                 if step.delay is None:
                     raise
@@ -229,13 +227,11 @@ class Creator:
                 # Claimed at once, before any await: a concurrent look-up must not take it.
                 self.attempts.remember(task.task_id, attempt.key)
                 attempt.take_off_wire()
-                await self._bind(held, task)
                 if task.created_at is not None:  # the server's clock, read during the send
                     wire.server_clock.observe(
                         task.created_at, attempt.sent_at, dt.datetime.now(dt.timezone.utc)
                     )
-                if attempt.record is not None:
-                    await attempt.record.created(task)
+                await self._created(attempt, held, task)
                 if (
                     request.external_task_id is not None
                     and task.external_task_id == request.external_task_id
@@ -318,6 +314,15 @@ class Creator:
         attempt.recorded = True  # the journal says "sending"
         await self._not_sent(attempt)
         return await self.create(request, record=record, callback=callback, key=key)
+
+    async def _created(self, attempt: CreateAttempt, held: _Held, task: Task) -> None:
+        """The create made ``task``: the journal first (a slow gate must not leave the key
+        *sending*), then the slot, which is bound whatever the journal said."""
+        try:
+            if attempt.record is not None:
+                await attempt.record.created(task)
+        finally:
+            await self._bind(held, task)
 
     async def _bind(self, held: _Held, task: Task) -> None:
         """The create's task is known: its slot is kept until the task is seen finished (or

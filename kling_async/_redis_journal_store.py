@@ -43,9 +43,8 @@ TRIES = 50
 class JournalUnavailableError(JournalError, FleetUnavailableError):
     """The fleet's Redis did not answer a journal call: a `JournalError` (the session's
     journal handling applies) and a `FleetUnavailableError`; the fleet's error is the cause.
-    A claim that raises it left no claim the session relies on: nothing is sent.
-
-    Added in version 0.3.
+    A claim that raises it left no claim the session relies on: nothing is sent. Private:
+    users catch either public class (``docs/fleet.md``, "Failure modes").
     """
 
 

@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from ._fleet import check_cancelled, text
+from ._redis_gate import BOUND_TTL
 from ._task_state import StatesOwner
 from .errors import KlingError, NotFoundError, SessionClosedError
 
@@ -33,11 +34,14 @@ LEADER_LEASE = 3.0
 RENEW_EVERY = 1.0
 """Seconds between the leader's renewals (and the others' tries to take over)."""
 _REMEMBERED_DONE = 10_000  # finished ids the leader does not follow again
+_RENEW_SLOTS_EVERY = 10  # rounds between the leader's renewals of its followed tasks' slots
 
 # Take or renew the lease, and while leading, read what to follow: live interest and
-# bound slots. KEYS: leader, fence counter, watched, slots. ARGV: the token held ('' for
-# none), lease ms. Returns {token, 1, watched, slots} while (or once) this caller leads,
-# {the leader's token or '', 0} otherwise. Times are Redis's own.
+# bound slots, and renew the slots of the tasks it follows (seen running: a slot whose
+# maker died lives while its task runs). KEYS: leader, fence counter, watched, slots.
+# ARGV: the token held ('' for none), lease ms, a slot's TTL ms, ids to renew. Returns
+# {token, 1, watched, slots} while (or once) this caller leads, {the leader's token or '',
+# 0} otherwise. Times are Redis's own.
 _LEAD = """
 local current = redis.call('GET', KEYS[1])
 local token = current
@@ -51,6 +55,9 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+for i = 4, #ARGV do
+  redis.call('ZADD', KEYS[4], 'XX', 'GT', now + tonumber(ARGV[3]), ARGV[i])
+end
 return {token, 1, redis.call('ZRANGE', KEYS[3], 0, -1),
   redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')}
 """
@@ -91,6 +98,7 @@ class RedisPoller:
         self._follows: dict[str, asyncio.Task[None]] = {}
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.terms = 0  # how many times this process took the lead
+        self._rounds = 0
 
     @property
     def leading(self) -> bool:
@@ -129,9 +137,11 @@ class RedisPoller:
         states = self._states
         try:
             states.ops += 1
+            self._rounds += 1
+            renew = list(self._follows) if self._rounds % _RENEW_SLOTS_EVERY == 0 else []
             answer = await self._lead(
                 keys=[self._leader, self._fence, self._watched, self._slots],
-                args=[self.token or "", int(LEADER_LEASE * 1000)],
+                args=[self.token or "", int(LEADER_LEASE * 1000), int(BOUND_TTL * 1000), *renew],
             )
         except Exception as error:
             logger.debug("the fleet's poller election failed: %s", error)

@@ -256,6 +256,8 @@ class Watcher:
                 state.next_due = confirm_at(now, state.confirmed_at, state.next_due)
         except KlingError as error:
             state.outcome = (state.generation + 1, error)
+            if isinstance(error, NotFoundError):
+                self.events.slot_freed(state.task_id)  # no task runs under that id
             gone = self.events.gone
             if isinstance(error, NotFoundError) and gone is not None:
                 await gone(state.task_id, error)

@@ -443,7 +443,10 @@ class FleetUnavailableError(FleetError):
     """The fleet's Redis did not answer (refused, reset, timed out); the cause is chained.
 
     Raised before a create sends anything when its claim or its slot could not be recorded:
-    the create was not sent and may be tried again.
+    the create was not sent and may be tried again. The fleet's journal raises it as a class
+    that is a `JournalError` too, so that ``except JournalError`` keeps catching journal
+    failures; once the server made the task, a journal failure is a plain `JournalError`
+    with ``task_id`` set (the task exists: it is not "not sent").
 
     Added in version 0.3.
     """

@@ -106,6 +106,7 @@ async def run_fleet(
     return reports
 
 
+@pytest.mark.crash
 async def test_a_set_limit_keeps_the_fleet_off_1303(redis_url: str) -> None:
     """4 processes x 25 extends, Kling's limit 5 and the fleet's 5: no create meets 1303, and
     every extend is made once."""
@@ -128,6 +129,7 @@ async def test_a_set_limit_keeps_the_fleet_off_1303(redis_url: str) -> None:
             await client.aclose()
 
 
+@pytest.mark.crash
 async def test_without_a_limit_the_fleet_learns_it_from_the_first_1303s(redis_url: str) -> None:
     """The same fleet without max_parallel_tasks: a few 1303s teach it the limit (kept in
     Redis), after which no create meets one; every extend is still made once."""
@@ -148,6 +150,7 @@ async def test_without_a_limit_the_fleet_learns_it_from_the_first_1303s(redis_ur
             await client.aclose()
 
 
+@pytest.mark.crash
 async def test_a_killed_process_s_slots_come_back_when_another_sees_its_tasks_finish(
     redis_url: str,
 ) -> None:
@@ -170,6 +173,7 @@ async def test_a_killed_process_s_slots_come_back_when_another_sees_its_tasks_fi
         assert 4 == len(emulator.tasks)
 
 
+@pytest.mark.crash
 async def test_a_killed_process_s_slots_expire_when_nobody_sees_its_tasks(
     redis_url: str,
 ) -> None:

@@ -320,6 +320,7 @@ def child(*args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.crash
 def test_two_processes_claiming_the_same_keys_create_each_once(redis_url: str) -> None:
     keys = 60
     children = [child("race", redis_url, tag, str(keys)) for tag in ("a", "b")]
@@ -372,6 +373,7 @@ async def test_a_process_killed_while_sending_is_in_doubt_once_its_lease_lapses(
 # -- sessions ---------------------------------------------------------------------------------
 
 
+@pytest.mark.crash
 async def test_keyed_extends_in_two_processes_create_each_key_once_and_resume_finds_them(
     emu: KlingEmulator, fleets: Callable[[], Any], redis_url: str
 ) -> None:

@@ -105,6 +105,7 @@ def test_the_lua_bucket_keeps_the_arithmetic_of_pace(redis_url: str, seed: int) 
         steps += 1
 
 
+@pytest.mark.crash
 def test_the_pace_switches_off_once_back_above_the_rate_before_the_cut(redis_url: str) -> None:
     """`Pace` stays on for good; the fleet's bucket switches off once its rate has stayed at
     or above the rate measured before the last cut for ``off_after`` seconds."""
@@ -253,6 +254,7 @@ async def _burst(wire: Any, counts: Counts, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.005)
 
 
+@pytest.mark.crash
 async def test_a_1302_met_by_one_process_paces_another_and_both_climb_back(
     emu: KlingEmulator, redis_url: str
 ) -> None:
@@ -334,6 +336,7 @@ async def test_a_1302_met_by_one_process_paces_another_and_both_climb_back(
 # -- Redis lost mid-burst ------------------------------------------------------------------------
 
 
+@pytest.mark.crash
 async def test_redis_lost_mid_burst_leaves_requests_flowing_at_the_local_pace(
     emu: KlingEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -115,6 +115,7 @@ return 1
 """
 
 
+@pytest.mark.crash
 async def test_an_extend_cancelled_while_its_claim_is_in_redis_leaves_the_key_to_others(
     redis_url: str,
 ) -> None:

@@ -124,6 +124,7 @@ async def _alone(list_mode: str, count: int) -> int:
         return _polls(emu) - before
 
 
+@pytest.mark.crash
 async def test_three_sessions_waiting_on_the_same_50_tasks_send_what_one_sends(
     redis_url: str,
 ) -> None:
@@ -221,6 +222,7 @@ def _config(emu: KlingEmulator, redis_url: str, ids: list[str] | None) -> dict[s
     }
 
 
+@pytest.mark.crash
 async def test_three_processes_waiting_on_the_same_50_tasks_send_what_one_sends(
     redis_url: str, children: list[asyncio.subprocess.Process]
 ) -> None:
@@ -247,6 +249,7 @@ async def test_three_processes_waiting_on_the_same_50_tasks_send_what_one_sends(
     assert shared <= alone * 1.1 + 10, (shared, alone)
 
 
+@pytest.mark.crash
 async def test_a_killed_leader_is_replaced_and_the_waits_end(
     redis_url: str, children: list[asyncio.subprocess.Process]
 ) -> None:
@@ -287,6 +290,7 @@ def _done_task(task_id: str) -> Task:
     )
 
 
+@pytest.mark.crash
 async def test_a_lost_notification_still_wakes_the_wait_by_the_slow_reread(
     redis_url: str,
 ) -> None:
@@ -352,6 +356,7 @@ async def test_a_recorded_hint_wakes_a_wait_in_another_session_at_once(
         assert 1 == emu.count("query") - queries
 
 
+@pytest.mark.crash
 async def test_waits_fall_back_to_polling_while_redis_is_away_and_resume_after(
     tmp_path: Path,
 ) -> None:
