@@ -41,7 +41,7 @@ __all__ = ["RedisTaskStates", "record_hint"]
 
 logger = logging.getLogger("kling_async")
 
-REREAD_EVERY = 3.0
+REREAD_EVERY = 10.0
 """Seconds between a process's re-reads of the states its waits are on (the slow cadence)."""
 _BLOCK_MS = 1_000  # an XREAD's longest block (under the client's socket timeout)
 _RETRY = 1.0  # seconds between tries while Redis is away

@@ -26,7 +26,7 @@ __all__ = [
     "stored",
 ]
 
-INTEREST_TTL = 15_000  # ms a wait's interest outlives its last renewal
+INTEREST_TTL = 30_000  # ms a wait's interest outlives its last renewal (a re-read)
 _PENDING_TTL = 86_400_000  # ms a pending task's state is kept past its last change
 _DONE_TTL = 86_400_000  # ms a finished task's state is kept
 MAXLEN = 10_000  # the events stream's approximate bound

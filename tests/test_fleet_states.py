@@ -303,17 +303,12 @@ async def test_a_lost_notification_still_wakes_the_wait_by_the_slow_reread(
         before = _polls(emu)
         try:
             async with _session(emu, redis_url) as session:
-                wait = asyncio.create_task(session.task(task_id).wait(timeout=10))
+                wait = asyncio.create_task(session.task(task_id).wait(timeout=25))
                 await asyncio.sleep(0.3)
                 state = encode_task(_done_task(task_id))
                 millis = int(time.time() * 1000)
                 await client.set(f"kling-async:{account}:task:{task_id}", f"2:{millis}:{state}")
-                task = await wait
-                # The wait ends on the re-read's 3 s beat, the same beat as the session's lease
-                # renewal: closing now would cancel that renewal mid-command, which Python
-                # 3.11's asyncio.wait_for (inside redis-py) may swallow, hanging the close
-                # (_fleet's renewal loop needs check_cancelled; see the branch's report).
-                await asyncio.sleep(0.3)
+                task = await wait  # on the re-read's slow beat (REREAD_EVERY)
         finally:
             await client.aclose()
         assert TaskStatus.SUCCEED == task.status
