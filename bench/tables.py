@@ -23,7 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PAGES = ("docs/waiting.md", "docs/batches.md")
+PAGES = ("docs/waiting.md", "docs/batches.md", "docs/fleet.md")
 _BLOCK = re.compile(
     r"(?P<open><!-- bench:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(?P<close><!-- /bench:(?P=name) -->)",
     re.DOTALL,
@@ -231,7 +231,33 @@ def journal() -> str:
     )
 
 
-RENDER: dict[str, Callable[[], str]] = {"batch": batch, "cycle": cycle, "journal": journal}
+def fleet() -> str:
+    result = load("fleet")
+    if result is None:
+        return not_measured("fleet")
+    settings, figures = result["settings"], result["figures"]
+    rows = [["figure", "measured", "target"]]
+    for check in result["checks"]:
+        rows.append([check["name"], cell(check["shown"], check["ok"]), check["target"]])
+    rows += [[name, str(value), ""] for name, value in figures.items()]
+    return "\n".join(
+        [
+            table(rows),
+            "",
+            f"Recorded on {result['date']} by `python bench/bench_fleet.py` with"
+            f" {settings['tasks']} extends of {settings['min']:g}–{settings['max']:g} s, the"
+            f" account's limit {settings['limit']}, {settings['processes']} processes against"
+            " one (default policies, the list offered).",
+        ]
+    )
+
+
+RENDER: dict[str, Callable[[], str]] = {
+    "batch": batch,
+    "cycle": cycle,
+    "fleet": fleet,
+    "journal": journal,
+}
 
 
 def render(text: str) -> str:

@@ -91,9 +91,11 @@ class SlotGate(Protocol):
         """The create ended while it may have made a task nobody can name: the slot is kept
         for a create's longest time on the wire, then given back."""
 
-    def freed(self, task_id: str) -> None:
+    def freed(self, task_id: str, running: bool = True) -> None:
         """``task_id`` was seen finished (by a poll, a list or a callback): its slot, if it
-        has one, is free, and one create waiting after a 1303 may try again."""
+        has one, is free; when it was seen ``running`` before, a slot of the account came
+        free now and one create waiting after a 1303 may try again (a task long finished,
+        queried again, wakes nobody)."""
 
     async def renew(self, task_ids: Collection[str]) -> None:
         """``task_ids`` were seen running: their slots outlive a process that stopped."""
@@ -252,11 +254,12 @@ class LocalSlotGate:
         if self._settle(slot):
             asyncio.get_running_loop().call_later(self._hold, self._give_back)
 
-    def freed(self, task_id: str) -> None:
+    def freed(self, task_id: str, running: bool = True) -> None:
         if task_id in self._bound:
             self._bound.discard(task_id)
             self._give_back()
-        self._line.wake(1)
+        if running:
+            self._line.wake(1)
 
     async def renew(self, task_ids: Collection[str]) -> None:
         return None  # one process's slots live as long as the process

@@ -251,10 +251,11 @@ class RedisSlotGate:
             slot.settled = True
             self._pending.discard(_pending(slot))  # not renewed: it expires at its time
 
-    def freed(self, task_id: str) -> None:
+    def freed(self, task_id: str, running: bool = True) -> None:
         self._bound.discard(task_id)
         self._queue("f", task_id)
-        self._line.wake(1)
+        if running:
+            self._line.wake(1)
 
     async def renew(self, task_ids: Collection[str]) -> None:
         if task_ids:

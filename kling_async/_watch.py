@@ -49,7 +49,7 @@ _REMEMBERED_RUNNING = 10_000
 _FOLLOW_GRACE = 1.0  # seconds a poller's new follow waits for the shared state before a poll
 
 
-def _nothing(task_id: str) -> None:
+def _nothing(task_id: str, running: bool) -> None:
     return None
 
 
@@ -57,15 +57,16 @@ class WatchEvents:
     """What a watcher tells the rest of the session; each listener is set by whoever wires it.
 
     ``slot_freed``: a task was seen finished (or let go): the parallel-task slot it held,
-    if any, is free. ``done``: a wait saw the task finished, told once per task id (the journal
-    records it). ``gone``: a query answered that the task does not exist (404/1203); it must
-    not raise. ``finished``: the task's changes need no more telling (seen finished, or a
-    final hint came while nobody waited): a callback receiver retires its token.
+    if any, is free (the flag: it was seen running before, so a slot came free just now).
+    ``done``: a wait saw the task finished, told once per task id (the journal records it).
+    ``gone``: a query answered that the task does not exist (404/1203); it must not raise.
+    ``finished``: the task's changes need no more telling (seen finished, or a final hint
+    came while nobody waited): a callback receiver retires its token.
     """
 
     __slots__ = ("done", "finished", "gone", "slot_freed")
 
-    def __init__(self, *, slot_freed: Callable[[str], None] = _nothing) -> None:
+    def __init__(self, *, slot_freed: Callable[[str, bool], None] = _nothing) -> None:
         self.slot_freed = slot_freed
         self.done: Callable[[Task], Awaitable[None]] | None = None
         self.gone: Callable[[str, KlingError], Awaitable[None]] | None = None
@@ -183,7 +184,7 @@ class Watcher:
         running = self._running
         if state.task_id in running:
             del running[state.task_id]
-            self.events.slot_freed(state.task_id)
+            self.events.slot_freed(state.task_id, True)
 
     def _release(self, state: TaskState) -> None:
         """Its changes need no more telling: the watcher stops holding it; tell the listener."""
@@ -257,7 +258,7 @@ class Watcher:
         except KlingError as error:
             state.outcome = (state.generation + 1, error)
             if isinstance(error, NotFoundError):
-                self.events.slot_freed(state.task_id)  # no task runs under that id
+                self.events.slot_freed(state.task_id, False)  # no task runs under that id
             gone = self.events.gone
             if isinstance(error, NotFoundError) and gone is not None:
                 await gone(state.task_id, error)
@@ -318,8 +319,9 @@ class Watcher:
             if len(running) > _REMEMBERED_RUNNING:
                 running.popitem(last=False)
             return
-        self.events.slot_freed(task.task_id)
-        if task.task_id in running:
+        was_running = task.task_id in running
+        self.events.slot_freed(task.task_id, was_running)
+        if was_running:
             del running[task.task_id]
             if task.status is TaskStatus.SUCCEED and task.created_at and task.updated_at:
                 self.schedule.observe((task.updated_at - task.created_at).total_seconds())
