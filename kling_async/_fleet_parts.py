@@ -28,14 +28,14 @@ class FleetParts:
     """One session's share of the fleet: its Redis link and the parts built on it."""
 
     def __init__(self, fleet: str | aioredis.Redis, *, account: str) -> None:
-        self.fleet: Fleet | None = Fleet(fleet, account=account)
+        self._link = Fleet(fleet, account=account)
         self._pace: RedisPace | None = None
         self._states: RedisTaskStates | None = None
 
     @property
-    def _link(self) -> Fleet:
-        assert self.fleet is not None
-        return self.fleet
+    def fleet(self) -> Fleet:
+        """The session's link to the fleet's Redis."""
+        return self._link
 
     def pace(self) -> RequestPace:
         self._pace = RedisPace(self._link)

@@ -154,6 +154,34 @@ def test_four_workers_share_one_gate_and_make_each_key_once(
 
 
 @pytest.mark.crash
+def test_four_workers_of_250_keys_at_the_limit_of_20(
+    redis_url: str, emulator_factory: type[EmulatorProcess], tmp_path: Path
+) -> None:
+    """The issue's size: 4 workers x 250 keyed extends, the emulator's limit 20 and the
+    fleet's 20: no 1303 from the fleet itself, every key made once and waited to the end."""
+    emulator = emulator_factory(max_running=20, seconds=[0.2, 0.6])
+    out = tmp_path / "results.txt"
+    workers = [
+        Worker(
+            emulator,
+            redis_url,
+            first=250 * n,
+            count=250,
+            limit=20,
+            results=str(out),
+            policy="instant",
+        ).start()
+        for n in range(4)
+    ]
+    for worker in workers:
+        worker.finish(timeout=600)
+    report = emulator.report()
+    assert 0 == refused_for_slots(report)
+    assert {f"v-{i}": 1 for i in range(1000)} == dict(creates_per_video(report))
+    assert {f"k-{i}" for i in range(1000)} == set(results(out))
+
+
+@pytest.mark.crash
 def test_workers_killed_at_random_points_pay_for_no_key_twice(
     redis_url: str, emulator_factory: type[EmulatorProcess], tmp_path: Path
 ) -> None:
