@@ -238,15 +238,18 @@ async def test_a_replayed_callback_of_a_finished_task_records_nothing(redis_url:
     add no hint (nor any query); another task's body still gets 400."""
     client = aioredis.Redis.from_url(redis_url)
     async with (
+        contextlib.AsyncExitStack() as stack,
         worker(client) as (receiver, _),
         KlingEmulator(auto_advance=False) as emu,
         official(emu, fleet=client, callbacks=receiver, poll_policy=SLOW) as session,
     ):
+        stack.push_async_callback(client.aclose)
         handle = await session.extend("vid-1")
         url = callback_url_of(emu, handle)
         emu.set_status(handle.task_id, "succeed")
         with anyio.fail_after(5):
             await handle.wait()
+        await emu.drain_callbacks()  # the final callback's own hint is in before counting
         account, nonce, _ = token_of(url).split(".")
         key = account_key(account, "tok", nonce)
         await until(lambda: _done(client, key))
@@ -260,7 +263,6 @@ async def test_a_replayed_callback_of_a_finished_task_records_nothing(redis_url:
         assert 400 == await receiver.deliver(token_of(url), body("another-task", "succeed"))
         assert 1 == queries_of(emu, handle.task_id)
         assert 0 < await client.pttl(key) <= 3600 * 1000  # kept an hour, for late duplicates
-    await client.aclose()
 
 
 async def _done(client: aioredis.Redis, key: str) -> bool:
