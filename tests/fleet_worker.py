@@ -23,7 +23,13 @@ import os
 import sys
 from typing import Any, TextIO
 
-from kling_async import FleetUnavailableError, KlingSession, PollPolicy, RetryPolicy
+from kling_async import (
+    FleetUnavailableError,
+    JournalError,
+    KlingSession,
+    PollPolicy,
+    RetryPolicy,
+)
 
 
 async def run(config: dict[str, Any], results: TextIO) -> None:
@@ -46,18 +52,19 @@ async def run(config: dict[str, Any], results: TextIO) -> None:
         os.fsync(results.fileno())
 
     async def one(index: int) -> None:
-        async with gate:
-            for _ in range(120):  # as a job queue would: Redis away, try the job again
-                try:
+        for _ in range(120):  # as a job queue would: a job that failed runs again, same key
+            try:
+                async with gate:
                     handle = await session.extend(
                         video_id=f"v-{index}", prompt=f"fleet {index}", key=f"k-{index}"
                     )
-                    break
-                except FleetUnavailableError:
-                    await asyncio.sleep(0.5)
-            else:
-                raise RuntimeError(f"k-{index}: the fleet's Redis stayed away")
-        task = await handle.wait()
+                task = await handle.wait()
+                break
+            except (FleetUnavailableError, JournalError) as error:
+                print(f"k-{index}: {type(error).__name__}: {error}", file=sys.stderr)
+                await asyncio.sleep(0.5)
+        else:
+            raise RuntimeError(f"k-{index}: the fleet's Redis stayed away")
         record(f"k-{index} {task.task_id} {task.status.value}")
 
     async def watch(task_id: str) -> None:
