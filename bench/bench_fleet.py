@@ -154,6 +154,14 @@ async def mode(
     if client is not None:
         stats = client.info("commandstats")
         calls = sum(value["calls"] for value in stats.values())
+        top = sorted(stats.items(), key=lambda item: -item[1]["calls"])[:8]
+        log(
+            f"{name}: Redis commands per task: "
+            + ", ".join(
+                f"{command.removeprefix('cmdstat_')} {value['calls'] / n:.1f}"
+                for command, value in top
+            )
+        )
         result["redis_ops_per_task"] = calls / n
         # Everything the run keeps in Redis at its peak, over its tasks: the journal's records
         # (kept), the task states (a day), the events stream (capped) and the slots.

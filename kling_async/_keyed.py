@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+import anyio
+
 from ._attempt import CallbackSlot
 from ._create import Creator
 from ._journal import ClaimOutcome, Journal
@@ -164,12 +166,14 @@ class KeyedCreates:
     closes. A task the server no longer knows is recorded GONE and reported once.
     """
 
-    __slots__ = ("_creator", "_unrecorded", "journal")
+    __slots__ = ("_creator", "_flush_failed", "_flushing", "_unrecorded", "journal")
 
     def __init__(self, creator: Creator, journal: Journal) -> None:
         self._creator = creator
         self.journal = journal
-        self._unrecorded: dict[str, TaskStatus] = {}  # finishes a failed write left behind
+        self._unrecorded: dict[str, TaskStatus] = {}  # finishes not yet written
+        self._flushing: anyio.Event | None = None  # set when the running flush ends
+        self._flush_failed = False  # whether the last flush ended on a failed write
         creator.lookup.journal = journal
 
     async def create(
@@ -200,20 +204,43 @@ class KeyedCreates:
         await self.flush()
 
     async def flush(self) -> None:
-        """Record the finishes not yet written; on a failure, keep them for the next try."""
-        for task_id, status in list(self._unrecorded.items()):
-            try:
-                await self.journal.mark_finished(task_id, status)
-            except (JournalError, RuntimeError) as error:
-                logger.warning(
-                    "could not record that task %s finished (%s); %d finish(es) will be "
-                    "recorded later",
-                    task_id,
-                    error,
-                    len(self._unrecorded),
-                )
-                return
-            self._unrecorded.pop(task_id, None)  # a concurrent flush may have written it
+        """Record the finishes not yet written; on a failure, keep them for the next try.
+
+        One flush writes at a time: a thousand waits ending together queue their finishes
+        behind it and return once it has written them (or failed), instead of each writing
+        every queued finish again.
+        """
+        while self._unrecorded:
+            running = self._flushing
+            if running is None:
+                break
+            await running.wait()
+            if self._flush_failed:
+                return  # kept for the next try: the journal did not answer just now
+        if not self._unrecorded:
+            return
+        self._flushing = done = anyio.Event()
+        self._flush_failed = False
+        try:
+            while self._unrecorded:
+                task_id, status = next(iter(self._unrecorded.items()))
+                try:
+                    await self.journal.mark_finished(task_id, status)
+                except (JournalError, RuntimeError) as error:
+                    self._flush_failed = True
+                    logger.warning(
+                        "could not record that task %s finished (%s); %d finish(es) will be "
+                        "recorded later",
+                        task_id,
+                        error,
+                        len(self._unrecorded),
+                    )
+                    return
+                if self._unrecorded.get(task_id) == status:
+                    del self._unrecorded[task_id]
+        finally:
+            self._flushing = None
+            done.set()
 
     async def gone(self, task_id: str, error: KlingError) -> None:
         """A query answered that ``task_id`` does not exist: record it GONE (never raises),

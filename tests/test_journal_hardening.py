@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -81,6 +82,7 @@ class FlakyJournal:
         self.finish_failures = finish_failures
         self.remove_after_send = remove_after_send
         self.full = False
+        self.finishes: list[str] = []  # the task ids of every mark_finished call
 
     async def __aenter__(self) -> FlakyJournal:
         await self.inner.__aenter__()
@@ -144,6 +146,7 @@ class FlakyJournal:
     async def mark_finished(
         self, task_id: str, status: TaskStatus | str, task: Mapping[str, Any] | None = None
     ) -> bool:
+        self.finishes.append(task_id)
         if self.finish_failures > 0:
             self.finish_failures -= 1
             raise JournalError("database or disk is full")
@@ -291,6 +294,22 @@ async def test_a_finish_the_journal_could_not_record_does_not_fail_the_wait(
     assert before_close is not None
     assert EntryState.CREATED == before_close.state  # every try before aclose() failed
     assert [EntryState.FINISHED] * 3 == [entry.state if entry else None for entry in states]
+
+
+async def test_waits_that_end_together_write_each_finish_once(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """Forty waits ending in one list round queue their finishes behind one writer (each
+    of them rewriting every queued finish made a thousand waits a million writes)."""
+    journal = FlakyJournal(SQLiteJournal(tmp_path / "j.sqlite3"))
+    async with journal, official(emu, journal=journal, poll_policy=PollPolicy.instant()) as session:
+        handles = [await session.extend("vid-1", key=f"row-{n}") for n in range(40)]
+        done = await asyncio.gather(*(handle.wait() for handle in handles))
+        states = [await journal.get(f"row-{n}") for n in range(40)]
+
+    assert {handle.task_id for handle in handles} == {task.task_id for task in done}
+    assert sorted(handle.task_id for handle in handles) == sorted(journal.finishes)
+    assert [EntryState.FINISHED] * 40 == [entry.state if entry else None for entry in states]
 
 
 # -- a task that vanished on the server -----------------------------------------------------
