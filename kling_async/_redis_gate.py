@@ -9,7 +9,11 @@ slots of a process that stopped (after ``pending_ttl`` for a create in flight, t
 a create is on the wire; after ``bound_ttl`` for a task, unless `renew` is told it runs).
 
 The limit is the session's ``max_parallel_tasks`` or, without one, the one learned from the
-last 1303 (``limit``, kept ``learned_ttl`` seconds: then it is learned again, so it may grow).
+last 1303 (``limit``, kept ``learned_ttl`` seconds: then it is learned again, so it may grow):
+the slots held when it came (tasks made, and creates in flight that may have made one).
+While no limit is known, at most `PROBE` creates of the fleet are in flight at once
+(``inflight``, a ZSET of their tokens): a burst that meets the limit then costs at most that
+many 1303s, not one per create of the burst.
 Each decision is one Lua script on Redis's clock. A freed slot is PUBLISHed on
 ``gate:freed``; waiters also look again every ``recheck`` seconds, so that a lost message
 loses no wake-up. Within a process creates pass in the order they came; across processes
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
     from ._account import Sleep
     from ._fleet import Fleet
 
-__all__ = ["BOUND_TTL", "LEARNED_TTL", "PENDING_TTL", "RECHECK", "RedisSlotGate"]
+__all__ = ["BOUND_TTL", "LEARNED_TTL", "PENDING_TTL", "PROBE", "RECHECK", "RedisSlotGate"]
 
 logger = logging.getLogger("kling_async")
 
@@ -48,6 +52,9 @@ BOUND_TTL = 600.0
 """Seconds a task's slot outlives its process (and the last `RedisSlotGate.renew`)."""
 LEARNED_TTL = 3600.0
 """Seconds a limit learned from a 1303 is kept; then it is learned again (and may grow)."""
+PROBE = 8
+"""Creates the fleet has in flight at most while it knows no limit (the 1303s a burst costs
+to learn one)."""
 RECHECK = 2.0
 """Seconds between looks at a full gate even when no freed slot was heard of."""
 _MAX_QUEUED = 100_000  # writes kept while Redis is away; the oldest go first past it
@@ -56,15 +63,16 @@ _BIND_WAIT = 5.0  # seconds a create waits for its slot's binding to be written
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function keep(ms)
-  local pttl = redis.call('PTTL', KEYS[1])
-  if pttl < ms then redis.call('PEXPIRE', KEYS[1], ms) end
+local function keep(ms, key)
+  key = key or KEYS[1]
+  local pttl = redis.call('PTTL', key)
+  if pttl < ms then redis.call('PEXPIRE', key, ms) end
 end
 local freed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 """
 
-# KEYS: slots, limit. ARGV: token, set limit or '', pending ttl ms, channel, instance.
-# Returns {taken (0/1), slots held, limit or -1}.
+# KEYS: slots, limit, inflight. ARGV: token, set limit or '', pending ttl ms, channel,
+# instance, probe. Returns {taken (0/1), slots held, limit or -1}.
 _ACQUIRE = (
     _NOW
     + """
@@ -74,21 +82,31 @@ if not limit then limit = tonumber(redis.call('GET', KEYS[2])) end
 local held = redis.call('ZCARD', KEYS[1])
 if limit and held >= limit then return {0, held, limit} end
 local ttl = tonumber(ARGV[3])
+if not limit then
+  -- No limit known: a few creates in flight at once, so that meeting it costs a few 1303s.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return {0, held, -1} end
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+  keep(ttl, KEYS[3])
+end
 redis.call('ZADD', KEYS[1], now + ttl, 'pending:' .. ARGV[1])
 keep(ttl)
 return {1, held + 1, limit or -1}
 """
 )
 
-# KEYS: slots, limit. ARGV: bound ttl ms, set limit or '', learned ttl ms, channel, instance,
-# then (op, a, b) triples: b token task = bind; r token = release; x token = refused (1303);
-# f task = freed. Returns the slots freed.
+# KEYS: slots, limit, inflight. ARGV: bound ttl ms, set limit or '', learned ttl ms,
+# channel, instance, then (op, a, b) triples: b token task = bind; r token = release;
+# x token = refused (1303); f task = freed. Returns the slots freed and the creates no
+# longer in flight while no limit is known (PUBLISHed: those free a place to probe).
 _APPLY = (
     _NOW
     + """
 local bound_ttl = tonumber(ARGV[1])
+local landed = 0
 for i = 6, #ARGV, 3 do
   local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if op ~= 'f' then landed = landed + redis.call('ZREM', KEYS[3], a) end
   if op == 'b' then
     redis.call('ZREM', KEYS[1], 'pending:' .. a)
     redis.call('ZADD', KEYS[1], now + bound_ttl, b)
@@ -100,17 +118,14 @@ for i = 6, #ARGV, 3 do
   elseif op == 'x' then
     redis.call('ZREM', KEYS[1], 'pending:' .. a)
     if ARGV[2] == '' then
-      -- The account is full: it runs at least the tasks known made and not seen finished.
-      local running = 0
-      for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-        if string.sub(member, 1, 8) ~= 'pending:' then running = running + 1 end
-      end
-      redis.call('SET', KEYS[2], math.max(running, 1), 'PX', tonumber(ARGV[3]))
+      -- The account is full: it runs the tasks known made and not seen finished, and those
+      -- of the creates still in flight that made one (a later 1303 among them lowers it).
+      redis.call('SET', KEYS[2], math.max(redis.call('ZCARD', KEYS[1]), 1), 'PX', tonumber(ARGV[3]))
     end
   end
 end
-if freed > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5] .. ':' .. freed) end
-return freed
+if freed > 0 or landed > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5] .. ':' .. freed) end
+return freed + landed
 """
 )
 
@@ -167,7 +182,7 @@ class RedisSlotGate:
         self._learned_ms = int(learned_ttl * 1000)
         self._recheck = recheck
         self._renew_every = max(0.05, min(10.0, pending_ttl / 4, bound_ttl / 4))
-        self._keys = [fleet.key("slots"), fleet.key("limit")]
+        self._keys = [fleet.key("slots"), fleet.key("limit"), fleet.key("inflight")]
         self._channel = fleet.key("gate", "freed")
         client = fleet.client
         self._acquire = client.register_script(_ACQUIRE)
@@ -285,7 +300,14 @@ class RedisSlotGate:
                 self.round_trips += 1
                 reply: Any = await self._acquire(
                     keys=self._keys,
-                    args=[slot.token, limit, self._pending_ms, self._channel, self._instance],
+                    args=[
+                        slot.token,
+                        limit,
+                        self._pending_ms,
+                        self._channel,
+                        self._instance,
+                        PROBE,
+                    ],
                 )
         except BaseException:
             self._queue("r", slot.token)  # it may have been taken before the failure
@@ -377,11 +399,14 @@ class RedisSlotGate:
                 logger.warning("could not renew parallel-task slots: %s", error)
 
     def _heard(self, data: str) -> None:
-        """Another process freed slots: wake this process's waiters."""
+        """Another process freed slots (or, with no limit known, ended creates in flight):
+        wake this process's waiters."""
         instance, _, count = data.rpartition(":")
         if instance == self._instance:
             return  # this process woke its own waiters when it freed them
-        self._line.wake(int(count) if count.isdigit() else 1)
+        freed = int(count) if count.isdigit() else 1
+        if freed:
+            self._line.wake(freed)
         self._poke()
 
     def _poke(self) -> None:
