@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,9 +21,26 @@ if TYPE_CHECKING:
     from .errors import KlingError
     from .models import Task
 
-__all__ = ["NEVER", "Attempts", "CallbackSlot", "CreateAttempt", "CreateRecord"]
+__all__ = [
+    "NEVER",
+    "STAMP_PREFIX",
+    "Attempts",
+    "CallbackSlot",
+    "CreateAttempt",
+    "CreateRecord",
+    "new_stamp",
+]
 
 NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+STAMP_PREFIX = "kling-async-"
+"""How the external ids a session stamps on its creates begin (a random id follows)."""
+
+
+def new_stamp() -> str:
+    """A new external id for one create: unique, so a task carrying it is that create's."""
+    return f"{STAMP_PREFIX}{uuid.uuid4().hex}"
+
+
 """``sent_at`` of a create not sent yet."""
 _REMEMBERED_IDS = 10_000  # task ids this session made or claimed, kept to tell them apart
 _REMEMBERED_DOUBTS = 1_000  # creates that ended ambiguous: they may still own a listed task

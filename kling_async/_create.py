@@ -18,7 +18,7 @@ import attrs
 
 from . import _reconcile, sansio
 from ._account import DeadlinePassed, Slot, SlotGate
-from ._attempt import Attempts, CallbackSlot, CreateAttempt, CreateRecord
+from ._attempt import STAMP_PREFIX, Attempts, CallbackSlot, CreateAttempt, CreateRecord
 from ._lookup import Absent, Lookup
 from ._policies import Action, next_step
 from .errors import (
@@ -58,6 +58,7 @@ class Creator:
         record: CreateRecord | None = None,
         callback: CallbackSlot | None = None,
         key: str | None = None,
+        resend: bool = False,
     ) -> Task:
         """A create with the create retry rules (``docs/errors.md``, "What is retried").
 
@@ -68,7 +69,8 @@ class Creator:
         again; closing the session under it raises AmbiguousCreateError. ``record`` (a
         journal's, for one key) hears of each step so that a crash loses nothing.
         ``callback`` is the receiver's URL for this create, added to what is sent only;
-        ``key`` (the journal's) is named in errors and logs.
+        ``key`` (the journal's) is named in errors and logs. ``resend``: a journaled send
+        is sent again (its external id is this create's, whoever stamped it).
         """
         if callback is not None and request.callback_url is None:
             request = attrs.evolve(request, callback_url=callback.url)
@@ -76,7 +78,7 @@ class Creator:
         attempt = CreateAttempt(request.video_id, record, request.external_task_id, key)
         self.attempts.start(attempt)
         try:
-            task = await self._tries(request, attempt, deadline)
+            task = await self._tries(request, attempt, deadline, resend)
         except SessionClosedError as error:
             if not attempt.doubtful:
                 raise
@@ -114,7 +116,7 @@ class Creator:
             attempt.take_off_wire()
 
     async def _tries(
-        self, request: ExtendRequest, attempt: CreateAttempt, deadline: float | None
+        self, request: ExtendRequest, attempt: CreateAttempt, deadline: float | None, resend: bool
     ) -> Task:
         """The tries of one create with its one parallel-task slot: taken before the first
         send, kept across retries, bound to the task the reply (or a look-up) names, handed
@@ -122,7 +124,7 @@ class Creator:
         kept as in doubt when one may have been."""
         held = _Held()
         try:
-            return await self._try_all(request, attempt, deadline, held)
+            return await self._try_all(request, attempt, deadline, held, resend)
         finally:
             slot = held.slot
             if slot is not None:
@@ -137,6 +139,7 @@ class Creator:
         attempt: CreateAttempt,
         deadline: float | None,
         held: _Held,
+        resend: bool,
     ) -> Task:
         wire = self._wire
         clock = wire.clock
@@ -180,6 +183,12 @@ class Creator:
                     if not attempt.doubtful:
                         await self._not_sent(attempt)
                     raise  # create() decides, knowing whether it was on the wire
+                taken = await self._taken(request, attempt, error, resend)
+                if taken is not None:  # an earlier send of this create made it
+                    attempt.take_off_wire()
+                    self.attempts.remember(taken.task_id, attempt.key)
+                    await self._created(attempt, held, taken)
+                    return taken
                 now = clock()
                 try:
                     step = next_step(
@@ -313,7 +322,45 @@ class Creator:
         )
         attempt.recorded = True  # the journal says "sending"
         await self._not_sent(attempt)
-        return await self.create(request, record=record, callback=callback, key=key)
+        return await self.create(request, record=record, callback=callback, key=key, resend=True)
+
+    async def _taken(
+        self, request: ExtendRequest, attempt: CreateAttempt, error: KlingError, resend: bool
+    ) -> Task | None:
+        """After a refusal with 1201: the task that already carries this create's own
+        external id (one the session stamped, or a journaled send's being sent again), or
+        None (the refusal stands). Kling refuses an external id that is taken, and only an
+        earlier send of this very create can have taken one of these.
+        AmbiguousCreateError when the look-up fails: then nobody can tell."""
+        external_id = request.external_task_id
+        if not (
+            isinstance(error, InvalidRequestError)
+            and error.code == 1201
+            and external_id is not None
+            and (resend or external_id.startswith(STAMP_PREFIX))
+        ):
+            return None
+        try:
+            found = await self.lookup.carrying(external_id)
+        except KlingError as failure:
+            attempt.in_doubt = True
+            raise AmbiguousCreateError(
+                f"the create was refused ({error}), perhaps because an earlier send of it made "
+                f"a task with its external id, and looking that id up failed ({failure})",
+                request=request,
+                sent_at=attempt.sent_at,
+                external_task_id=external_id,
+                key=attempt.key,
+            ) from error
+        if found is not None:
+            logger.warning(
+                "a create for video %s was refused with 1201 and its external id %s names "
+                "task %s: an earlier send of it made that task",
+                request.video_id,
+                external_id,
+                found.task_id,
+            )
+        return found
 
     async def _created(self, attempt: CreateAttempt, held: _Held, task: Task) -> None:
         """The create made ``task``: the journal first (a slow gate must not leave the key

@@ -191,8 +191,9 @@ class Lookup:
             final=final,
         )
 
-    async def _by_external_id(self, external_id: str, *, final: bool) -> Task | None:
-        """The task carrying ``external_id``, or None (not made yet, or not kept)."""
+    async def carrying(self, external_id: str) -> Task | None:
+        """The task carrying ``external_id``, None when the server knows none; KlingError
+        when the query fails (with the query retry rules)."""
         wire = self._wire
         try:
             found = await wire.call(
@@ -200,15 +201,21 @@ class Lookup:
                 lambda response, now: sansio.parse_task(response, now, task_id=external_id),
             )
         except NotFoundError:
-            return None  # not made (yet), or the server drops external ids: the list tells
+            return None
+        self.keeps_external_ids = True
+        return found
+
+    async def _by_external_id(self, external_id: str, *, final: bool) -> Task | None:
+        """The task carrying ``external_id``, or None (not made yet, or not kept)."""
+        try:
+            # None: not made (yet), or the server drops external ids: the list tells
+            return await self.carrying(external_id)
         except KlingError as lookup_error:
             if final:
                 raise _CannotLook(
                     f"looking up its external id failed ({lookup_error})"
                 ) from lookup_error
             return None
-        self.keeps_external_ids = True
-        return found
 
     async def _listed(
         self, attempt: CreateAttempt, *, final: bool

@@ -10,14 +10,13 @@ callback may beat the reply), and a key's journal consulted first.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 
-from ._attempt import CallbackSlot
+from ._attempt import CallbackSlot, new_stamp
 from ._create import Creator
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, JournalEntry
@@ -99,7 +98,7 @@ class Submitter:
     ) -> TaskHandle:
         stamp = None
         if request.external_task_id is None and self._stamp:
-            stamp = f"kling-async-{uuid.uuid4().hex}"
+            stamp = new_stamp()
         if key is not None:
             assert self.keyed is not None
             task_id, made = await self.keyed.create(

@@ -29,6 +29,7 @@ from kling_async import (
     AmbiguousCreateError,
     EntryState,
     ExtendRequest,
+    InvalidRequestError,
     KlingSession,
     PollPolicy,
     SQLiteJournal,
@@ -539,3 +540,50 @@ async def test_a_clock_stepped_back_unseen_since_the_send_never_proves_absence(
 
     assert 1 == creates
     assert (made_id,) == caught.value.candidate_ids
+
+
+# -- a refusal that says the create's external id is taken ----------------------------------
+
+
+async def test_a_stamped_create_refused_for_its_taken_stamp_gets_the_task_carrying_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only an earlier send of this create can carry its stamp (a random id), so a 1201 on
+    it is looked up by the stamp: the task found is this create's, not a refusal."""
+    monkeypatch.setattr("kling_async._submit.new_stamp", lambda: "kling-async-0123")
+    async with KlingEmulator() as emulator:
+        async with official(emulator, stamp_external_id=False) as earlier:
+            made = await earlier.extend("vid-1", external_task_id="kling-async-0123")
+        async with official(emulator) as session:
+            handle = await session.extend("vid-1")
+        routes = [(r.route, r.status) for r in emulator.requests]
+
+    assert made.task_id == handle.task_id
+    assert [("create", 200), ("create", 400), ("query", 200)] == routes
+
+
+async def test_a_stamped_create_refused_with_1201_for_another_reason_stays_refused() -> None:
+    """A 1201 whose stamp no task carries is the refusal it says (one query to tell)."""
+    async with KlingEmulator() as emulator:
+        emulator.inject(Fault.business(1201, status=400), route="create")
+        async with official(emulator) as session:
+            with pytest.raises(InvalidRequestError) as refused:
+                await session.extend("vid-1")
+        routes = [(r.route, r.status) for r in emulator.requests]
+
+    assert 1201 == refused.value.code
+    assert [("create", 400), ("query", 404)] == routes
+    assert not emulator.tasks
+
+
+async def test_a_caller_s_own_external_id_taken_is_a_refusal_not_someone_else_s_task() -> None:
+    """The caller's own external id may be in use by any task of the account: never looked
+    up as this create's."""
+    async with KlingEmulator() as emulator:
+        async with official(emulator) as session:
+            await session.extend("vid-1", external_task_id="mine")
+            with pytest.raises(InvalidRequestError, match="already exists"):
+                await session.extend("vid-2", external_task_id="mine")
+        routes = [(r.route, r.status) for r in emulator.requests]
+
+    assert [("create", 200), ("create", 400)] == routes

@@ -13,7 +13,7 @@ import sys
 import anyio
 import pytest
 
-from kling_async import ContentPolicyError, ExtendRequest
+from kling_async import ContentPolicyError, EntryState, ExtendRequest
 from kling_async._sqlite_journal import SQLiteJournal
 from kling_async.testing import Fault, KlingEmulator
 
@@ -116,6 +116,36 @@ async def test_a_create_that_never_left_is_sent_once_the_record_proves_it(
     assert handle.task_id == again.task_id
     assert 1 == emu.count("create")
     assert "ext-1" == emu.tasks[handle.task_id].external_task_id
+
+
+async def test_a_resend_refused_because_its_external_id_is_taken_gets_that_task(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """The look-up missed the first send's task (its query answered 404 once, the list page
+    came back empty), so the create is sent again with the same
+    external id; Kling's 1201 for the taken id makes it look that id up: the key gets the
+    task its first send made, never a refusal (which would forget a paid task)."""
+    path = tmp_path / "j.sqlite3"
+    long_ago = _now() - dt.timedelta(seconds=200)  # past its window (130 s by default)
+    async with SQLiteJournal(path) as crashed:
+        await crashed.claim("row-1", ExtendRequest(video_id="vid-1"), now=long_ago, stamp="ext-1")
+        await crashed.mark_sending("row-1", long_ago)
+    async with official(emu) as first_send:
+        made = await first_send.extend("vid-1", external_task_id="ext-1")
+    emu.inject(Fault.business(1203, status=404), route="query")
+    emu.inject(Fault.raw(200, b'{"code": 0, "message": "SUCCEED", "data": []}'), route="list")
+    creates = emu.count("create")
+
+    async with official(emu, journal=path) as session:
+        handle = await session.extend("vid-1", key="row-1")
+    async with SQLiteJournal(path) as reread:
+        entry = await reread.get("row-1")
+
+    assert made.task_id == handle.task_id
+    assert [200, 400] == [r.status for r in emu.requests if r.route == "create"]
+    assert creates + 1 == emu.count("create")  # the resend, refused: the id is taken
+    assert entry is not None
+    assert (EntryState.CREATED, made.task_id) == (entry.state, entry.task_id)
 
 
 async def test_a_policy_that_does_not_wait_still_resends_only_after_the_window(
