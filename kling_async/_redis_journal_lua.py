@@ -149,14 +149,24 @@ redis.call('ZREM', KEYS[2], key)
 return 1
 """
 
-# KEYS: tasks, pending. ARGV: task id, reason, before (ISO text), rec prefix, nonce.
+# KEYS: tasks, pending. ARGV: task id, reason, before (ISO text), rec prefix, nonce, age ms.
+# Old enough: sent (on Redis's clock, as every host reads it) more than age ms ago; a record
+# never sent from here (settled by hand) is judged by its claim's time against before.
 GONE = """
 local key = redis.call('HGET', KEYS[1], ARGV[1])
 if not key then return false end
 local rec = ARGV[4] .. key
-local cur = redis.call('HMGET', rec, 'state', 'claimed_at', 'op', 'task_id')
+local cur = redis.call('HMGET', rec, 'state', 'claimed_at', 'op', 'task_id', 'sent_redis')
 if cur[3] == ARGV[5] then return key end
-if cur[1] ~= 'created' or cur[4] ~= ARGV[1] or not (cur[2] < ARGV[3]) then return false end
+if cur[1] ~= 'created' or cur[4] ~= ARGV[1] then return false end
+local old
+if cur[5] then
+  local t = redis.call('TIME')
+  old = tonumber(cur[5]) <= t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[6])
+else
+  old = cur[2] < ARGV[3]
+end
+if not old then return false end
 redis.call('HSET', rec, 'state', 'gone', 'refusal_reason', ARGV[2], 'op', ARGV[5])
 redis.call('ZREM', KEYS[2], key)
 return key

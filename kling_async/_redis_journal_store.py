@@ -93,11 +93,14 @@ class RecordStore:
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         stamp = stamp_time(before, "before")
+        # How old "before" means, measured on Redis's clock against the send (this host's
+        # clock may be minutes off the host that sent it).
+        age = max(0, int((utc_now() - before).total_seconds() * 1000))
         key = await self.script(
             "GONE",
             "recording a task gone",
             [self.tasks, self.pending_keys],
-            [task_id, reason, stamp, self.rec, secrets.token_hex(8)],
+            [task_id, reason, stamp, self.rec, secrets.token_hex(8), str(age)],
         )
         return None if key is None else text(key)
 

@@ -225,8 +225,9 @@ async def test_pending_and_doubts_are_the_whole_fleets(
 
 async def test_settle_and_gone_keep_the_indexes(journal: RedisJournal) -> None:
     await contract.created(journal, "k", "task-1")  # type: ignore[arg-type]
-    assert None is await journal.mark_gone("task-1", "404", before=NOW)  # claimed later
-    assert "k" == await journal.mark_gone("task-1", "404", before=NOW + dt.timedelta(days=1))
+    now = dt.datetime.now(dt.timezone.utc)
+    assert None is await journal.mark_gone("task-1", "404", before=now - _FIVE_MINUTES)  # new
+    assert "k" == await journal.mark_gone("task-1", "404", before=now + dt.timedelta(days=1))
     assert [] == await journal.pending()
     settled = await journal.settle("k", "task-2")
     with pytest.raises(ValueError, match="created"):
@@ -238,6 +239,25 @@ async def test_settle_and_gone_keep_the_indexes(journal: RedisJournal) -> None:
     assert ["k"] == [entry.key for entry in await journal.pending()]
     assert await journal.forget("k")
     assert {} == await journal.keys_of(["task-2"])
+
+
+_FIVE_MINUTES = dt.timedelta(minutes=5)
+
+
+async def test_gone_measures_a_task_s_age_on_redis_s_clock(
+    journal: RedisJournal, other: RedisJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose clock runs 10 minutes ahead of the one that sent the create does not
+    take the task made just now for one made over 5 minutes ago (a new task's 404 is not
+    proof that it is gone)."""
+    await contract.created(journal, "k", "task-1")  # type: ignore[arg-type]
+    ahead = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10)
+    monkeypatch.setattr("kling_async._redis_journal_store.utc_now", lambda: ahead)
+
+    assert None is await other.mark_gone("task-1", "404", before=ahead - _FIVE_MINUTES)
+    entry = await other.get("k")
+    assert entry is not None
+    assert EntryState.CREATED == entry.state
 
 
 # -- Redis unreachable ------------------------------------------------------------------------
