@@ -30,6 +30,7 @@ class FleetParts:
     def __init__(self, fleet: str | aioredis.Redis, *, account: str) -> None:
         self._link = Fleet(fleet, account=account)
         self._pace: RedisPace | None = None
+        self._gate: RedisSlotGate | None = None
         self._states: RedisTaskStates | None = None
 
     @property
@@ -42,7 +43,8 @@ class FleetParts:
         return self._pace
 
     def gate(self, sleep: Sleep, *, limit: int | None, hold: float) -> SlotGate:
-        return RedisSlotGate(self._link, sleep, limit=limit, pending_ttl=hold)
+        self._gate = RedisSlotGate(self._link, sleep, limit=limit, pending_ttl=hold)
+        return self._gate
 
     def states(self) -> TaskStates:
         self._states = RedisTaskStates(self._link)
@@ -59,4 +61,6 @@ class FleetParts:
             self._states.start()  # takes its turn at leading the account's polling at once
 
     async def close(self) -> None:
+        if self._gate is not None:
+            await self._gate.drain()  # before the link stops the loops that would write it
         await self._link.aclose()

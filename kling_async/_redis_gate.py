@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import secrets
@@ -59,6 +58,7 @@ RECHECK = 2.0
 """Seconds between looks at a full gate even when no freed slot was heard of."""
 _MAX_QUEUED = 100_000  # writes kept while Redis is away; the oldest go first past it
 _BIND_WAIT = 5.0  # seconds a create waits for its slot's binding to be written
+_DRAIN_WAIT = 2.0  # seconds a closing session gives its last slot writes
 
 _NOW = """
 local t = redis.call('TIME')
@@ -193,8 +193,9 @@ class RedisSlotGate:
         self._ops: collections.deque[tuple[str, str, str]] = collections.deque()
         self._flushes: list[asyncio.Future[None]] = []
         self._written = asyncio.Event()  # set when writes are queued
+        self._flushing = asyncio.Lock()  # one batch at a time: each takes the queue's head
         self._pending: set[str] = set()  # members of this process's creates in flight
-        self._bound: set[str] = set()  # tasks this process made, not yet seen finished
+        self._bound: set[str] = set()  # tasks this process made (bound in Redis), not finished
         self._started = False
         self._closed = False
         self.round_trips = 0  # scripts run (each one round trip), for the benchmarks
@@ -238,8 +239,7 @@ class RedisSlotGate:
             return
         slot.settled = True
         self._pending.discard(_pending(slot))
-        self._bound.add(task_id)
-        self._queue("b", slot.token, task_id)
+        self._queue("b", slot.token, task_id)  # renewed once written (`_flush`)
         if self._fleet.closed:
             return
         flushed = asyncio.get_running_loop().create_future()
@@ -346,13 +346,21 @@ class RedisSlotGate:
                 if not await self._flush():
                     await asyncio.sleep(1.0)  # Redis away: the writes wait for it
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush(), 2.0)  # the session closes: last writes
-            for flushed in self._flushes:
+            for flushed in self._flushes:  # the session closed (`drain` wrote what it could)
                 if not flushed.done():
                     flushed.set_result(None)
 
+    async def drain(self) -> None:
+        """The session closes: write what is queued (a bound slot, a freed one), within 2 s,
+        before the fleet stops its loops."""
+        with anyio.move_on_after(_DRAIN_WAIT):
+            await self._flush()
+
     async def _flush(self) -> bool:
+        async with self._flushing:
+            return await self._flush_queued()
+
+    async def _flush_queued(self) -> bool:
         ops = list(self._ops)
         flushes, self._flushes = self._flushes, []
         ok = True
@@ -364,8 +372,8 @@ class RedisSlotGate:
                 self._channel,
                 self._instance,
             ]
-            for op in ops:
-                args.extend(op)
+            for queued in ops:
+                args.extend(queued)
             try:
                 self.round_trips += 1
                 freed = await self._apply(keys=self._keys, args=args)
@@ -374,8 +382,14 @@ class RedisSlotGate:
                 self._written.set()
                 ok = False
             else:
-                for _ in ops:
+                for kind, a, b in ops:
                     self._ops.popleft()
+                    # Renewed from now on: a renewal before the bind was written would
+                    # find no such slot and stop renewing it.
+                    if kind == "b":
+                        self._bound.add(b)
+                    elif kind == "f":
+                        self._bound.discard(a)
                 if int(freed) > 0:
                     self._poke()  # this process's first in line may take one now
         for flushed in flushes:
