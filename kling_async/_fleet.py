@@ -31,6 +31,7 @@ __all__ = [
     "Fleet",
     "check_cancelled",
     "check_fleet",
+    "key_of",
     "text",
 ]
 
@@ -69,6 +70,11 @@ def check_fleet(fleet: object) -> str | aioredis.Redis | None:
     return cast("aioredis.Redis", fleet)
 
 
+def key_of(account: str, *parts: str) -> str:
+    """The Redis key ``parts`` of ``account``: ``kling-async:<account>:<parts...>``."""
+    return ":".join((_PREFIX, account, *parts))
+
+
 def text(value: object) -> str:
     """A Redis reply value as text: bytes from a default client, str from one made with
     ``decode_responses=True`` (a borrowed client may be either)."""
@@ -103,10 +109,11 @@ class Fleet:
 
     `open` checks that Redis answers and takes the lease; `aclose` stops the background
     loops, drops the lease (so the session's claims end at once, not a lease later) and
-    closes the client if it was made here.
+    closes the client if it was made here. A callback receiver's link has no ``account``:
+    each callback's token names its own, and it takes no lease.
     """
 
-    def __init__(self, fleet: str | aioredis.Redis, *, account: str) -> None:
+    def __init__(self, fleet: str | aioredis.Redis, *, account: str | None) -> None:
         module = _redis_module()
         if isinstance(fleet, str):
             # A blocking pool: a burst of writes (a thousand waits ending together) queues
@@ -133,7 +140,9 @@ class Fleet:
 
     def key(self, *parts: str) -> str:
         """The Redis key ``parts`` of this account: ``kling-async:<account>:<parts...>``."""
-        return ":".join((_PREFIX, self.account, *parts))
+        if self.account is None:
+            raise RuntimeError("this fleet link serves no one account (a receiver's)")
+        return key_of(self.account, *parts)
 
     def alive_key(self, instance: str) -> str:
         """The key whose existence is ``instance``'s lease."""

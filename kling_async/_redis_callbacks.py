@@ -6,12 +6,12 @@ so that a receiver in any process checks a token with no state of its own. What 
 bound to lives in Redis as well, under the account's keys:
 
 - ``cb:tok:<nonce>`` (a hash: ``task``, ``gw``, ``alias``, ``done``), written by the
-  session's `RedisCallbackTokens.bind` once the create's reply came, kept `BOUND_TTL` (and
+  session's `RedisCallbackTokens.bind` once the create's reply came, kept `TOKEN_TTL` (and
   `DONE_TTL` once the task is seen finished, to answer late duplicates with 200);
 - ``cb:early:<nonce>`` (a list), callbacks that beat the bind, kept `EARLY_TTL` and applied
   by the bind (both are Lua scripts, so a callback is either seen bound or found by the bind).
 
-A callback of a bound token becomes ``_redis_states.record_hint`` (a hint on the account's
+A callback of a bound token becomes a `_redis_states.Hints` record (a hint on the account's
 events stream); every process that waits on the task, the one that made it included,
 wakes from that stream through the fleet's task states (``_redis_states``). Closing a
 session forgets its tokens in this process only: the bindings stay in Redis until their TTL,
@@ -26,16 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ._callback_tokens import NONCE_BYTES, fleet_token, read_fleet_token, split_fleet_token
-from ._fleet import Fleet, text
-from ._redis_states import record_hint
+from ._fleet import Fleet, key_of, text
+from ._redis_states import Hints
 from ._schedule import newer
 from ._task_codec import decode_task, encode_task
+from .errors import FleetError, FleetUnavailableError
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -44,10 +45,10 @@ if TYPE_CHECKING:
     from .models import Task
 
 __all__ = [
-    "BOUND_TTL",
     "DONE_TTL",
     "EARLY_TTL",
     "SECRET_KEY",
+    "TOKEN_TTL",
     "FleetReceiver",
     "RedisCallbackTokens",
     "account_key",
@@ -59,12 +60,14 @@ logger = logging.getLogger("kling_async")
 SECRET_KEY = "kling-async:cb:secret"
 """The fleet-wide secret of callback tokens (hex of 32 random bytes; one per Redis, for every
 account, made once with SET NX). No account is named ``cb``: accounts are hex digests."""
-BOUND_TTL = 2 * 86400.0
+TOKEN_TTL = 2 * 86400.0
 """Seconds a token's binding to its task is kept in Redis (callbacks come while it runs)."""
 DONE_TTL = 3600.0
 """Seconds a finished task's binding is kept, to answer late duplicates with 200."""
 EARLY_TTL = 600.0
 """Seconds a callback that beat the create's reply waits for the bind."""
+_BIND_RETRY = 0.5  # seconds before a failed bind is tried again (doubling up to the max)
+_BIND_RETRY_MAX = 10.0
 EARLY_KEPT = 8
 """Early callbacks kept per token (the newest of them applies at the bind)."""
 
@@ -115,7 +118,7 @@ return ARGV[1]
 
 def account_key(account: str, *parts: str) -> str:
     """The Redis key ``cb:<parts>`` of ``account`` (what ``Fleet.key("cb", ...)`` names)."""
-    return ":".join(("kling-async", account, "cb", *parts))
+    return key_of(account, "cb", *parts)
 
 
 def agree(task: Task, bound: str, alias: str | None, *, gateway: bool) -> tuple[Task | None, str]:
@@ -150,9 +153,10 @@ class FleetReceiver:
     """
 
     def __init__(self, fleet: str | aioredis.Redis) -> None:
-        self._fleet = Fleet(fleet, account="cb")  # for its client and its typed errors
+        self._fleet = Fleet(fleet, account=None)  # each token names its account
         client = self._fleet.client
         self._receive = client.register_script(_RECEIVE)
+        self._hints = Hints(self._fleet)
         self._secret: bytes | None = None
 
     @property
@@ -189,7 +193,7 @@ class FleetReceiver:
                 return 400
             if kind == "bound":
                 task = attrs.evolve(task, task_id=bound)
-                await record_hint(self._fleet.client, account, bound, task, confirm=confirm)
+                await self._hints.record(account, bound, task, confirm=confirm)
         return 200
 
     async def aclose(self) -> None:
@@ -221,7 +225,6 @@ class RedisCallbackTokens:
         *,
         public_url: str,
         watcher: Watcher,
-        loop: asyncio.AbstractEventLoop,
         gateway: bool,
         confirm: bool,
     ) -> None:
@@ -229,17 +232,18 @@ class RedisCallbackTokens:
         self._secret = secret
         self._public_url = public_url
         self._watcher = watcher
-        self._loop = loop
         self._gateway = gateway
         self._confirm = confirm
         self._active: set[_FleetBinding] = set()
         self._by_task: dict[str, _FleetBinding] = {}
-        self._writes: set[asyncio.Task[None]] = set()
         self._closed = False
         client = fleet.client
         self._bind_script = client.register_script(_BIND)
         self._done_script = client.register_script(_DONE)
         self._alias_script = client.register_script(_ALIAS)
+        self._hints = Hints(fleet)
+        assert fleet.account is not None, "a session's link names its account"
+        self._account = fleet.account
         watcher.events.finished = self.task_finished
 
     @classmethod
@@ -249,7 +253,6 @@ class RedisCallbackTokens:
         *,
         public_url: str,
         watcher: Watcher,
-        loop: asyncio.AbstractEventLoop,
         gateway: bool,
         confirm: bool,
     ) -> RedisCallbackTokens:
@@ -261,7 +264,6 @@ class RedisCallbackTokens:
             secret,
             public_url=public_url,
             watcher=watcher,
-            loop=loop,
             gateway=gateway,
             confirm=confirm,
         )
@@ -275,7 +277,7 @@ class RedisCallbackTokens:
         """A fresh token (no Redis round trip): any receiver of the fleet can check it."""
         if self._closed:
             raise RuntimeError("the session's callbacks are closed")
-        token = fleet_token(self._secret, self._fleet.account, secrets.token_bytes(NONCE_BYTES))
+        token = fleet_token(self._secret, self._account, secrets.token_bytes(NONCE_BYTES))
         binding = _FleetBinding(token.split(".")[1])
         self._active.add(binding)
         return binding, f"{self._public_url}/{token}"
@@ -286,12 +288,12 @@ class RedisCallbackTokens:
             return
         binding.task_id = task_id
         self._by_task[task_id] = binding
-        self._write(self._bind(binding, task_id))
+        self._write(lambda: self._bind_until_written(binding, task_id))
 
     def discard(self, binding: _FleetBinding) -> None:
         """No task came of the token: forget it (and any early callback it got)."""
         self._active.discard(binding)
-        self._write(self._discard(binding.nonce))
+        self._write(lambda: self._discard(binding.nonce))
 
     def task_finished(self, task_id: str) -> None:
         """The task is seen finished: its binding only answers late duplicates from now on."""
@@ -299,7 +301,7 @@ class RedisCallbackTokens:
         if binding is None:
             return
         self._active.discard(binding)
-        self._write(self._done(binding.nonce))
+        self._write(lambda: self._done(binding.nonce))
 
     def close(self) -> None:
         """Forget the tokens here; the bindings in Redis stay for the other processes."""
@@ -315,19 +317,38 @@ class RedisCallbackTokens:
     def _key(self, kind: str, nonce: str) -> str:
         return self._fleet.key("cb", kind, nonce)
 
-    def _write(self, work: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(work)
-        self._writes.add(task)
-        task.add_done_callback(self._written)
+    def _write(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run one write in the background, until it ends or the fleet closes."""
+        if self._fleet.closed:
+            return
 
-    def _written(self, task: asyncio.Task[None]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            logger.warning("a callback token's write to the fleet failed: %s", error)
+        async def run() -> None:
+            try:
+                await work()
+            except FleetError as error:
+                logger.warning("a callback token's write to the fleet failed: %s", error)
+
+        self._fleet.start(run)
+
+    async def _bind_until_written(self, binding: _FleetBinding, task_id: str) -> None:
+        """`_bind`, tried again while Redis is away (every few seconds, for as long as an
+        early callback is kept): an unwritten bind loses the task's callbacks."""
+        delay, waited = _BIND_RETRY, 0.0
+        while True:
+            try:
+                await self._bind(binding, task_id)
+                return
+            except FleetUnavailableError as error:
+                if binding not in self._active or waited + delay > EARLY_TTL:
+                    raise
+                logger.info("could not bind a callback token (%s); trying again", error)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, _BIND_RETRY_MAX)
 
     async def _bind(self, binding: _FleetBinding, task_id: str) -> None:
         keys = [self._key("tok", binding.nonce), self._key("early", binding.nonce)]
-        args = [task_id, "1" if self._gateway else "0", int(BOUND_TTL * 1000)]
+        args = [task_id, "1" if self._gateway else "0", int(TOKEN_TTL * 1000)]
         with self._fleet.guard("binding a callback token"):
             alias_raw, early_raw = await self._bind_script(keys=keys, args=args)
             alias = text(alias_raw) or None
@@ -343,10 +364,7 @@ class RedisCallbackTokens:
                 if agreed is not None and newer(newest, agreed):
                     newest = agreed
             if newest is not None:
-                account = self._fleet.account
-                await record_hint(
-                    self._fleet.client, account, task_id, newest, confirm=self._confirm
-                )
+                await self._hints.record(self._account, task_id, newest, confirm=self._confirm)
         if self._watcher.seen_done(task_id):
             self.task_finished(task_id)
 

@@ -35,6 +35,7 @@ RENEW_EVERY = 1.0
 """Seconds between the leader's renewals (and the others' tries to take over)."""
 _REMEMBERED_DONE = 10_000  # finished ids the leader does not follow again
 _RENEW_SLOTS_EVERY = 10  # rounds between the leader's renewals of its followed tasks' slots
+_STOP_WAIT = 1.0  # seconds the poller waits for its background waits to end when it stops
 
 # Take or renew the lease, and while leading, read what to follow: live interest and
 # bound slots, and renew the slots of the tasks it follows (seen running: a slot whose
@@ -128,7 +129,9 @@ class RedisPoller:
                 await asyncio.sleep(RENEW_EVERY)
         finally:
             token, self.token = self.token, None
-            self._stop_following()
+            stopped = self._stop_following()
+            if stopped:  # ended here, not left pending past the session's close
+                await asyncio.wait(stopped, timeout=_STOP_WAIT)
             if token is not None:
                 with contextlib.suppress(Exception):
                     await self._release(keys=[self._leader], args=[token])
@@ -194,7 +197,8 @@ class RedisPoller:
         if len(done) > _REMEMBERED_DONE:
             done.popitem(last=False)
 
-    def _stop_following(self) -> None:
+    def _stop_following(self) -> list[asyncio.Task[None]]:
         follows, self._follows = self._follows, {}
         for task in follows.values():
             task.cancel()
+        return list(follows.values())

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._fleet import Fleet, check_cancelled, text
 from ._redis_poller import RedisPoller
@@ -34,13 +34,13 @@ from ._task_codec import decode_task, encode_task
 from ._task_state import LocalTaskStates, StatesOwner, TaskState
 from .models import Task
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
-__all__ = ["RedisTaskStates", "record_hint"]
+__all__ = ["Hints", "RedisTaskStates"]
 
 logger = logging.getLogger("kling_async")
 
+FIRST_LOOK = 1.0
+"""Seconds a wait on a task unknown to its process waits for the shared state before a poll
+(its maker recorded it, or it finished long ago: a poll would ask what Redis knows)."""
 REREAD_EVERY = 10.0
 """Seconds between a process's re-reads of the states its waits are on (the slow cadence)."""
 _BLOCK_MS = 1_000  # an XREAD's longest block (under the client's socket timeout)
@@ -48,28 +48,34 @@ _RETRY = 1.0  # seconds between tries while Redis is away
 _BATCH = 1_000  # tasks per script call (Lua's unpack has a limit near 8,000)
 
 
-async def record_hint(
-    client: aioredis.Redis, account: str, task_id: str, task: Task, *, confirm: bool
-) -> None:
-    """A callback's news of ``task_id`` for the whole fleet (the receiver calls this).
+class Hints:
+    """Callbacks' news of tasks for the whole fleet (a receiver's, or a session's own)."""
 
-    Without ``confirm`` it is trusted: merged into the shared state (never backwards) and
-    announced. With it, only announced (kind ``hint``): every process holding the task folds
-    it as `Watcher.hint` does, and the poller confirms a final one with one query.
-    """
-    fleet = Fleet(client, account=account)
-    keys = TaskKeys(fleet)
-    with fleet.guard("recording a callback", key=task_id):
-        if not confirm:
-            names, args = merge_call(keys, [task], kind="hint", token="")
-            await client.eval(MERGE, len(names), *names, *args)
-            return
-        await client.xadd(
-            keys.events,
-            {"kind": "hint", "task": task_id, "data": encode_task(task), "confirm": "1"},
-            maxlen=MAXLEN,
-            approximate=True,
-        )
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        self._merge = fleet.client.register_script(MERGE)
+
+    async def record(self, account: str, task_id: str, task: Task, *, confirm: bool) -> None:
+        """``task`` as a callback told of it, for the waits on ``task_id`` of ``account``.
+
+        Without ``confirm`` it is trusted: merged into the shared state (never backwards)
+        and announced. With it, only announced (kind ``hint``): every process holding the
+        task folds it as `Watcher.hint` does, and the poller confirms a final one with one
+        query.
+        """
+        fleet = self._fleet
+        keys = TaskKeys(fleet, account)
+        with fleet.guard("recording a callback", key=task_id):
+            if not confirm:
+                names, args = merge_call(keys, [task], kind="hint", token="")
+                await self._merge(keys=names, args=args)
+                return
+            await fleet.client.xadd(
+                keys.events,
+                {"kind": "hint", "task": task_id, "data": encode_task(task), "confirm": "1"},
+                maxlen=MAXLEN,
+                approximate=True,
+            )
 
 
 class RedisTaskStates:
@@ -79,6 +85,8 @@ class RedisTaskStates:
     replies. The background loops (stream, re-reads and interest, the writer, the poller)
     start with the first wait, or with `start`, and end with the fleet.
     """
+
+    first_look = FIRST_LOOK
 
     def __init__(self, fleet: Fleet) -> None:
         self._fleet = fleet

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._fleet import Fleet, text
+from ._fleet import Fleet, key_of, text
 from ._schedule import rank
 from ._task_codec import decode_task, encode_task, updated_millis
 from .models import Task
@@ -94,11 +94,15 @@ class TaskKeys:
 
     __slots__ = ("events", "leader", "prefix", "watched")
 
-    def __init__(self, fleet: Fleet) -> None:
-        self.prefix = fleet.key("task", "")
-        self.events = fleet.key("events")
-        self.watched = fleet.key("watched")
-        self.leader = fleet.key("leader")
+    def __init__(self, fleet: Fleet, account: str | None = None) -> None:
+        """The keys of ``account`` (by default the fleet link's own)."""
+        if account is None:
+            account = fleet.account
+        assert account is not None, "a link without an account names the account"
+        self.prefix = key_of(account, "task", "")
+        self.events = key_of(account, "events")
+        self.watched = key_of(account, "watched")
+        self.leader = key_of(account, "leader")
 
     def task(self, task_id: str) -> str:
         """The key of ``task_id``'s state."""

@@ -112,7 +112,11 @@ class TaskStates(Protocol):
 
     A store shared by several processes also decides who polls: while `polling` is False
     another process polls for this one's waits, which doze until the store wakes them.
+    ``first_look``: seconds a wait on a task this process knows nothing of gives the store
+    to bring its state before it polls (0 for a store of this process alone).
     """
+
+    first_look: float
 
     def get(self, task_id: str) -> TaskState:
         """The state of ``task_id``, made on first use."""
@@ -145,6 +149,8 @@ class LocalTaskStates:
     it does (or its watcher holds it), so that finished creates nobody uses keep no memory."""
 
     __slots__ = ("_states",)
+
+    first_look = 0.0  # nobody else can know a task this process does not
 
     def __init__(self) -> None:
         self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["WatchEvents", "Watcher"]
 
 _REMEMBERED_RUNNING = 10_000
-_FOLLOW_GRACE = 1.0  # seconds a poller's new follow waits for the shared state before a poll
 
 
 def _nothing(task_id: str, running: bool) -> None:
@@ -352,6 +351,10 @@ class Watcher:
             return last
         wire = self._wire
         wire.check_open()
+        if state.last is None and state.polls == 0 and state.next_due == 0.0:
+            # A task this process knows nothing of: a shared store may know it (its maker
+            # recorded the create's reply there, or it finished long ago) before a poll.
+            state.next_due = wire.clock() + self._states.first_look
         self.waits += 1
         self.interest(state, +1)
         try:
@@ -440,12 +443,9 @@ class Watcher:
 
         A task this process knows nothing of yet is first looked for in the shared store
         (its maker recorded its create's reply there): it is polled on the schedule of its
-        age, not at once; only if the store has nothing within `_FOLLOW_GRACE` is it polled.
+        age, not at once; only if the store has nothing within its ``first_look`` is it polled.
         """
-        state = self.state(task_id)
-        if state.last is None and state.polls == 0:
-            state.next_due = max(state.next_due, self._wire.clock() + _FOLLOW_GRACE)
-        await self.wait(state, _is_done, None)
+        await self.wait(self.state(task_id), _is_done, None)
 
     def wake(self) -> None:
         """Wake every wait: whether this process polls has changed."""

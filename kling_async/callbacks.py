@@ -357,7 +357,6 @@ class CallbackReceiver:
             fleet,
             public_url=self._public_url,
             watcher=watcher,
-            loop=loop,
             gateway=gateway,
             confirm=self.confirm,
         )

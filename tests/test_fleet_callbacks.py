@@ -253,6 +253,9 @@ async def test_a_replayed_callback_of_a_finished_task_records_nothing(redis_url:
         account, nonce, _ = token_of(url).split(".")
         key = account_key(account, "tok", nonce)
         await until(lambda: _done(client, key))
+        # The session's own write of the final state (an event too) is in before counting.
+        state = f"kling-async:{account}:task:{handle.task_id}"
+        await until(lambda: _starts(client, state, b"2:"))
         recorded = await hints(client)
         final = emu.callbacks[-1].body
         async with aiohttp.ClientSession() as http:
@@ -267,6 +270,11 @@ async def test_a_replayed_callback_of_a_finished_task_records_nothing(redis_url:
 
 async def _done(client: aioredis.Redis, key: str) -> bool:
     return bool(await client.hget(key, "done"))
+
+
+async def _starts(client: aioredis.Redis, key: str, prefix: bytes) -> bool:
+    value = await client.get(key)
+    return value is not None and bytes(value).startswith(prefix)
 
 
 async def test_redis_down_answers_503_and_records_nothing(tmp_path: pathlib.Path) -> None:

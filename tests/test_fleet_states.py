@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 
 from kling_async import KlingSession, PollPolicy, RetryPolicy
-from kling_async._redis_states import record_hint
+from kling_async._fleet import Fleet
+from kling_async._redis_states import Hints
 from kling_async._task_codec import encode_task
 from kling_async.models import Task, TaskStatus
 from kling_async.testing import EmulatedTask, KlingEmulator
@@ -319,7 +321,7 @@ async def test_a_lost_notification_still_wakes_the_wait_by_the_slow_reread(
 async def test_a_recorded_hint_wakes_a_wait_in_another_session_at_once(
     redis_url: str, confirm: bool
 ) -> None:
-    """record_hint (a callback receiver's) wakes a wait of another session within 100 ms
+    """A recorded hint (a callback receiver's) wakes a wait of another session within 100 ms
     (asserted under 1 s for CI); with confirm, the leader's one query confirms it first."""
     async with KlingEmulator(task_seconds=_seconds(30, 40)) as emu:
         (task_id,) = await _make(emu, 1)
@@ -339,7 +341,9 @@ async def test_a_recorded_hint_wakes_a_wait_in_another_session_at_once(
                 emu.set_status(task_id, "succeed")
                 queries = emu.count("query")
                 started = time.perf_counter()
-                await record_hint(client, account, task_id, _done_task(task_id), confirm=confirm)
+                await Hints(Fleet(client, account=None)).record(
+                    account, task_id, _done_task(task_id), confirm=confirm
+                )
                 task = await wait
                 woke = time.perf_counter() - started
         finally:
@@ -402,8 +406,9 @@ async def test_a_leader_whose_lease_was_taken_stops_polling_at_once(redis_url: s
         account = account_of(emu.base_url, emu.access_key)
         async with _session(emu, redis_url) as session:
             waits = [asyncio.create_task(session.task(i).wait(timeout=20)) for i in ids]
-            await asyncio.sleep(1.0)
-            assert _polls(emu) > 0  # it leads, so it polls
+            with anyio.fail_after(5):  # it leads, so it polls (what Redis did not know)
+                while not _polls(emu):
+                    await asyncio.sleep(0.05)
             client = await _foreign_leader(redis_url, account)
             try:
                 await asyncio.sleep(1.2)  # a renewal round (1 s) finds the lease gone
@@ -412,7 +417,9 @@ async def test_a_leader_whose_lease_was_taken_stops_polling_at_once(redis_url: s
                 assert before == _polls(emu)
                 assert not any(wait.done() for wait in waits)
                 for task_id in ids:  # the (foreign) leader's news reaches its waits
-                    await record_hint(client, account, task_id, _done_task(task_id), confirm=False)
+                    await Hints(Fleet(client, account=None)).record(
+                        account, task_id, _done_task(task_id), confirm=False
+                    )
                 tasks = await asyncio.gather(*waits)
             finally:
                 await client.aclose()
@@ -443,3 +450,25 @@ async def test_the_leader_polls_the_tasks_that_hold_slots_until_they_finish(
             else:
                 raise AssertionError(f"the slot's task was not seen finished: {value!r}")
         assert emu.count("query") + emu.count("list") > 0
+
+
+async def test_the_leader_s_wait_on_a_task_redis_knows_sends_nothing(redis_url: str) -> None:
+    """A wait on tasks this process never saw (another process made them and saw them
+    finish) gives Redis its first look: the leader sends no query for them (a wait-all over
+    a fleet's thousand finished tasks sent a query each)."""
+    async with KlingEmulator(task_seconds=_seconds(30, 40)) as emu:
+        ids = await _make(emu, 5)
+        account = account_of(emu.base_url, emu.access_key)
+        async with aioredis.Redis.from_url(redis_url) as client:
+            hints = Hints(Fleet(client, account=None))
+            for task_id in ids:  # what the process that saw them finish recorded
+                await hints.record(account, task_id, _done_task(task_id), confirm=False)
+            before = _polls(emu)
+            async with _session(emu, redis_url) as session:
+                with anyio.fail_after(10):
+                    while not await client.exists(f"kling-async:{account}:leader"):
+                        await asyncio.sleep(0.05)  # the only session: it leads (it polls)
+                    tasks = await asyncio.gather(*(session.task(i).wait() for i in ids))
+
+        assert all(task.done for task in tasks)
+        assert before == _polls(emu)
