@@ -22,16 +22,19 @@ exited, whatever the way) or on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from kling_async.testing import EmulatedTask, KlingEmulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.emulator_process import until_stopped
 
 
 class StampedRequests(list):  # type: ignore[type-arg]  # holds RecordedRequest
@@ -129,24 +132,9 @@ async def serve() -> None:
     host, port = runner.addresses[0][:2]
     print(f"control: http://{host}:{port}", flush=True)
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def stdin_closed() -> None:
-        while await reader.read(4096):
-            pass
-        stop.set()
-
-    watcher = asyncio.create_task(stdin_closed())
     try:
-        await stop.wait()
+        await until_stopped(signal.SIGINT, signal.SIGTERM)
     finally:
-        watcher.cancel()
         await control.close()
         await runner.cleanup()
 

@@ -106,6 +106,8 @@ def figures(report: Any, clients: list[dict[str, Any]], n: int) -> dict[str, Any
         "wall": ended - started,
         "requests_per_task": len(report["requests"]["route"]) / n,
         "non_create": routes["query"] + routes["list"],
+        "queries": routes["query"],
+        "lists": routes["list"],
         "p95": percentile(latencies, 0.95),
         "refused_1303": refused,
         "tasks": len(tasks),

@@ -44,9 +44,11 @@ import datetime as dt
 import enum
 import hashlib
 import json
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import anyio
 import attrs
 
 from .errors import JournalError
@@ -63,10 +65,14 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "canonical",
+    "check_claim",
     "check_id",
     "check_key",
+    "claim_waiting",
     "fingerprint",
 ]
+
+_FIRST_POLL, _MAX_POLL = 0.005, 0.1  # seconds: waiting for another instance's create to end
 
 
 class EntryState(str, enum.Enum):
@@ -319,3 +325,38 @@ def check_id(name: str, value: object) -> str:
     if not value.strip():
         raise ValueError(f"{name} must not be empty")
     return value
+
+
+def check_claim(key: object, request: object, stamp: object, wait: object) -> None:
+    """The arguments of `Journal.claim`, checked before any I/O (TypeError or ValueError)."""
+    check_key(key)
+    if not isinstance(request, ExtendRequest):
+        raise TypeError(f"request must be an ExtendRequest, not {type(request).__name__}")
+    if stamp is not None:
+        check_id("stamp", stamp)
+        if request.external_task_id is not None:
+            raise ValueError("a request with its own external_task_id is not stamped")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+        raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
+
+
+async def claim_waiting(
+    once: Callable[[], Awaitable[Claim]],
+    released: Callable[[], anyio.Event | None],
+    wait: float,
+) -> Claim:
+    """``once()`` until its claim is not BUSY, or ``wait`` seconds have passed: polled
+    (5 ms, doubling up to 100 ms) and woken at once by the event ``released()`` gives, which
+    the journal sets when this instance lets a key go."""
+    deadline = time.monotonic() + wait
+    delay = _FIRST_POLL
+    while True:
+        event = released()
+        claim = await once()
+        remaining = deadline - time.monotonic()
+        if claim.outcome is not ClaimOutcome.BUSY or remaining <= 0:
+            return claim
+        assert event is not None
+        with anyio.move_on_after(min(delay, remaining)):
+            await event.wait()
+        delay = min(delay * 2, _MAX_POLL)

@@ -32,7 +32,6 @@ import datetime as dt
 import functools
 import logging
 import secrets
-import time
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +46,10 @@ from ._journal import (
     EntryState,
     JournalEntry,
     canonical,
+    check_claim,
     check_id,
     check_key,
+    claim_waiting,
     fingerprint,
 )
 from ._journal_hash import UNFINISHED, fields_of, read_hash, score_of
@@ -78,7 +79,6 @@ __all__ = ["JournalUnavailableError", "RedisJournal"]
 logger = logging.getLogger("kling_async")
 
 _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
-_FIRST_POLL, _MAX_POLL = 0.005, 0.1  # waiting for another instance's create to end
 
 
 class RedisJournal:
@@ -163,29 +163,14 @@ class RedisJournal:
         A BUSY key is polled for up to ``wait`` seconds (woken at once when this instance
         lets it go, and taken over once its owner's lease lapses) before BUSY is returned.
         """
-        check_key(key)
-        if not isinstance(request, ExtendRequest):
-            raise TypeError(f"request must be an ExtendRequest, not {type(request).__name__}")
-        if stamp is not None:
-            check_id("stamp", stamp)
-            if request.external_task_id is not None:
-                raise ValueError("a request with its own external_task_id is not stamped")
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-            raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
+        check_claim(key, request, stamp, wait)
         claimed_at = stamp_time(now, "now")
-        deadline = time.monotonic() + wait
-        delay = _FIRST_POLL
-        while True:
+
+        async def once() -> Claim:
             self._check_open()
-            released = self._released
-            claim = await self._claim_once(key, request, stamp, claimed_at)
-            remaining = deadline - time.monotonic()
-            if claim.outcome is not ClaimOutcome.BUSY or remaining <= 0:
-                return claim
-            assert released is not None
-            with anyio.move_on_after(min(delay, remaining)):
-                await released.wait()
-            delay = min(delay * 2, _MAX_POLL)
+            return await self._claim_once(key, request, stamp, claimed_at)
+
+        return await claim_waiting(once, lambda: self._released, wait)
 
     async def _claim_once(
         self, key: str, request: ExtendRequest, stamp: str | None, claimed_at: str

@@ -26,7 +26,6 @@ import contextlib
 import datetime as dt
 import os
 import pathlib
-import time
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._journal import Claim, ClaimOutcome, JournalEntry, check_id, check_key
+from ._journal import Claim, JournalEntry, check_claim, check_id, check_key, claim_waiting
 from ._journal_owners import Owners
 from ._journal_rows import stamp_time, task_text
 from ._journal_rules import MARK_CREATED, MARK_NOT_SENT, MARK_REFUSED, MARK_SENDING, Move
@@ -48,7 +47,6 @@ __all__ = ["SQLiteJournal"]
 
 _T = TypeVar("_T")
 _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
-_FIRST_POLL, _MAX_POLL = 0.005, 0.1  # waiting for another process's create to end
 
 
 class SQLiteJournal:
@@ -165,28 +163,13 @@ class SQLiteJournal:
         up to ``wait`` seconds (woken at once when this instance lets it go) before BUSY is
         returned.
         """
-        check_key(key)
-        if not isinstance(request, ExtendRequest):
-            raise TypeError(f"request must be an ExtendRequest, not {type(request).__name__}")
-        if stamp is not None:
-            check_id("stamp", stamp)
-            if request.external_task_id is not None:
-                raise ValueError("a request with its own external_task_id is not stamped")
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-            raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
+        check_claim(key, request, stamp, wait)
         claimed_at = stamp_time(now, "now")
-        deadline = time.monotonic() + wait
-        delay = _FIRST_POLL
-        while True:
-            released = self._released
-            claim = await self._run(self._sql.claim, key, request, stamp, claimed_at)
-            remaining = deadline - time.monotonic()
-            if claim.outcome is not ClaimOutcome.BUSY or remaining <= 0:
-                return claim
-            assert released is not None
-            with anyio.move_on_after(min(delay, remaining)):
-                await released.wait()
-            delay = min(delay * 2, _MAX_POLL)
+        return await claim_waiting(
+            lambda: self._run(self._sql.claim, key, request, stamp, claimed_at),
+            lambda: self._released,
+            wait,
+        )
 
     async def mark_sending(
         self,

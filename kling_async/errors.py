@@ -395,7 +395,22 @@ class MediaExpiredError(DownloadError):
     """
 
 
-class JournalError(KlingError):
+class _KeyedError(KlingError):
+    """An error about a journal key (``key``) and the task made for it (``task_id``), either
+    possibly None; both are named in the message."""
+
+    def __init__(self, message: str, *, key: str | None = None, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        named = (("key", self.key), ("task", self.task_id))
+        details = [f"{name} {value!r}" for name, value in named if value is not None]
+        return f"{self.args[0]} ({', '.join(details)})" if details else str(self.args[0])
+
+
+class JournalError(_KeyedError):
     """The journal file cannot be used: not a journal, a newer schema, an I/O failure, a
     record that cannot be read, or a file deleted while open.
 
@@ -406,18 +421,8 @@ class JournalError(KlingError):
     Added in version 0.2.
     """
 
-    def __init__(self, message: str, *, key: str | None = None, task_id: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.task_id = task_id
 
-    def __str__(self) -> str:
-        named = (("key", self.key), ("task", self.task_id))
-        details = [f"{name} {value!r}" for name, value in named if value is not None]
-        return f"{self.args[0]} ({', '.join(details)})" if details else str(self.args[0])
-
-
-class FleetError(KlingError):
+class FleetError(_KeyedError):
     """The fleet's Redis could not do what a shared promise needs (``docs/fleet.md``).
 
     ``key`` names the journal key concerned, when one is, and ``task_id`` the task the server
@@ -427,16 +432,6 @@ class FleetError(KlingError):
 
     Added in version 0.3.
     """
-
-    def __init__(self, message: str, *, key: str | None = None, task_id: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.task_id = task_id
-
-    def __str__(self) -> str:
-        named = (("key", self.key), ("task", self.task_id))
-        details = [f"{name} {value!r}" for name, value in named if value is not None]
-        return f"{self.args[0]} ({', '.join(details)})" if details else str(self.args[0])
 
 
 class FleetUnavailableError(FleetError):

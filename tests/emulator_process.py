@@ -87,24 +87,32 @@ async def serve(config: dict[str, Any]) -> None:
             ),
             flush=True,
         )
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-        async def stdin_closed() -> None:
-            while await reader.read(4096):
-                pass
-            stop.set()
-
-        watcher = asyncio.create_task(stdin_closed())
         try:
-            await stop.wait()
+            await until_stopped(signal.SIGTERM)
         finally:
-            watcher.cancel()
             await runner.cleanup()
+
+
+async def until_stopped(*signals: signal.Signals) -> None:
+    """Return once stdin closes (the parent exited, whatever the way) or a signal comes."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def stdin_closed() -> None:
+        while await reader.read(4096):
+            pass
+        stop.set()
+
+    watcher = asyncio.create_task(stdin_closed())
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
 
 
 if __name__ == "__main__":
