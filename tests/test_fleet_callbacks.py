@@ -314,6 +314,45 @@ async def test_redis_down_answers_503_and_records_nothing(tmp_path: pathlib.Path
         server.close()
 
 
+async def test_a_bind_that_met_redis_away_is_written_once_it_is_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Redis stops while the create is on the wire: binding the callback token fails, is
+    tried again, and once Redis is back the task's callback wakes the wait (no poll: a
+    bind given up on left the callbacks early ones, and the wait to the safety poll)."""
+    server = RedisServer(directory=tmp_path).start()
+    try:
+        async with (
+            worker(server.url) as (receiver, _),
+            KlingEmulator(auto_advance=False) as emu,
+            official(emu, fleet=server.url, callbacks=receiver, poll_policy=SLOW) as session,
+        ):
+            check = aioredis.Redis.from_url(server.url)
+            emu.inject(Fault.delay(1.0), route="create")
+            create = asyncio.ensure_future(session.extend("vid-1"))
+            with anyio.fail_after(5):  # its slot is taken: the create goes on the wire now
+                while not await check.keys("kling-async:*:slots"):
+                    await asyncio.sleep(0.01)
+            await check.aclose()
+            server.stop()
+            handle = await create
+            url = callback_url_of(emu, handle)
+            account, nonce, _ = token_of(url).split(".")
+            server.start()
+            check = aioredis.Redis.from_url(server.url)
+            with anyio.fail_after(20):
+                await until(lambda: _bound(check, account, nonce), 20)
+            queries = emu.count("query")
+            emu.set_status(handle.task_id, "succeed")
+            with anyio.fail_after(10):
+                task = await handle.wait()
+            await check.aclose()
+        assert task.done
+        assert queries + 1 >= emu.count("query")  # at most the final callback's confirmation
+    finally:
+        server.close()
+
+
 async def test_a_receiver_that_cannot_read_the_secret_answers_503(redis_url: str) -> None:
     """A worker whose Redis is unreachable cannot check a fleet token: 503, never 200."""
     async with (
