@@ -44,11 +44,9 @@ import datetime as dt
 import enum
 import hashlib
 import json
-import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import anyio
 import attrs
 
 from .errors import JournalError
@@ -68,11 +66,8 @@ __all__ = [
     "check_claim",
     "check_id",
     "check_key",
-    "claim_waiting",
     "fingerprint",
 ]
-
-_FIRST_POLL, _MAX_POLL = 0.005, 0.1  # seconds: waiting for another instance's create to end
 
 
 class EntryState(str, enum.Enum):
@@ -338,25 +333,3 @@ def check_claim(key: object, request: object, stamp: object, wait: object) -> No
             raise ValueError("a request with its own external_task_id is not stamped")
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
         raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
-
-
-async def claim_waiting(
-    once: Callable[[], Awaitable[Claim]],
-    released: Callable[[], anyio.Event | None],
-    wait: float,
-) -> Claim:
-    """``once()`` until its claim is not BUSY, or ``wait`` seconds have passed: polled
-    (5 ms, doubling up to 100 ms) and woken at once by the event ``released()`` gives, which
-    the journal sets when this instance lets a key go."""
-    deadline = time.monotonic() + wait
-    delay = _FIRST_POLL
-    while True:
-        event = released()
-        claim = await once()
-        remaining = deadline - time.monotonic()
-        if claim.outcome is not ClaimOutcome.BUSY or remaining <= 0:
-            return claim
-        assert event is not None
-        with anyio.move_on_after(min(delay, remaining)):
-            await event.wait()
-        delay = min(delay * 2, _MAX_POLL)

@@ -49,7 +49,6 @@ from ._journal import (
     check_claim,
     check_id,
     check_key,
-    claim_waiting,
     fingerprint,
 )
 from ._journal_hash import UNFINISHED, fields_of, read_hash, score_of
@@ -65,6 +64,7 @@ from ._journal_rules import (
     missed_move,
     to_record,
 )
+from ._journal_wait import claim_waiting
 from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore, utc_now
 from .errors import ClaimLostError, InvalidArgumentError, JournalError
 from .models import ExtendRequest, TaskStatus

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._journal import Claim, JournalEntry, check_claim, check_id, check_key, claim_waiting
+from ._journal import Claim, JournalEntry, check_claim, check_id, check_key
 from ._journal_owners import Owners
 from ._journal_rows import stamp_time, task_text
 from ._journal_rules import MARK_CREATED, MARK_NOT_SENT, MARK_REFUSED, MARK_SENDING, Move
 from ._journal_sql import JournalSQL
+from ._journal_wait import claim_waiting
 from .models import ExtendRequest, TaskStatus
 
 if TYPE_CHECKING:
