@@ -394,3 +394,31 @@ async def test_a_key_over_the_limit_is_refused_before_its_claim(
         with pytest.raises(InvalidArgumentError):
             await session.extend(video.id, key="row-2")
     assert 1 == emu.count("create")
+
+
+async def test_the_emulator_refuses_a_length_that_is_not_a_positive_number(
+    emu: KlingEmulator,
+) -> None:
+    """set_video_duration takes a finite number > 0."""
+    with pytest.raises(TypeError):
+        emu.set_video_duration("v1", "5")  # type: ignore[arg-type]  # wrong on purpose
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="seconds"):
+            emu.set_video_duration("v1", bad)
+
+
+async def test_a_key_the_journal_holds_is_left_to_its_record(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A known-too-long video under a key already recorded: the record answers, not the check."""
+    journal = tmp_path / "j.sqlite3"
+    emu.set_video_duration("start", 172.0)
+    async with official(emu, journal=journal) as knowing:
+        video = await _extend_and_wait(knowing, "start")  # 176.1 s, known to this session
+        async with official(emu, journal=journal) as other:  # does not know the length
+            with pytest.raises(SourceVideoInvalidError):
+                await other.extend(video.id, key="row-1")
+        with pytest.raises(SourceVideoInvalidError) as again:
+            await knowing.extend(video.id, key="row-1")
+    assert 2 == emu.count("create")
+    assert (TOO_LONG, 0) == (again.value.reason, again.value.status)
