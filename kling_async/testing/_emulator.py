@@ -665,7 +665,7 @@ class KlingEmulator:
         self._failed_videos[video_id] = message
 
     def forget_video(self, video_id: str) -> None:
-        """Make later creates for `video_id` answer HTTP 404 code 1203 (video expired)."""
+        """Make later creates for `video_id` answer HTTP 404 code 1203 ("does not exist")."""
         self._forgotten_videos.add(video_id)
 
     def expire_video(self, video_id: str) -> None:
