@@ -11,6 +11,7 @@ everything needed to resolve it by hand. What a failure means is the retry decis
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -144,6 +145,9 @@ class Creator:
         wire = self._wire
         clock = wire.clock
         http_request = sansio.create_request(wire.base_url, request)
+        # A refusal names the source video, and why it cannot be extended (docs/errors.md,
+        # "Refused source videos").
+        parse = functools.partial(sansio.parse_created, video_id=request.video_id)
         started = clock()
         first_refusal: float | None = None  # when the first 1303 came
         slot_time = 0.0  # tries refused with 1303 and their waits: not the retry budget's
@@ -170,7 +174,7 @@ class Creator:
                 task = await wire.send(
                     http_request,
                     authorization,
-                    sansio.parse_created,
+                    parse,
                     retry + 1,
                     before_send=leaving,
                     shielded=True,

@@ -16,6 +16,7 @@ import anyio
 from ._attempt import CallbackSlot
 from ._create import Creator
 from ._journal import ClaimOutcome, Journal
+from ._source_video import source_video_error
 from .errors import APIError, ClaimLostError, JournalError, KlingError, NotFoundError
 from .models import ExtendRequest, Task, TaskStatus
 from .sansio import error_class_for
@@ -103,12 +104,20 @@ async def keyed_create(
         if outcome is ClaimOutcome.REFUSED:
             entry = claim.entry
             cls = error_class_for(400, entry.refusal_code)
-            raise cls(
+            message = (
                 f"the create for key {key!r} was refused before and is not sent again: "
-                f"{entry.refusal_reason}",
-                status=0,  # not a reply: the journal remembers the refusal
-                code=entry.refusal_code,
+                f"{entry.refusal_reason}"
             )
+            # status 0: not a reply, the journal remembers the refusal (and its words).
+            source = source_video_error(
+                cls,
+                message,
+                video_id=claim.request.video_id,
+                status=0,
+                code=entry.refusal_code,
+                reason_status=404 if cls is NotFoundError else 400,
+            )
+            raise source or cls(message, status=0, code=entry.refusal_code)
         if outcome is ClaimOutcome.GONE:
             entry = claim.entry
             raise NotFoundError(

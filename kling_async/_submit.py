@@ -21,6 +21,7 @@ from ._create import Creator
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, JournalEntry
 from ._keyed import KeyedCreates
+from ._source_video import KnownDurations, too_long
 from ._watch import Watcher
 from .errors import KlingError
 from .models import ExtendRequest
@@ -53,6 +54,10 @@ class Submitter:
         self._stamp = stamp
         self._busy_wait = busy_wait  # how long a key another process is creating is awaited
         self.keyed: KeyedCreates | None = None
+        self._journal = journal
+        # The lengths of the videos this session saw, for the 3-minute limit of an extend.
+        self.durations = KnownDurations()
+        watcher.events.seen = self.durations.saw
         if journal is not None:
             self.keyed = KeyedCreates(creator, journal)
             watcher.events.done = self.keyed.finished
@@ -69,8 +74,18 @@ class Submitter:
     async def submit(
         self, request: ExtendRequest, deadline: float | None, key: str | None = None
     ) -> TaskHandle:
-        """Create ``request`` (under journal ``key``) and return its handle."""
+        """Create ``request`` (under journal ``key``) and return its handle.
+
+        An extend of a video this session saw that could pass 3 minutes is refused with
+        `InvalidArgumentError` before anything is sent, unless the journal already holds
+        ``key`` (its record decides: it may have made its task already).
+        """
         self._check_open()
+        refusal = too_long(request.video_id, self.durations.get(request.video_id))
+        if refusal is not None and (
+            key is None or self._journal is None or await self._journal.get(key) is None
+        ):
+            raise refusal
         link = self.link
         if link is None or request.callback_url is not None:
             return await self._submit(request, deadline, key, None)
@@ -127,7 +142,12 @@ class Submitter:
         self, requests: list[ExtendRequest], deadline: float | None
     ) -> list[TaskHandle | KlingError]:
         """Submit side by side; in input order, each one's handle or error (see
-        `KlingSession.extend_many`)."""
+        `KlingSession.extend_many`). An extend that could pass 3 minutes (see `submit`)
+        raises `InvalidArgumentError` before any of them is sent."""
+        for index, request in enumerate(requests):
+            refusal = too_long(request.video_id, self.durations.get(request.video_id), index=index)
+            if refusal is not None:
+                raise refusal
         results: list[TaskHandle | KlingError | None] = [None] * len(requests)
 
         async def submit(index: int, request: ExtendRequest) -> None:

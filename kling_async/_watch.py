@@ -61,15 +61,17 @@ class WatchEvents:
     ``gone``: a query answered that the task does not exist (404/1203); it must not raise.
     ``finished``: the task's changes need no more telling (seen finished, or a final hint
     came while nobody waited): a callback receiver retires its token.
+    ``seen``: a task object was taken into a state (its videos' lengths are remembered).
     """
 
-    __slots__ = ("done", "finished", "gone", "slot_freed")
+    __slots__ = ("done", "finished", "gone", "seen", "slot_freed")
 
     def __init__(self, *, slot_freed: Callable[[str, bool], None] = _nothing) -> None:
         self.slot_freed = slot_freed
         self.done: Callable[[Task], Awaitable[None]] | None = None
         self.gone: Callable[[str, KlingError], Awaitable[None]] | None = None
         self.finished: Callable[[str], None] | None = None
+        self.seen: Callable[[Task], None] | None = None
 
 
 class Watcher:
@@ -312,6 +314,8 @@ class Watcher:
     def _saw(self, task: Task) -> None:
         """Notice tasks that finish: a task seen done frees its parallel-task slot, whoever
         made it (a task made by a process that died holds one until someone sees it done)."""
+        if (seen := self.events.seen) is not None:
+            seen(task)
         running = self._running
         if not task.done:
             running[task.task_id] = None

@@ -11,11 +11,15 @@ subclass of one. The tree::
     │   │   ├── QuotaExhaustedError   1101 arrears, 1102 resource pack used up
     │   │   └── PermissionDeniedError 1103 no permission, 1304 IP whitelist
     │   ├── InvalidRequestError       1200-1202 (400)
+    │   │   └── SourceVideoInvalidError     the source video cannot be extended (too long)
     │   ├── NotFoundError             1203 (404): task or video does not exist
+    │   │   └── SourceVideoNotFoundError    the source video, or its model, is gone
     │   ├── ContentPolicyError        1300-1301: platform policy, content safety
     │   ├── RateLimitError            1302: too many requests, retried with backoff
     │   │   └── TaskLimitError        1303: too many running tasks, waits for a slot
-    │   └── ServerError               5000-5002 and other 5xx
+    │   ├── ServerError               5000-5002 and other 5xx
+    │   └── SourceVideoError          a create refused for its source video (``reason``):
+    │                                 the base of the two SourceVideo*Error above
     ├── TransportError                no usable response (connection, timeout)
     ├── ResponseDecodeError           the body is not the promised JSON
     ├── RetryAfterTooLongError        the server asked for a wait over the cap
@@ -38,7 +42,7 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .models import ExtendRequest, Task
+    from .models import ExtendRequest, SourceVideoReason, Task
 
 __all__ = [
     "APIError",
@@ -64,6 +68,9 @@ __all__ = [
     "RetryAfterTooLongError",
     "ServerError",
     "SessionClosedError",
+    "SourceVideoError",
+    "SourceVideoInvalidError",
+    "SourceVideoNotFoundError",
     "SubmitTimeoutError",
     "TaskFailedError",
     "TaskLimitError",
@@ -153,6 +160,93 @@ class InvalidRequestError(APIError):
 
 class NotFoundError(APIError):
     """The task or video does not exist (1203), or the route is not there (HTTP 404)."""
+
+
+# What each `SourceVideoReason` means, in words (keyed by its value: a str enum).
+_SOURCE_WORDS = {
+    "model_retired": (
+        "it was made by a model Kling retired (video-extend takes only videos made by its "
+        "V1.0, V1.5 and V1.6 models)"
+    ),
+    "video_expired": (
+        "it has expired or was deleted (Kling deletes videos 30 days after they are made)"
+    ),
+    "too_long": (
+        "it is too long: an extended video may be at most 3 minutes, and each extend adds 4-5 s"
+    ),
+    "not_found": "Kling did not find it (a wrong id, or another account's video)",
+}
+
+
+class SourceVideoError(APIError):
+    """Kling refused a create because of its source video ``video_id``; ``reason`` (a
+    `SourceVideoReason`) says why, and ``str()`` says it in words.
+
+    It is raised as `SourceVideoNotFoundError` for Kling's 404 (code 1203), and as
+    `SourceVideoInvalidError` for a 400 (code 1200 or 1201), so that an ``except
+    NotFoundError`` or ``except InvalidRequestError`` written before still catches it.
+    ``message`` is the server's own text.
+
+    Added in version 0.3.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        video_id: str,
+        reason: SourceVideoReason,
+        status: int,
+        code: int | None = None,
+        request_id: str | None = None,
+        task_id: str | None = None,
+        gateway_code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            request_id=request_id,
+            task_id=task_id,
+            gateway_code=gateway_code,
+            retry_after=retry_after,
+        )
+        self.video_id = video_id
+        self.reason = reason
+
+    @property
+    def explanation(self) -> str:
+        """Why, in words (without the server's message)."""
+        return _SOURCE_WORDS.get(self.reason.value, "Kling refused it")
+
+    def __str__(self) -> str:
+        return (
+            f"video {self.video_id!r} cannot be extended: {self.explanation}: {super().__str__()}"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, video_id={self.video_id!r}, "
+            f"reason={self.reason.value!r}, status={self.status}, code={self.code}, "
+            f"request_id={self.request_id!r})"
+        )
+
+
+class SourceVideoNotFoundError(SourceVideoError, NotFoundError):
+    """A `SourceVideoError` answered as "not found" (404, code 1203): the video, or the
+    model that made it, is gone.
+
+    Added in version 0.3.
+    """
+
+
+class SourceVideoInvalidError(SourceVideoError, InvalidRequestError):
+    """A `SourceVideoError` answered as an invalid request (400, code 1200 or 1201), such
+    as a video too long to extend.
+
+    Added in version 0.3.
+    """
 
 
 class ContentPolicyError(APIError):

@@ -20,6 +20,7 @@ from .errors import InvalidArgumentError
 __all__ = [
     "ExtendRequest",
     "SessionStatistics",
+    "SourceVideoReason",
     "Task",
     "TaskInfo",
     "TaskResult",
@@ -72,6 +73,27 @@ class TaskStatus(str, enum.Enum):
 
 _KNOWN = frozenset(s.value for s in TaskStatus)
 _DONE = frozenset({TaskStatus.SUCCEED.value, TaskStatus.FAILED.value})
+
+
+class SourceVideoReason(str, enum.Enum):
+    """Why Kling will not extend a source video (``docs/errors.md``, "Refused source videos").
+
+    Added in version 0.3.
+    """
+
+    MODEL_RETIRED = "model_retired"
+    """Made by a model Kling retired, or one video-extend does not take (only V1.0, V1.5
+    and V1.6 videos can be extended)."""
+    VIDEO_EXPIRED = "video_expired"
+    """Expired or deleted: Kling deletes videos 30 days after they are made."""
+    TOO_LONG = "too_long"
+    """Extending it would pass 3 minutes, the longest an extended video may be."""
+    NOT_FOUND = "not_found"
+    """Kling did not find it, and did not say why (a wrong id, another account's video, or
+    one of the above in words the SDK does not know)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @attrs.frozen(kw_only=True)

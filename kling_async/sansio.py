@@ -19,6 +19,7 @@ import cattrs
 
 from ._converter import Envelope, converter
 from ._policies import parse_retry_after
+from ._source_video import source_video_error
 from .errors import (
     AccountError,
     APIError,
@@ -134,13 +135,15 @@ def list_request(base_url: str, page: int, page_size: int) -> HTTPRequest:
     return HTTPRequest("GET", base_url + path, path, _JSON_HEADERS)
 
 
-def parse_created(response: HTTPResponse, now: dt.datetime) -> Task:
+def parse_created(response: HTTPResponse, now: dt.datetime, *, video_id: str | None = None) -> Task:
     """Read a create reply: ``data`` holds the new task (id, status, times).
 
     A reply that names the task but leaves out its status still made it: a new task is
     ``submitted`` (the server may leave out any field; docs/concepts.md, "Task handles").
+    A refusal because of the source video ``video_id`` (retired model, expired, too long)
+    raises a `SourceVideoError` (docs/errors.md, "Refused source videos").
     """
-    data, request_id, status = _data(response, now, task_id=None)
+    data, request_id, status = _data(response, now, task_id=None, video_id=video_id)
     if isinstance(data, dict) and data.get("task_status") is None:
         data = {**data, "task_status": "submitted"}
     return _structure_task(data, request_id, status)
@@ -217,7 +220,7 @@ def _structure_task(data: Any, request_id: str | None, status: int) -> Task:
 
 
 def _data(
-    response: HTTPResponse, now: dt.datetime, *, task_id: str | None
+    response: HTTPResponse, now: dt.datetime, *, task_id: str | None, video_id: str | None = None
 ) -> tuple[Any, str | None, int]:
     """Unwrap the envelope: return (data, request_id, status) or raise the matching error."""
     status = response.status
@@ -271,7 +274,7 @@ def _data(
             excerpt=_excerpt(response.body),
             request_id=envelope.request_id,
         )
-    raise _envelope_error(response, envelope, code, now, task_id=task_id)
+    raise _envelope_error(response, envelope, code, now, task_id=task_id, video_id=video_id)
 
 
 def _int_code(code: object) -> int | None:
@@ -294,6 +297,7 @@ def _envelope_error(
     now: dt.datetime,
     *,
     task_id: str | None,
+    video_id: str | None = None,
 ) -> APIError:
     message, request_id = envelope.message, envelope.request_id
     gateway_code = None
@@ -305,14 +309,29 @@ def _envelope_error(
         if embedded is not None:
             code, message, request_id = embedded[0], embedded[1], embedded[2] or request_id
     cls = error_class_for(response.status, code)
+    message = message or _MEANINGS.get(code or 0, "the request failed")
+    retry_after = parse_retry_after(response.retry_after, now)
+    if video_id is not None:  # a create's refusal: is it about its source video?
+        source = source_video_error(
+            cls,
+            message,
+            video_id=video_id,
+            status=response.status,
+            code=code,
+            request_id=request_id,
+            gateway_code=gateway_code,
+            retry_after=retry_after,
+        )
+        if source is not None:
+            return source
     return cls(
-        message or _MEANINGS.get(code or 0, "the request failed"),
+        message,
         status=response.status,
         code=code,
         request_id=request_id,
         task_id=task_id,
         gateway_code=gateway_code,
-        retry_after=parse_retry_after(response.retry_after, now),
+        retry_after=retry_after,
     )
 
 

@@ -32,7 +32,12 @@ from aiohttp import web
 
 from kling_async.testing._auth import check_authorization
 from kling_async.testing._fault import API_KINDS, CALLBACK_KINDS, MEDIA_KINDS, Fault
-from kling_async.testing._records import EmulatedTask, RecordedCallback, RecordedRequest
+from kling_async.testing._records import (
+    PARENT_DURATION,
+    EmulatedTask,
+    RecordedCallback,
+    RecordedRequest,
+)
 
 __all__ = ["KlingEmulator"]
 
@@ -47,6 +52,8 @@ _FINAL: Final = frozenset({"succeed", "failed"})
 # Progress of an automatically advanced task: 0 submitted, 1 processing, 2 finished.
 _STAGES: Final = {"submitted": 0, "processing": 1, "succeed": 2, "failed": 2}
 _MAX_TEXT: Final = 2500
+EXTEND_SECONDS: Final = 4.1  # what each extend adds to its source (Kling: 4-5 s)
+MAX_EXTENDED_SECONDS: Final = 180.0  # Kling: an extended video may not exceed 3 minutes
 _CALLBACK_TIMEOUT: Final = 10.0
 _SHUTDOWN_TIMEOUT: Final = 2.0
 # The background ticker wakes at the next deadline, but at least this often (a replaced clock
@@ -471,6 +478,11 @@ class KlingEmulator:
         self._by_external_id: dict[str, str] = {}
         self._failed_videos: dict[str, str] = {}
         self._forgotten_videos: set[str] = set()
+        # Refused sources (docs/testing.md, "Refused source videos"): expired videos, videos
+        # of a retired model (the model's name), and the lengths of the videos it knows.
+        self._expired_videos: set[str] = set()
+        self._retired_videos: dict[str, str] = {}
+        self._video_durations: dict[str, float] = {}
         self._injections: list[_Injection] = []
         self._runners: list[web.AppRunner] = []
         self._base_url: str | None = None
@@ -653,8 +665,32 @@ class KlingEmulator:
         self._failed_videos[video_id] = message
 
     def forget_video(self, video_id: str) -> None:
-        """Make later creates for `video_id` answer HTTP 404 code 1203 (video expired)."""
+        """Make later creates for `video_id` answer HTTP 404 code 1203 ("does not exist")."""
         self._forgotten_videos.add(video_id)
+
+    def expire_video(self, video_id: str) -> None:
+        """Make later creates for `video_id` answer 404 code 1203 saying it expired (Kling
+        deletes videos 30 days after they are made)."""
+        self._expired_videos.add(video_id)
+
+    def retire_model(self, video_id: str, model: str = "kling-v1") -> None:
+        """Make later creates for `video_id` answer 404 code 1203 saying that `model`, which
+        made it, was discontinued (Kling's answer for a retired model)."""
+        self._retired_videos[video_id] = model
+
+    def set_video_duration(self, video_id: str, seconds: float) -> None:
+        """Give `video_id` a length: tasks extending it show it as their parent video's
+        duration, and a create whose extension would pass 3 minutes is refused.
+
+        The emulator also knows the lengths of the result videos it made: each extend adds
+        `EXTEND_SECONDS` to the length of its source (a video it does not know counts as
+        5.0 s), so an extend chain reaches the 3-minute limit as on Kling.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError("seconds must be a number")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
+        self._video_durations[video_id] = float(seconds)
 
     def media_content(self, video_id: str) -> bytes:
         """The bytes the media host serves for `video_id` (``/media/<video_id>.mp4``).
@@ -908,6 +944,7 @@ class KlingEmulator:
             external_id = _optional_id(parsed, "external_task_id")
         if video_id in self._forgotten_videos:
             raise _BadRequest(404, 1203, f"video {video_id} does not exist")
+        parent_duration = self._check_source(video_id)
         if external_id is not None and (
             external_id in self._by_external_id or external_id in self.tasks
         ):
@@ -932,7 +969,10 @@ class KlingEmulator:
             index=len(self._order),
             watermark=watermark,
             unit_deduction=self.unit_deduction,
+            parent_duration=f"{parent_duration:.1f}",
+            result_duration=f"{parent_duration + EXTEND_SECONDS:.1f}",
         )
+        self._video_durations[task.result_video_id] = round(parent_duration + EXTEND_SECONDS, 1)
         self._schedule_times(task)
         self.tasks[task.task_id] = task
         self._order.append(task.task_id)
@@ -949,6 +989,31 @@ class KlingEmulator:
         if external_id is not None:
             data["task_info"] = {"external_task_id": external_id}
         return _success(data)
+
+    def _check_source(self, video_id: str) -> float:
+        """Refuse a source video as Kling does (expired, of a retired model, or too long to
+        extend); return its length. Kling documents no wording for these refusals, nor a code
+        for a video too long: 400 / 1201 (invalid parameter) is the emulator's guess."""
+        if video_id in self._expired_videos:
+            raise _BadRequest(
+                404,
+                1203,
+                f"video {video_id} has expired: videos are deleted 30 days after they are made",
+            )
+        model = self._retired_videos.get(video_id)
+        if model is not None:
+            raise _BadRequest(
+                404, 1203, f"video {video_id} was made by model {model}, which is discontinued"
+            )
+        duration = self._video_durations.get(video_id, float(PARENT_DURATION))
+        if duration + EXTEND_SECONDS > MAX_EXTENDED_SECONDS:
+            raise _BadRequest(
+                400,
+                1201,
+                f"video {video_id} is too long to extend: its duration is {duration:.1f}s and "
+                f"an extended video may not exceed {MAX_EXTENDED_SECONDS:g}s",
+            )
+        return duration
 
     def _query(self, ident: str) -> _Reply:
         task = self._find(ident)

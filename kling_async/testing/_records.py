@@ -76,6 +76,8 @@ class EmulatedTask:
     turn ``processing`` and finish (Unix seconds of the emulator's clock, fixed at create).
     Other tasks get `finishes_at` when they reach ``succeed`` or ``failed``. `watermark` is the
     create's ``watermark_info.enabled`` (None when it sent none: the older task shape).
+    `parent_duration` and `result_duration` are the lengths the task object shows (strings,
+    as Kling sends them): the source's, and the source's plus what the extend added.
     """
 
     task_id: str
@@ -100,6 +102,8 @@ class EmulatedTask:
     timed: bool = False
     starts_at: float | None = None
     finishes_at: float | None = None
+    parent_duration: str = PARENT_DURATION
+    result_duration: str = RESULT_DURATION
 
     def media_url(self, video_id: str) -> str:
         """Where the emulator serves the (fake) video `video_id`."""
@@ -126,7 +130,7 @@ class EmulatedTask:
             task_info["parent_video"] = {
                 "id": self.video_id,
                 "url": self.media_url(self.video_id),
-                "duration": PARENT_DURATION,
+                "duration": self.parent_duration,
             }
             if self.external_task_id is not None:
                 task_info["external_task_id"] = self.external_task_id
@@ -134,7 +138,7 @@ class EmulatedTask:
             video = {
                 "id": self.result_video_id,
                 "url": self.media_url(self.result_video_id),
-                "duration": RESULT_DURATION,
+                "duration": self.result_duration,
             }
             if self.watermark:
                 video["watermark_url"] = self.media_url(self.result_video_id + WATERMARK_SUFFIX)
