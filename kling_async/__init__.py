@@ -44,6 +44,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .models import (
+    Cost,
     ExtendRequest,
     SessionStatistics,
     Task,
@@ -65,6 +66,7 @@ __all__ = [
     "ClaimLostError",
     "ClaimOutcome",
     "ContentPolicyError",
+    "Cost",
     "DownloadError",
     "DownloadPolicy",
     "EntryState",

@@ -61,12 +61,19 @@ class WatchEvents:
     ``gone``: a query answered that the task does not exist (404/1203); it must not raise.
     ``finished``: the task's changes need no more telling (seen finished, or a final hint
     came while nobody waited): a callback receiver retires its token.
+    ``ended``: a finished task was folded in or queried (as often as seen): what it cost.
     """
 
-    __slots__ = ("done", "finished", "gone", "slot_freed")
+    __slots__ = ("done", "ended", "finished", "gone", "slot_freed")
 
-    def __init__(self, *, slot_freed: Callable[[str, bool], None] = _nothing) -> None:
+    def __init__(
+        self,
+        *,
+        slot_freed: Callable[[str, bool], None] = _nothing,
+        ended: Callable[[Task], None] = lambda task: None,
+    ) -> None:
         self.slot_freed = slot_freed
+        self.ended = ended
         self.done: Callable[[Task], Awaitable[None]] | None = None
         self.gone: Callable[[str, KlingError], Awaitable[None]] | None = None
         self.finished: Callable[[str], None] | None = None
@@ -155,8 +162,8 @@ class Watcher:
         if last is not None and last.done:
             return  # already seen finished: a duplicate or a late one changes nothing
         if not task.done:
-            if confirm and (task.result.videos or task.final_unit_deduction is not None):
-                task = attrs.evolve(task, result=TaskResult(), final_unit_deduction=None)
+            if confirm and (task.result.videos or task.final_unit_deduction or task.cost):
+                task = attrs.evolve(task, result=TaskResult(), final_unit_deduction=None, cost=None)
             self._merge(state, task, hinted=True)
             return
         if not confirm:
@@ -320,6 +327,7 @@ class Watcher:
             return
         was_running = task.task_id in running
         self.events.slot_freed(task.task_id, was_running)
+        self.events.ended(task)
         if was_running:
             del running[task.task_id]
             if task.status is TaskStatus.SUCCEED and task.created_at and task.updated_at:
