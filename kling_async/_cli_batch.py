@@ -28,6 +28,7 @@ from ._cli_output import (
     OutputClosed,
     check_command,
     clean,
+    cost_text,
     file_problem,
     folder_problem,
     in_flags,
@@ -185,6 +186,9 @@ def _row_line(outcome: Outcome) -> str:
         parts.append(f"({outcome.message})")
     if outcome.file:
         parts.append(f"-> {outcome.file}")
+    cost = cost_text(outcome.cost)
+    if cost:
+        parts.append(f"cost {cost}")
     return "  ".join(parts)
 
 
