@@ -47,6 +47,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .models import (
+    Cost,
     ExtendRequest,
     SessionStatistics,
     SourceVideoReason,
@@ -69,6 +70,7 @@ __all__ = [
     "ClaimLostError",
     "ClaimOutcome",
     "ContentPolicyError",
+    "Cost",
     "DownloadError",
     "DownloadPolicy",
     "EntryState",

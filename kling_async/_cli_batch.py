@@ -21,13 +21,14 @@ import anyio
 
 from . import EntryState, KlingSession, SQLiteJournal, TaskHandle
 from ._cli_batch_file import BatchFileError, Row, file_stems, read_rows
-from ._cli_batch_state import Outcome, Run, Snapshot, batch_display, rows_text
+from ._cli_batch_state import Outcome, Run, Snapshot, batch_display, rows_text, spent
 from ._cli_output import (
     INTERRUPTED,
     PROG,
     OutputClosed,
     check_command,
     clean,
+    cost_text,
     file_problem,
     folder_problem,
     in_flags,
@@ -35,6 +36,7 @@ from ._cli_output import (
     say,
     session_options,
     silence_stdout,
+    spent_text,
     timeouts,
     usage_error,
 )
@@ -147,6 +149,7 @@ async def _execute(
             )
             return
         outcome.message = task.status_message
+        outcome.cost = task.cost
         if task.status is TaskStatus.SUCCEED and out is not None:
             outcome.status = "downloading"
             await fetch(outcome, task)
@@ -183,6 +186,9 @@ def _row_line(outcome: Outcome) -> str:
         parts.append(f"({outcome.message})")
     if outcome.file:
         parts.append(f"-> {outcome.file}")
+    cost = cost_text(outcome.cost)
+    if cost:
+        parts.append(f"cost {cost}")
     return "  ".join(parts)
 
 
@@ -281,6 +287,7 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
             f"interrupted: {snap.done} of {rows_text(snap.total)} done; "
             "the submitted tasks keep running"
         )
+        _say_spent(batch.outcomes)
         say(f"resume with: {shlex.join([PROG, *argv])}")
         return 130
     except KlingError as error:  # the journal or the session as a whole (not one row)
@@ -295,9 +302,17 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     _print_rows(batch.outcomes, args.json)
     failed = [o for o in batch.outcomes if o.status != TaskStatus.SUCCEED.value]
     total = len(batch.outcomes)
+    _say_spent(batch.outcomes)
     if failed:
         say(f"{len(failed)} of {rows_text(total)} failed; results in {results}")
         return 1
     every = "all " if total > 1 else ""
     say(f"{every}{rows_text(total)} succeeded; results in {results}")
     return 0
+
+
+def _say_spent(outcomes: Sequence[Outcome]) -> None:
+    """``spent 3 units, 1.05 cash`` (of 3 rows): the summary's cost line, when a row had one."""
+    units, cash, priced = spent(outcomes)
+    if priced:
+        say(f"{spent_text(units, cash)} ({rows_text(priced)} reported a cost)")

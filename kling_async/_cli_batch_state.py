@@ -3,6 +3,7 @@ progress in words (pure functions of a `Snapshot`, shown by `_cli_progress`'s vi
 
 from __future__ import annotations
 
+import decimal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -10,9 +11,9 @@ from typing import Any
 
 import attrs
 
-from . import TaskHandle
+from . import Cost, TaskHandle
 from ._cli_batch_file import Row
-from ._cli_output import clock_text, size_text
+from ._cli_output import amount_text, clock_text, size_text, spent_text
 from ._cli_progress import Display, Frame, markup
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "batch_frame",
     "describe",
     "rows_text",
+    "spent",
 ]
 
 # Plain progress prints a changed line at most this often, an unchanged one every heartbeat.
@@ -40,14 +42,20 @@ class Outcome:
     message: str = ""
     file: str | None = None
     handle: TaskHandle | None = None
+    cost: Cost | None = None
+    """What the finished task cost, as its last reply said (None: not said, or not done)."""
 
     def as_json(self) -> dict[str, Any]:
+        """The results file's line: ``units`` and ``cash`` as decimal strings, or null."""
+        cost = self.cost
         return {
             "key": self.key,
             "task_id": self.task_id,
             "status": self.status,
             "message": self.message,
             "file": self.file,
+            "units": None if cost is None else amount_text(cost.units),
+            "cash": None if cost is None else amount_text(cost.cash),
         }
 
     @property
@@ -80,6 +88,12 @@ class Snapshot:
     in_progress_received: int
     in_progress_expected: int | None
     elapsed: float
+    units: decimal.Decimal = decimal.Decimal(0)
+    """Units the rows' finished tasks cost so far."""
+    cash: decimal.Decimal = decimal.Decimal(0)
+    """Cash the rows' finished tasks cost so far."""
+    priced: int = 0
+    """Rows whose task reported a cost (the total shows once one did)."""
 
     def eta(self) -> float | None:
         """Seconds until every row is done, at the pace so far (None until one is done)."""
@@ -130,6 +144,7 @@ class Run:
         expected: int | None = sum(total or 0 for _, total in sizes)
         if any(total is None for _, total in sizes):
             expected = None
+        units, cash, priced = spent(self.outcomes)
         return Snapshot(
             total=len(self.outcomes),
             done=sum(outcome.finished for outcome in self.outcomes),
@@ -144,7 +159,29 @@ class Run:
             in_progress_received=sum(done for done, _ in sizes),
             in_progress_expected=expected,
             elapsed=self._clock() - self.started,
+            units=units,
+            cash=cash,
+            priced=priced,
         )
+
+
+def spent(outcomes: Sequence[Outcome]) -> tuple[decimal.Decimal, decimal.Decimal, int]:
+    """The units and the cash the rows' tasks cost, and how many rows reported a cost.
+
+    One row is one task, so each task counts once, whatever saw it (exact decimal sums).
+    """
+    units = cash = decimal.Decimal(0)
+    priced = 0
+    for outcome in outcomes:
+        cost = outcome.cost
+        if cost is None:
+            continue
+        priced += 1
+        if cost.units is not None:
+            units += cost.units
+        if cost.cash is not None:
+            cash += cost.cash
+    return units, cash, priced
 
 
 def _downloads(snap: Snapshot) -> str:
@@ -166,11 +203,13 @@ def rows_text(count: int) -> str:
 
 
 def describe(snap: Snapshot, *, eta: bool = True) -> str:
-    """One line: done/total, the counts per status, downloads, ETA."""
+    """One line: done/total, the counts per status, downloads, what was spent, ETA."""
     counts = ", ".join(f"{status} {n}" for status, n in snap.counts.items())
     parts = [f"{snap.done}/{snap.total} done", counts]
     if snap.downloads:
         parts.append(_downloads(snap))
+    if snap.priced:
+        parts.append(spent_text(snap.units, snap.cash))
     remaining = snap.eta() if eta else None
     if remaining is not None:
         parts.append(f"ETA {clock_text(remaining)}")
@@ -181,13 +220,15 @@ _STYLES = {"succeed": "green", "failed": "red", "error": "red", "processing": "c
 
 
 def _counts(snap: Snapshot) -> str:
-    """The counts per status (and the downloads) in rich markup."""
+    """The counts per status (and the downloads, and what was spent) in rich markup."""
     counts = "  ".join(
         f"[{_STYLES.get(status, 'default')}]{markup(status)} {n}[/]"
         for status, n in snap.counts.items()
     )
     if snap.downloads:
         counts += f"  [dim]|[/]  {markup(_downloads(snap))}"
+    if snap.priced:
+        counts += f"  [dim]|[/]  [bold]{spent_text(snap.units, snap.cash)}[/]"
     return counts
 
 

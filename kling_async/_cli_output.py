@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import decimal
 import math
 import os
 import pathlib
@@ -17,7 +18,7 @@ import sys
 import tempfile
 from typing import Any, TypedDict
 
-from . import PollPolicy, RetryPolicy
+from . import Cost, PollPolicy, RetryPolicy
 from ._cli_request import RequestProblem, extend_request
 from .errors import InvalidArgumentError
 
@@ -28,9 +29,11 @@ __all__ = [
     "SURROGATE",
     "TEST_POLL_VARIABLE",
     "OutputClosed",
+    "amount_text",
     "check_command",
     "clean",
     "clock_text",
+    "cost_text",
     "file_problem",
     "folder_problem",
     "in_flags",
@@ -41,6 +44,7 @@ __all__ = [
     "session_options",
     "silence_stdout",
     "size_text",
+    "spent_text",
     "timeouts",
     "usage_error",
 ]
@@ -185,6 +189,37 @@ def one_line(text: str) -> str:
 def say(message: str) -> None:
     """One line on stderr, cleaned of control characters (it may quote the server)."""
     print(clean(one_line(message)), file=sys.stderr, flush=True)
+
+
+def amount_text(amount: decimal.Decimal | None) -> str | None:
+    """An amount as a plain decimal string (``"0.35"``, ``"10"``, never ``"1E+1"``), or None:
+    how the results file and ``--json`` carry money (exact, never a float)."""
+    return None if amount is None else format(amount, "f")
+
+
+def _units(amount: decimal.Decimal) -> str:
+    return f"{amount:f} unit" if amount == 1 else f"{amount:f} units"
+
+
+def cost_text(cost: Cost | None) -> str:
+    """``1 unit, 0.35 cash (list price 0.50)``: the parts of a task's cost that are known
+    ("" when none is)."""
+    if cost is None:
+        return ""
+    parts = []
+    if cost.units is not None:
+        parts.append(_units(cost.units))
+    if cost.cash is not None:
+        parts.append(f"{cost.cash:f} cash")
+    text = ", ".join(parts)
+    if cost.list_price is not None:
+        text += f"{' ' if text else ''}(list price {cost.list_price:f})"
+    return text
+
+
+def spent_text(units: decimal.Decimal, cash: decimal.Decimal) -> str:
+    """``spent 3 units, 1.05 cash``: the running total of a batch."""
+    return f"spent {_units(units)}, {cash:f} cash"
 
 
 def size_text(count: float) -> str:

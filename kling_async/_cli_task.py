@@ -11,7 +11,15 @@ import json
 import pathlib
 from typing import Any
 
-from ._cli_output import OutputClosed, clean, clock_text, silence_stdout, size_text
+from ._cli_output import (
+    OutputClosed,
+    amount_text,
+    clean,
+    clock_text,
+    cost_text,
+    silence_stdout,
+    size_text,
+)
 from ._cli_progress import Display, Frame, markup
 from .models import Task, TaskStatus
 
@@ -33,13 +41,17 @@ _DOWNLOAD_INTERVAL = 1.0
 
 
 def task_line(task: Task) -> str:
-    """``<id>  <status>  (<message>)  -> <url> <duration>s``, cleaned of control characters."""
+    """``<id>  <status>  (<message>)  -> <url> <duration>s  cost <cost>``, cleaned of
+    control characters (the cost once the server reports one)."""
     parts = [f"{task.task_id}  {task.status.value}"]
     if task.status_message:
         parts.append(f"({task.status_message})")
     if task.video is not None:
         duration = f" {task.video.duration:g}s" if task.video.duration is not None else ""
         parts.append(f"-> {task.video.url}{duration}")
+    cost = cost_text(task.cost)
+    if cost:
+        parts.append(f"cost {cost}")
     return clean("  ".join(parts))
 
 
@@ -61,6 +73,15 @@ def task_json(task: Task) -> dict[str, Any]:
         "videos": [
             {"id": video.id, "url": video.url, "duration": video.duration} for video in task.videos
         ],
+        "cost": (
+            None
+            if task.cost is None
+            else {
+                "units": amount_text(task.cost.units),
+                "cash": amount_text(task.cost.cash),
+                "list_price": amount_text(task.cost.list_price),
+            }
+        ),
     }
 
 

@@ -4,12 +4,15 @@ Hooks carry the wire's quirks (docs/concepts.md, "Tasks and statuses"): Unix mil
 become aware UTC datetimes, string durations (``"5.1"``) become floats, unknown statuses are
 kept, ``null`` where an object or list belongs reads as empty, unknown keys are ignored, and
 the renames (``task_status`` -> ``status``, ``task_id`` <- ``parent_task_id``) live here, not
-in dict code.
+in dict code. A task's cost is read from two wire fields into one `Cost` of exact decimals
+(docs/concepts.md, "What a task cost"); `load_json` keeps JSON fractions as decimals.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import json
 import math
 from typing import Any
 
@@ -17,9 +20,22 @@ import attrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
-from .models import ExtendRequest, Task, TaskInfo, TaskResult, TaskStatus, Video
+from .models import Cost, ExtendRequest, Task, TaskInfo, TaskResult, TaskStatus, Video
 
-__all__ = ["Envelope", "converter"]
+__all__ = ["Envelope", "converter", "cost_of", "load_json", "wire_decimal"]
+
+# JSON fractions read as text into exact decimals, never through a binary float.
+_DECODER = json.JSONDecoder(parse_float=decimal.Decimal)
+# The largest amount read (below 10**18) and the finest (18 places): past them a value is
+# not money but junk, and sums of them stay exact in `_spending`'s context.
+_MAX_ADJUSTED = 17
+_MIN_EXPONENT = -18
+_MAX_DECIMAL_TEXT = 64
+
+
+def load_json(text: str | bytes) -> Any:
+    """JSON as `json.loads` reads it, but fractions (``0.35``) as exact `decimal.Decimal`."""
+    return _DECODER.decode(text if isinstance(text, str) else text.decode())
 
 
 @attrs.frozen(kw_only=True)
@@ -62,9 +78,67 @@ def _loose_text(value: Any, _: type) -> str | None:
     None for anything else, so that a server's odd spelling never fails a whole reply."""
     if isinstance(value, str):
         return value or None
+    if isinstance(value, decimal.Decimal):
+        return str(value) if value.is_finite() else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return str(value)
     return None
+
+
+def wire_decimal(value: Any) -> decimal.Decimal | None:
+    """An amount from the wire as an exact decimal, or None when it is not one.
+
+    A decimal string (``"0.35"``), a JSON integer or a fraction `load_json` read; a float
+    another JSON reader made is read through its shortest spelling (``repr``). Anything
+    else counts as absent, never as an error: a word, NaN, infinity, a negative amount, an
+    object or a list, more than 18 places or 10**18 and beyond (docs/concepts.md, "What a
+    task cost").
+    """
+    if isinstance(value, decimal.Decimal):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > _MAX_DECIMAL_TEXT:
+            return None
+        try:
+            number = decimal.Decimal(text)
+        except decimal.InvalidOperation:
+            return None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -(10**18) < value < 10**18:
+            return None
+        number = decimal.Decimal(value)
+    elif isinstance(value, float) and math.isfinite(value):
+        number = decimal.Decimal(repr(value))
+    else:
+        return None
+    if not number.is_finite():
+        return None
+    if number.is_signed():
+        if number:
+            return None  # a deduction is never negative
+        number = number.copy_abs()  # -0 is 0
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # a finite decimal's exponent is a number
+    if not number:
+        return number if exponent >= _MIN_EXPONENT else decimal.Decimal(0)
+    if number.adjusted() > _MAX_ADJUSTED or exponent < _MIN_EXPONENT:
+        return None
+    return number
+
+
+def cost_of(data: dict[str, Any]) -> Cost | None:
+    """The cost a task object states (``final_unit_deduction``, ``final_balance_deduction``'s
+    ``quota`` and ``list_price``), or None when it states none that reads as an amount."""
+    units = wire_decimal(data.get("final_unit_deduction"))
+    balance = data.get("final_balance_deduction")
+    cash = list_price = None
+    if isinstance(balance, dict):
+        cash = wire_decimal(balance.get("quota"))
+        list_price = wire_decimal(balance.get("list_price"))
+    if units is None and cash is None and list_price is None:
+        return None
+    return Cost(units=units, cash=cash, list_price=list_price)
 
 
 def _number(value: Any) -> float | None:
@@ -73,7 +147,7 @@ def _number(value: Any) -> float | None:
         return None
     if isinstance(value, bool):
         raise TypeError("expected a number, got bool")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, decimal.Decimal)):
         number = float(value)
     elif isinstance(value, str):
         number = float(value.strip())
@@ -169,21 +243,32 @@ converter.register_structure_hook(
         TaskResult(),
     ),
 )
-converter.register_structure_hook(
+_structure_task_fields = make_dict_structure_fn(
     Task,
-    make_dict_structure_fn(
-        Task,
-        converter,
-        task_id=override(struct_hook=_required_id),
-        status=override(rename="task_status", struct_hook=_status),
-        status_message=override(rename="task_status_msg", struct_hook=_text),
-        created_at=override(struct_hook=_timestamp),
-        updated_at=override(struct_hook=_timestamp),
-        info=override(rename="task_info"),
-        result=override(rename="task_result"),
-        final_unit_deduction=override(struct_hook=_loose_text),
-    ),
+    converter,
+    task_id=override(struct_hook=_required_id),
+    status=override(rename="task_status", struct_hook=_status),
+    status_message=override(rename="task_status_msg", struct_hook=_text),
+    created_at=override(struct_hook=_timestamp),
+    updated_at=override(struct_hook=_timestamp),
+    info=override(rename="task_info"),
+    result=override(rename="task_result"),
+    final_unit_deduction=override(struct_hook=_loose_text),
+    cost=override(omit=True),  # two wire fields make one Cost: `_structure_task` reads them
 )
+
+
+def _structure_task(value: Any, cls: type) -> Task:
+    """A task object; its `Cost` read from the two wire fields that carry it, when present."""
+    task: Task = _structure_task_fields(value, cls)
+    if "final_unit_deduction" in value or "final_balance_deduction" in value:
+        cost = cost_of(value)
+        if cost is not None:
+            return attrs.evolve(task, cost=cost)
+    return task
+
+
+converter.register_structure_hook(Task, _structure_task)
 converter.register_structure_hook(
     Envelope,
     make_dict_structure_fn(

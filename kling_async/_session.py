@@ -24,6 +24,7 @@ from ._journal import Journal
 from ._lifetime import Lifetime
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._seams import account_parts
+from ._spending import Spending
 from ._submit import Submitter
 from ._transport import Transport
 from ._watch import Watcher, WatchEvents
@@ -142,11 +143,12 @@ class KlingSession:
             hold=config.timeouts.create + _SLOT_MARGIN,
         )
         creator = Creator(self._wire, gate)
+        self._spending = Spending()
         self._watcher = Watcher(
             self._wire,
             self.poll_policy,
             list_refresh=config.list_refresh,
-            events=WatchEvents(slot_freed=gate.freed),
+            events=WatchEvents(slot_freed=gate.freed, seen=self._saw),
             states=parts.states(),
         )
         self._journal = lifetime.journal
@@ -230,7 +232,14 @@ class KlingSession:
             rate_limit=wire.pace.rate,
             tasks_tracked=watcher.tracked,
             callback_tokens=0 if (link := self._submitter.link) is None else link.open_tokens,
+            units_spent=self._spending.units,
+            cash_spent=self._spending.cash,
         )
+
+    def _saw(self, task: Task) -> None:
+        """A task object came in: what it cost (once it finished), its videos' lengths."""
+        self._spending.saw(task)
+        self._submitter.durations.saw(task)
 
     # -- public calls ---------------------------------------------------------------------
 

@@ -57,7 +57,6 @@ class Submitter:
         self._journal = journal
         # The lengths of the videos this session saw, for the 3-minute limit of an extend.
         self.durations = KnownDurations()
-        watcher.events.seen = self.durations.saw
         if journal is not None:
             self.keyed = KeyedCreates(creator, journal)
             watcher.events.done = self.keyed.finished

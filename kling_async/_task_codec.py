@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from ._converter import converter
+from ._converter import converter, load_json
 from .models import Task, Video
 
 __all__ = ["decode_task", "encode_task", "updated_millis"]
@@ -39,14 +39,23 @@ def encode_task(task: Task) -> str:
         info["external_task_id"] = task.info.external_task_id
     data["task_info"] = info
     data["task_result"] = {"videos": [_video(video) for video in task.result.videos]}
+    cost = task.cost
     if task.final_unit_deduction is not None:
         data["final_unit_deduction"] = task.final_unit_deduction
+    elif cost is not None and cost.units is not None:
+        data["final_unit_deduction"] = str(cost.units)
+    if cost is not None and (cost.cash is not None or cost.list_price is not None):
+        data["final_balance_deduction"] = {  # amounts as decimal strings, as Kling sends them
+            key: str(amount)
+            for key, amount in (("quota", cost.cash), ("list_price", cost.list_price))
+            if amount is not None
+        }
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode_task(text: str | bytes) -> Task:
     """The task `encode_task` wrote (or any wire task object); ``ValueError`` if it is not one."""
-    data = json.loads(text)
+    data = load_json(text)
     if not isinstance(data, dict):
         raise ValueError(f"a task object was expected, got {type(data).__name__}")
     try:

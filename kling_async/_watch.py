@@ -61,17 +61,23 @@ class WatchEvents:
     ``gone``: a query answered that the task does not exist (404/1203); it must not raise.
     ``finished``: the task's changes need no more telling (seen finished, or a final hint
     came while nobody waited): a callback receiver retires its token.
-    ``seen``: a task object was taken into a state (its videos' lengths are remembered).
+    ``seen``: a task object was taken in (as often as one comes): what it cost, its videos'
+    lengths.
     """
 
     __slots__ = ("done", "finished", "gone", "seen", "slot_freed")
 
-    def __init__(self, *, slot_freed: Callable[[str, bool], None] = _nothing) -> None:
+    def __init__(
+        self,
+        *,
+        slot_freed: Callable[[str, bool], None] = _nothing,
+        seen: Callable[[Task], None] = lambda task: None,
+    ) -> None:
         self.slot_freed = slot_freed
+        self.seen = seen
         self.done: Callable[[Task], Awaitable[None]] | None = None
         self.gone: Callable[[str, KlingError], Awaitable[None]] | None = None
         self.finished: Callable[[str], None] | None = None
-        self.seen: Callable[[Task], None] | None = None
 
 
 class Watcher:
@@ -157,8 +163,8 @@ class Watcher:
         if last is not None and last.done:
             return  # already seen finished: a duplicate or a late one changes nothing
         if not task.done:
-            if confirm and (task.result.videos or task.final_unit_deduction is not None):
-                task = attrs.evolve(task, result=TaskResult(), final_unit_deduction=None)
+            if confirm and (task.result.videos or task.final_unit_deduction or task.cost):
+                task = attrs.evolve(task, result=TaskResult(), final_unit_deduction=None, cost=None)
             self._merge(state, task, hinted=True)
             return
         if not confirm:
@@ -314,8 +320,7 @@ class Watcher:
     def _saw(self, task: Task) -> None:
         """Notice tasks that finish: a task seen done frees its parallel-task slot, whoever
         made it (a task made by a process that died holds one until someone sees it done)."""
-        if (seen := self.events.seen) is not None:
-            seen(task)
+        self.events.seen(task)
         running = self._running
         if not task.done:
             running[task.task_id] = None

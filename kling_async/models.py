@@ -7,6 +7,7 @@ docs/concepts.md, "Tasks and statuses" says how each wire field reads.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import enum
 import math
 import urllib.parse
@@ -18,6 +19,7 @@ import attrs
 from .errors import InvalidArgumentError
 
 __all__ = [
+    "Cost",
     "ExtendRequest",
     "SessionStatistics",
     "SourceVideoReason",
@@ -122,6 +124,25 @@ class TaskResult:
     videos: tuple[Video, ...] = ()
 
 
+_optional_decimal = attrs.validators.optional(attrs.validators.instance_of(decimal.Decimal))
+
+
+@attrs.frozen(kw_only=True)
+class Cost:
+    """What a finished task cost, as exact decimals; a part the server left out is None.
+
+    Read from ``final_unit_deduction`` and ``final_balance_deduction`` (docs/concepts.md,
+    "What a task cost"). Added in version 0.2.
+    """
+
+    units: decimal.Decimal | None = attrs.field(default=None, validator=_optional_decimal)
+    """Resource-pack units deducted (``final_unit_deduction``)."""
+    cash: decimal.Decimal | None = attrs.field(default=None, validator=_optional_decimal)
+    """Cash deducted, after discounts (``final_balance_deduction.quota``)."""
+    list_price: decimal.Decimal | None = attrs.field(default=None, validator=_optional_decimal)
+    """The cash the task costs at list price (``final_balance_deduction.list_price``)."""
+
+
 @attrs.frozen(kw_only=True)
 class Task:
     """One extend task as the server last described it.
@@ -138,7 +159,10 @@ class Task:
     info: TaskInfo = TaskInfo()
     result: TaskResult = TaskResult()
     final_unit_deduction: str | None = None
-    """What the task cost in units, a decimal string; None in older replies (versionadded 0.2)."""
+    """What the task cost in units, as the server spelled it; None in older replies (0.2).
+    `cost` has the same as an exact decimal."""
+    cost: Cost | None = None
+    """What the task cost (units, cash, list price); None when the reply says none (0.2)."""
 
     @property
     def done(self) -> bool:
@@ -297,3 +321,7 @@ class SessionStatistics:
     """Task states held: a live handle or wait, or a receiver token's open create (0.2)."""
     callback_tokens: int = 0
     """Receiver tokens of creates not yet seen finished, by a reply or a callback (0.2)."""
+    units_spent: decimal.Decimal = decimal.Decimal(0)
+    """Units the finished tasks this session saw cost, each task counted once (0.2)."""
+    cash_spent: decimal.Decimal = decimal.Decimal(0)
+    """Cash (``quota``) the finished tasks this session saw cost, each counted once (0.2)."""

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from ._converter import Envelope, converter
+from ._converter import Envelope, converter, load_json
 from ._policies import parse_retry_after
 from ._source_video import source_video_error
 from .errors import (
@@ -225,7 +225,8 @@ def _data(
     """Unwrap the envelope: return (data, request_id, status) or raise the matching error."""
     status = response.status
     try:
-        document = json.loads(response.body.decode())  # RFC 8259: JSON on the wire is UTF-8
+        # RFC 8259: JSON on the wire is UTF-8; fractions read as exact decimals (costs)
+        document = load_json(response.body.decode())
     except (ValueError, RecursionError) as exc:
         if status >= 400:
             raise _http_error(response, now, task_id=task_id) from exc

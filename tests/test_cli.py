@@ -87,6 +87,10 @@ def served() -> Iterator[str]:
         "1",
         "--fail-video",
         "risky",
+        "--cash-deduction",
+        "0.35",
+        "--list-price",
+        "0.50",
     ) as url:
         yield url
 
@@ -193,15 +197,30 @@ def test_get_wait_and_list_print_json_lines(capsys: pytest.CaptureFixture[str]) 
 
 @pytest.mark.usefixtures("gateway")
 def test_text_output_is_one_line_per_task(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without --json: `<id>  <status>  -> <url> <duration>s`."""
+    """Without --json: `<id>  <status>  -> <url> <duration>s  cost <what it cost>`."""
     status, out, _ = run(capsys, "extend", "vid-3", "--wait", "--quiet")
 
     assert 0 == status
     [line] = out.splitlines()
-    task_id, state, arrow, url, duration = line.split()
+    task_id, state, video, cost = line.split("  ")
+    arrow, url, duration = video.split()
     assert ("succeed", "->", "9.1s") == (state, arrow, duration)
+    assert "cost 1 unit, 0.35 cash (list price 0.50)" == cost
     assert url.startswith("http://127.0.0.1:")
     assert task_id.isdigit()
+
+
+@pytest.mark.usefixtures("gateway")
+def test_extend_wait_prints_the_cost_as_decimal_strings_in_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--json: ``cost`` holds units, cash and list price as decimal strings (never floats)."""
+    status, out, _ = run(capsys, "extend", "vid-3", "--wait", "--quiet", "--json")
+
+    assert 0 == status
+    assert {"units": "1", "cash": "0.35", "list_price": "0.50"} == json.loads(out)["cost"]
+    status, out, _ = run(capsys, "extend", "vid-3", "--quiet", "--json")  # not finished
+    assert None is json.loads(out)["cost"]
 
 
 @pytest.mark.usefixtures("gateway")

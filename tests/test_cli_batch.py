@@ -50,6 +50,8 @@ def served() -> Iterator[str]:
         "1",
         "--fail-video",
         "risky",
+        "--cash-deduction",
+        "0.35",
     ) as url:
         yield url
 
@@ -138,6 +140,9 @@ def test_a_jsonl_batch_downloads_writes_results_and_counts_the_failure(
     assert 30 == len(stdout.splitlines())
     assert stdout.splitlines()[7].startswith(f"a-7  {failed['task_id']}  failed")
     assert f"1 of 30 rows failed; results in {report}" == stderr.splitlines()[-1]
+    assert "spent 29 units, 10.15 cash (30 rows reported a cost)" == stderr.splitlines()[-2]
+    assert ("0", "0") == (failed["units"], failed["cash"])
+    assert {("1", "0.35")} == {(line["units"], line["cash"]) for line in others}
     assert (tmp_path / "rows.jsonl.journal.sqlite3").exists()
 
 
@@ -174,11 +179,24 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(
     assert "\x1b" not in stdout + stderr
     lines = stderr.splitlines()
     assert lines[0].startswith("batch of 3 rows (Ctrl+C stops waiting;")
-    assert lines[-2].endswith("3/3 done  succeed 3")
+    assert lines[-3].endswith("3/3 done  succeed 3  spent 3 units, 1.05 cash")
     assert ["c-0", "c-1", "c-2"] == [json.loads(line)["key"] for line in stdout.splitlines()]
-    assert {"key", "task_id", "status", "message", "file"} == set(
+    assert {"key", "task_id", "status", "message", "file", "units", "cash"} == set(
         json.loads(stdout.splitlines()[0])
     )
+
+
+def test_a_quiet_batch_still_says_what_it_spent(gateway: dict[str, str], tmp_path: Path) -> None:
+    """--quiet: no progress, but the summary keeps the cost line before the count."""
+    file = write_jsonl(tmp_path / "rows.jsonl", rows_of(2, "q"))
+
+    status, _, stderr = batch_process(str(file), "--quiet", env=gateway)
+
+    assert 0 == status
+    assert [
+        "spent 2 units, 0.70 cash (2 rows reported a cost)",
+        f"all 2 rows succeeded; results in {file}.results.jsonl",
+    ] == stderr.splitlines()
 
 
 def test_a_csv_batch_with_json_output(

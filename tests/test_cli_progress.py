@@ -6,10 +6,11 @@ Pure functions and views on a fake clock and a string stream: no event loop, no 
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 
 import pytest
 
-from kling_async import ExtendRequest, Task, TaskStatus
+from kling_async import Cost, ExtendRequest, Task, TaskStatus
 from kling_async._cli_batch_file import Row
 from kling_async._cli_batch_state import Run, batch_frame
 from kling_async._cli_progress import Display, Frame, PlainView, markup
@@ -85,6 +86,25 @@ def test_a_batch_in_words() -> None:
     assert frame.final.startswith("[yellow]…[/] batch 2/3 done in 1:05  [cyan]processing 1[/]")
     third.status = "succeed"
     assert batch_frame(run.snapshot()).final.startswith("[red]✗[/] batch 3/3 done")
+
+
+def test_a_batch_shows_what_it_spent_in_every_view() -> None:
+    """Plain line, rich live line and final line: the rows' costs summed, once any is known."""
+    rows = [Row(line=n, key=f"k{n}", request=ExtendRequest(video_id="v")) for n in range(3)]
+    run = Run(rows, clock=lambda: 5.0)
+    first, second, third = run.outcomes
+    assert "spent" not in batch_frame(run.snapshot()).line  # nothing known yet: no total
+    first.status, second.status = "succeed", "failed"
+    first.cost = Cost(units=Decimal("1.5"), cash=Decimal("0.35"), list_price=Decimal("0.5"))
+    second.cost = Cost(units=Decimal("0"), cash=Decimal("0.00"))
+
+    frame = batch_frame(run.snapshot())
+
+    assert frame.line.endswith("failed 1  spent 1.5 units, 0.35 cash  ETA 0:00")
+    assert "[bold]spent 1.5 units, 0.35 cash[/]" in frame.live
+    assert "[bold]spent 1.5 units, 0.35 cash[/]" in frame.final
+    assert ("1.5", "0.35") == (first.as_json()["units"], first.as_json()["cash"])
+    assert (None, None) == (third.as_json()["units"], third.as_json()["cash"])
 
 
 def test_markup_keeps_text_literal() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import pathlib
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kling_async import (
+    Cost,
     ExtendRequest,
     ResponseDecodeError,
     Task,
@@ -133,7 +135,7 @@ def test_query_unknown_status_is_kept() -> None:
 
 
 def test_query_with_newer_fields_reads_watermark_url_and_deduction() -> None:
-    """2026 fields: ``watermark_url`` and ``final_unit_deduction`` are read, the rest ignored."""
+    """2026 fields: ``watermark_url`` and the deductions (the cost) are read, the rest ignored."""
     watermarked = attrs.evolve(
         RESULT,
         watermark_url="https://cdn.klingai.com/bs2/upload-kling-api/4852135741/extendvideo/"
@@ -147,6 +149,11 @@ def test_query_with_newer_fields_reads_watermark_url_and_deduction() -> None:
         info=TaskInfo(parent_video=PARENT, external_task_id="order-2025-11-06-0042"),
         result=TaskResult(videos=(watermarked,)),
         final_unit_deduction="2",
+        cost=Cost(
+            units=decimal.Decimal("2"),
+            cash=decimal.Decimal("0.56"),
+            list_price=decimal.Decimal("0.70"),
+        ),
     )
     assert expected == sansio.parse_task(ok(sample("query_newer_fields.json")), NOW)
 

@@ -26,6 +26,7 @@ PURE = {
     "_policies",
     "_reconcile",
     "_schedule",
+    "_spending",
     "_task_codec",
     "sansio",
 }

@@ -19,6 +19,7 @@ EXPECTED_ALL = {
     "ClaimLostError",
     "ClaimOutcome",
     "ContentPolicyError",
+    "Cost",
     "DownloadError",
     "DownloadPolicy",
     "FleetError",

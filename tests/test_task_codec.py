@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 
 import pytest
 
 from kling_async import sansio
 from kling_async._task_codec import decode_task, encode_task, updated_millis
-from kling_async.models import Task, TaskInfo, TaskResult, TaskStatus, Video
+from kling_async.models import Cost, Task, TaskInfo, TaskResult, TaskStatus, Video
 from kling_async.sansio import HTTPResponse
 
 UTC = dt.timezone.utc
@@ -37,6 +38,11 @@ def _full() -> Task:
             )
         ),
         final_unit_deduction="1.5",
+        cost=Cost(
+            units=decimal.Decimal("1.5"),
+            cash=decimal.Decimal("0.3500"),
+            list_price=decimal.Decimal("1E+1"),
+        ),
     )
 
 

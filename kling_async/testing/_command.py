@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import decimal
 import math
 import shlex
 import signal
@@ -44,6 +45,19 @@ _whole = _number(int, lambda value: value >= 0, "a whole number >= 0")
 _seconds = _number(
     float, lambda value: math.isfinite(value) and value >= 0, "a number of seconds >= 0"
 )
+
+
+def _amount(text: str) -> str | None:
+    """A cost the tasks report, as Kling spells it (a decimal string), or ``none``: left out."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        amount = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        amount = decimal.Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise argparse.ArgumentTypeError(f"expected a decimal amount >= 0 or none, got {text!r}")
+    return text.strip()
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +121,27 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="silently ignore external_task_id, like most gateways",
     )
+    parser.add_argument(
+        "--unit-deduction",
+        type=_amount,
+        default="1",
+        metavar="AMOUNT",
+        help="units a succeeded task reports it cost, or none (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cash-deduction",
+        type=_amount,
+        default=None,
+        metavar="AMOUNT",
+        help="cash (quota) a succeeded task reports it cost (default: none)",
+    )
+    parser.add_argument(
+        "--list-price",
+        type=_amount,
+        default=None,
+        metavar="AMOUNT",
+        help="the list price a succeeded task reports (default: none)",
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -125,6 +160,9 @@ async def _serve(args: argparse.Namespace) -> None:
         list_mode=args.list_mode,
         require_parent_task_id=args.require_parent_task_id,
         accept_external_task_id=not args.drop_external_task_id,
+        unit_deduction=args.unit_deduction,
+        cash_deduction=args.cash_deduction,
+        list_price=args.list_price,
     )
     for video_id in args.fail_video:
         emulator.fail_video(video_id)

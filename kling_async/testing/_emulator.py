@@ -435,7 +435,9 @@ class KlingEmulator:
         require_parent_task_id: bool = False,
         accept_external_task_id: bool = True,
         media_bytes: int = 256 * 1024,
-        unit_deduction: str = "1",
+        unit_deduction: str | None = "1",
+        cash_deduction: str | None = None,
+        list_price: str | None = None,
     ) -> None:
         if polls_to_start < 0 or polls_to_finish < 0:
             raise ValueError("polls_to_start and polls_to_finish must be >= 0")
@@ -449,8 +451,13 @@ class KlingEmulator:
             raise ValueError(f"list_mode must be one of {sorted(_LIST_MODES)}, got {list_mode!r}")
         if isinstance(media_bytes, bool) or not isinstance(media_bytes, int) or media_bytes < 0:
             raise ValueError(f"media_bytes must be an int >= 0, got {media_bytes!r}")
-        if not isinstance(unit_deduction, str):
-            raise TypeError("unit_deduction must be a string, as Kling sends it")
+        for name, amount in (
+            ("unit_deduction", unit_deduction),
+            ("cash_deduction", cash_deduction),
+            ("list_price", list_price),
+        ):
+            if amount is not None and not isinstance(amount, str):
+                raise TypeError(f"{name} must be None or a string, as Kling sends it")
         self.host = host
         self.port = port
         self.media_port = media_port
@@ -468,6 +475,8 @@ class KlingEmulator:
         self.accept_external_task_id = accept_external_task_id
         self.media_bytes = media_bytes
         self.unit_deduction = unit_deduction
+        self.cash_deduction = cash_deduction
+        self.list_price = list_price
         self.clock: Callable[[], float] = time.time
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, EmulatedTask] = {}
@@ -971,6 +980,8 @@ class KlingEmulator:
             unit_deduction=self.unit_deduction,
             parent_duration=f"{parent_duration:.1f}",
             result_duration=f"{parent_duration + EXTEND_SECONDS:.1f}",
+            cash_deduction=self.cash_deduction,
+            list_price=self.list_price,
         )
         self._video_durations[task.result_video_id] = round(parent_duration + EXTEND_SECONDS, 1)
         self._schedule_times(task)

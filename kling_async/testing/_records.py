@@ -98,7 +98,9 @@ class EmulatedTask:
     manual: bool = False
     index: int = 0
     watermark: bool | None = None
-    unit_deduction: str = "1"
+    unit_deduction: str | None = "1"
+    cash_deduction: str | None = None
+    list_price: str | None = None
     timed: bool = False
     starts_at: float | None = None
     finishes_at: float | None = None
@@ -114,13 +116,31 @@ class EmulatedTask:
         """The ``final_unit_deduction`` of the task object, None when it is left out.
 
         `unit_deduction` once succeeded, ``"0"`` after a failure and while a task created with
-        ``watermark_info`` runs; left out while a task of the older shape runs.
+        ``watermark_info`` runs; left out while a task of the older shape runs, and always
+        when `unit_deduction` is None.
         """
+        if self.unit_deduction is None:
+            return None
         if self.status == "succeed":
             return self.unit_deduction
         if self.status == "failed" or self.watermark is not None:
             return "0"
         return None
+
+    @property
+    def final_balance_deduction(self) -> dict[str, str] | None:
+        """The ``final_balance_deduction`` of the task object, None when it is left out.
+
+        Once finished: ``quota`` (`cash_deduction`) and ``list_price`` (`list_price`) when
+        succeeded, ``"0"`` each after a failure; only those of the two that are not None.
+        Left out while the task runs, and when both are None.
+        """
+        if self.status not in ("succeed", "failed"):
+            return None
+        amounts = {"quota": self.cash_deduction, "list_price": self.list_price}
+        failed = self.status == "failed"
+        found = {key: "0" if failed else value for key, value in amounts.items() if value}
+        return found or None
 
     def to_json(self) -> dict[str, Any]:
         """The full Kling task object (durations are strings, times are Unix milliseconds)."""
@@ -157,4 +177,7 @@ class EmulatedTask:
         deduction = self.final_unit_deduction
         if deduction is not None:
             obj["final_unit_deduction"] = deduction
+        balance = self.final_balance_deduction
+        if balance is not None:
+            obj["final_balance_deduction"] = balance
         return obj
