@@ -322,7 +322,7 @@ class CallbackReceiver:
     of one already taken (the same ``webhook-id``) is answered 200 and dropped. It needs
     the ``standardwebhooks`` package: ``pip install 'kling-async[callbacks]'``.
 
-    Added in version 0.2; ``fleet`` in 0.3; ``webhook_secret`` in 0.4.
+    Added in version 0.2; ``fleet`` and ``webhook_secret`` in 0.3.
     """
 
     def __init__(
