@@ -3,6 +3,7 @@ timestamp rule and the decision (``_webhook_signature``), and Kling's own test v
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import pytest
@@ -17,7 +18,7 @@ from kling_async._webhook_signature import (
     read_headers,
     read_secrets,
 )
-from kling_async.testing import Fault
+from kling_async.testing import Fault, emulator_command
 from kling_async.testing._signing import signature_headers, webhook_keys
 
 # Kling's test vector (its "Webhook Signature" docs).
@@ -207,3 +208,18 @@ def test_the_emulators_signature_faults() -> None:
     assert {} == signature_headers((), MESSAGE_ID, TIMESTAMP, BODY, None)
     with pytest.raises(ValueError):
         webhook_keys("whsec_!!")
+
+
+def test_the_emulator_command_takes_webhook_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--webhook-secret`` is repeatable (a rotation); a malformed one exits 2 without
+    serving, and the error does not repeat it."""
+    parser = argparse.ArgumentParser()
+    run = emulator_command(parser)
+    args = parser.parse_args(["--webhook-secret", SECRET, "--webhook-secret", OTHER])
+    assert [SECRET, OTHER] == args.webhook_secret
+    assert [] == parser.parse_args([]).webhook_secret
+    bad = parser.parse_args(["--port", "0", "--webhook-secret", "whsec_!!sesame!!"])
+    assert 2 == run(bad)
+    err = capsys.readouterr().err
+    assert "webhook secret #1" in err
+    assert "sesame" not in err
