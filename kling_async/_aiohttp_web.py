@@ -2,12 +2,12 @@
 
 Like the client's transport (``_aiohttp_transport``), it only adapts: it refuses an unknown
 token before reading anything, reads the body under the receiver's cap, and hands the
-token and the body to the receiver, whose pure core decides the reply.
+token, the body and the headers (a signature's) to the receiver, which decides the reply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -17,14 +17,15 @@ __all__ = ["receiver_app"]
 def receiver_app(
     *,
     known: Callable[[str], bool],
-    deliver: Callable[[str, bytes], Awaitable[int]],
+    deliver: Callable[[str, bytes, Iterable[tuple[str, str]]], Awaitable[int]],
     limit: int,
     reasons: Mapping[int, str],
     headers: Mapping[int, Sequence[tuple[str, str]]],
 ) -> web.Application:
     """An application serving ``POST /{token}``: 404 for a token ``known`` refuses, 413 for a
     body over ``limit`` bytes, else what ``deliver`` answers (``reasons`` give the text,
-    ``headers`` the extra headers of a status, such as a 503's Retry-After)."""
+    ``headers`` the extra headers of a status, such as a 503's Retry-After); ``deliver``
+    gets the request's headers too, for a signature."""
 
     def reply(status: int) -> web.Response:
         extra = dict(headers.get(status, ()))
@@ -42,7 +43,7 @@ def receiver_app(
             body += chunk
             if len(body) > limit:
                 return reply(413)
-        return reply(await deliver(token, bytes(body)))
+        return reply(await deliver(token, bytes(body), request.headers.items()))
 
     app = web.Application()
     app.router.add_post("/{token}", handle)

@@ -9,7 +9,9 @@ bound to lives in Redis as well, under the account's keys:
   session's `RedisCallbackTokens.bind` once the create's reply came, kept `TOKEN_TTL` (and
   `DONE_TTL` once the task is seen finished, to answer late duplicates with 200);
 - ``cb:early:<nonce>`` (a list), callbacks that beat the bind, kept `EARLY_TTL` and applied
-  by the bind (both are Lua scripts, so a callback is either seen bound or found by the bind).
+  by the bind (both are Lua scripts, so a callback is either seen bound or found by the bind);
+- ``cb:wh:<webhook-id>``, a signed callback taken (SET NX), kept `WEBHOOK_ID_TTL`: any
+  worker drops a redelivery that another took.
 
 A callback of a bound token becomes a `_redis_states.Hints` record (a hint on the account's
 events stream); every process that waits on the task, the one that made it included,
@@ -49,6 +51,7 @@ __all__ = [
     "EARLY_TTL",
     "SECRET_KEY",
     "TOKEN_TTL",
+    "WEBHOOK_ID_TTL",
     "FleetReceiver",
     "RedisCallbackTokens",
     "account_key",
@@ -70,6 +73,8 @@ _BIND_RETRY = 0.5  # seconds before a failed bind is tried again (doubling up to
 _BIND_RETRY_MAX = 10.0
 EARLY_KEPT = 8
 """Early callbacks kept per token (the newest of them applies at the bind)."""
+WEBHOOK_ID_TTL = 3600.0
+"""Seconds a signed callback's ``webhook-id`` is remembered, to drop Kling's redeliveries."""
 
 _RECEIVE = """
 local v = redis.call('HMGET', KEYS[1], 'task', 'alias', 'gw', 'done')
@@ -183,17 +188,30 @@ class FleetReceiver:
             return None
         return read_fleet_token((await self.secret(),), token)
 
-    async def receive(self, account: str, nonce: str, task: Task, *, confirm: bool) -> int:
-        """Record one checked callback; the HTTP status (200 taken, 400 another task's)."""
+    async def receive(
+        self, account: str, nonce: str, task: Task, *, confirm: bool, webhook_id: str | None = None
+    ) -> int:
+        """Record one checked callback; the HTTP status (200 taken, 400 another task's). A
+        signed one's ``webhook_id`` is claimed first: a redelivery is dropped (200), and a
+        claim whose callback was not recorded is given back."""
         keys = [account_key(account, "tok", nonce), account_key(account, "early", nonce)]
         args: list[str | int] = [task.task_id, encode_task(task), int(EARLY_TTL * 1000), EARLY_KEPT]
+        seen = None if webhook_id is None else account_key(account, "wh", webhook_id)
+        px = int(WEBHOOK_ID_TTL * 1000)
         with self._fleet.guard("recording a callback"):
-            kind, bound = (text(part) for part in await self._receive(keys=keys, args=args))
-            if kind == "wrong":
-                return 400
-            if kind == "bound":
-                task = attrs.evolve(task, task_id=bound)
-                await self._hints.record(account, bound, task, confirm=confirm)
+            if seen is not None and not await self.client.set(seen, "1", nx=True, px=px):
+                return 200  # another worker took this delivery already
+            try:
+                kind, bound = (text(part) for part in await self._receive(keys=keys, args=args))
+                if kind == "wrong":
+                    return 400
+                if kind == "bound":
+                    task = attrs.evolve(task, task_id=bound)
+                    await self._hints.record(account, bound, task, confirm=confirm)
+            except Exception:
+                if seen is not None:  # not recorded: Kling's redelivery must be taken
+                    await self.client.delete(seen)
+                raise
         return 200
 
     async def aclose(self) -> None:

@@ -41,6 +41,7 @@ from .errors import KlingError, NotFoundError, SessionClosedError, WaitTimeoutEr
 from .models import Task, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
+    from ._clock import ServerClock
     from ._wire import Wire
 
 __all__ = ["WatchEvents", "Watcher"]
@@ -460,6 +461,11 @@ class Watcher:
         """Wake every wait: whether this process polls has changed."""
         for state in self._states:
             state.notify()
+
+    @property
+    def server_clock(self) -> ServerClock:
+        """What the server's replies told of its clock (a signed callback's time is on it)."""
+        return self._wire.server_clock
 
     @property
     def clock(self) -> float:

@@ -1,11 +1,14 @@
 """CallbackReceiver: Kling's callbacks, checked and turned into hints for the sessions' waits.
 
 Kling POSTs the bare task object to a task's ``callback_url`` when its status changes, maybe
-several times, in any order, and unsigned (docs/callbacks.md "Security model"). So a
-callback is a hint, never the truth: it is tied to its create by an unguessable one-time
-token in the URL (never by the body's ``task_id`` alone), checked (size, shape, task id),
-and a final status is, with ``confirm`` on, confirmed by one query that the waits
-themselves make (``_watch``). The core here is pure and never awaits;
+several times, in any order, and unsigned unless the account has a Webhook Secret
+(docs/callbacks.md "Security model"). An unsigned callback is a hint, never the truth: it
+is tied to its create by an unguessable one-time token in the URL (never by the body's
+``task_id`` alone), checked (size, shape, task id), and a final status is, with ``confirm``
+on, confirmed by one query that the waits themselves make (``_watch``). With
+``webhook_secret`` every callback must carry Kling's signature (``_webhook_signature``),
+checked on the raw bytes before anything is parsed; a signed callback is Kling's word and
+needs no confirming query. The core here never awaits but for the fleet's Redis;
 `CallbackReceiver.aiohttp_app` and `CallbackReceiver.asgi_app` are thin adapters around
 `CallbackReceiver.deliver`, in the way of Stripe's and Standard Webhooks' verifiers:
 constant-time token look-up, size caps, "verify, then trust".
@@ -23,10 +26,13 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import math
+import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -37,6 +43,7 @@ from ._callback_tokens import CallbackTokens, split_fleet_token
 from ._converter import converter
 from ._fleet import check_fleet
 from ._schedule import newer
+from ._webhook_signature import ENV_VAR, Signer, WebhookHeaders, read_headers, read_secrets
 from .errors import FleetError
 from .models import Task
 
@@ -50,16 +57,21 @@ if TYPE_CHECKING:
 
 __all__ = ["CallbackReceiver"]
 
+logger = logging.getLogger("kling_async")
+
 _TOKEN_BYTES = 24  # 192 bits of `secrets`: unguessable (the issue asks for >= 128)
 _TOKEN_LENGTH = len(secrets.token_urlsafe(_TOKEN_BYTES))
 # A callback that beats the create's reply is kept (the newest one per token) this long.
 _EARLY_MAX_AGE = 600.0
 # Tokens of tasks seen finished, kept per session so that late duplicates get 200, not 404.
 _FINISHED_KEPT = 1024
+# webhook-ids of signed callbacks taken, per receiver, so that a redelivery is dropped.
+_SEEN_KEPT = 4096
 _TASK_HOOK = converter.get_structure_hook(Task)
 _REASONS = {
     200: "ok",
     400: "not a task object of this task",
+    401: "missing, invalid or stale webhook signature",
     404: "unknown callback token",
     405: "only POST",
     413: "body too large",
@@ -71,6 +83,7 @@ _HEADERS = {503: (("retry-after", _RETRY_AFTER),)}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
+Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -106,7 +119,16 @@ def parse_callback(body: bytes) -> Task | None:
 class _Binding:
     """One create's token: before the reply, an early callback; after, its task id."""
 
-    __slots__ = ("alias", "digest", "early", "early_at", "finished", "link", "task_id")
+    __slots__ = (
+        "alias",
+        "digest",
+        "early",
+        "early_at",
+        "early_signed",
+        "finished",
+        "link",
+        "task_id",
+    )
 
     def __init__(self, link: _SessionLink, digest: bytes) -> None:
         self.link = link
@@ -115,6 +137,7 @@ class _Binding:
         self.alias: str | None = None  # a gateway session: Kling's id for the same task
         self.early: Task | None = None
         self.early_at = 0.0
+        self.early_signed = False  # the early callback was signed: Kling's word
         self.finished = False
 
     def agree(self, task: Task) -> Task | None:
@@ -186,7 +209,8 @@ class _SessionLink:
         if early is not None and time.monotonic() - binding.early_at <= _EARLY_MAX_AGE:
             agreed = binding.agree(early)
             if agreed is not None:
-                self.watcher.hint(task_id, agreed, confirm=self.receiver.confirm)
+                confirm = self.receiver.confirm and not binding.early_signed
+                self.watcher.hint(task_id, agreed, confirm=confirm)
         if self.watcher.seen_done(task_id):
             self.retire(binding)
 
@@ -215,7 +239,8 @@ class _SessionLink:
             oldest, _ = finished.popitem(last=False)
             self.receiver._bindings.pop(oldest, None)
 
-    def receive(self, binding: _Binding, task: Task) -> int:
+    def receive(self, binding: _Binding, task: Task, *, signed: bool) -> int:
+        """Hand a checked callback to the watcher (``signed``: trusted, no confirming query)."""
         if self.closed:
             return 404
         if binding.finished:
@@ -225,11 +250,13 @@ class _SessionLink:
             if binding.early is None or newer(binding.early, task):
                 binding.early = task
                 binding.early_at = time.monotonic()
+                binding.early_signed = signed
             return 200
         agreed = binding.agree(task)
         if agreed is None:
             return 400
-        hint = functools.partial(self.watcher.hint, task_id, agreed, confirm=self.receiver.confirm)
+        confirm = self.receiver.confirm and not signed
+        hint = functools.partial(self.watcher.hint, task_id, agreed, confirm=confirm)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - deliver() is a coroutine
@@ -286,7 +313,16 @@ class CallbackReceiver:
     poll every ``safety_interval``); give every session of a fleet ``fleet=``. Call
     `aclose` to close a Redis client the receiver made from a URL.
 
-    Added in version 0.2; ``fleet`` in 0.3.
+    ``webhook_secret`` (a ``whsec_...`` Webhook Secret from Kling's console, or several
+    during a rotation; ``KLING_WEBHOOK_SECRET`` when not given, spaces or commas between
+    secrets) makes every callback prove it is Kling's: one without a valid signature, or
+    whose ``webhook-timestamp`` is more than 5 minutes from now on Kling's clock (as a
+    session attached here learned it, else this machine's), gets 401 before its body is
+    parsed. A signed callback is trusted as it is (no confirming query), and a redelivery
+    of one already taken (the same ``webhook-id``) is answered 200 and dropped. It needs
+    the ``standardwebhooks`` package: ``pip install 'kling-async[callbacks]'``.
+
+    Added in version 0.2; ``fleet`` and ``webhook_secret`` in 0.3.
     """
 
     def __init__(
@@ -297,8 +333,12 @@ class CallbackReceiver:
         confirm: bool = True,
         safety_interval: float = 60.0,
         fleet: str | redis.asyncio.Redis | None = None,
+        webhook_secret: str | Sequence[str] | None = None,
     ) -> None:
         self._public_url = _public_url(public_url)
+        secrets_ = read_secrets(webhook_secret, os.environ.get(ENV_VAR))
+        # Checks signatures with the secrets alone: any worker checks any callback.
+        self._signer = Signer(secrets_) if secrets_ else None
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
             raise TypeError("max_body_bytes must be an int")
         if max_body_bytes < 1:
@@ -320,6 +360,10 @@ class CallbackReceiver:
         # sha256(token) -> (token, binding): looked up by a hash, then compared in constant
         # time, so that answers take no longer for tokens that share a prefix with real ones.
         self._bindings: dict[bytes, tuple[str, _Binding]] = {}
+        # webhook-ids of signed callbacks taken here (a fleet's are in Redis), oldest first.
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # The sessions attached, to read Kling's clock from (a signed callback's timestamp).
+        self._watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
         self._fleet: FleetReceiver | None = None
         if (checked := check_fleet(fleet)) is not None:
             from ._redis_callbacks import FleetReceiver
@@ -327,7 +371,8 @@ class CallbackReceiver:
             self._fleet = FleetReceiver(checked)
 
     def __repr__(self) -> str:
-        return f"<CallbackReceiver {self._public_url} tokens={len(self._bindings)}>"
+        signed = "" if self._signer is None else " signed"
+        return f"<CallbackReceiver {self._public_url}{signed} tokens={len(self._bindings)}>"
 
     @property
     def public_url(self) -> str:
@@ -349,6 +394,7 @@ class CallbackReceiver:
     ) -> CallbackTokens[Any]:
         """A session opened with this receiver: its token set, wired to its watcher (the
         fleet's tokens when both the session and the receiver have a fleet)."""
+        self._watchers.add(watcher)
         if fleet is None or self._fleet is None:
             return _SessionLink(self, watcher, loop, gateway=gateway)
         from ._redis_callbacks import RedisCallbackTokens
@@ -376,31 +422,75 @@ class CallbackReceiver:
             return None
         return entry[1]
 
-    async def deliver(self, token: str, body: bytes) -> int:
-        """Take one callback (the token from its URL, the raw body); return the HTTP status.
+    async def deliver(self, token: str, body: bytes, headers: Headers | None = None) -> int:
+        """Take one callback (the token from its URL, the raw body, its HTTP headers: a
+        mapping or ``(name, value)`` pairs, read only with ``webhook_secret``); return the
+        HTTP status.
 
-        200: taken (as a hint); 400: not a task object, or another task's; 404: unknown
-        token (or a closed session's); 413: over ``max_body_bytes``; 503: a fleet token's
-        callback that Redis did not record (send it again). It never waits for a query:
-        the waits of the task do that.
+        200: taken (a signed one as Kling's word, else as a hint), or a redelivery dropped;
+        400: not a task object, or another task's; 401: no valid signature, or a stale one
+        (with ``webhook_secret``); 404: unknown token (or a closed session's); 413: over
+        ``max_body_bytes``; 503: a fleet token's callback that Redis did not record (send
+        it again). It never waits for a query: the waits of the task do that.
 
-        The checks run in this order: the token (constant time), the size, then the body.
-        Kling's Webhook Signature (issue 18), when added, goes between the size and the
-        body: verified on the raw bytes, before anything is parsed.
+        The checks run in this order: the token (constant time), the size, the signature
+        (constant time, on the raw bytes), then the body.
         """
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError(f"body must be the raw bytes, not {type(body).__name__}")
         binding = self._lookup(token)
         if binding is None:
-            return await self._deliver_fleet(token, body)
+            return await self._deliver_fleet(token, body, headers)
         if len(body) > self.max_body_bytes:
             return 413
-        task = parse_callback(bytes(body))
+        raw = bytes(body)
+        good, signed = self._verified(headers, raw, binding.link.watcher)
+        if not good:
+            return 401
+        if signed is not None and signed.id in self._seen:
+            logger.debug("dropped a redelivered callback (its webhook-id was taken)")
+            return 200
+        task = parse_callback(raw)
         if task is None:
             return 400
-        return binding.link.receive(binding, task)
+        status = binding.link.receive(binding, task, signed=signed is not None)
+        if status == 200 and signed is not None:
+            self._remember(signed.id)
+        return status
 
-    async def _deliver_fleet(self, token: str, body: bytes | bytearray | memoryview) -> int:
+    def _verified(
+        self, headers: Headers | None, body: bytes, watcher: Watcher | None
+    ) -> tuple[bool, WebhookHeaders | None]:
+        """Whether the callback may be taken, and its signature's headers (None when the
+        receiver has no secret)."""
+        if self._signer is None:
+            return True, None
+        read = read_headers(headers)
+        refusal = self._signer.check(read, body, self._kling_now(watcher))
+        if refusal is not None:
+            logger.debug("refused a callback (401): %s", refusal.value)
+            return False, None
+        return True, read
+
+    def _kling_now(self, watcher: Watcher | None) -> float:
+        """Now on Kling's clock, as the callback's session (or any session attached) learned
+        it from its replies; this machine's clock while none has (docs/callbacks.md)."""
+        candidates: list[Watcher] = [] if watcher is None else [watcher]
+        for candidate in (*candidates, *self._watchers):
+            offset = candidate.server_clock.offset
+            if offset is not None:
+                return time.time() + offset.total_seconds()
+        return time.time()
+
+    def _remember(self, message_id: str) -> None:
+        seen = self._seen
+        seen[message_id] = None
+        if len(seen) > _SEEN_KEPT:
+            seen.popitem(last=False)
+
+    async def _deliver_fleet(
+        self, token: str, body: bytes | bytearray | memoryview, headers: Headers | None
+    ) -> int:
         """A fleet token's callback: checked by its HMAC, recorded in Redis (503 if not)."""
         fleet = self._fleet
         if fleet is None or split_fleet_token(token) is None:
@@ -413,12 +503,18 @@ class CallbackReceiver:
             return 404
         if len(body) > self.max_body_bytes:
             return 413
-        task = parse_callback(bytes(body))
+        raw = bytes(body)
+        good, signed = self._verified(headers, raw, None)
+        if not good:
+            return 401
+        task = parse_callback(raw)
         if task is None:
             return 400
         account, nonce = owner
+        webhook_id = None if signed is None else signed.id
+        confirm = self.confirm and webhook_id is None
         try:
-            return await fleet.receive(account, nonce, task, confirm=self.confirm)
+            return await fleet.receive(account, nonce, task, confirm=confirm, webhook_id=webhook_id)
         except FleetError:
             return 503
 
@@ -428,11 +524,20 @@ class CallbackReceiver:
 
         return receiver_app(
             known=self._known,
-            deliver=self.deliver,
+            deliver=self._deliver_with(self.deliver),
             limit=self.max_body_bytes,
             reasons=_REASONS,
             headers=_HEADERS,
         )
+
+    def _deliver_with(
+        self, deliver: Callable[..., Awaitable[int]]
+    ) -> Callable[[str, bytes, Headers], Awaitable[int]]:
+        """``deliver`` as the web adapters call it: the headers go along only when a
+        secret needs them."""
+        if self._signer is None:
+            return lambda token, body, headers: deliver(token, body)
+        return lambda token, body, headers: deliver(token, body, headers)
 
     @property
     def asgi_app(self) -> ASGIApp:
@@ -487,7 +592,8 @@ class CallbackReceiver:
                 return
             if not message.get("more_body", False):
                 break
-        await _asgi_reply(send, await self.deliver(token, bytes(body)))
+        deliver = self._deliver_with(self.deliver)
+        await _asgi_reply(send, await deliver(token, bytes(body), scope.get("headers", ())))
 
 
 async def _asgi_reply(send: Send, status: int, *headers: tuple[bytes, bytes]) -> None:

@@ -117,6 +117,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse creates without task_id, like some gateways",
     )
     parser.add_argument(
+        "--webhook-secret",
+        action="append",
+        default=[],
+        metavar="SECRET",
+        help="sign callbacks with this whsec_<base64> Webhook Secret, as Kling does "
+        "(repeat it to sign with two during a rotation)",
+    )
+    parser.add_argument(
         "--drop-external-task-id",
         action="store_true",
         help="silently ignore external_task_id, like most gateways",
@@ -163,6 +171,7 @@ async def _serve(args: argparse.Namespace) -> None:
         unit_deduction=args.unit_deduction,
         cash_deduction=args.cash_deduction,
         list_price=args.list_price,
+        webhook_secret=args.webhook_secret or None,
     )
     for video_id in args.fail_video:
         emulator.fail_video(video_id)
@@ -178,6 +187,9 @@ async def _serve(args: argparse.Namespace) -> None:
         print(f"  api key:           {emulator.api_key}", flush=True)
         print(f"  access key:        {emulator.access_key}", flush=True)
         print(f"  secret key:        {emulator.secret_key}", flush=True)
+        if args.webhook_secret:
+            count = len(args.webhook_secret)
+            print(f"  callbacks signed with {count} webhook secret(s)", flush=True)
         print("try it from another terminal:", flush=True)
         print(
             f"  export KLING_API_KEY={shlex.quote(emulator.api_key)} "

@@ -21,7 +21,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -38,6 +38,7 @@ from kling_async.testing._records import (
     RecordedCallback,
     RecordedRequest,
 )
+from kling_async.testing._signing import signature_headers, webhook_keys
 
 __all__ = ["KlingEmulator"]
 
@@ -124,6 +125,8 @@ class _Callback:
     url: str
     body: dict[str, Any]
     fault: Fault | None
+    # One per callback: its redeliveries (Fault.callback_duplicated) carry the same id.
+    webhook_id: str = attrs.field(factory=lambda: f"msg_{secrets.token_hex(12)}")
 
 
 class _BadRequest(Exception):
@@ -414,6 +417,10 @@ class KlingEmulator:
 
     `inject` queues faults for the next matching requests or callbacks; `requests`, `tasks`,
     `count` and `callbacks` let a test check what the client really did.
+
+    With `webhook_secret` (a ``whsec_<base64>`` secret, or several for a rotation) every
+    callback is signed as Kling signs it (``webhook-id``, ``webhook-timestamp`` on `clock`,
+    ``webhook-signature`` with one ``v1,`` signature per secret).
     """
 
     def __init__(
@@ -438,6 +445,7 @@ class KlingEmulator:
         unit_deduction: str | None = "1",
         cash_deduction: str | None = None,
         list_price: str | None = None,
+        webhook_secret: str | Sequence[str] | None = None,
     ) -> None:
         if polls_to_start < 0 or polls_to_finish < 0:
             raise ValueError("polls_to_start and polls_to_finish must be >= 0")
@@ -477,6 +485,7 @@ class KlingEmulator:
         self.unit_deduction = unit_deduction
         self.cash_deduction = cash_deduction
         self.list_price = list_price
+        self._webhook_keys = webhook_keys(webhook_secret)
         self.clock: Callable[[], float] = time.time
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, EmulatedTask] = {}
@@ -1270,19 +1279,23 @@ class KlingEmulator:
             self._record_callback(callback, status, error)
 
     async def _post(self, callback: _Callback) -> tuple[int | None, str | None]:
-        """Send the bare task object, unsigned, as Kling does.
+        """Send the bare task object as Kling does: signed at the time of sending when the
+        emulator has a webhook secret (or a signature fault), else unsigned.
 
         Returns the receiver's HTTP status, or None and why there was none.
         """
         session = self._http
         if session is None or session.closed:
             return None, "the emulator is not running"
+        data = _json_bytes(callback.body)
+        headers = {"Content-Type": "application/json"}
+        headers.update(
+            signature_headers(
+                self._webhook_keys, callback.webhook_id, self.clock(), data, callback.fault
+            )
+        )
         try:
-            async with session.post(
-                callback.url,
-                data=_json_bytes(callback.body),
-                headers={"Content-Type": "application/json"},
-            ) as response:
+            async with session.post(callback.url, data=data, headers=headers) as response:
                 await response.read()
                 return response.status, None
         except Exception as exc:  # any failure is the receiver's problem: note it, go on

@@ -3,8 +3,9 @@
 A `Fault` describes one way a reply can go wrong: a Kling error envelope, a gateway's HTML page
 or string-coded envelope, a truncated or cut-off body, a delay, a dropped connection or a lost
 reply; for media, also chunked bodies and ignored ``Range`` headers; for callbacks, lost,
-duplicated, reordered, delayed or early deliveries. Faults are plain frozen values, so tests
-can build them up front and compare them with the request and callback logs afterwards.
+duplicated, reordered, delayed or early deliveries, a forged signature or a stale timestamp.
+Faults are plain frozen values, so tests can build them up front and compare them with the
+request and callback logs afterwards.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ CALLBACK_KINDS = frozenset(
         "callback_reordered",
         "callback_delayed",
         "callback_before_reply",
+        "callback_bad_signature",
+        "callback_stale",
     }
 )
 
@@ -243,6 +246,20 @@ class Fault:
         request causes (time-driven, `set_status`) skip this fault.
         """
         return cls(kind="callback_before_reply")
+
+    @classmethod
+    def callback_bad_signature(cls) -> Fault:
+        """Callbacks only: signed with a key nobody has (well-formed headers, no match).
+
+        Sent even by an emulator without ``webhook_secret``: a forger's callback.
+        """
+        return cls(kind="callback_bad_signature")
+
+    @classmethod
+    def callback_stale(cls, seconds: float = 600.0) -> Fault:
+        """Callbacks only: correctly signed, with a ``webhook-timestamp`` `seconds` old (a
+        replayed callback; a receiver refuses one more than 5 minutes from now)."""
+        return cls(kind="callback_stale", seconds=_check_seconds(seconds))
 
     @classmethod
     def drop(cls) -> Fault:
