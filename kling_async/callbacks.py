@@ -25,7 +25,6 @@ import collections
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ import cattrs
 
 from . import _urls
 from ._callback_tokens import CallbackTokens, split_fleet_token
-from ._converter import converter
+from ._converter import converter, load_json
 from ._fleet import check_fleet
 from ._schedule import newer
 from ._webhook_signature import ENV_VAR, Signer, WebhookHeaders, read_headers, read_secrets
@@ -95,7 +94,7 @@ def parse_callback(body: bytes) -> Task | None:
     Kling sends the bare task object; an envelope with code 0 around it is accepted too.
     """
     try:
-        document = json.loads(body)
+        document = load_json(body)  # amounts stay exact decimals
     except (ValueError, RecursionError):
         return None
     if isinstance(document, dict) and "task_id" not in document and document.get("code") == 0:

@@ -21,6 +21,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True)
+def _no_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own Kling settings must not change what the tests see (a webhook
+    secret in the environment would make every receiver of the suite demand signatures)."""
+    names = ("KLING_WEBHOOK_SECRET", "KLING_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY")
+    for name in (*names, "KLING_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 async def emu() -> AsyncIterator[KlingEmulator]:
     """A default emulator: tasks advance one status per query."""

@@ -28,6 +28,7 @@ PURE = {
     "_schedule",
     "_spending",
     "_task_codec",
+    "_webhook_signature",
     "sansio",
 }
 IMPURE = {"aiohttp", "anyio", "asyncio", "os", "socket", "sqlite3", "threading", "time"}
