@@ -22,29 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
-import hashlib
-import hmac
 import logging
 import math
 import os
-import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
-import cattrs
-
 from . import _urls
+from ._asgi_web import ASGIApp, asgi_receiver
+from ._callback_links import Binding, Bindings, SessionLink, parse_callback
 from ._callback_tokens import CallbackTokens, split_fleet_token
-from ._converter import converter, load_json
 from ._fleet import check_fleet
-from ._schedule import newer
 from ._webhook_signature import ENV_VAR, Signer, WebhookHeaders, read_headers, read_secrets
 from .errors import FleetError
-from .models import Task
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -58,15 +50,8 @@ __all__ = ["CallbackReceiver"]
 
 logger = logging.getLogger("kling_async")
 
-_TOKEN_BYTES = 24  # 192 bits of `secrets`: unguessable (the issue asks for >= 128)
-_TOKEN_LENGTH = len(secrets.token_urlsafe(_TOKEN_BYTES))
-# A callback that beats the create's reply is kept (the newest one per token) this long.
-_EARLY_MAX_AGE = 600.0
-# Tokens of tasks seen finished, kept per session so that late duplicates get 200, not 404.
-_FINISHED_KEPT = 1024
 # webhook-ids of signed callbacks taken, per receiver, so that a redelivery is dropped.
 _SEEN_KEPT = 4096
-_TASK_HOOK = converter.get_structure_hook(Task)
 _REASONS = {
     200: "ok",
     400: "not a task object of this task",
@@ -80,207 +65,7 @@ _REASONS = {
 _RETRY_AFTER = "5"
 _HEADERS = {503: (("retry-after", _RETRY_AFTER),)}
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
 Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def parse_callback(body: bytes) -> Task | None:
-    """The task a callback body describes, or None when it is not a task object.
-
-    Kling sends the bare task object; an envelope with code 0 around it is accepted too.
-    """
-    try:
-        document = load_json(body)  # amounts stay exact decimals
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(document, dict) and "task_id" not in document and document.get("code") == 0:
-        document = document.get("data")
-    if not isinstance(document, dict):
-        return None
-    try:
-        return _TASK_HOOK(document, Task)  # type: ignore[no-any-return]
-    except (
-        cattrs.BaseValidationError,
-        TypeError,
-        ValueError,
-        KeyError,
-        AttributeError,
-        OverflowError,
-        RecursionError,
-    ):
-        return None
-
-
-class _Binding:
-    """One create's token: before the reply, an early callback; after, its task id."""
-
-    __slots__ = (
-        "alias",
-        "digest",
-        "early",
-        "early_at",
-        "early_signed",
-        "finished",
-        "link",
-        "task_id",
-    )
-
-    def __init__(self, link: _SessionLink, digest: bytes) -> None:
-        self.link = link
-        self.digest = digest
-        self.task_id: str | None = None  # the id the create's reply gave
-        self.alias: str | None = None  # a gateway session: Kling's id for the same task
-        self.early: Task | None = None
-        self.early_at = 0.0
-        self.early_signed = False  # the early callback was signed: Kling's word
-        self.finished = False
-
-    def agree(self, task: Task) -> Task | None:
-        """The callback's task under the create's id, or None when the ids disagree.
-
-        Through a gateway the body carries Kling's id, which may differ from the gateway's:
-        the first differing id is taken for Kling's and must be the one from then on.
-        """
-        if task.task_id == self.task_id:
-            return task
-        if self.alias is None:
-            if not self.link.gateway:
-                return None
-            self.alias = task.task_id
-        elif task.task_id != self.alias:
-            return None
-        assert self.task_id is not None
-        return attrs.evolve(task, task_id=self.task_id)
-
-
-class _SessionLink:
-    """One open session's tokens (`CallbackTokens`, in this process) and its watcher.
-
-    Callbacks become `Watcher.hint` calls on the session's loop; the watcher's ``finished``
-    event retires a task's token, which then only answers late duplicates.
-    """
-
-    def __init__(
-        self,
-        receiver: CallbackReceiver,
-        watcher: Watcher,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        gateway: bool,
-    ) -> None:
-        self.receiver = receiver
-        self.watcher = watcher
-        self.loop = loop
-        self.gateway = gateway
-        self.closed = False
-        self.active: set[bytes] = set()
-        self.finished: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self.by_task: dict[str, _Binding] = {}  # bound tokens not yet retired
-        watcher.events.finished = self.task_finished
-
-    @property
-    def open_tokens(self) -> int:
-        """Tokens of this session's creates whose tasks are not yet seen finished."""
-        return len(self.active)
-
-    def issue(self) -> tuple[_Binding, str]:
-        """A fresh token for one create, registered before the create is sent."""
-        if self.closed:
-            raise RuntimeError("the session's callbacks are closed")
-        token = secrets.token_urlsafe(_TOKEN_BYTES)
-        digest = hashlib.sha256(token.encode("ascii")).digest()
-        binding = _Binding(self, digest)
-        self.receiver._bindings[digest] = (token, binding)
-        self.active.add(digest)
-        return binding, f"{self.receiver.public_url}/{token}"
-
-    def bind(self, binding: _Binding, task_id: str) -> None:
-        """The create's reply came: tie the token to its task and apply an early callback."""
-        if self.closed or binding.digest not in self.active:
-            return
-        binding.task_id = task_id
-        self.by_task[task_id] = binding
-        early, binding.early = binding.early, None
-        if early is not None and time.monotonic() - binding.early_at <= _EARLY_MAX_AGE:
-            agreed = binding.agree(early)
-            if agreed is not None:
-                confirm = self.receiver.confirm and not binding.early_signed
-                self.watcher.hint(task_id, agreed, confirm=confirm)
-        if self.watcher.seen_done(task_id):
-            self.retire(binding)
-
-    def discard(self, binding: _Binding) -> None:
-        """The create made no task (or none sent with this token): forget the token."""
-        self.active.discard(binding.digest)
-        self.receiver._bindings.pop(binding.digest, None)
-
-    def task_finished(self, task_id: str) -> None:
-        """The watcher needs no more callbacks of ``task_id``: retire its token."""
-        binding = self.by_task.get(task_id)
-        if binding is not None:
-            self.retire(binding)
-
-    def retire(self, binding: _Binding) -> None:
-        """Its task was seen finished: keep the token only to answer late duplicates."""
-        if self.closed or binding.finished or binding.digest not in self.active:
-            return
-        if binding.task_id is not None and self.by_task.get(binding.task_id) is binding:
-            del self.by_task[binding.task_id]
-        binding.finished = True
-        self.active.discard(binding.digest)
-        finished = self.finished
-        finished[binding.digest] = None
-        if len(finished) > _FINISHED_KEPT:
-            oldest, _ = finished.popitem(last=False)
-            self.receiver._bindings.pop(oldest, None)
-
-    def receive(self, binding: _Binding, task: Task, *, signed: bool) -> int:
-        """Hand a checked callback to the watcher (``signed``: trusted, no confirming query)."""
-        if self.closed:
-            return 404
-        if binding.finished:
-            return 200 if binding.agree(task) is not None else 400
-        task_id = binding.task_id
-        if task_id is None:  # before the create's reply: keep the newest, checked at bind
-            if binding.early is None or newer(binding.early, task):
-                binding.early = task
-                binding.early_at = time.monotonic()
-                binding.early_signed = signed
-            return 200
-        agreed = binding.agree(task)
-        if agreed is None:
-            return 400
-        confirm = self.receiver.confirm and not signed
-        hint = functools.partial(self.watcher.hint, task_id, agreed, confirm=confirm)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - deliver() is a coroutine
-            running = None
-        if running is self.loop:
-            hint()
-        else:  # another loop or thread serves the receiver: hand it to the session's loop
-            try:
-                self.loop.call_soon_threadsafe(hint)
-            except RuntimeError:  # the session's loop is closed
-                return 404
-        return 200
-
-    def close(self) -> None:
-        """The session closed: its tokens are forgotten (404 from now on)."""
-        self.closed = True
-        bindings = self.receiver._bindings
-        for digest in (*self.active, *self.finished):
-            bindings.pop(digest, None)
-        self.active.clear()
-        self.finished.clear()
-        self.by_task.clear()
-        events = self.watcher.events
-        if events.finished == self.task_finished:
-            events.finished = None
 
 
 class CallbackReceiver:
@@ -356,9 +141,7 @@ class CallbackReceiver:
         self.max_body_bytes = max_body_bytes
         self.confirm = confirm
         self.safety_interval = float(safety_interval)
-        # sha256(token) -> (token, binding): looked up by a hash, then compared in constant
-        # time, so that answers take no longer for tokens that share a prefix with real ones.
-        self._bindings: dict[bytes, tuple[str, _Binding]] = {}
+        self._bindings = Bindings()  # the tokens of the sessions attached in this process
         # webhook-ids of signed callbacks taken here (a fleet's are in Redis), oldest first.
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         # The sessions attached, to read Kling's clock from (a signed callback's timestamp).
@@ -395,7 +178,14 @@ class CallbackReceiver:
         fleet's tokens when both the session and the receiver have a fleet)."""
         self._watchers.add(watcher)
         if fleet is None or self._fleet is None:
-            return _SessionLink(self, watcher, loop, gateway=gateway)
+            return SessionLink(
+                self._bindings,
+                watcher,
+                loop,
+                public_url=self._public_url,
+                confirm=self.confirm,
+                gateway=gateway,
+            )
         from ._redis_callbacks import RedisCallbackTokens
 
         return await RedisCallbackTokens.attach(
@@ -412,14 +202,8 @@ class CallbackReceiver:
             return True
         return self._fleet is not None and self._fleet.known(token)
 
-    def _lookup(self, token: object) -> _Binding | None:
-        if not isinstance(token, str) or len(token) != _TOKEN_LENGTH or not token.isascii():
-            return None  # every token has this length: that tells nothing
-        raw = token.encode("ascii")
-        entry = self._bindings.get(hashlib.sha256(raw).digest())
-        if entry is None or not hmac.compare_digest(entry[0].encode("ascii"), raw):
-            return None
-        return entry[1]
+    def _lookup(self, token: object) -> Binding | None:
+        return self._bindings.lookup(token)
 
     async def deliver(self, token: str, body: bytes, headers: Headers | None = None) -> int:
         """Take one callback (the token from its URL, the raw body, its HTTP headers: a
@@ -545,71 +329,13 @@ class CallbackReceiver:
         For ``fastapi_app.mount("/kling/callbacks", receiver.asgi_app)`` (Starlette alike):
         the token is read from ``scope["path"]`` past ``scope["root_path"]``.
         """
-        return self._asgi
-
-    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope.get("type")
-        if kind == "lifespan":  # served on its own: nothing to start or stop
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if kind != "http":
-            return
-        path = str(scope.get("path", ""))
-        root = str(scope.get("root_path", "") or "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        token = path[1:] if path.startswith("/") else ""
-        if scope.get("method") != "POST":
-            await _asgi_reply(send, 405, (b"allow", b"POST"))
-            return
-        if "/" in token or not self._known(token):
-            await _asgi_reply(send, 404)
-            return
-        limit = self.max_body_bytes
-        for name, value in scope.get("headers", ()):
-            if bytes(name).lower() == b"content-length":
-                try:
-                    too_large = int(value) > limit
-                except ValueError:
-                    too_large = False
-                if too_large:
-                    await _asgi_reply(send, 413)
-                    return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > limit:
-                await _asgi_reply(send, 413)
-                return
-            if not message.get("more_body", False):
-                break
-        deliver = self._deliver_with(self.deliver)
-        await _asgi_reply(send, await deliver(token, bytes(body), scope.get("headers", ())))
-
-
-async def _asgi_reply(send: Send, status: int, *headers: tuple[bytes, bytes]) -> None:
-    body = _REASONS.get(status, "").encode()
-    headers += tuple((name.encode(), value.encode()) for name, value in _HEADERS.get(status, ()))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        return asgi_receiver(
+            known=self._known,
+            deliver=self._deliver_with(self.deliver),
+            limit=self.max_body_bytes,
+            reasons=_REASONS,
+            headers=_HEADERS,
+        )
 
 
 def _public_url(url: object) -> str:
