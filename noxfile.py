@@ -27,7 +27,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[redis]", "mypy", "pytest")  # pytest: the emulator fixture is typed
+    session.install("-e", ".[redis,callbacks]", "mypy", "pytest")  # pytest: the emulator fixture is typed
     session.run("mypy")
 
 
