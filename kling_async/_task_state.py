@@ -90,6 +90,28 @@ class TaskState:
             for event in self.listeners:
                 event.set()
 
+    async def sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Sleep ``seconds`` (> 0, or infinite) on ``loop`` or until `notify` is called."""
+        future: asyncio.Future[None] = loop.create_future()
+        if self.sleepers is None:
+            self.sleepers = [future]
+        else:
+            self.sleepers.append(future)
+        timer = None if math.isinf(seconds) else loop.call_later(seconds, _wake, future)
+        try:
+            await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            sleepers = self.sleepers
+            if sleepers is not None and not future.done():
+                sleepers.remove(future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
 
 class StatesOwner(Protocol):
     """What a task-state store calls back on the watcher whose states it holds."""

@@ -17,7 +17,6 @@ and the receiver hear of (a slot freed, a task done or gone) goes through `Watch
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import datetime as dt
@@ -408,21 +407,7 @@ class Watcher:
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
         else:
-            loop = wire.loop
-            future: asyncio.Future[None] = loop.create_future()
-            if state.sleepers is None:
-                state.sleepers = [future]
-            else:
-                state.sleepers.append(future)
-            timer = None if math.isinf(seconds) else loop.call_later(seconds, _wake, future)
-            try:
-                await future
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                sleepers = state.sleepers
-                if sleepers is not None and not future.done():
-                    sleepers.remove(future)
+            await state.sleep(wire.loop, seconds)
         if wire.closed:
             raise SessionClosedError(CLOSED_WHILE_PENDING)
 
@@ -534,11 +519,6 @@ class Watcher:
 
 def _is_done(task: Task) -> bool:
     return task.done
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 _NO_SCOPE = contextlib.nullcontext()
