@@ -48,7 +48,9 @@ INSTALL = "pip install 'kling-async[callbacks]'"
 _PREFIX = "whsec_"
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _SEPARATORS = re.compile(r"[\s,]+")
-_TIMESTAMP = re.compile(r"[1-9][0-9]{0,11}")  # whole seconds, as Kling writes them
+# Whole seconds, as Kling writes them: up to 10 digits (to the year 2286; more would be a
+# date Python cannot represent).
+_TIMESTAMP = re.compile(r"[1-9][0-9]{0,9}")
 _MAX_ID = 256  # characters of a webhook-id
 _MAX_SIGNATURES = 16  # signatures in one header (two during a rotation)
 _MAX_SIGNATURE_HEADER = 4096
@@ -184,9 +186,12 @@ class Signer:
         when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
         return tuple(webhook.sign(message_id, when, body) for webhook in self._webhooks)
 
-    def check(self, headers: WebhookHeaders | None, body: bytes, now: float) -> Refusal | None:
+    def check(
+        self, headers: WebhookHeaders | None, body: bytes, now: float, *more: float
+    ) -> Refusal | None:
         """None when ``body`` carries a valid signature with a timestamp within `TOLERANCE`
-        of ``now`` (Unix seconds on the clock the caller trusts); else why not.
+        of ``now`` or of one of ``more`` (Unix seconds on the clocks the caller trusts);
+        else why not.
 
         Every expected signature is compared with every one sent, in constant time, with no
         early exit: how long it takes depends on how many there are, not on which matched.
@@ -200,6 +205,6 @@ class Signer:
                 good |= hmac.compare_digest(wanted, sent.encode("ascii"))
         if not good:
             return Refusal.FORGED
-        if abs(headers.timestamp - now) > TOLERANCE:
+        if all(abs(headers.timestamp - clock) > TOLERANCE for clock in (now, *more)):
             return Refusal.STALE
         return None

@@ -249,21 +249,23 @@ class CallbackReceiver:
         if self._signer is None:
             return True, None
         read = read_headers(headers)
-        refusal = self._signer.check(read, body, self._kling_now(watcher))
+        refusal = self._signer.check(read, body, *self._nows(watcher))
         if refusal is not None:
             logger.debug("refused a callback (401): %s", refusal.value)
             return False, None
         return True, read
 
-    def _kling_now(self, watcher: Watcher | None) -> float:
-        """Now on Kling's clock, as the callback's session (or any session attached) learned
-        it from its replies; this machine's clock while none has (docs/callbacks.md)."""
+    def _nows(self, watcher: Watcher | None) -> tuple[float, ...]:
+        """Now on this machine's clock and, where the callback's session (or any session
+        attached) learned it from Kling's replies, on Kling's: a timestamp fresh on either
+        is taken (docs/callbacks.md, "Which clock")."""
+        local = time.time()
         candidates: list[Watcher] = [] if watcher is None else [watcher]
         for candidate in (*candidates, *self._watchers):
             offset = candidate.server_clock.offset
             if offset is not None:
-                return time.time() + offset.total_seconds()
-        return time.time()
+                return local, local + offset.total_seconds()
+        return (local,)
 
     def _remember(self, message_id: str) -> None:
         seen = self._seen

@@ -185,6 +185,27 @@ async def test_the_timestamp_is_compared_on_klings_clock(framework: str) -> None
             assert 0 == emu.count("query")
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_an_offset_learned_before_a_clock_step_does_not_refuse_callbacks(
+    framework: str,
+) -> None:
+    """The session learned Kling's clock 10 minutes ahead; then the clocks agree again (one
+    of them was stepped): a timestamp fresh on this machine's clock is taken too."""
+    async with (
+        mount(framework, webhook_secret=SECRET) as receiver,
+        KlingEmulator(auto_advance=False, webhook_secret=SECRET) as emu,
+    ):
+        emu.clock = lambda: time.time() + 600
+        async with official(emu, callbacks=receiver, poll_policy=SLOW) as session:
+            handle = await session.extend("vid-1")
+            emu.clock = time.time
+            async with waiting(handle):
+                emu.set_status(handle.task_id, "succeed")
+            await emu.drain_callbacks()
+            assert [("submitted", 200), ("succeed", 200)] == statuses(emu)
+            assert 0 == emu.count("query")
+
+
 async def test_a_fleet_receiver_checks_signatures_and_drops_redeliveries_in_redis(
     redis_url: str,
 ) -> None:
