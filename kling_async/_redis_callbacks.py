@@ -10,8 +10,10 @@ bound to lives in Redis as well, under the account's keys:
   `DONE_TTL` once the task is seen finished, to answer late duplicates with 200);
 - ``cb:early:<nonce>`` (a list), callbacks that beat the bind, kept `EARLY_TTL` and applied
   by the bind (both are Lua scripts, so a callback is either seen bound or found by the bind);
-- ``cb:wh:<webhook-id>``, a signed callback taken (SET NX), kept `WEBHOOK_ID_TTL`: any
-  worker drops a redelivery that another took.
+- ``cb:wh:<webhook-id>``, a signed callback recorded, kept `WEBHOOK_ID_TTL`: any worker
+  drops a redelivery of one another worker recorded (written once the callback is, so a
+  delivery cut short is never dropped; two workers that take one at once both record it,
+  which the merge makes harmless).
 
 A callback of a bound token becomes a `_redis_states.Hints` record (a hint on the account's
 events stream); every process that waits on the task, the one that made it included,
@@ -192,26 +194,23 @@ class FleetReceiver:
         self, account: str, nonce: str, task: Task, *, confirm: bool, webhook_id: str | None = None
     ) -> int:
         """Record one checked callback; the HTTP status (200 taken, 400 another task's). A
-        signed one's ``webhook_id`` is claimed first: a redelivery is dropped (200), and a
-        claim whose callback was not recorded is given back."""
+        signed one's ``webhook_id`` is noted once it is recorded: a redelivery of it is
+        dropped (200)."""
         keys = [account_key(account, "tok", nonce), account_key(account, "early", nonce)]
         args: list[str | int] = [task.task_id, encode_task(task), int(EARLY_TTL * 1000), EARLY_KEPT]
         seen = None if webhook_id is None else account_key(account, "wh", webhook_id)
         px = int(WEBHOOK_ID_TTL * 1000)
         with self._fleet.guard("recording a callback"):
-            if seen is not None and not await self.client.set(seen, "1", nx=True, px=px):
-                return 200  # another worker took this delivery already
-            try:
-                kind, bound = (text(part) for part in await self._receive(keys=keys, args=args))
-                if kind == "wrong":
-                    return 400
-                if kind == "bound":
-                    task = attrs.evolve(task, task_id=bound)
-                    await self._hints.record(account, bound, task, confirm=confirm)
-            except Exception:
-                if seen is not None:  # not recorded: Kling's redelivery must be taken
-                    await self.client.delete(seen)
-                raise
+            if seen is not None and await self.client.exists(seen):
+                return 200  # another worker recorded this delivery already
+            kind, bound = (text(part) for part in await self._receive(keys=keys, args=args))
+            if kind == "wrong":
+                return 400
+            if kind == "bound":
+                task = attrs.evolve(task, task_id=bound)
+                await self._hints.record(account, bound, task, confirm=confirm)
+            if seen is not None:
+                await self.client.set(seen, "1", px=px)
         return 200
 
     async def aclose(self) -> None:

@@ -230,10 +230,16 @@ async def test_a_fleet_receiver_checks_signatures_and_drops_redeliveries_in_redi
             body = json.dumps(
                 {"task_id": handle.task_id, "task_status": "processing", "updated_at": 1}
             ).encode()
-            headers = signature_headers(webhook_keys(SECRET), "msg_x", time.time(), body, None)
-            assert 200 == await second.deliver(token, body, headers)
+            # A delivery that was not taken (another task's body: 400) drops no later one.
+            wrong = json.dumps({"task_id": "another", "task_status": "processing"}).encode()
+            refused = signature_headers(webhook_keys(SECRET), "msg_x", time.time(), wrong, None)
+            assert 400 == await second.deliver(token, wrong, refused)
             client = aioredis.Redis.from_url(redis_url)
             try:
+                before = await _hints(client)
+                headers = signature_headers(webhook_keys(SECRET), "msg_x", time.time(), body, None)
+                assert 200 == await second.deliver(token, body, headers)
+                assert before + 1 == await _hints(client)  # recorded
                 seen = [key async for key in client.scan_iter("kling-async:*:cb:wh:msg_x")]
                 assert 1 == len(seen)
                 before = await _hints(client)
