@@ -270,7 +270,7 @@ class KlingSession:
         Kling extends only videos made by its V1.0, V1.5 and V1.6 models, deletes videos 30
         days after they are made, and stops an extended video at 3 minutes (each extend adds
         4-5 s). A create refused for one of these raises `SourceVideoError`, whose ``reason``
-        says which; an extend of a video this session saw, whose length + 5 s would pass 3
+        says which; an extend of a video this session saw, whose length + 4 s would pass 3
         minutes, raises `InvalidArgumentError` before anything is sent (docs/errors.md,
         "Refused source videos").
         """

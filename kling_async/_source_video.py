@@ -27,7 +27,7 @@ from .errors import (
 from .models import SourceVideoReason, Task, Video
 
 __all__ = [
-    "EXTEND_ADDS_AT_MOST",
+    "EXTEND_ADDS_AT_LEAST",
     "MAX_EXTENDED_SECONDS",
     "KnownDurations",
     "source_video_error",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 MAX_EXTENDED_SECONDS = 180.0  # an extended video may be at most 3 minutes
-EXTEND_ADDS_AT_MOST = 5.0  # each extend adds 4-5 s: the check assumes the most
+EXTEND_ADDS_AT_LEAST = 4.0  # each extend adds 4-5 s: only what certainly passes is refused
 
 # The codes a refusal of the source video comes with: invalid request or parameter (a
 # video too long), resource does not exist (a video expired, deleted, or of a retired
@@ -130,16 +130,17 @@ def too_long(
     video_id: str, duration: float | None, *, index: int | None = None
 ) -> InvalidArgumentError | None:
     """The refusal of an extend of ``video_id``, ``duration`` seconds long (None: unknown),
-    that could pass 3 minutes; None when it cannot, or the length is unknown. ``index``:
+    that would pass 3 minutes even if it added the least an extend adds; None when it may
+    not (Kling decides), or the length is unknown. ``index``:
     the request's place in a batch, named in the message."""
-    if duration is None or duration + EXTEND_ADDS_AT_MOST <= MAX_EXTENDED_SECONDS:
+    if duration is None or duration + EXTEND_ADDS_AT_LEAST <= MAX_EXTENDED_SECONDS:
         return None
     where = "" if index is None else f"requests[{index}]: "
     return InvalidArgumentError(
         "video_id",
-        f"{where}video {video_id!r} is {duration:g} s long: extending it (each extend adds up to "
-        f"{EXTEND_ADDS_AT_MOST:g} s) could pass {MAX_EXTENDED_SECONDS:g} s, the longest an "
-        "extended video may be; nothing was sent",
+        f"{where}video {video_id!r} is {duration:g} s long: extending it (each extend adds at "
+        f"least {EXTEND_ADDS_AT_LEAST:g} s) would pass {MAX_EXTENDED_SECONDS:g} s, the longest "
+        "an extended video may be; nothing was sent",
     )
 
 

@@ -75,7 +75,7 @@ class Submitter:
     ) -> TaskHandle:
         """Create ``request`` (under journal ``key``) and return its handle.
 
-        An extend of a video this session saw that could pass 3 minutes is refused with
+        An extend of a video this session saw that would pass 3 minutes is refused with
         `InvalidArgumentError` before anything is sent, unless the journal already holds
         ``key`` (its record decides: it may have made its task already).
         """
@@ -141,7 +141,7 @@ class Submitter:
         self, requests: list[ExtendRequest], deadline: float | None
     ) -> list[TaskHandle | KlingError]:
         """Submit side by side; in input order, each one's handle or error (see
-        `KlingSession.extend_many`). An extend that could pass 3 minutes (see `submit`)
+        `KlingSession.extend_many`). An extend that would pass 3 minutes (see `submit`)
         raises `InvalidArgumentError` before any of them is sent."""
         for index, request in enumerate(requests):
             refusal = too_long(request.video_id, self.durations.get(request.video_id), index=index)

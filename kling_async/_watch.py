@@ -37,7 +37,7 @@ from ._policies import PollPolicy
 from ._schedule import Schedule, born_at, capped_delay, confirm_at, newer, rank
 from ._task_state import LocalTaskStates, TaskState, TaskStates
 from .errors import KlingError, NotFoundError, SessionClosedError, WaitTimeoutError
-from .models import Task, TaskResult, TaskStatus
+from .models import Task, TaskInfo, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from ._clock import ServerClock
@@ -151,7 +151,8 @@ class Watcher:
         """A hint of ``task_id``'s state (a callback's, its id already checked), never the truth.
 
         A status on the way is merged (never backwards) as a hint: the next reply of that
-        status or later replaces it, and with ``confirm`` it carries no result. A final one is
+        status or later replaces it, and with ``confirm`` it carries no result, cost or info
+        (a source video's length among them). A final one is
         merged only without ``confirm``; with it, the task's poll becomes a confirming query
         due now and its waits wake, so that one of them confirms before any returns. When no
         wait is on the task, it is let go at once (`_let_go`). Nothing here awaits or queries.
@@ -163,8 +164,10 @@ class Watcher:
         if last is not None and last.done:
             return  # already seen finished: a duplicate or a late one changes nothing
         if not task.done:
-            if confirm and (task.result.videos or task.final_unit_deduction or task.cost):
-                task = attrs.evolve(task, result=TaskResult(), final_unit_deduction=None, cost=None)
+            if confirm:  # unchecked words: its status and times only, until a reply comes
+                task = attrs.evolve(
+                    task, result=TaskResult(), info=TaskInfo(), final_unit_deduction=None, cost=None
+                )
             self._merge(state, task, hinted=True)
             return
         if not confirm:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from kling_async import (
+    CallbackReceiver,
     ExtendRequest,
     InvalidArgumentError,
     InvalidRequestError,
@@ -133,12 +134,13 @@ def test_the_error_class_stays_a_subclass_of_todays() -> None:
 
 @pytest.mark.parametrize(
     ("duration", "refused"),
-    [(None, False), (5.0, False), (175.0, False), (175.1, True), (181.0, True)],
+    [(None, False), (5.0, False), (176.0, False), (176.1, True), (181.0, True)],
 )
-def test_an_extend_that_could_pass_three_minutes_is_refused(
+def test_an_extend_that_would_pass_three_minutes_is_refused(
     duration: float | None, refused: bool
 ) -> None:
-    """duration + 5 s over 180 s is refused; an unknown duration never is."""
+    """duration + 4 s (the least an extend adds) over 180 s is refused; one that may fit
+    is left to Kling, and an unknown duration is never refused."""
     assert refused == (too_long("v1", duration) is not None)
 
 
@@ -305,7 +307,7 @@ async def _extend_and_wait(session: KlingSession, video_id: str) -> Video:
 async def test_an_extend_chain_is_stopped_before_it_passes_three_minutes(
     emu: KlingEmulator,
 ) -> None:
-    """Each result's known length counts: the extend that could pass 180 s is never sent."""
+    """Each result's known length counts: the extend that would pass 180 s is never sent."""
     emu.set_video_duration("start", 160.0)
     lengths = []
     async with official(emu) as session:
@@ -329,6 +331,36 @@ async def test_an_extend_chain_is_stopped_before_it_passes_three_minutes(
     assert TOO_LONG == error.reason
 
 
+async def test_an_extend_that_may_fit_is_left_to_kling(emu: KlingEmulator) -> None:
+    """171 s, extended by 4.1 s to 175.1 s: 175.1 + 4 may fit in 180 s, so it is sent (and
+    the emulator makes a 179.2 s video); the check refuses only what would certainly pass."""
+    emu.set_video_duration("start", 171.0)
+    async with official(emu) as session:
+        video = await _extend_and_wait(session, "start")
+        last = await _extend_and_wait(session, video.id)
+    assert (175.1, 179.2) == (video.duration, last.duration)
+    assert 2 == emu.count("create")
+
+
+async def test_an_unconfirmed_callback_teaches_no_video_length(emu: KlingEmulator) -> None:
+    """A callback hint (not yet confirmed) that names a source video of 999 s does not make
+    the session refuse extends of that video: only replies (and signed callbacks) do."""
+    receiver = CallbackReceiver("http://127.0.0.1:9/cb")
+    async with official(emu, callbacks=receiver) as session:
+        handle = await session.extend("vid-1")
+        url = emu.tasks[handle.task_id].callback_url or ""
+        body = {
+            "task_id": handle.task_id,
+            "task_status": "processing",
+            "task_info": {
+                "parent_video": {"id": "victim", "url": "https://x/v", "duration": "999"}
+            },
+        }
+        assert 200 == await receiver.deliver(url.rsplit("/", 1)[1], json.dumps(body).encode())
+        await session.extend("victim")
+    assert 2 == emu.count("create")
+
+
 async def test_a_source_whose_known_length_fits_is_sent(emu: KlingEmulator) -> None:
     """175 s + 5 s is exactly 3 minutes: allowed, and known from the task's parent video."""
     emu.set_video_duration("edge", 175.0)
@@ -339,7 +371,7 @@ async def test_a_source_whose_known_length_fits_is_sent(emu: KlingEmulator) -> N
 
 
 async def test_extend_many_refuses_the_batch_before_sending_any(emu: KlingEmulator) -> None:
-    """A batch with an extend that could pass 3 minutes raises before any of its creates."""
+    """A batch with an extend that would pass 3 minutes raises before any of its creates."""
     emu.set_video_duration("start", 172.0)
     async with official(emu) as session:
         video = await _extend_and_wait(session, "start")  # 176.1 s, now known
