@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 
 import anyio
 
@@ -28,6 +29,7 @@ logger = logging.getLogger("kling_async")
 # A 404 for a task created less than this long ago may be a server that does not show it
 # yet: only an older task is recorded gone.
 _GONE_AFTER = dt.timedelta(minutes=5)
+_HTTP_STATUS = re.compile(r"\(HTTP (\d{3})\b")
 
 
 class JournalRecord:
@@ -103,11 +105,13 @@ async def keyed_create(
             return claim.task_id, None
         if outcome is ClaimOutcome.REFUSED:
             entry = claim.entry
-            cls = error_class_for(400, entry.refusal_code)
-            message = (
-                f"the create for key {key!r} was refused before and is not sent again: "
-                f"{entry.refusal_reason}"
-            )
+            said = entry.refusal_reason or ""
+            # The refusal as it was told (its words end with "(HTTP <status>, ..."): the same
+            # class and reason again, read from those words alone, never from the key's.
+            found = _HTTP_STATUS.search(said)
+            status = int(found.group(1)) if found else 400
+            cls = error_class_for(status, entry.refusal_code)
+            message = f"the create for key {key!r} was refused before and is not sent again: {said}"
             # status 0: not a reply, the journal remembers the refusal (and its words).
             source = source_video_error(
                 cls,
@@ -115,7 +119,8 @@ async def keyed_create(
                 video_id=claim.request.video_id,
                 status=0,
                 code=entry.refusal_code,
-                reason_status=404 if cls is NotFoundError else 400,
+                reason_status=status,
+                words=said,
             )
             raise source or cls(message, status=0, code=entry.refusal_code)
         if outcome is ClaimOutcome.GONE:

@@ -47,10 +47,12 @@ _SOURCE_CODES = frozenset({1200, 1201, 1203})
 # these are the words its replies (and gateways') are likely to use, English and Chinese;
 # the SDK's own explanations (errors.py) match the reason they stand for, so that a
 # journal's copy of a refusal reads back as the same reason.
+# A word alone ("model", "duration") is not enough: a gateway's "no channel for this model"
+# or "model X does not support watermark_info" is about something else.
 _PATTERNS: tuple[tuple[SourceVideoReason, re.Pattern[str]], ...] = (
     (
         SourceVideoReason.MODEL_RETIRED,
-        re.compile(r"\bmodels?\b|discontinu|retire|deprecat|kling-v\d|模型|下线"),
+        re.compile(r"discontinu|retire|deprecat|no longer (supported|available)|下线|停用"),
     ),
     (
         SourceVideoReason.VIDEO_EXPIRED,
@@ -58,10 +60,17 @@ _PATTERNS: tuple[tuple[SourceVideoReason, re.Pattern[str]], ...] = (
     ),
     (
         SourceVideoReason.TOO_LONG,
-        re.compile(r"duration|\b3 ?min|\b180 ?s|video[^.]{0,60}(too long|exceed)|时长"),
+        re.compile(
+            r"video[^.]{0,60}(too long|exceed)|duration[^.]{0,40}(exceed|too long|over|limit)"
+            r"|\b3 ?min|\b180 ?s|时长.{0,10}(超|过)"
+        ),
     ),
 )
-_NOT_FOUND = re.compile(r"does not exist|not exist|not found|no such|did not find|不存在")
+# A video said to be missing (with no code, a 404 alone may be a gateway's unknown route).
+_NOT_FOUND = re.compile(
+    r"video\b[^/.]{0,60}(does not exist|not exist|not found|no such)"
+    r"|(no such|unknown) video|did not find|视频.{0,10}不存在"
+)
 
 
 def source_video_reason(status: int, code: int | None, message: str) -> SourceVideoReason | None:
@@ -81,7 +90,7 @@ def source_video_reason(status: int, code: int | None, message: str) -> SourceVi
             return reason
     if code == 1203:
         return SourceVideoReason.NOT_FOUND
-    if "video" in text and (status == 404 or _NOT_FOUND.search(text)):
+    if _NOT_FOUND.search(text):
         return SourceVideoReason.NOT_FOUND
     return None
 
@@ -97,13 +106,15 @@ def source_video_error(
     gateway_code: str | None = None,
     retry_after: float | None = None,
     reason_status: int | None = None,
+    words: str | None = None,
 ) -> SourceVideoError | None:
     """The error for a create of ``video_id`` refused with ``cls`` (what `error_class_for`
     chose), or None when the refusal is not about the source video.
 
     The class is a subclass of ``cls``: an ``except NotFoundError`` or ``except
-    InvalidRequestError`` that caught the refusal before still does. ``reason_status`` is
-    the status to read the refusal by when ``status`` is not a reply's (a journal's copy).
+    InvalidRequestError`` that caught the refusal before still does. ``reason_status`` and
+    ``words`` are the status and the text to read the reason from when they are not
+    ``status`` and ``message`` (a journal's copy of a refusal).
     """
     if issubclass(cls, NotFoundError):
         source_cls: type[SourceVideoError] = SourceVideoNotFoundError
@@ -111,7 +122,11 @@ def source_video_error(
         source_cls = SourceVideoInvalidError
     else:
         return None
-    reason = source_video_reason(status if reason_status is None else reason_status, code, message)
+    reason = source_video_reason(
+        status if reason_status is None else reason_status,
+        code,
+        message if words is None else words,
+    )
     if reason is None:
         return None
     return source_cls(

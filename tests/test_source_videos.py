@@ -91,6 +91,10 @@ def test_the_reason_is_read_from_status_code_and_message(
         (400, 1301, "the model flagged this video"),  # another code: content policy
         (429, 1303, "parallel tasks exceed the limit"),
         (404, None, "Not Found"),  # a route the gateway does not know
+        (404, None, "Invalid URL (POST /kling/v1/videos/video-extend)"),  # and another
+        (400, None, "当前分组 default 下对于模型 kling-v1 无可用渠道"),  # no channel for it
+        (400, 1201, "model kling-v1 does not support watermark_info"),
+        (400, 1201, "duration must be 5 or 10"),
         (500, None, "video expired"),  # a server error is never a refusal
     ],
 )
@@ -454,3 +458,36 @@ async def test_a_key_the_journal_holds_is_left_to_its_record(
             await knowing.extend(video.id, key="row-1")
     assert 2 == emu.count("create")
     assert (TOO_LONG, 0) == (again.value.reason, again.value.status)
+
+
+async def test_a_remembered_refusal_is_read_from_its_words_not_its_key(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A key that says "model" does not turn an ordinary refusal into a retired model's."""
+    emu.inject(Fault.business(1201, status=400, message="callback_url must be https"))
+    journal = tmp_path / "j.sqlite3"
+    async with official(emu, journal=journal) as session:
+        with pytest.raises(InvalidRequestError) as first:
+            await session.extend("v1", key="model-3-duration-row-1")
+        with pytest.raises(InvalidRequestError) as again:
+            await session.extend("v1", key="model-3-duration-row-1")
+
+    assert not isinstance(first.value, SourceVideoError)
+    assert not isinstance(again.value, SourceVideoError)
+    assert 1 == emu.count("create")
+
+
+async def test_a_gateway_404_without_a_code_is_remembered_as_a_404(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """Its class (a NotFoundError) comes back from the journal too, not an invalid request."""
+    emu.inject(Fault.gateway("not_found", status=404, message="video v1 not found"))
+    journal = tmp_path / "j.sqlite3"
+    async with gateway(emu, journal=journal) as session:
+        with pytest.raises(SourceVideoNotFoundError) as first:
+            await session.extend("v1", key="row-1")
+        with pytest.raises(SourceVideoNotFoundError) as again:
+            await session.extend("v1", key="row-1")
+
+    assert (NOT_FOUND, NOT_FOUND) == (first.value.reason, again.value.reason)
+    assert 1 == emu.count("create")
