@@ -27,6 +27,9 @@ __all__ = [
     "spent",
 ]
 
+# Amounts have at most 36 digits (18 before the point, 18 after): a sum of them is exact.
+_EXACT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Overflow])
+
 # Plain progress prints a changed line at most this often, an unchanged one every heartbeat.
 _PLAIN_INTERVAL = 2.0
 _PLAIN_HEARTBEAT = 30.0
@@ -172,15 +175,16 @@ def spent(outcomes: Sequence[Outcome]) -> tuple[decimal.Decimal, decimal.Decimal
     """
     units = cash = decimal.Decimal(0)
     priced = 0
-    for outcome in outcomes:
-        cost = outcome.cost
-        if cost is None:
-            continue
-        priced += 1
-        if cost.units is not None:
-            units += cost.units
-        if cost.cash is not None:
-            cash += cost.cash
+    with decimal.localcontext(_EXACT):
+        for outcome in outcomes:
+            cost = outcome.cost
+            if cost is None:
+                continue
+            priced += 1
+            if cost.units is not None:
+                units += cost.units
+            if cost.cash is not None:
+                cash += cost.cash
     return units, cash, priced
 
 
