@@ -71,6 +71,7 @@ DONE_TTL = 3600.0
 """Seconds a finished task's binding is kept, to answer late duplicates with 200."""
 EARLY_TTL = 600.0
 """Seconds a callback that beat the create's reply waits for the bind."""
+_TRUSTED = "t"  # the mark of an early callback to take as Kling's word (before its JSON)
 _BIND_RETRY = 0.5  # seconds before a failed bind is tried again (doubling up to the max)
 _BIND_RETRY_MAX = 10.0
 EARLY_KEPT = 8
@@ -197,7 +198,10 @@ class FleetReceiver:
         signed one's ``webhook_id`` is noted once it is recorded: a redelivery of it is
         dropped (200)."""
         keys = [account_key(account, "tok", nonce), account_key(account, "early", nonce)]
-        args: list[str | int] = [task.task_id, encode_task(task), int(EARLY_TTL * 1000), EARLY_KEPT]
+        # Kept as an early callback if the bind has not come yet: marked as Kling's word
+        # (a signed one, or a receiver that trusts bodies) for the bind to take it so.
+        early = (_TRUSTED if not confirm else "") + encode_task(task)
+        args: list[str | int] = [task.task_id, early, int(EARLY_TTL * 1000), EARLY_KEPT]
         seen = None if webhook_id is None else account_key(account, "wh", webhook_id)
         px = int(WEBHOOK_ID_TTL * 1000)
         with self._fleet.guard("recording a callback"):
@@ -370,18 +374,21 @@ class RedisCallbackTokens:
             alias_raw, early_raw = await self._bind_script(keys=keys, args=args)
             alias = text(alias_raw) or None
             newest: Task | None = None
+            trusted = False
             for raw in reversed(early_raw):  # oldest first: the first differing id is Kling's
+                entry = text(raw)
                 try:
-                    task = decode_task(raw)
+                    task = decode_task(entry.removeprefix(_TRUSTED))
                 except ValueError:  # pragma: no cover - the receiver wrote it
                     continue
                 if self._gateway and alias is None and task.task_id != task_id:
                     alias = text(await self._alias_script(keys=keys[:1], args=[task.task_id]))
                 agreed, _ = agree(task, task_id, alias, gateway=self._gateway)
                 if agreed is not None and newer(newest, agreed):
-                    newest = agreed
+                    newest, trusted = agreed, entry.startswith(_TRUSTED)
             if newest is not None:
-                await self._hints.record(self._account, task_id, newest, confirm=self._confirm)
+                confirm = self._confirm and not trusted
+                await self._hints.record(self._account, task_id, newest, confirm=confirm)
         if self._watcher.seen_done(task_id):
             self.task_finished(task_id)
 

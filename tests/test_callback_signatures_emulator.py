@@ -266,3 +266,32 @@ async def _hints(client: Any) -> int:
     async for key in client.scan_iter("kling-async:*:events"):
         total += await client.xlen(key)
     return int(total)
+
+
+async def test_a_fleet_s_signed_early_callback_is_taken_as_kling_s_word(redis_url: str) -> None:
+    """A signed final callback that comes before its create's reply is kept in Redis as an
+    early one; the bind takes it as Kling's word: the wait ends with no query."""
+    async with (
+        aiohttp_app(fleet=redis_url, webhook_secret=SECRET) as receiver,
+        KlingEmulator(auto_advance=False) as emu,
+        official(emu, fleet=redis_url, callbacks=receiver, poll_policy=SLOW) as session,
+    ):
+        try:
+            async with official(emu) as maker:  # the task a create is making right now
+                task_id = (await maker.extend("vid-1")).task_id
+            emu.set_status(task_id, "succeed")
+            queries = emu.count("query")
+            link = session._submitter.link  # the create's token, issued before its send
+            assert link is not None
+            binding, url = link.issue()
+            body = json.dumps({"task_id": task_id, "task_status": "succeed"}).encode()
+            headers = signature_headers(webhook_keys(SECRET), "msg_e", time.time(), body, None)
+            assert 200 == await receiver.deliver(url.rsplit("/", 1)[1], body, headers)
+            handle = session.task(task_id)
+            link.bind(binding, task_id)  # the create's reply came
+            with anyio.fail_after(5):
+                task = await handle.wait()
+        finally:
+            await receiver.aclose()
+    assert "succeed" == task.status
+    assert queries == emu.count("query")
