@@ -282,7 +282,7 @@ def _kling_message(error: KlingError, args: argparse.Namespace, task_id: str | N
         )
         text = (
             f"{error.args[0] if error.args else 'the create outcome is unknown'}; the create for "
-            f"video {error.request.video_id} sent at {error.sent_at.isoformat()} may have made a "
+            f"{error.request.subject} sent at {error.sent_at.isoformat()} may have made a "
             f"(paid) task: {how} before you extend that video again"
         )
     elif isinstance(error, RetryAfterTooLongError):
