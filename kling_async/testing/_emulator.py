@@ -49,7 +49,9 @@ from kling_async.testing._sources import (
 __all__ = ["KlingEmulator"]
 
 # Each task family's routes: /v1/videos/<family>[/<id>] (extend, text2video, image2video).
-_FAMILY_SEGMENTS: Final[dict[tuple[str, ...], str]] = {("v1", "videos", family): family for family in FAMILIES}
+_FAMILY_SEGMENTS: Final[dict[tuple[str, ...], str]] = {
+    ("v1", "videos", family): family for family in FAMILIES
+}
 _GATEWAY_PREFIX: Final = "/kling"
 _ROUTES: Final = frozenset({"create", "query", "list", "media", "other"})
 _API_ROUTES: Final = frozenset({"create", "query", "list"})
