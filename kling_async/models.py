@@ -168,7 +168,7 @@ class Cost:
 
 @attrs.frozen(kw_only=True)
 class Task:
-    """One extend task as the server last described it.
+    """One task (of any `TaskFamily`) as the server last described it.
 
     ``created_at`` and ``updated_at`` are aware UTC datetimes (the wire sends Unix
     milliseconds); fields the server left out are ``None`` or empty.
@@ -204,7 +204,7 @@ class Task:
 
     @property
     def parent_video(self) -> Video | None:
-        """The source video that was extended, when the server said so."""
+        """The source video that was extended, when the server said so (an extend's only)."""
         return self.info.parent_video
 
     @property

@@ -57,6 +57,7 @@ async def test_text_to_video_creates_and_waits_on_its_own_routes(make: Any) -> N
         task = await handle
 
     assert TaskStatus.SUCCEED == task.status
+    assert TaskFamily.TEXT2VIDEO == handle.family
     assert task.parent_video is None
     assert task.video is not None
     assert 10.1 == task.video.duration
