@@ -5,6 +5,7 @@ on its own routes, against the emulator over real HTTP."""
 from __future__ import annotations
 
 import base64
+import decimal
 import json
 import pathlib
 from typing import Any
@@ -61,6 +62,8 @@ async def test_text_to_video_creates_and_waits_on_its_own_routes(make: Any) -> N
     assert task.parent_video is None
     assert task.video is not None
     assert 10.1 == task.video.duration
+    assert task.cost is not None
+    assert decimal.Decimal(1) == task.cost.units  # what it cost, read as for an extend
     [body] = bodies(emu, "text2video")
     expected = {
         "prompt": "a red fox in snow",
