@@ -161,7 +161,9 @@ class Lookup:
         key = attempt.key
         rivals = [self._doubt(other) for other in self._attempts.rivals(attempt)]
         claimed = self._attempts.claimed(key)
-        if self.journal is not None:
+        # A journal records extends only: a source create (no video) has no rival nor owner
+        # in it (docs/concepts.md, "Task families").
+        if self.journal is not None and attempt.video_id:
             try:
                 recorded = await self.journal.doubts(attempt.video_id)
                 owners = await self.journal.keys_of([task.task_id for task in tasks])

@@ -199,6 +199,21 @@ async def test_a_lost_create_reply_is_found_on_its_familys_route(make: Any) -> N
     assert 0 == emu.count("query", family="video-extend") + emu.count("list", family="video-extend")
 
 
+async def test_a_lost_create_reply_in_a_session_with_a_journal_is_found(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The journal (of extends) is no rival of a source create in doubt: it is found again."""
+    async with (
+        KlingEmulator() as emu,
+        gateway(emu, journal=tmp_path / "journal.sqlite3") as session,
+    ):
+        emu.inject(Fault.reply_lost(), route="create")
+        task = await (await session.text_to_video("a storm at sea"))
+
+    assert TaskStatus.SUCCEED == task.status
+    assert 1 == len(emu.tasks)
+
+
 # -- bad input, before any request -------------------------------------------------------------
 
 
