@@ -438,9 +438,15 @@ class KlingSession(SourceCalls):
         return self._watcher.as_completed(states, timeout)
 
     def list_tasks(
-        self, *, page_size: int = 30, first_page: int = 1, max_pages: int | None = None
+        self,
+        *,
+        page_size: int = 30,
+        first_page: int = 1,
+        max_pages: int | None = None,
+        family: TaskFamily | str = TaskFamily.EXTEND,
     ) -> AsyncGenerator[Task, None]:
-        """Iterate the account's extend tasks, newest first, fetching page by page.
+        """Iterate the account's tasks of ``family`` (extends by default; versionadded 0.3),
+        newest first, fetching page by page.
 
         Raises `ListUnavailableError` (on the first page) where the base URL does not offer
         listing, as most gateways do not.
@@ -449,18 +455,20 @@ class KlingSession(SourceCalls):
         check_count("first_page", first_page, 1000)  # Kling's pageNum: 1 to 1000
         if max_pages is not None:
             check_count("max_pages", max_pages, None)
+        known = TaskFamily(family)
         self._wire.check_open()
-        return self._pages(page_size, first_page, max_pages)
+        return self._pages(page_size, first_page, max_pages, known)
 
     async def _pages(
-        self, page_size: int, page: int, max_pages: int | None
+        self, page_size: int, page: int, max_pages: int | None, family: TaskFamily
     ) -> AsyncGenerator[Task, None]:
         wire = self._wire
         fetched = 0
         while page <= 1000 and (max_pages is None or fetched < max_pages):
             wire.check_open()
             tasks = await wire.call(
-                sansio.list_request(wire.base_url, page, page_size), sansio.parse_task_list
+                sansio.list_request(wire.base_url, page, page_size, family),
+                sansio.parse_task_list,
             )
             fetched += 1
             for task in tasks:

@@ -124,6 +124,18 @@ async def test_session_task_takes_a_family() -> None:
             assert made.task_id == again.task_id
 
 
+async def test_list_tasks_reads_one_familys_list() -> None:
+    """``list_tasks(family=...)`` pages through that family's tasks only."""
+    async with KlingEmulator() as emu, official(emu) as session:
+        made = [await session.text_to_video(f"scene {n}") for n in range(3)]
+        await session.extend("vid-1")
+        listed = [task.task_id async for task in session.list_tasks(family="text2video")]
+        extends = [task async for task in session.list_tasks()]
+
+    assert [h.task_id for h in reversed(made)] == listed
+    assert ["vid-1"] == [t.parent_video.id for t in extends if t.parent_video is not None]
+
+
 # -- list refresh ------------------------------------------------------------------------------
 
 
