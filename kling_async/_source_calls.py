@@ -12,7 +12,10 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
+
 from ._config import check_key
+from ._images import image_value
 from ._source_requests import CameraControl, ImageToVideo, TextToVideo
 
 if TYPE_CHECKING:
@@ -99,6 +102,8 @@ class SourceCalls:
         sent. ``key`` is not yet supported here (``ValueError`` before any I/O). Added in
         version 0.3.
         """
+        # A local file is read off the event loop (up to 10 MB), before the request is built.
+        image, image_tail = await anyio.to_thread.run_sync(_read_images, image, image_tail)
         request = ImageToVideo(
             image=image,
             image_tail=image_tail,
@@ -133,3 +138,7 @@ class SourceCalls:
             # A fleet's poller follows task ids without their family (docs/fleet.md).
             raise ValueError(f"{request.subject} is not yet supported in a fleet session")
         return await self._submitter.submit(request, None)
+
+
+def _read_images(image: object, image_tail: object) -> tuple[str | None, str | None]:
+    return image_value("image", image), image_value("image_tail", image_tail)
