@@ -11,6 +11,7 @@ from ._handle import TaskHandle
 from ._journal import Claim, ClaimOutcome, EntryState, Journal, JournalEntry
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._session import KlingSession
+from ._source_requests import CameraControl, ImageToVideo, TextToVideo
 from ._sqlite_journal import SQLiteJournal
 from .callbacks import CallbackReceiver
 from .errors import (
@@ -52,6 +53,7 @@ from .models import (
     SessionStatistics,
     SourceVideoReason,
     Task,
+    TaskFamily,
     TaskInfo,
     TaskResult,
     TaskStatus,
@@ -66,6 +68,7 @@ __all__ = [
     "AmbiguousCreateError",
     "AuthenticationError",
     "CallbackReceiver",
+    "CameraControl",
     "Claim",
     "ClaimLostError",
     "ClaimOutcome",
@@ -77,6 +80,7 @@ __all__ = [
     "ExtendRequest",
     "FleetError",
     "FleetUnavailableError",
+    "ImageToVideo",
     "InvalidArgumentError",
     "InvalidRequestError",
     "Journal",
@@ -105,11 +109,13 @@ __all__ = [
     "SubmitTimeoutError",
     "Task",
     "TaskFailedError",
+    "TaskFamily",
     "TaskHandle",
     "TaskInfo",
     "TaskLimitError",
     "TaskResult",
     "TaskStatus",
+    "TextToVideo",
     "TransportError",
     "Video",
     "WaitTimeoutError",

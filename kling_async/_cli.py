@@ -54,7 +54,7 @@ from .errors import (
     TransportError,
     WaitTimeoutError,
 )
-from .models import Task, TaskStatus
+from .models import ExtendRequest, Task, TaskStatus
 
 __all__ = ["main"]
 
@@ -280,9 +280,13 @@ def _kling_message(error: KlingError, args: argparse.Namespace, task_id: str | N
             if error.external_task_id
             else f"look for it with '{PROG} list' or in the Kling console"
         )
+        request = error.request
+        what = (
+            f"video {request.video_id}" if isinstance(request, ExtendRequest) else request.subject
+        )
         text = (
             f"{error.args[0] if error.args else 'the create outcome is unknown'}; the create for "
-            f"video {error.request.video_id} sent at {error.sent_at.isoformat()} may have made a "
+            f"{what} sent at {error.sent_at.isoformat()} may have made a "
             f"(paid) task: {how} before you extend that video again"
         )
     elif isinstance(error, RetryAfterTooLongError):

@@ -20,6 +20,7 @@ import attrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
+from ._source_requests import CAMERA_AXES, CameraControl, ImageToVideo, TextToVideo
 from .models import Cost, ExtendRequest, Task, TaskInfo, TaskResult, TaskStatus, Video
 
 __all__ = ["Envelope", "converter", "cost_of", "load_json", "wire_decimal"]
@@ -295,3 +296,40 @@ converter.register_unstructure_hook(
         ),
     ),
 )
+
+
+def _camera_control(control: CameraControl) -> dict[str, Any]:
+    """Kling's ``{"type": ..., "config": {...}}``; only ``simple`` carries a config."""
+    if control.type != "simple":
+        return {"type": control.type}
+    config = {axis: getattr(control, axis) for axis in CAMERA_AXES}
+    return {"type": control.type, "config": {k: v for k, v in config.items() if v is not None}}
+
+
+converter.register_unstructure_hook(CameraControl, _camera_control)
+
+
+def _source_hook(cls: type[TextToVideo] | type[ImageToVideo]) -> Any:
+    """A source create's body: its set fields, ``watermark`` as ``watermark_info``, then
+    ``extra``'s options as they are (they may not repeat a typed field's name)."""
+    fields = make_dict_unstructure_fn(
+        cls,
+        converter,
+        _cattrs_omit_if_default=True,
+        watermark=override(
+            rename="watermark_info", unstruct_hook=lambda enabled: {"enabled": enabled}
+        ),
+        extra=override(omit=True),
+        model_name=override(omit_if_default=False),  # sent always: gateways route on it
+    )
+
+    def unstructure(request: TextToVideo | ImageToVideo) -> dict[str, Any]:
+        body: dict[str, Any] = fields(request)
+        body.update(request.extra)
+        return body
+
+    return unstructure
+
+
+converter.register_unstructure_hook(TextToVideo, _source_hook(TextToVideo))
+converter.register_unstructure_hook(ImageToVideo, _source_hook(ImageToVideo))

@@ -22,6 +22,7 @@ from ._account import DeadlinePassed, Slot, SlotGate
 from ._attempt import STAMP_PREFIX, Attempts, CallbackSlot, CreateAttempt, CreateRecord
 from ._lookup import Absent, Lookup
 from ._policies import Action, next_step
+from ._source_requests import CreateRequest, source_video_id
 from .errors import (
     AmbiguousCreateError,
     ContentPolicyError,
@@ -32,7 +33,7 @@ from .errors import (
     SessionClosedError,
     SubmitTimeoutError,
 )
-from .models import ExtendRequest, Task
+from .models import Task
 
 if TYPE_CHECKING:
     from ._wire import Wire
@@ -53,7 +54,7 @@ class Creator:
 
     async def create(
         self,
-        request: ExtendRequest,
+        request: CreateRequest,
         *,
         deadline: float | None = None,
         record: CreateRecord | None = None,
@@ -76,7 +77,7 @@ class Creator:
         if callback is not None and request.callback_url is None:
             request = attrs.evolve(request, callback_url=callback.url)
             callback.sent = True
-        attempt = CreateAttempt(request.video_id, record, request.external_task_id, key)
+        attempt = CreateAttempt(source_video_id(request), record, request.external_task_id, key)
         self.attempts.start(attempt)
         try:
             task = await self._tries(request, attempt, deadline, resend)
@@ -100,9 +101,9 @@ class Creator:
                 attempt.in_doubt = True
                 self.attempts.left_in_doubt(attempt)
                 logger.warning(
-                    "a create for video %s sent at %s was interrupted while its outcome was "
+                    "a create for %s sent at %s was interrupted while its outcome was "
                     "unknown; it may have made a task%s",
-                    request.video_id,
+                    request.subject,
                     attempt.sent_at.isoformat(),
                     f" (external_task_id {request.external_task_id})"
                     if request.external_task_id
@@ -117,7 +118,7 @@ class Creator:
             attempt.take_off_wire()
 
     async def _tries(
-        self, request: ExtendRequest, attempt: CreateAttempt, deadline: float | None, resend: bool
+        self, request: CreateRequest, attempt: CreateAttempt, deadline: float | None, resend: bool
     ) -> Task:
         """The tries of one create with its one parallel-task slot: taken before the first
         send, kept across retries, bound to the task the reply (or a look-up) names, handed
@@ -136,7 +137,7 @@ class Creator:
 
     async def _try_all(
         self,
-        request: ExtendRequest,
+        request: CreateRequest,
         attempt: CreateAttempt,
         deadline: float | None,
         held: _Held,
@@ -147,7 +148,7 @@ class Creator:
         http_request = sansio.create_request(wire.base_url, request)
         # A refusal names the source video, and why it cannot be extended (docs/errors.md,
         # "Refused source videos").
-        parse = functools.partial(sansio.parse_created, video_id=request.video_id)
+        parse = functools.partial(sansio.parse_created, video_id=source_video_id(request) or None)
         started = clock()
         first_refusal: float | None = None  # when the first 1303 came
         slot_time = 0.0  # tries refused with 1303 and their waits: not the retry budget's
@@ -253,8 +254,8 @@ class Creator:
                 return task
             wire.retries += 1
             logger.info(
-                "retrying create for video %s in %.2f s (retry %d): %s",
-                request.video_id,
+                "retrying create for %s in %.2f s (retry %d): %s",
+                request.subject,
                 delay,
                 retry,
                 last_error,
@@ -266,7 +267,7 @@ class Creator:
 
     async def reconcile(
         self,
-        request: ExtendRequest,
+        request: CreateRequest,
         *,
         sent_at: dt.datetime,
         record: CreateRecord,
@@ -293,7 +294,7 @@ class Creator:
             server_now=wire.server_clock.to_server(now),
             sent_server=sent_server,
         )
-        attempt = CreateAttempt(request.video_id, record, request.external_task_id, key)
+        attempt = CreateAttempt(source_video_id(request), record, request.external_task_id, key)
         attempt.sent_at = sent_at
         attempt.sent_server = sent_server
         attempt.sent_uncertainty = sent_uncertainty or 0.0
@@ -320,8 +321,8 @@ class Creator:
         finally:
             self.attempts.end(attempt)
         logger.info(
-            "the journaled create for video %s%s made no task; sending it",
-            request.video_id,
+            "the journaled create for %s%s made no task; sending it",
+            request.subject,
             "" if key is None else f" (key {key!r})",
         )
         attempt.recorded = True  # the journal says "sending"
@@ -329,7 +330,7 @@ class Creator:
         return await self.create(request, record=record, callback=callback, key=key, resend=True)
 
     async def _taken(
-        self, request: ExtendRequest, attempt: CreateAttempt, error: KlingError, resend: bool
+        self, request: CreateRequest, attempt: CreateAttempt, error: KlingError, resend: bool
     ) -> Task | None:
         """After a refusal with 1201: the task that already carries this create's own
         external id (one the session stamped, or a journaled send's being sent again), or
@@ -345,7 +346,7 @@ class Creator:
         ):
             return None
         try:
-            found = await self.lookup.carrying(external_id)
+            found = await self.lookup.carrying(external_id, request.family)
         except KlingError as failure:
             attempt.in_doubt = True
             raise AmbiguousCreateError(
@@ -358,9 +359,9 @@ class Creator:
             ) from error
         if found is not None:
             logger.warning(
-                "a create for video %s was refused with 1201 and its external id %s names "
+                "a create for %s was refused with 1201 and its external id %s names "
                 "task %s: an earlier send of it made that task",
-                request.video_id,
+                request.subject,
                 external_id,
                 found.task_id,
             )
@@ -391,7 +392,7 @@ class Creator:
 
     def _timed_out(
         self,
-        request: ExtendRequest,
+        request: CreateRequest,
         deadline: float | None,
         started: float,
         last_error: KlingError | None,

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import TaskFailedError
-from .models import Task, TaskStatus
+from .models import Task, TaskFamily, TaskStatus
 
 if TYPE_CHECKING:
     from ._task_state import TaskState
@@ -45,6 +45,11 @@ class TaskHandle:
     def task_id(self) -> str:
         """The server's id for the task; store it to resume with `task()`."""
         return self._state.task_id
+
+    @property
+    def family(self) -> TaskFamily:
+        """The task's family, whose routes it is polled on (versionadded 0.3)."""
+        return self._state.family
 
     @property
     def last(self) -> Task | None:

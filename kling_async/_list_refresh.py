@@ -19,7 +19,7 @@ from . import _list_round, sansio
 from ._policies import PollPolicy
 from ._task_state import TaskState
 from .errors import KlingError, ListUnavailableError, SessionClosedError
-from .models import Task
+from .models import Task, TaskFamily
 
 if TYPE_CHECKING:
     from ._wire import Wire
@@ -97,9 +97,34 @@ class ListRefresh:
         return number
 
     async def _read_pages(self, wanted: dict[str, TaskState], number: int) -> None:
-        wire = self._wire
+        """Read each family's list for its pending tasks: one list round per family that has
+        pending waits (docs/concepts.md, "Task families")."""
         if not wanted:
             return
+        families: dict[TaskFamily, dict[str, TaskState]] = {}
+        for task_id, state in wanted.items():
+            families.setdefault(state.family, {})[task_id] = state
+        found = 0
+        for family, states in families.items():
+            read = await self._read_family(family, states, number)
+            if read is None:
+                return  # listing is off, or the list failed: the rest are queried
+            found += read
+        for state in wanted.values():
+            if state.listed_in != number:
+                state.list_miss = True  # not listed: queried on its own from now on
+        ended = _list_round.after_round(found, self._fruitless, forced=self._forced)
+        self._fruitless = ended.fruitless
+        if ended.stop_listing:
+            logger.info("list refresh is off: the list never shows this session's tasks")
+            self.mode = False
+
+    async def _read_family(
+        self, family: TaskFamily, wanted: dict[str, TaskState], number: int
+    ) -> int | None:
+        """The list pages of ``family`` until its pending tasks are refreshed (or the rules
+        stop); how many were found, or None when listing failed or is off."""
+        wire = self._wire
         oldest = min((s.born for s in wanted.values() if s.born is not None), default=None)
         # One cadence for the session: no task is due again before the next round is.
         next_round = wire.clock() + self._policy.list_interval
@@ -108,20 +133,20 @@ class ListRefresh:
             try:
                 self.requests += 1
                 tasks = await wire.call(
-                    sansio.list_request(wire.base_url, page, _list_round.PAGE_SIZE),
+                    sansio.list_request(wire.base_url, page, _list_round.PAGE_SIZE, family),
                     sansio.parse_task_list,
                 )
             except ListUnavailableError as error:
                 if not self._forced:
                     logger.info("list refresh is off for this session: %s", error)
                     self.mode = False
-                    return
+                    return None
                 raise
             except SessionClosedError:
                 raise
             except KlingError as error:
                 logger.info("list refresh failed; pending tasks are queried instead: %s", error)
-                return
+                return None
             verdict = _list_round.read_page(
                 page,
                 tasks,
@@ -138,10 +163,4 @@ class ListRefresh:
                 state.listed_in = number
             if not verdict.more:
                 break
-        for state in wanted.values():
-            state.list_miss = True  # not listed: queried on its own from now on
-        ended = _list_round.after_round(found, self._fruitless, forced=self._forced)
-        self._fruitless = ended.fruitless
-        if ended.stop_listing:
-            logger.info("list refresh is off: the list never shows this session's tasks")
-            self.mode = False
+        return found

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import _reconcile, sansio
 from ._attempt import NEVER, Attempts, CreateAttempt
+from ._source_requests import CreateRequest
 from .errors import (
     AmbiguousCreateError,
     JournalError,
@@ -24,7 +25,7 @@ from .errors import (
     ListUnavailableError,
     NotFoundError,
 )
-from .models import ExtendRequest, Task
+from .models import Task, TaskFamily
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -63,7 +64,7 @@ class Lookup:
 
     async def settle(
         self,
-        request: ExtendRequest,
+        request: CreateRequest,
         unknown: str,
         attempt: CreateAttempt,
         *,
@@ -80,8 +81,8 @@ class Lookup:
         wire, attempts, key = self._wire, self._attempts, attempt.key
         named = "" if key is None else f" (key {key!r})"
         logger.info(
-            "create for video %s%s is in doubt (%s); looking it up",
-            request.video_id,
+            "create for %s%s is in doubt (%s); looking it up",
+            request.subject,
             named,
             unknown,
         )
@@ -117,8 +118,8 @@ class Lookup:
                 attempts.remember(task.task_id, key)
                 attempts.settled(key)
                 logger.info(
-                    "create for video %s%s made task %s (found by look-up %d)",
-                    request.video_id,
+                    "create for %s%s made task %s (found by look-up %d)",
+                    request.subject,
                     named,
                     task.task_id,
                     looks,
@@ -133,36 +134,38 @@ class Lookup:
             delay = _reconcile.look_delay(now=wire.clock(), ends=ends, waits=wire.retry_policy.wait)
             if looks == 1:
                 logger.info(
-                    "create for video %s not found yet; looking again every %g s for up to %.0f s",
-                    request.video_id,
+                    "create for %s not found yet; looking again every %g s for up to %.0f s",
+                    request.subject,
                     _reconcile.LOOK_EVERY,
                     max(0.0, ends - wire.clock()),
                 )
             await wire.sleep(delay, wake=on_wire[0].off_wire() if on_wire else None)
 
     async def _look(
-        self, request: ExtendRequest, attempt: CreateAttempt, *, final: bool
+        self, request: CreateRequest, attempt: CreateAttempt, *, final: bool
     ) -> _reconcile.Verdict | None:
         """One look-up: the external id, then the list back to the send; a verdict or None."""
         external_id = request.external_task_id
         if external_id is not None:
-            found = await self._by_external_id(external_id, final=final)
+            found = await self._by_external_id(external_id, request.family, final=final)
             if found is not None:
                 return _reconcile.Found(found)
         if external_id is not None and self.keeps_external_ids:
             tasks: list[Task] = []  # the id look-up was the whole answer
             covered = True
         else:
-            listed = await self._listed(attempt, final=final)
+            listed = await self._listed(attempt, request.family, final=final)
             if listed is None:
                 return None
             tasks, covered = listed
         key = attempt.key
         rivals = [self._doubt(other) for other in self._attempts.rivals(attempt)]
         claimed = self._attempts.claimed(key)
-        if self.journal is not None:
+        # A journal records extends only: a source create (no video) has no rival nor owner
+        # in it (docs/concepts.md, "Task families").
+        if self.journal is not None and attempt.video_id:
             try:
-                recorded = await self.journal.doubts(request.video_id)
+                recorded = await self.journal.doubts(attempt.video_id)
                 owners = await self.journal.keys_of([task.task_id for task in tasks])
             except JournalError as journal_error:
                 if final:
@@ -191,13 +194,15 @@ class Lookup:
             final=final,
         )
 
-    async def carrying(self, external_id: str) -> Task | None:
-        """The task carrying ``external_id``, None when the server knows none; KlingError
-        when the query fails (with the query retry rules)."""
+    async def carrying(
+        self, external_id: str, family: TaskFamily = TaskFamily.EXTEND
+    ) -> Task | None:
+        """The task of ``family`` carrying ``external_id``, None when the server knows none;
+        KlingError when the query fails (with the query retry rules)."""
         wire = self._wire
         try:
             found = await wire.call(
-                sansio.query_request(wire.base_url, external_id),
+                sansio.query_request(wire.base_url, external_id, family),
                 lambda response, now: sansio.parse_task(response, now, task_id=external_id),
             )
         except NotFoundError:
@@ -205,11 +210,13 @@ class Lookup:
         self.keeps_external_ids = True
         return found
 
-    async def _by_external_id(self, external_id: str, *, final: bool) -> Task | None:
+    async def _by_external_id(
+        self, external_id: str, family: TaskFamily, *, final: bool
+    ) -> Task | None:
         """The task carrying ``external_id``, or None (not made yet, or not kept)."""
         try:
             # None: not made (yet), or the server drops external ids: the list tells
-            return await self.carrying(external_id)
+            return await self.carrying(external_id, family)
         except KlingError as lookup_error:
             if final:
                 raise _CannotLook(
@@ -218,14 +225,14 @@ class Lookup:
             return None
 
     async def _listed(
-        self, attempt: CreateAttempt, *, final: bool
+        self, attempt: CreateAttempt, family: TaskFamily, *, final: bool
     ) -> tuple[list[Task], bool] | None:
         """The list read back to the send (and whether it got that far), or None to look
         again later."""
         if self.list_unavailable:
             raise _CannotLook("this base URL offers no task list to look it up")
         try:
-            return await self._read_list(attempt)
+            return await self._read_list(attempt, family)
         except ListUnavailableError as unavailable:
             # A 404 or 1202 says so for good; an HTML page (a proxy's) may pass: it is
             # believed the second time.
@@ -241,7 +248,9 @@ class Lookup:
                 raise _CannotLook(f"listing tasks failed ({list_error})") from list_error
             return None
 
-    async def _read_list(self, attempt: CreateAttempt) -> tuple[list[Task], bool]:
+    async def _read_list(
+        self, attempt: CreateAttempt, family: TaskFamily
+    ) -> tuple[list[Task], bool]:
         """List pages, newest first, back past the send (less the margin and the tolerance
         for a misplaced send) on the server's clock; also whether they reached that far."""
         wire = self._wire
@@ -249,7 +258,7 @@ class Lookup:
         for page in range(1, _MAX_PAGES + 1):
             before = dt.datetime.now(dt.timezone.utc)
             listed, date = await wire.call(
-                sansio.list_request(wire.base_url, page, _PAGE_SIZE), _list_and_date
+                sansio.list_request(wire.base_url, page, _PAGE_SIZE, family), _list_and_date
             )
             wire.server_clock.observe_date(date, before, dt.datetime.now(dt.timezone.utc))
             tasks.extend(listed)

@@ -70,6 +70,7 @@ class Doubt:
     """One create in doubt, as the rules see it."""
 
     video_id: str
+    """The video an extend is of; empty for a source create, whose family's list it reads."""
     external_task_id: str | None
     sent_at: dt.datetime | None
     """When it was sent, on the server's clock; None when that cannot be told."""
@@ -115,7 +116,10 @@ class Doubt:
             return task.external_task_id == self.external_task_id
         if self.external_task_id is not None and keeps_external_ids:
             return False  # its task would carry its external id
-        if task.parent_video is None or task.parent_video.id != self.video_id:
+        if not self.video_id:  # a source create (text/image to video): no parent video
+            if task.parent_video is not None:
+                return False  # an extend: its family's list holds none, but a gateway may
+        elif task.parent_video is None or task.parent_video.id != self.video_id:
             return False
         earliest, latest, scan_from = self.earliest, self.latest, self.scan_from
         if earliest is None or latest is None or scan_from is None or task.created_at is None:

@@ -24,13 +24,14 @@ from ._journal import Journal
 from ._lifetime import Lifetime
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
 from ._seams import account_parts
+from ._source_calls import SourceCalls
 from ._spending import Spending
 from ._submit import Submitter
 from ._transport import Transport
 from ._watch import Watcher, WatchEvents
 from ._wire import Wire
 from .errors import KlingError
-from .models import ExtendRequest, SessionStatistics, Task, Video
+from .models import ExtendRequest, SessionStatistics, Task, TaskFamily, Video
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -45,7 +46,7 @@ __all__ = ["KlingSession"]
 _SLOT_MARGIN = 30.0  # seconds a create's unbound slot outlives the create's longest send
 
 
-class KlingSession:
+class KlingSession(SourceCalls):
     """An async client for the Kling video-extend API; open it with ``async with``.
 
     Credentials: a gateway's ``api_key`` (sent as ``Bearer``) or Kling's ``access_key`` and
@@ -101,6 +102,7 @@ class KlingSession:
         max_parallel_tasks: int | None = None,
     ) -> None:
         fleet = check_fleet(fleet)
+        self._fleet_on = fleet is not None
         config = configure(
             api_key=api_key,
             base_url=base_url,
@@ -358,20 +360,25 @@ class KlingSession:
             raise ValueError(f"{call} reads the journal: KlingSession(journal=...)")
         return self._journal
 
-    def task(self, task_id: str) -> TaskHandle:
+    def task(self, task_id: str, *, family: TaskFamily | str | None = None) -> TaskHandle:
         """A handle for an existing task, without I/O: resume a wait after a restart.
 
-        Every handle of one task id in a session shares its state and its polls.
+        Every handle of one task id in a session shares its state and its polls. ``family``
+        (versionadded 0.3): the task's `TaskFamily`, whose routes it is polled on; by
+        default the one this session made it with, else an extend.
         """
         check_task_id(task_id)
+        known = None if family is None else TaskFamily(family)
         self._wire.check_open()
-        return self._submitter.handle(task_id)
+        return self._submitter.handle(task_id, known)
 
-    async def get_task(self, task_id: str) -> Task:
-        """Query one task by its task id or external task id (queries retry transient failures)."""
+    async def get_task(self, task_id: str, *, family: TaskFamily | str = TaskFamily.EXTEND) -> Task:
+        """Query one task by its task id or external task id (queries retry transient
+        failures), on its ``family``'s route (versionadded 0.3)."""
         check_task_id(task_id)
+        known = TaskFamily(family)
         self._wire.check_open()
-        return await self._watcher.query(task_id)
+        return await self._watcher.query(task_id, known)
 
     async def download(
         self,
@@ -431,9 +438,15 @@ class KlingSession:
         return self._watcher.as_completed(states, timeout)
 
     def list_tasks(
-        self, *, page_size: int = 30, first_page: int = 1, max_pages: int | None = None
+        self,
+        *,
+        page_size: int = 30,
+        first_page: int = 1,
+        max_pages: int | None = None,
+        family: TaskFamily | str = TaskFamily.EXTEND,
     ) -> AsyncGenerator[Task, None]:
-        """Iterate the account's extend tasks, newest first, fetching page by page.
+        """Iterate the account's tasks of ``family`` (extends by default; versionadded 0.3),
+        newest first, fetching page by page.
 
         Raises `ListUnavailableError` (on the first page) where the base URL does not offer
         listing, as most gateways do not.
@@ -442,18 +455,20 @@ class KlingSession:
         check_count("first_page", first_page, 1000)  # Kling's pageNum: 1 to 1000
         if max_pages is not None:
             check_count("max_pages", max_pages, None)
+        known = TaskFamily(family)
         self._wire.check_open()
-        return self._pages(page_size, first_page, max_pages)
+        return self._pages(page_size, first_page, max_pages, known)
 
     async def _pages(
-        self, page_size: int, page: int, max_pages: int | None
+        self, page_size: int, page: int, max_pages: int | None, family: TaskFamily
     ) -> AsyncGenerator[Task, None]:
         wire = self._wire
         fetched = 0
         while page <= 1000 and (max_pages is None or fetched < max_pages):
             wire.check_open()
             tasks = await wire.call(
-                sansio.list_request(wire.base_url, page, page_size), sansio.parse_task_list
+                sansio.list_request(wire.base_url, page, page_size, family),
+                sansio.parse_task_list,
             )
             fetched += 1
             for task in tasks:

@@ -21,10 +21,11 @@ from ._create import Creator
 from ._handle import TaskHandle
 from ._journal import EntryState, Journal, JournalEntry
 from ._keyed import KeyedCreates
+from ._source_requests import CreateRequest, source_video_id
 from ._source_video import KnownDurations, too_long
 from ._watch import Watcher
 from .errors import KlingError
-from .models import ExtendRequest
+from .models import ExtendRequest, TaskFamily
 
 if TYPE_CHECKING:
     from ._callback_tokens import CallbackTokens
@@ -66,12 +67,16 @@ class Submitter:
         self.link: CallbackTokens[Any] | None = None
         self.tasks_created = 0
 
-    def handle(self, task_id: str) -> TaskHandle:
-        """A handle for ``task_id``, sharing the state of every other one in the session."""
-        return TaskHandle(self._watcher, self._watcher.state(task_id))
+    def handle(self, task_id: str, family: TaskFamily | None = None) -> TaskHandle:
+        """A handle for ``task_id``, sharing the state of every other one in the session;
+        ``family``: the task is of that family (None: as known, else an extend)."""
+        state = self._watcher.state(task_id)
+        if family is not None:
+            state.family = family
+        return TaskHandle(self._watcher, state)
 
     async def submit(
-        self, request: ExtendRequest, deadline: float | None, key: str | None = None
+        self, request: CreateRequest, deadline: float | None, key: str | None = None
     ) -> TaskHandle:
         """Create ``request`` (under journal ``key``) and return its handle.
 
@@ -80,7 +85,8 @@ class Submitter:
         ``key`` (its record decides: it may have made its task already).
         """
         self._check_open()
-        refusal = too_long(request.video_id, self.durations.get(request.video_id))
+        video_id = source_video_id(request)
+        refusal = too_long(video_id, self.durations.get(video_id)) if video_id else None
         if refusal is not None and (
             key is None or self._journal is None or await self._journal.get(key) is None
         ):
@@ -105,7 +111,7 @@ class Submitter:
 
     async def _submit(
         self,
-        request: ExtendRequest,
+        request: CreateRequest,
         deadline: float | None,
         key: str | None,
         slot: CallbackSlot | None,
@@ -115,6 +121,8 @@ class Submitter:
             stamp = new_stamp()
         if key is not None:
             assert self.keyed is not None
+            # The journal records extends only: the session refuses a key for the others.
+            assert isinstance(request, ExtendRequest)
             task_id, made = await self.keyed.create(
                 key,
                 request,
@@ -135,7 +143,8 @@ class Submitter:
         if slot is not None and slot.sent:
             assert self.receiver is not None
             safety = self.receiver.safety_interval
-        return TaskHandle(self._watcher, self._watcher.created(task, safety=safety))
+        state = self._watcher.created(task, safety=safety, family=request.family)
+        return TaskHandle(self._watcher, state)
 
     async def submit_many(
         self, requests: list[ExtendRequest], deadline: float | None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import KlingError
-from .models import Task
+from .models import Task, TaskFamily
 
 if TYPE_CHECKING:
     import anyio
@@ -33,6 +33,7 @@ class TaskState:
         "cap",
         "confirm_due",
         "confirmed_at",
+        "family",
         "generation",
         "last",
         "list_miss",
@@ -48,8 +49,9 @@ class TaskState:
         "waiters",
     )
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, family: TaskFamily = TaskFamily.EXTEND) -> None:
         self.task_id = task_id
+        self.family = family  # whose routes it is queried and listed on
         self.last: Task | None = None
         # The newest reply of the server. `last` is either this or a hint (a callback's) that
         # moved the status on; the next fresh reply of the hint's status or a later one

@@ -37,7 +37,7 @@ from ._policies import PollPolicy
 from ._schedule import Schedule, born_at, capped_delay, confirm_at, newer, rank
 from ._task_state import LocalTaskStates, TaskState, TaskStates
 from .errors import KlingError, NotFoundError, SessionClosedError, WaitTimeoutError
-from .models import Task, TaskInfo, TaskResult, TaskStatus
+from .models import Task, TaskFamily, TaskInfo, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from ._clock import ServerClock
@@ -126,13 +126,16 @@ class Watcher:
         """The shared state of ``task_id`` in this session (made on first use)."""
         return self._states.get(task_id)
 
-    def created(self, task: Task, *, safety: float | None = None) -> TaskState:
-        """A task this session just made: its state, first poll scheduled by its age.
+    def created(
+        self, task: Task, *, safety: float | None = None, family: TaskFamily = TaskFamily.EXTEND
+    ) -> TaskState:
+        """A task this session just made (of ``family``): its state, first poll by its age.
 
         ``safety``: something else (a callback receiver) tells of its changes; poll it only
         every ``safety`` seconds, as a safety net, and hold its state until it is finished.
         """
         state = self.state(task.task_id)
+        state.family = family
         state.born = self._wire.clock()
         if safety is not None:
             state.cap = safety
@@ -217,11 +220,11 @@ class Watcher:
 
     # -- one query --------------------------------------------------------------------------
 
-    async def query(self, task_id: str) -> Task:
-        """Query one task (with the query retries) and fold it into its shared state."""
+    async def query(self, task_id: str, family: TaskFamily = TaskFamily.EXTEND) -> Task:
+        """Query one task on its family's route (with the query retries); fold it in."""
         wire = self._wire
         task = await wire.call(
-            sansio.query_request(wire.base_url, task_id),
+            sansio.query_request(wire.base_url, task_id, family),
             lambda response, now: sansio.parse_task(response, now, task_id=task_id),
         )
         state = self._states.find(task_id)
@@ -257,7 +260,7 @@ class Watcher:
                 task = state.last
                 assert task is not None
             else:
-                task = await self.query(state.task_id)
+                task = await self.query(state.task_id, state.family)
                 answered = True
                 state.polls += 1
                 self._reschedule(state, listed=False, confirmed=confirming)

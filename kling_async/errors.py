@@ -42,7 +42,8 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .models import ExtendRequest, SourceVideoReason, Task
+    from ._source_requests import CreateRequest
+    from .models import SourceVideoReason, Task
 
 __all__ = [
     "APIError",
@@ -332,7 +333,7 @@ class AmbiguousCreateError(KlingError):
         self,
         message: str,
         *,
-        request: ExtendRequest,
+        request: CreateRequest,
         sent_at: dt.datetime,
         external_task_id: str | None,
         candidates: tuple[Task, ...] = (),
@@ -359,7 +360,7 @@ class AmbiguousCreateError(KlingError):
         which = "" if self.key is None else f" (key {self.key!r})"
         listed = f" (candidates: {', '.join(self.candidate_ids)})" if self.candidates else ""
         return (
-            f"{self.args[0]}; the create for video {self.request.video_id!r}{which} sent at "
+            f"{self.args[0]}; the create for {self.request.subject}{which} sent at "
             f"{self.sent_at.isoformat()} may have made a task{listed}: {ref} before sending "
             "it again"
         )
@@ -423,11 +424,11 @@ class SubmitTimeoutError(KlingError, TimeoutError):
     """
 
     def __init__(
-        self, *, request: ExtendRequest, timeout: float, last_error: KlingError | None
+        self, *, request: CreateRequest, timeout: float, last_error: KlingError | None
     ) -> None:
         why = f" (last refused: {last_error})" if last_error is not None else ""
         super().__init__(
-            f"the create for video {request.video_id!r} was not sent within {timeout:g} s; "
+            f"the create for {request.subject} was not sent within {timeout:g} s; "
             f"nothing was sent, so it is safe to submit again{why}"
         )
         self.request = request

@@ -24,14 +24,37 @@ __all__ = [
     "SessionStatistics",
     "SourceVideoReason",
     "Task",
+    "TaskFamily",
     "TaskInfo",
     "TaskResult",
     "TaskStatus",
     "Video",
+    "check_callback_url",
+    "check_cfg_scale",
+    "check_id",
     "check_text",
+    "check_text_field",
+    "check_watermark",
 ]
 
 MAX_PROMPT_LENGTH = 2500  # Kling refuses a longer prompt or negative_prompt (in characters)
+
+
+class TaskFamily(str, enum.Enum):
+    """Which of Kling's task APIs a task belongs to; its value is the route's last segment.
+
+    Each family has its own create, query and list routes under ``/v1/videos/``
+    (docs/concepts.md, "Task families"); everything else about waiting is shared.
+
+    Added in version 0.3.
+    """
+
+    EXTEND = "video-extend"
+    TEXT2VIDEO = "text2video"
+    IMAGE2VIDEO = "image2video"
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 class TaskStatus(str, enum.Enum):
@@ -145,7 +168,7 @@ class Cost:
 
 @attrs.frozen(kw_only=True)
 class Task:
-    """One extend task as the server last described it.
+    """One task (of any `TaskFamily`) as the server last described it.
 
     ``created_at`` and ``updated_at`` are aware UTC datetimes (the wire sends Unix
     milliseconds); fields the server left out are ``None`` or empty.
@@ -181,7 +204,7 @@ class Task:
 
     @property
     def parent_video(self) -> Video | None:
-        """The source video that was extended, when the server said so."""
+        """The source video that was extended, when the server said so (an extend's only)."""
         return self.info.parent_video
 
     @property
@@ -203,7 +226,7 @@ def check_text(field: str, value: str) -> None:
         ) from None
 
 
-def _check_text(field: str, max_length: int | None) -> _Validator:
+def check_text_field(field: str, max_length: int | None) -> _Validator:
     def check(_instance: object, _attribute: object, value: object) -> None:
         if value is None:
             return
@@ -218,7 +241,7 @@ def _check_text(field: str, max_length: int | None) -> _Validator:
     return check
 
 
-def _check_id(field: str, *, required: bool) -> _Validator:
+def check_id(field: str, *, required: bool) -> _Validator:
     def check(_instance: object, _attribute: object, value: object) -> None:
         if value is None and not required:
             return
@@ -231,7 +254,7 @@ def _check_id(field: str, *, required: bool) -> _Validator:
     return check
 
 
-def _check_cfg_scale(_instance: Any, _attribute: Any, value: Any) -> None:
+def check_cfg_scale(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -240,7 +263,7 @@ def _check_cfg_scale(_instance: Any, _attribute: Any, value: Any) -> None:
         raise InvalidArgumentError("cfg_scale", f"must be between 0 and 1, got {value!r}")
 
 
-def _check_callback_url(_instance: Any, _attribute: Any, value: Any) -> None:
+def check_callback_url(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is None:
         return
     if not isinstance(value, str):
@@ -257,7 +280,7 @@ def _check_callback_url(_instance: Any, _attribute: Any, value: Any) -> None:
         raise InvalidArgumentError("callback_url", f"must be an http(s) URL, got {value!r}")
 
 
-def _check_watermark(_instance: Any, _attribute: Any, value: Any) -> None:
+def check_watermark(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is not None and not isinstance(value, bool):
         raise TypeError(f"watermark must be a bool, not {type(value).__name__}")
 
@@ -271,27 +294,37 @@ class ExtendRequest:
     ``parent_task_id`` is sent as ``task_id``, the parent task some gateways require.
     """
 
-    video_id: str = attrs.field(validator=_check_id("video_id", required=True))
+    video_id: str = attrs.field(validator=check_id("video_id", required=True))
     prompt: str | None = attrs.field(
         default=None,
-        validator=_check_text("prompt", MAX_PROMPT_LENGTH),
+        validator=check_text_field("prompt", MAX_PROMPT_LENGTH),
     )
     negative_prompt: str | None = attrs.field(
         default=None,
-        validator=_check_text("negative_prompt", MAX_PROMPT_LENGTH),
+        validator=check_text_field("negative_prompt", MAX_PROMPT_LENGTH),
     )
-    cfg_scale: float | None = attrs.field(default=None, validator=_check_cfg_scale)
-    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
+    cfg_scale: float | None = attrs.field(default=None, validator=check_cfg_scale)
+    callback_url: str | None = attrs.field(default=None, validator=check_callback_url)
     parent_task_id: str | None = attrs.field(
         default=None,
-        validator=_check_id("parent_task_id", required=False),
+        validator=check_id("parent_task_id", required=False),
     )
     external_task_id: str | None = attrs.field(
         default=None,
-        validator=_check_id("external_task_id", required=False),
+        validator=check_id("external_task_id", required=False),
     )
-    watermark: bool | None = attrs.field(default=None, validator=_check_watermark)
+    watermark: bool | None = attrs.field(default=None, validator=check_watermark)
     """Ask for a watermarked copy too; sent as ``watermark_info`` (versionadded 0.2)."""
+
+    @property
+    def family(self) -> TaskFamily:
+        """The task family whose routes this create goes to (versionadded 0.3)."""
+        return TaskFamily.EXTEND
+
+    @property
+    def subject(self) -> str:
+        """What the create is of, for errors and logs: ``video 'id'``."""
+        return f"video {self.video_id!r}"
 
 
 @attrs.frozen(kw_only=True)

@@ -19,6 +19,7 @@ import cattrs
 
 from ._converter import Envelope, converter, load_json
 from ._policies import parse_retry_after
+from ._source_requests import ImageToVideo, TextToVideo
 from ._source_video import source_video_error
 from .errors import (
     AccountError,
@@ -35,13 +36,14 @@ from .errors import (
     ServerError,
     TaskLimitError,
 )
-from .models import ExtendRequest, Task
+from .models import ExtendRequest, Task, TaskFamily
 
 __all__ = [
     "HTTPRequest",
     "HTTPResponse",
     "create_request",
     "error_class_for",
+    "family_path",
     "list_request",
     "parse_created",
     "parse_task",
@@ -51,10 +53,15 @@ __all__ = [
 ]
 
 EXTEND_PATH = "/v1/videos/video-extend"  # appended to the base URL, which ends before /v1
+# Each task family's create, query and list routes share one path (docs/concepts.md, "Task
+# families"); a gateway's base URL carries its prefix (``/kling``).
+_PATHS = {family: f"/v1/videos/{family.value}" for family in TaskFamily}
 # The converter's hooks, looked up once: a reply is decoded without per-call dispatch.
 _TASK_HOOK = converter.get_structure_hook(Task)
 _ENVELOPE_HOOK = converter.get_structure_hook(Envelope)
-_REQUEST_HOOK = converter.get_unstructure_hook(ExtendRequest)
+_REQUEST_HOOKS = {
+    cls: converter.get_unstructure_hook(cls) for cls in (ExtendRequest, TextToVideo, ImageToVideo)
+}
 _JSON_HEADERS = (("Accept", "application/json"),)
 _JSON_BODY_HEADERS = (("Accept", "application/json"), ("Content-Type", "application/json"))
 
@@ -101,16 +108,26 @@ class HTTPResponse:
         return next((v for k, v in self.headers.items() if k.lower() == folded), None)
 
 
-def create_request(base_url: str, request: ExtendRequest) -> HTTPRequest:
-    """``POST /v1/videos/video-extend`` with the request as compact JSON (unset fields left out)."""
-    body = json.dumps(_REQUEST_HOOK(request), ensure_ascii=False, separators=(",", ":"))
-    return HTTPRequest(
-        "POST", base_url + EXTEND_PATH, EXTEND_PATH, _JSON_BODY_HEADERS, body.encode()
+def family_path(family: TaskFamily) -> str:
+    """The route of ``family``'s creates, queries and lists, below the base URL."""
+    return _PATHS[family]
+
+
+def create_request(
+    base_url: str, request: ExtendRequest | TextToVideo | ImageToVideo
+) -> HTTPRequest:
+    """``POST /v1/videos/<family>`` with the request as compact JSON (unset fields left out)."""
+    body = json.dumps(
+        _REQUEST_HOOKS[type(request)](request), ensure_ascii=False, separators=(",", ":")
     )
+    path = _PATHS[request.family]
+    return HTTPRequest("POST", base_url + path, path, _JSON_BODY_HEADERS, body.encode())
 
 
-def query_request(base_url: str, task_id: str) -> HTTPRequest:
-    """``GET /v1/videos/video-extend/{id}``: the id may be a task id or an external task id.
+def query_request(
+    base_url: str, task_id: str, family: TaskFamily = TaskFamily.EXTEND
+) -> HTTPRequest:
+    """``GET /v1/videos/<family>/{id}``: the id may be a task id or an external task id.
 
     Ids are opaque: what is not unreserved is percent-encoded, and so is an id of dots, so
     that ``..`` or ``a/b`` reach the server as one literal path segment, never another
@@ -118,7 +135,7 @@ def query_request(base_url: str, task_id: str) -> HTTPRequest:
     """
     if not (task_id.isascii() and task_id.isalnum()):
         task_id = _quote_segment(task_id)
-    path = f"{EXTEND_PATH}/{task_id}"
+    path = f"{_PATHS[family]}/{task_id}"
     return HTTPRequest("GET", base_url + path, path, _JSON_HEADERS)
 
 
@@ -129,9 +146,11 @@ def _quote_segment(text: str) -> str:
     return quoted
 
 
-def list_request(base_url: str, page: int, page_size: int) -> HTTPRequest:
-    """``GET /v1/videos/video-extend?pageNum=&pageSize=``: page 1 holds the newest tasks."""
-    path = f"{EXTEND_PATH}?pageNum={page}&pageSize={page_size}"
+def list_request(
+    base_url: str, page: int, page_size: int, family: TaskFamily = TaskFamily.EXTEND
+) -> HTTPRequest:
+    """``GET /v1/videos/<family>?pageNum=&pageSize=``: page 1 holds the newest tasks."""
+    path = f"{_PATHS[family]}?pageNum={page}&pageSize={page_size}"
     return HTTPRequest("GET", base_url + path, path, _JSON_HEADERS)
 
 

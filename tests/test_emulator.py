@@ -204,7 +204,7 @@ async def test_gateway_prefix_serves_the_same_api(
 async def test_unknown_route_is_1202(emu: KlingEmulator, http: aiohttp.ClientSession) -> None:
     """Unknown paths and methods get 404 with code 1202 and are counted under route 'other'."""
     for method, path in [
-        ("GET", "/v1/videos/text2video"),
+        ("GET", "/v1/videos/lip-sync"),  # text2video and image2video are served
         ("DELETE", EXTEND + "/123"),
         ("PUT", EXTEND),
         ("GET", "/"),

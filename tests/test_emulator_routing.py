@@ -85,7 +85,7 @@ async def test_only_gateway_errors_carry_data_null(
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/v1/videos/text2video"),
+        ("GET", "/v1/videos/lip-sync"),
         ("DELETE", EXTEND + "/123"),
         ("PUT", EXTEND),
         ("GET", EXTEND + "/1/2"),
@@ -118,7 +118,7 @@ async def test_unknown_v1_paths_with_good_credentials_are_1202(
     emu: KlingEmulator, http: aiohttp.ClientSession, prefix: str
 ) -> None:
     """With valid credentials an unknown /v1 path still gets 404 / 1202."""
-    reply = await call(http, "GET", emu.base_url + prefix + "/v1/videos/text2video")
+    reply = await call(http, "GET", emu.base_url + prefix + "/v1/videos/lip-sync")
     assert (404, 1202) == (reply.status, reply.body["code"])
 
 

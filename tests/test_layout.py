@@ -35,8 +35,8 @@ IMPURE = {"aiohttp", "anyio", "asyncio", "os", "socket", "sqlite3", "threading",
 MAX_CLASS_LINES = 450
 # The one import made only for type checking that runs against the flow: an error names the
 # model it is about (an AmbiguousCreateError's request, a WaitTimeoutError's last task), while
-# the models' validators raise InvalidArgumentError.
-TYPE_ONLY_BACK_EDGES = {("errors", "models")}
+# the models' validators raise InvalidArgumentError (the source creates' too).
+TYPE_ONLY_BACK_EDGES = {("errors", "models"), ("errors", "_source_requests")}
 
 
 @functools.cache

@@ -216,6 +216,22 @@ def test_a_doubt_may_own_a_task_of_its_video_within_its_window(task: Task, expec
     assert expected == _doubt(uncertainty=1.0).may_own(task, keeps_external_ids=False)
 
 
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        (_task("in", video=None), True),
+        (_task("late", video=None, after=(WINDOW + MARGIN + 2 * SECOND).total_seconds()), False),
+        (_task("an-extend", video="vid-1"), False),
+    ],
+    ids=lambda value: value.task_id if isinstance(value, Task) else None,
+)
+def test_a_source_creates_doubt_may_own_a_task_without_a_source_within_its_window(
+    task: Task, expected: bool
+) -> None:
+    """A text/image-to-video create (no source video) may own its family's tasks in its window."""
+    assert expected == _doubt(video="").may_own(task, keeps_external_ids=False)
+
+
 # -- read_next_page -------------------------------------------------------------------------
 
 

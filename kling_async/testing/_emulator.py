@@ -39,10 +39,19 @@ from kling_async.testing._records import (
     RecordedRequest,
 )
 from kling_async.testing._signing import signature_headers, webhook_keys
+from kling_async.testing._sources import (
+    EXTEND,
+    FAMILIES,
+    SourceRefusal,
+    read_source_create,
+)
 
 __all__ = ["KlingEmulator"]
 
-_EXTEND_SEGMENTS: Final = ("v1", "videos", "video-extend")
+# Each task family's routes: /v1/videos/<family>[/<id>] (extend, text2video, image2video).
+_FAMILY_SEGMENTS: Final[dict[tuple[str, ...], str]] = {
+    ("v1", "videos", family): family for family in FAMILIES
+}
 _GATEWAY_PREFIX: Final = "/kling"
 _ROUTES: Final = frozenset({"create", "query", "list", "media", "other"})
 _API_ROUTES: Final = frozenset({"create", "query", "list"})
@@ -254,27 +263,28 @@ def _path_segments(raw_target: str) -> tuple[str, list[str]]:
     return raw_path, [unquote(segment, errors="replace") for segment in segments]
 
 
-def _classify(method: str, segments: list[str]) -> tuple[str, str | None, bool]:
-    """Map decoded path segments to ``(route, task id or media name, under /v1)``.
+def _classify(method: str, segments: list[str]) -> tuple[str, str | None, bool, str]:
+    """Map decoded path segments to ``(route, task id or media name, under /v1, family)``.
 
     Kling checks credentials before routing on everything under ``/v1`` (or ``/kling/v1``).
     """
     if segments[:1] == ["kling"]:
         segments = segments[1:]
     under_v1 = segments[:1] == ["v1"]
-    if tuple(segments[:3]) == _EXTEND_SEGMENTS:
+    family = _FAMILY_SEGMENTS.get(tuple(segments[:3]))
+    if family is not None:
         rest = segments[3:]
         if not rest:
             if method == "POST":
-                return "create", None, under_v1
+                return "create", None, under_v1, family
             if method == "GET":
-                return "list", None, under_v1
+                return "list", None, under_v1, family
         elif len(rest) == 1 and rest[0] and method == "GET":
-            return "query", rest[0], under_v1
-        return "other", None, under_v1
+            return "query", rest[0], under_v1, family
+        return "other", None, under_v1, family
     if len(segments) == 2 and segments[0] == "media" and segments[1] and method in ("GET", "HEAD"):
-        return "media", segments[1], False
-    return "other", None, under_v1
+        return "media", segments[1], False, EXTEND
+    return "other", None, under_v1, EXTEND
 
 
 @functools.lru_cache(maxsize=32)
@@ -491,6 +501,7 @@ class KlingEmulator:
         self.tasks: dict[str, EmulatedTask] = {}
         self.callbacks: list[RecordedCallback] = []
         self._order: list[str] = []  # task ids in creation order, for paging newest first
+        self._orders: dict[str, list[str]] = {}  # the same, per task family (its list route)
         self._running: set[str] = set()  # ids of tasks submitted or processing (1303 check)
         self._deadlines: list[tuple[float, int, int, str]] = []  # (at, stage, index, task id)
         self._by_external_id: dict[str, str] = {}
@@ -608,13 +619,20 @@ class KlingEmulator:
 
     # ------------------------------------------------------------------ test controls
 
-    def count(self, route: str, *, method: str | None = None) -> int:
-        """How many requests were received for `route` (optionally only with `method`)."""
+    def count(self, route: str, *, method: str | None = None, family: str | None = None) -> int:
+        """How many requests were received for `route` (optionally only with `method`, and
+        only on `family`'s routes: ``video-extend``, ``text2video`` or ``image2video``)."""
         if route not in _ROUTES:
             raise ValueError(f"route must be one of {sorted(_ROUTES)}, got {route!r}")
+        if family is not None and family not in FAMILIES:
+            raise ValueError(f"family must be one of {list(FAMILIES)}, got {family!r}")
         wanted = None if method is None else method.upper()
         return sum(
-            1 for r in self.requests if r.route == route and (wanted is None or r.method == wanted)
+            1
+            for r in self.requests
+            if r.route == route
+            and (wanted is None or r.method == wanted)
+            and (family is None or r.family == family)
         )
 
     def inject(
@@ -740,7 +758,7 @@ class KlingEmulator:
 
     async def _serve(self, request: web.Request, *, media_host: bool) -> web.StreamResponse:
         raw_path, segments = _path_segments(request.raw_path)
-        route, ident, under_v1 = _classify(request.method, segments)
+        route, ident, under_v1, family = _classify(request.method, segments)
         if media_host and route != "media":  # the media host serves videos only
             route, ident, under_v1 = "other", None, False
         too_large = False
@@ -767,6 +785,7 @@ class KlingEmulator:
                 fault=fault,
                 status=None,
                 query=dict(request.rel_url.query),
+                family=family,
             )
         )
         if fault is not None and fault.kind == "drop":
@@ -790,7 +809,7 @@ class KlingEmulator:
             elif media_host:
                 reply = _Reply(status=404, body=b"Not Found", content_type="text/plain")
             else:
-                reply = self._dispatch(route, ident, under_v1, request, parsed)
+                reply = self._dispatch(route, ident, under_v1, request, parsed, family)
         finally:
             self._reply_waits = None
         if waits:  # Fault.callback_before_reply: the callback lands before the reply
@@ -911,6 +930,7 @@ class KlingEmulator:
         under_v1: bool,
         request: web.Request,
         parsed: Any,
+        family: str = EXTEND,
     ) -> _Reply:
         # A gateway that does not route the list answers before anything checks the key.
         if route == "list" and self.list_mode == "404":
@@ -931,19 +951,21 @@ class KlingEmulator:
             return _envelope(404, 1202, f"no route for {request.method} {request.path}")
         try:
             if route == "create":
-                return self._create(parsed)
+                return self._create(parsed, family)
             if route == "query":
                 assert ident is not None
-                return self._query(ident)
-            return self._list(request.rel_url.query)
+                return self._query(ident, family)
+            return self._list(request.rel_url.query, family)
         except _BadRequest as exc:
             return _envelope(exc.status, exc.code, exc.message)
 
-    def _create(self, parsed: Any) -> _Reply:
+    def _create(self, parsed: Any, family: str = EXTEND) -> _Reply:
         if parsed is _NO_JSON:
             raise _BadRequest(400, 1200, "request body must be valid JSON")
         if not isinstance(parsed, dict):
             raise _BadRequest(400, 1200, "request body must be a JSON object")
+        if family != EXTEND:
+            return self._create_source(parsed, family)
         video_id = parsed.get("video_id")
         if video_id is None or video_id == "":
             raise _BadRequest(400, 1201, "video_id is required")
@@ -963,13 +985,7 @@ class KlingEmulator:
         if video_id in self._forgotten_videos:
             raise _BadRequest(404, 1203, f"video {video_id} does not exist")
         parent_duration = self._check_source(video_id)
-        if external_id is not None and (
-            external_id in self._by_external_id or external_id in self.tasks
-        ):
-            raise _BadRequest(400, 1201, "external_task_id already exists")
-        self._refresh_due()
-        if self.max_running is not None and len(self._running) >= self.max_running:
-            raise _BadRequest(429, 1303, _MESSAGES[1303])
+        self._check_room(external_id)
         now_ms = self._now_ms()
         task = EmulatedTask(
             task_id=self._new_id(),
@@ -993,9 +1009,61 @@ class KlingEmulator:
             list_price=self.list_price,
         )
         self._video_durations[task.result_video_id] = round(parent_duration + EXTEND_SECONDS, 1)
+        return self._start(task)
+
+    def _check_room(self, external_id: str | None) -> None:
+        """Refuse a taken external id, and a create past the parallel-task limit (1303)."""
+        if external_id is not None and (
+            external_id in self._by_external_id or external_id in self.tasks
+        ):
+            raise _BadRequest(400, 1201, "external_task_id already exists")
+        self._refresh_due()
+        if self.max_running is not None and len(self._running) >= self.max_running:
+            raise _BadRequest(429, 1303, _MESSAGES[1303])
+
+    def _create_source(self, parsed: dict[str, Any], family: str) -> _Reply:
+        """A text2video or image2video create: a task whose result is a source video of the
+        asked duration (``"5"`` by default), which an extend then takes."""
+        try:
+            asked = read_source_create(family, parsed)
+        except SourceRefusal as refusal:
+            raise _BadRequest(400, 1201, refusal.message) from None
+        callback_url = _validate_callback_url(parsed)
+        watermark = _validate_watermark(parsed)
+        external_id = None
+        if self.accept_external_task_id:
+            external_id = _optional_id(parsed, "external_task_id")
+        self._check_room(external_id)
+        now_ms = self._now_ms()
+        task = EmulatedTask(
+            task_id=self._new_id(),
+            video_id="",
+            family=family,
+            external_task_id=external_id,
+            prompt=asked.prompt,
+            negative_prompt=asked.negative_prompt,
+            callback_url=callback_url,
+            created_at_ms=now_ms,
+            updated_at_ms=now_ms,
+            result_video_id=self._new_id(),
+            media_base_url=self._media_url or "",
+            index=len(self._order),
+            watermark=watermark,
+            unit_deduction=self.unit_deduction,
+            result_duration=f"{asked.duration:.1f}",
+            cash_deduction=self.cash_deduction,
+            list_price=self.list_price,
+        )
+        self._video_durations[task.result_video_id] = round(asked.duration, 1)
+        return self._start(task)
+
+    def _start(self, task: EmulatedTask) -> _Reply:
+        """Hold a new task, call back on its creation, and answer the create."""
+        external_id = task.external_task_id
         self._schedule_times(task)
         self.tasks[task.task_id] = task
         self._order.append(task.task_id)
+        self._orders.setdefault(task.family, []).append(task.task_id)
         self._running.add(task.task_id)
         if external_id is not None:
             self._by_external_id[external_id] = task.task_id
@@ -1035,9 +1103,9 @@ class KlingEmulator:
             )
         return duration
 
-    def _query(self, ident: str) -> _Reply:
+    def _query(self, ident: str, family: str = EXTEND) -> _Reply:
         task = self._find(ident)
-        if task is None:
+        if task is None or task.family != family:  # each family queries its own tasks
             raise _BadRequest(404, 1203, f"task {ident} does not exist")
         self._observe(task)
         return _success(task.to_json())
@@ -1057,15 +1125,16 @@ class KlingEmulator:
                 stage = 0
             self._advance(task, stage)
 
-    def _list(self, query: Mapping[str, str]) -> _Reply:
+    def _list(self, query: Mapping[str, str], family: str = EXTEND) -> _Reply:
         page_num = _page_param(query, "pageNum", 1, 1000)
         page_size = _page_param(query, "pageSize", 30, 500)
         self._refresh_due()
+        order = self._orders.get(family, [])  # each family lists its own tasks
         # Newest first without copying the whole list: index from the end.
-        stop = len(self._order) - (page_num - 1) * page_size
+        stop = len(order) - (page_num - 1) * page_size
         page: list[dict[str, Any]] = []
         for position in range(stop - 1, max(stop - page_size, 0) - 1, -1):
-            task = self.tasks.get(self._order[position])
+            task = self.tasks.get(order[position])
             if task is not None:
                 self._observe(task)  # a list page is a look at each task on it
                 page.append(task.to_json())

@@ -25,6 +25,8 @@ class RecordedRequest:
     parsed body (None when there was none or it did not parse); `status` is None when no reply
     was sent (a dropped connection, a lost reply, or a request still being handled). `query`
     holds the URL query parameters; `headers` are the request headers as received.
+    `family` is the task family of an API route (``video-extend``, ``text2video`` or
+    ``image2video``; ``video-extend`` for the others).
     """
 
     method: str
@@ -36,6 +38,7 @@ class RecordedRequest:
     status: int | None
     query: Mapping[str, str] = attrs.field(factory=dict)
     raw_path: str = ""
+    family: str = "video-extend"
 
 
 @attrs.frozen(kw_only=True)
@@ -66,7 +69,7 @@ class RecordedCallback:
 
 @attrs.define(kw_only=True)
 class EmulatedTask:
-    """A video-extend task held by the emulator; `to_json()` is its Kling task object.
+    """A task held by the emulator; `to_json()` is its Kling task object.
 
     Query, list and callbacks all carry that same object.
 
@@ -78,6 +81,8 @@ class EmulatedTask:
     create's ``watermark_info.enabled`` (None when it sent none: the older task shape).
     `parent_duration` and `result_duration` are the lengths the task object shows (strings,
     as Kling sends them): the source's, and the source's plus what the extend added.
+    `family` is the task's API (``video-extend``, ``text2video``, ``image2video``); only an
+    extend has a source video (`video_id`, ``task_info.parent_video``).
     """
 
     task_id: str
@@ -106,6 +111,7 @@ class EmulatedTask:
     finishes_at: float | None = None
     parent_duration: str = PARENT_DURATION
     result_duration: str = RESULT_DURATION
+    family: str = "video-extend"
 
     def media_url(self, video_id: str) -> str:
         """Where the emulator serves the (fake) video `video_id`."""
@@ -147,11 +153,12 @@ class EmulatedTask:
         task_info: dict[str, Any] = {}
         task_result: dict[str, Any] = {}
         if self.status != "failed":
-            task_info["parent_video"] = {
-                "id": self.video_id,
-                "url": self.media_url(self.video_id),
-                "duration": self.parent_duration,
-            }
+            if self.family == "video-extend":
+                task_info["parent_video"] = {
+                    "id": self.video_id,
+                    "url": self.media_url(self.video_id),
+                    "duration": self.parent_duration,
+                }
             if self.external_task_id is not None:
                 task_info["external_task_id"] = self.external_task_id
         if self.status == "succeed":
