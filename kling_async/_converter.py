@@ -32,6 +32,7 @@ _DECODER = json.JSONDecoder(parse_float=decimal.Decimal)
 _MAX_ADJUSTED = 17
 _MIN_EXPONENT = -18
 _MAX_DECIMAL_TEXT = 64
+_COST_KEY = "\x00cost"  # where `_structure_task` hands the cost it read to the generated code
 
 
 def load_json(text: str | bytes) -> Any:
@@ -255,17 +256,20 @@ _structure_task_fields = make_dict_structure_fn(
     info=override(rename="task_info"),
     result=override(rename="task_result"),
     final_unit_deduction=override(struct_hook=_loose_text),
-    cost=override(omit=True),  # two wire fields make one Cost: `_structure_task` reads them
+    # Two wire fields make one Cost: `_structure_task` reads them and passes it under a key
+    # no reply uses (cheaper than making the task again with attrs.evolve, on every reply).
+    cost=override(rename=_COST_KEY, struct_hook=lambda value, _: value),
 )
 
 
 def _structure_task(value: Any, cls: type) -> Task:
     """A task object; its `Cost` read from the two wire fields that carry it, when present."""
-    task: Task = _structure_task_fields(value, cls)
-    if "final_unit_deduction" in value or "final_balance_deduction" in value:
+    if isinstance(value, dict) and (
+        "final_unit_deduction" in value or "final_balance_deduction" in value
+    ):
         cost = cost_of(value)
-        if cost is not None:
-            return attrs.evolve(task, cost=cost)
+        value = {**value, _COST_KEY: cost}
+    task: Task = _structure_task_fields(value, cls)
     return task
 
 
