@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from kling_async._redis_poller import named_tasks
 from kling_async._task_members import lua_variants, member, read_member, variants
 from kling_async.models import TaskFamily
 
@@ -33,3 +34,16 @@ def test_variants_name_a_task_under_every_family() -> None:
     """Removing a finished task's entries removes it whatever family named it."""
     assert ["7", "text2video/7", "image2video/7"] == variants("7")
     assert "a, 'text2video/' .. a, 'image2video/' .. a" == lua_variants("a")
+
+
+def test_the_leader_follows_each_task_once_on_its_family() -> None:
+    """Interest and slots name tasks with their families; a task named under two (two
+    processes disagree) is polled as the one not an extend."""
+    entries = ["1", "text2video/2", "image2video/3", "2", "4", "image2video/4"]
+    expected = {
+        "1": TaskFamily.EXTEND,
+        "2": TaskFamily.TEXT2VIDEO,
+        "3": TaskFamily.IMAGE2VIDEO,
+        "4": TaskFamily.IMAGE2VIDEO,
+    }
+    assert expected == named_tasks(entries)
