@@ -29,6 +29,7 @@ import anyio
 
 from ._pace import Pace
 from .errors import SessionClosedError
+from .models import TaskFamily
 
 __all__ = [
     "CLOSED_WHILE_PENDING",
@@ -76,9 +77,10 @@ class SlotGate(Protocol):
         `DeadlinePassed` past ``deadline`` (the loop's clock), SessionClosedError on close,
         `FleetUnavailableError` when a shared gate cannot be reached (nothing was sent)."""
 
-    async def bind(self, slot: Slot, task_id: str) -> None:
-        """The create made ``task_id``: the slot stays taken until that task is seen
-        finished (`freed`). Never raises for a gate's own trouble: the task exists."""
+    async def bind(self, slot: Slot, task_id: str, family: TaskFamily = TaskFamily.EXTEND) -> None:
+        """The create made ``task_id`` (of ``family``, whose routes it is polled on): the
+        slot stays taken until that task is seen finished (`freed`). Never raises for a
+        gate's own trouble: the task exists."""
 
     def release(self, slot: Slot) -> None:
         """The create certainly made no task (refused, not sent, cancelled before its send)."""
@@ -235,7 +237,7 @@ class LocalSlotGate:
             raise
         return Slot("", counted=True)
 
-    async def bind(self, slot: Slot, task_id: str) -> None:
+    async def bind(self, slot: Slot, task_id: str, family: TaskFamily = TaskFamily.EXTEND) -> None:
         if not self._settle(slot):
             return
         if task_id in self._bound:  # already counted (found twice): one slot is enough

@@ -33,7 +33,7 @@ from .errors import (
     SessionClosedError,
     SubmitTimeoutError,
 )
-from .models import Task
+from .models import Task, TaskFamily
 
 if TYPE_CHECKING:
     from ._wire import Wire
@@ -124,7 +124,7 @@ class Creator:
         send, kept across retries, bound to the task the reply (or a look-up) names, handed
         back after a 1303 and taken again; at the end, given back if no task was made, or
         kept as in doubt when one may have been."""
-        held = _Held()
+        held = _Held(request.family)
         try:
             return await self._try_all(request, attempt, deadline, held, resend)
         finally:
@@ -383,7 +383,7 @@ class Creator:
         if task.done:
             self.gate.release(slot)
         else:
-            await self.gate.bind(slot, task.task_id)
+            await self.gate.bind(slot, task.task_id, held.family)
 
     async def _not_sent(self, attempt: CreateAttempt) -> None:
         if attempt.record is not None and attempt.recorded:
@@ -427,12 +427,14 @@ class Creator:
 
 
 class _Held:
-    """The slot a create holds between its tries (None before it takes one)."""
+    """The slot a create holds between its tries (None before it takes one), and the family
+    of the task it will be bound to."""
 
-    __slots__ = ("slot",)
+    __slots__ = ("family", "slot")
 
-    def __init__(self) -> None:
+    def __init__(self, family: TaskFamily) -> None:
         self.slot: Slot | None = None
+        self.family = family
 
     def take(self) -> Slot:
         """The held slot, no longer held here (bound or handed back by the caller)."""

@@ -1,12 +1,13 @@
 """The fleet's parallel-task gate: one account's slots in a Redis sorted set.
 
 Every session of the fleet takes its creates' slots in ``slots`` (a ZSET): the member is
-``pending:<token>`` while a create is in flight and the task's id once the reply names it;
-the score is when the slot expires, in ms on Redis's clock. A slot goes when any process
-sees its task finished (`RedisSlotGate.freed`), when its create made no task, or at its
-expiry: the process that holds it renews it while it lives, so expiry only reclaims the
-slots of a process that stopped (after ``pending_ttl`` for a create in flight, the longest
-a create is on the wire; after ``bound_ttl`` for a task, unless `renew` is told it runs).
+``pending:<token>`` while a create is in flight and the task's id once the reply names it
+(with its family, ``_task_members``: the leader polls it on that family's routes); the
+score is when the slot expires, in ms on Redis's clock. A slot goes when any process sees
+its task finished (`RedisSlotGate.freed`), when its create made no task, or at its expiry:
+the process that holds it renews it while it lives, so expiry only reclaims the slots of a
+process that stopped (after ``pending_ttl`` for a create in flight, the longest a create is
+on the wire; after ``bound_ttl`` for a task, unless `renew` is told it runs).
 
 The limit is the session's ``max_parallel_tasks`` or, without one, the one learned from the
 last 1303 (``limit``, kept ``learned_ttl`` seconds: then it is learned again, so it may grow):
@@ -34,7 +35,9 @@ import anyio
 
 from ._account import CLOSED_WHILE_PENDING, DeadlinePassed, Slot, WaitLine
 from ._fleet import text
+from ._task_members import lua_variants, member, variants
 from .errors import SessionClosedError
+from .models import TaskFamily
 
 if TYPE_CHECKING:
     from ._account import Sleep
@@ -96,9 +99,9 @@ return {1, held + 1, limit or -1}
 )
 
 # KEYS: slots, limit, inflight. ARGV: bound ttl ms, set limit or '', learned ttl ms,
-# channel, instance, then (op, a, b) triples: b token task = bind; r token = release;
-# x token = refused (1303); f task = freed. Returns the slots freed and the creates no
-# longer in flight while no limit is known (PUBLISHed: those free a place to probe).
+# channel, instance, then (op, a, b) triples: b token member = bind; r token = release;
+# x token = refused (1303); f task = freed (under any family). Returns the slots freed and
+# the creates no longer in flight while no limit is known (PUBLISHed: those free a place to probe).
 _APPLY = (
     _NOW
     + """
@@ -114,7 +117,9 @@ for i = 6, #ARGV, 3 do
   elseif op == 'r' then
     freed = freed + redis.call('ZREM', KEYS[1], 'pending:' .. a)
   elseif op == 'f' then
-    freed = freed + redis.call('ZREM', KEYS[1], a)
+    freed = freed + redis.call('ZREM', KEYS[1], """
+    + lua_variants("a")
+    + """)
   elseif op == 'x' then
     redis.call('ZREM', KEYS[1], 'pending:' .. a)
     if ARGV[2] == '' then
@@ -234,12 +239,13 @@ class RedisSlotGate:
             if head:
                 self._poke()  # the next in line looks now (more slots may be free)
 
-    async def bind(self, slot: Slot, task_id: str) -> None:
+    async def bind(self, slot: Slot, task_id: str, family: TaskFamily = TaskFamily.EXTEND) -> None:
         if slot.settled:
             return
         slot.settled = True
         self._pending.discard(_pending(slot))
-        self._queue("b", slot.token, task_id)  # renewed once written (`_flush`)
+        # The member names the family: the leader polls the task on its routes.
+        self._queue("b", slot.token, member(task_id, family))  # renewed once written (`_flush`)
         if self._fleet.closed:
             return
         flushed = asyncio.get_running_loop().create_future()
@@ -267,7 +273,7 @@ class RedisSlotGate:
             self._pending.discard(_pending(slot))  # not renewed: it expires at its time
 
     def freed(self, task_id: str, running: bool = True) -> None:
-        self._bound.discard(task_id)
+        self._bound.difference_update(variants(task_id))
         self._queue("f", task_id)
         if running:
             self._line.wake(1)
@@ -276,7 +282,8 @@ class RedisSlotGate:
         if task_ids:
             with self._fleet.guard("renewing parallel-task slots"):
                 self.round_trips += 1
-                await self._renew(keys=self._keys[:1], args=[self._bound_ms, *task_ids])
+                members = [entry for task_id in task_ids for entry in variants(task_id)]
+                await self._renew(keys=self._keys[:1], args=[self._bound_ms, *members])
 
     async def wait(self, delay: float) -> None:
         self._start()
@@ -389,7 +396,7 @@ class RedisSlotGate:
                     if kind == "b":
                         self._bound.add(b)
                     elif kind == "f":
-                        self._bound.discard(a)
+                        self._bound.difference_update(variants(a))
                 if int(freed) > 0:
                     self._poke()  # this process's first in line may take one now
         for flushed in flushes:

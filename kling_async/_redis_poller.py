@@ -4,9 +4,10 @@ One process at a time holds ``leader`` (a token from an INCR counter, with a TTL
 clock, renewed every second); the others try to take it every second, so a dead leader is
 replaced within `LEADER_LEASE` + 1 s. While it leads, its watcher waits in the background on
 every task another process waits on (the ``watched`` ZSET) and every task that holds a
-parallel-task slot (``slots`` members that are task ids), so its usual schedule and list
-rounds poll them; each reply it merges is written through (``_redis_states``). A write or a
-renewal that finds another token stops it at once: its waits go back to following.
+parallel-task slot (``slots`` members that are task ids), each on its family's routes (an
+entry names its family, ``_task_members``), so its usual schedule and list rounds poll
+them; each reply it merges is written through (``_redis_states``). A write or a renewal
+that finds another token stops it at once: its waits go back to following.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from ._fleet import check_cancelled, text
 from ._redis_gate import BOUND_TTL
+from ._task_members import member, read_member
 from ._task_state import StatesOwner
 from .errors import KlingError, NotFoundError, SessionClosedError
+from .models import TaskFamily
 
 if TYPE_CHECKING:
     from ._fleet import Fleet
 
-__all__ = ["LEADER_LEASE", "RedisPoller"]
+__all__ = ["LEADER_LEASE", "RedisPoller", "named_tasks"]
 
 logger = logging.getLogger("kling_async")
 
@@ -69,6 +73,18 @@ return 0
 """
 
 
+def named_tasks(entries: Iterable[str]) -> dict[str, TaskFamily]:
+    """The tasks ``watched`` and ``slots`` entries name, each with its family (an entry
+    without one, as earlier versions wrote them, is an extend's). An id named under two
+    families (two processes' handles disagree) is polled as the one not an extend."""
+    found: dict[str, TaskFamily] = {}
+    for entry in entries:
+        task_id, family = read_member(entry)
+        if found.get(task_id, TaskFamily.EXTEND) is TaskFamily.EXTEND:
+            found[task_id] = family
+    return found
+
+
 class Electorate(Protocol):
     """What the poller needs of the shared task states (``_redis_states``)."""
 
@@ -97,6 +113,7 @@ class RedisPoller:
         self._client = client
         self.token: str | None = None  # the fencing token while this process leads
         self._follows: dict[str, asyncio.Task[None]] = {}
+        self._families: dict[str, TaskFamily] = {}  # the family of each id followed
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.terms = 0  # how many times this process took the lead
         self._rounds = 0
@@ -141,7 +158,11 @@ class RedisPoller:
         try:
             states.ops += 1
             self._rounds += 1
-            renew = list(self._follows) if self._rounds % _RENEW_SLOTS_EVERY == 0 else []
+            renew = (
+                [member(i, f) for i, f in self._families.items()]
+                if self._rounds % _RENEW_SLOTS_EVERY == 0
+                else []
+            )
             answer = await self._lead(
                 keys=[self._leader, self._fence, self._watched, self._slots],
                 args=[self.token or "", int(LEADER_LEASE * 1000), int(BOUND_TTL * 1000), *renew],
@@ -160,25 +181,28 @@ class RedisPoller:
             self.terms += 1
             logger.info("this process leads the fleet's polling (token %s)", self.token)
             states.owner.wake()
-        wanted = {text(m) for m in watched}
-        wanted.update(m for m in map(text, slots) if not m.startswith("pending:"))
-        self._follow(wanted)
+        entries = [text(m) for m in watched]
+        entries += [m for m in map(text, slots) if not m.startswith("pending:")]
+        self._follow(named_tasks(entries))
 
-    def _follow(self, wanted: set[str]) -> None:
-        """Wait in the background on every wanted id not done; drop the ones no longer wanted."""
+    def _follow(self, wanted: dict[str, TaskFamily]) -> None:
+        """Wait in the background on every wanted id not done, on its family's routes; drop
+        the ones no longer wanted."""
         for task_id in list(self._follows):
             if task_id not in wanted:
                 self._follows.pop(task_id).cancel()
+                self._families.pop(task_id, None)
         owner = self._states.owner
         loop = asyncio.get_running_loop()
-        for task_id in wanted:
+        for task_id, family in wanted.items():
             if task_id in self._follows or task_id in self._done:
                 continue
-            self._follows[task_id] = loop.create_task(self._wait(owner, task_id))
+            self._families[task_id] = family
+            self._follows[task_id] = loop.create_task(self._wait(owner, task_id, family))
 
-    async def _wait(self, owner: StatesOwner, task_id: str) -> None:
+    async def _wait(self, owner: StatesOwner, task_id: str, family: TaskFamily) -> None:
         try:
-            await owner.follow(task_id)
+            await owner.follow(task_id, family)
         except SessionClosedError:
             return
         except KlingError as error:  # gone, or the queries failed: told, tried again later
@@ -189,6 +213,7 @@ class RedisPoller:
         finally:
             if self._follows.get(task_id) is asyncio.current_task():
                 del self._follows[task_id]
+                self._families.pop(task_id, None)
         self._remember(task_id)
 
     def _remember(self, task_id: str) -> None:
@@ -199,6 +224,7 @@ class RedisPoller:
 
     def _stop_following(self) -> list[asyncio.Task[None]]:
         follows, self._follows = self._follows, {}
+        self._families = {}
         for task in follows.values():
             task.cancel()
         return list(follows.values())

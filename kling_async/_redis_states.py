@@ -6,9 +6,10 @@ then announced on the ``events`` stream (XADD, MAXLEN ~ 10000): state first, the
 only a wake-up. One process at a time leads the polling (``_redis_poller``); the others'
 waits doze (`RedisTaskStates.polling` is False) and wake from the stream, and every few
 seconds re-read the states they wait on, so a lost notification never loses a wake-up.
-Interest is the ``watched`` ZSET (task id -> expiry on Redis's clock), renewed in one call
-for all of a process's waits. While Redis is away every process polls for itself, as a
-single process does, and goes back to following when it returns.
+Interest is the ``watched`` ZSET (task id with its family, ``_task_members``, -> expiry on
+Redis's clock), renewed in one call for all of a process's waits. While Redis is away every
+process polls for itself, as a single process does, and goes back to following when it
+returns.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from ._redis_task_keys import (
     stored,
 )
 from ._task_codec import decode_task, encode_task
+from ._task_members import member
 from ._task_state import LocalTaskStates, StatesOwner, TaskState
-from .models import Task
+from .models import Task, TaskFamily
 
 __all__ = ["Hints", "RedisTaskStates"]
 
@@ -267,12 +269,19 @@ class RedisTaskStates:
                 continue
             self.ops += 1
             values = await self._read_script(
-                keys=[keys.watched, *map(keys.task, reading)], args=[INTEREST_TTL, *touching]
+                keys=[keys.watched, *map(keys.task, reading)],
+                args=[INTEREST_TTL, *map(self._member, touching)],
             )
             owner = self.owner
             for value in values:
                 if value is not None:
                     owner.fold(stored(value))
+
+    def _member(self, task_id: str) -> str:
+        """The interest entry of ``task_id``: named with its family, whose routes the leader
+        polls it on (an extend's is its bare id, as every version wrote it)."""
+        state = self._local.find(task_id)
+        return member(task_id, TaskFamily.EXTEND if state is None else state.family)
 
     async def _read_stream(self) -> None:
         """Wake waits from the events stream (XREAD from the last id seen)."""

@@ -2,8 +2,9 @@
 
 A task's state is ``task:<id>`` = ``<rank>:<updated ms>:<wire JSON>``, so that the merge
 script compares without parsing JSON and a re-read is one MGET. ``events`` is the stream
-that wakes waits, ``watched`` the ZSET of the ids some process waits on (expiry in ms on
-Redis's clock).
+that wakes waits, ``watched`` the ZSET of the tasks some process waits on (expiry in ms on
+Redis's clock), each named with its family (``_task_members``: the leader polls it on its
+family's routes).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from ._fleet import Fleet, key_of, text
 from ._schedule import rank
 from ._task_codec import decode_task, encode_task, updated_millis
+from ._task_members import lua_variants
 from .models import Task
 
 __all__ = [
@@ -32,12 +34,14 @@ _DONE_TTL = 86_400_000  # ms a finished task's state is kept
 MAXLEN = 10_000  # the events stream's approximate bound
 
 # Merge replies (never backwards: status rank, then updated_at, as `_schedule.newer`), then
-# announce each one that changed something. KEYS: events, watched, leader, then one task key
-# per reply. ARGV: token ('' for none), pending ttl, done ttl, maxlen, kind, then per reply
-# its id, rank, updated ms, data. Returns {replies taken, still leads}. A stale poller's
+# announce each one that changed something; a finished task leaves ``watched`` under
+# whichever family names it. KEYS: events, watched, leader, then one task key per reply.
+# ARGV: token ('' for none), pending ttl, done ttl, maxlen, kind, then per reply its id,
+# rank, updated ms, data. Returns {replies taken, still leads}. A stale poller's
 # write is not refused: the merge never goes backwards, so a reply it got is still true;
 # what fences it is the answer (0: you no longer lead), on which it stops at once.
-MERGE = """
+MERGE = (
+    """
 local leads = 1
 if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then leads = 0 end
 local taken = 0
@@ -65,7 +69,9 @@ for i = 4, #KEYS do
     redis.call('PEXPIRE', KEYS[i], ttl)
   elseif take then
     redis.call('SET', KEYS[i], rank .. ':' .. ARGV[at + 3] .. ':' .. data, 'PX', ttl)
-    if rank >= 2 then redis.call('ZREM', KEYS[2], id) end
+    if rank >= 2 then redis.call('ZREM', KEYS[2], """
+    + lua_variants("id")
+    + """) end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
       'kind', ARGV[5], 'task', id, 'data', data, 'confirm', '0')
     taken = taken + 1
@@ -73,10 +79,12 @@ for i = 4, #KEYS do
 end
 return {taken, leads}
 """
+)
 
 # Renew interest and read states in one call. KEYS: watched, then the task keys to read.
-# ARGV: interest ttl ms, then the ids to renew. Expiry on Redis's clock; the set itself
-# goes when nobody renews anything in it. Returns the values read (nil where none).
+# ARGV: interest ttl ms, then the entries to renew (`_task_members.member`'s). Expiry on
+# Redis's clock; the set itself goes when nobody renews anything in it. Returns the values
+# read (nil where none).
 READ = """
 if #ARGV > 1 then
   local t = redis.call('TIME')

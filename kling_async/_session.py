@@ -102,7 +102,6 @@ class KlingSession(SourceCalls):
         max_parallel_tasks: int | None = None,
     ) -> None:
         fleet = check_fleet(fleet)
-        self._fleet_on = fleet is not None
         config = configure(
             api_key=api_key,
             base_url=base_url,

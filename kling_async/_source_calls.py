@@ -34,7 +34,6 @@ class SourceCalls:
 
     _submitter: Submitter
     _journal: Journal | None
-    _fleet_on: bool
 
     async def text_to_video(
         self,
@@ -134,9 +133,6 @@ class SourceCalls:
             check_key(key, journal=self._journal is not None)
             # The journal records extends only (docs/concepts.md, "Task families").
             raise ValueError(f"key= is not yet supported for {request.subject}")
-        if self._fleet_on:
-            # A fleet's poller follows task ids without their family (docs/fleet.md).
-            raise ValueError(f"{request.subject} is not yet supported in a fleet session")
         return await self._submitter.submit(request, None)
 
 

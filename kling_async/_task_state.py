@@ -124,8 +124,9 @@ class StatesOwner(Protocol):
     def hint(self, task_id: str, task: Task, *, confirm: bool) -> None:
         """A callback's hint of ``task_id``'s state (see `Watcher.hint`)."""
 
-    async def follow(self, task_id: str) -> None:
-        """Wait until ``task_id`` is done, polling it on the usual schedule."""
+    async def follow(self, task_id: str, family: TaskFamily = TaskFamily.EXTEND) -> None:
+        """Wait until ``task_id`` is done, polling it on the usual schedule, on ``family``'s
+        routes (unless this process holds its state already: its own handles know it)."""
 
     def wake(self) -> None:
         """Wake every wait: whether this process polls has changed."""

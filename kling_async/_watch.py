@@ -439,14 +439,19 @@ class Watcher:
             if unscheduled and state.last is not None and not state.last.done:
                 self._reschedule(state, listed=False)  # its first poll by its age
 
-    async def follow(self, task_id: str) -> None:
-        """Wait until ``task_id`` is done (a poller's background wait on another's task).
+    async def follow(self, task_id: str, family: TaskFamily = TaskFamily.EXTEND) -> None:
+        """Wait until ``task_id`` is done (a poller's background wait on another's task),
+        polled on ``family``'s routes unless this process holds its state already.
 
         A task this process knows nothing of yet is first looked for in the shared store
         (its maker recorded its create's reply there): it is polled on the schedule of its
         age, not at once; only if the store has nothing within its ``first_look`` is it polled.
         """
-        await self.wait(self.state(task_id), _is_done, None)
+        state = self._states.find(task_id)
+        if state is None:
+            state = self.state(task_id)
+            state.family = family
+        await self.wait(state, _is_done, None)
 
     def wake(self) -> None:
         """Wake every wait: whether this process polls has changed."""

@@ -28,6 +28,7 @@ PURE = {
     "_schedule",
     "_spending",
     "_task_codec",
+    "_task_members",
     "_webhook_signature",
     "sansio",
 }

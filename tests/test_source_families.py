@@ -17,7 +17,6 @@ from kling_async import (
     CameraControl,
     ImageToVideo,
     InvalidArgumentError,
-    KlingSession,
     NotFoundError,
     PollPolicy,
     TaskFamily,
@@ -274,21 +273,6 @@ async def test_an_image_over_10_mb_is_refused_before_any_request(tmp_path: pathl
     async with KlingEmulator() as emu, official(emu) as session:
         with pytest.raises(InvalidArgumentError, match="at most"):
             await session.image_to_video(image)
-    assert [] == emu.requests
-
-
-async def test_a_fleet_session_refuses_source_creates_before_any_request() -> None:
-    """A fleet's poller follows task ids without their family: refused, not polled wrong."""
-    pytest.importorskip("redis")
-    async with KlingEmulator() as emu:
-        session = KlingSession(
-            access_key=emu.access_key,
-            secret_key=emu.secret_key,
-            base_url=emu.base_url,
-            fleet="redis://127.0.0.1:1/0",
-        )
-        with pytest.raises(ValueError, match="fleet"):
-            await session.create_source(TextToVideo(prompt="ok"))
     assert [] == emu.requests
 
 
