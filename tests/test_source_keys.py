@@ -265,6 +265,30 @@ async def test_a_source_create_in_doubt_is_found_in_its_family_s_list_by_resume(
     assert 0 == emu.count("list", family="text2video")
 
 
+async def test_source_creates_of_two_families_in_doubt_are_no_rivals_of_each_other(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """An image-to-video in doubt takes the one task of its family's list although two
+    text-to-videos are in doubt at the same moment; those two, each of which could have made
+    the one text-to-video, share none (no external ids: a gateway)."""
+    path = tmp_path / "j.sqlite3"
+    await left_in_doubt(path, "t", TextToVideo(prompt=PROMPT))
+    await left_in_doubt(path, "i", ImageToVideo(image=PNG))
+    await left_in_doubt(path, "t2", TextToVideo(prompt="another"))
+    async with gateway_session(emu) as other:
+        text = await other.text_to_video(PROMPT)
+        image = await other.image_to_video(PNG)
+
+    async with gateway_session(emu, journal=path) as session:
+        with anyio.fail_after(30):
+            handles = await session.resume()
+
+    # "t" and "t2" could each have made the one text-to-video: neither takes it.
+    assert [(image.task_id, TaskFamily.IMAGE2VIDEO)] == [(h.task_id, h.family) for h in handles]
+    assert text.task_id not in {h.task_id for h in handles}
+    assert 2 == emu.count("create")
+
+
 async def test_an_image_create_proved_absent_is_resent_only_with_the_caller_s_image(
     emu: KlingEmulator, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
