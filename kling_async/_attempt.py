@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+from .models import TaskFamily
+
 if TYPE_CHECKING:
     from ._clock import ServerClock
     from .errors import KlingError
@@ -85,6 +87,7 @@ class CreateAttempt:
     __slots__ = (
         "_off_wire",
         "external_task_id",
+        "family",
         "in_doubt",
         "key",
         "on_wire",
@@ -106,8 +109,10 @@ class CreateAttempt:
         record: CreateRecord | None = None,
         external_task_id: str | None = None,
         key: str | None = None,
+        family: TaskFamily = TaskFamily.EXTEND,
     ) -> None:
         self.video_id = video_id
+        self.family = family  # a source create's rivals are of its own family
         self.external_task_id = external_task_id
         self.key = key  # the journal's: an earlier try of the same key is no rival
         self.record = record
@@ -210,13 +215,14 @@ class Attempts:
                     other.resolved = True
 
     def rivals(self, attempt: CreateAttempt) -> Iterable[CreateAttempt]:
-        """Other creates of this session for the same video whose outcome is (or was left)
-        unknown; an earlier try of the same journal key is none."""
+        """Other creates of this session for the same video (and family) whose outcome is
+        (or was left) unknown; an earlier try of the same journal key is none."""
         for other in (*self._active, *self._doubts):
             if (
                 other is not attempt
                 and (attempt.key is None or other.key != attempt.key)
                 and other.video_id == attempt.video_id
+                and other.family is attempt.family
                 and other.doubtful
                 and not other.resolved
             ):

@@ -28,11 +28,13 @@ from ._cli_output import (
     check_command,
     clean,
     in_flags,
+    request_text,
     say,
     session_options,
     silence_stdout,
     usage_error,
 )
+from ._source_requests import source_video_id
 from .errors import JournalError, KlingError
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
@@ -138,7 +140,9 @@ class _Key:
 
     key: str
     state: str  # in_doubt, sending, gone, refused, unreadable
-    video_id: str | None = None
+    video_id: str | None = None  # None for a source create
+    family: str = "video-extend"
+    subject: str = ""  # what the create is of, in words (``request_text``)
     task_id: str | None = None
     sent_at: str | None = None
     external_task_id: str | None = None
@@ -150,16 +154,16 @@ class _Key:
         if self.state == "in_doubt":
             external = f", external id {self.external_task_id}" if self.external_task_id else ""
             details = (
-                f"video {self.video_id}, sent {self.sent_at}{external}: it may have made a "
+                f"{self.subject}, sent {self.sent_at}{external}: it may have made a "
                 "(paid) task; settle it to that task, or forget it"
             )
         elif self.state == "gone":
             details = f"task {self.task_id} vanished on the server ({self.reason})"
         elif self.state == "refused":
             code = f"{self.code} " if self.code is not None else ""
-            details = f"video {self.video_id}: the server refused it ({code}{self.reason})"
+            details = f"{self.subject}: the server refused it ({code}{self.reason})"
         elif self.state == "sending":
-            details = f"video {self.video_id}: a running process is creating it now"
+            details = f"{self.subject}: a running process is creating it now"
         else:
             details = str(self.reason)
         return clean(f"{self.key}  {self.state.replace('_', ' ')}  {details}")
@@ -168,7 +172,13 @@ class _Key:
 def _describe(entry: JournalEntry, in_doubt: bool) -> _Key | None:
     """The report line of ``entry``, or None for a state that needs nobody."""
     state = entry.state
-    common: dict[str, Any] = {"key": entry.key, "video_id": entry.request.video_id}
+    request = entry.request
+    common: dict[str, Any] = {
+        "key": entry.key,
+        "video_id": source_video_id(request) or None,
+        "family": request.family.value,
+        "subject": request_text(request),
+    }
     if state is EntryState.SENDING:
         return _Key(
             **common,
@@ -290,12 +300,12 @@ def _state_words(entry: JournalEntry | None, error: JournalError | None) -> str:
     if entry is None:
         return f"unreadable: {error.args[0] if error else 'unknown'}"
     if entry.state is EntryState.SENDING:
-        return f"in doubt: a create for video {entry.request.video_id}"
+        return f"in doubt: a create for {request_text(entry.request)}"
     if entry.state is EntryState.GONE:
         return f"gone: task {entry.task_id} vanished on the server"
     if entry.task_id is not None:
         return f"{entry.state.value}: task {entry.task_id}, which stays on the server"
-    return f"{entry.state.value}: video {entry.request.video_id}"
+    return f"{entry.state.value}: {request_text(entry.request)}"
 
 
 class _Changed(Exception):
@@ -416,7 +426,8 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
                     "key": key,
                     "state": after.state.value,
                     "task_id": after.task_id,
-                    "video_id": after.request.video_id,
+                    "video_id": source_video_id(after.request) or None,
+                    "family": after.request.family.value,
                     "was": before.state.value,
                 }
             )
@@ -424,8 +435,8 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
     else:
         _print(
             clean(
-                f"{key}  {after.state.value}  task {after.task_id}, video "
-                f"{after.request.video_id}  (was {before.state.value})"
+                f"{key}  {after.state.value}  task {after.task_id}, "
+                f"{request_text(after.request)}  (was {before.state.value})"
             )
         )
     say("the next batch run of its file waits for this task instead of creating one")

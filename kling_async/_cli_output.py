@@ -20,7 +20,11 @@ from typing import Any, TypedDict
 
 from . import Cost, PollPolicy, RetryPolicy
 from ._cli_request import RequestProblem, extend_request
+from ._source_requests import CreateRequest
 from .errors import InvalidArgumentError
+from .models import ExtendRequest
+
+_PROMPT_SHOWN = 40  # characters of a source create's prompt a journal listing shows
 
 __all__ = [
     "INTERRUPTED",
@@ -39,6 +43,7 @@ __all__ = [
     "in_flags",
     "number",
     "one_line",
+    "request_text",
     "rich_console",
     "say",
     "session_options",
@@ -180,6 +185,18 @@ def clean(text: str) -> str:
     text = _ESCAPE.sub("", text)
     text = _CONTROL.sub(lambda m: " " if m.group() in _SPACING else "", text)
     return SURROGATE.sub("\ufffd", text)
+
+
+def request_text(request: CreateRequest) -> str:
+    """What a create is of, in a few words: ``video ID``, or the source family and the
+    start of its prompt (a journal's keys are of any family)."""
+    if isinstance(request, ExtendRequest):
+        return f"video {request.video_id}"
+    prompt = request.prompt
+    if not prompt:
+        return request.subject
+    short = prompt if len(prompt) <= _PROMPT_SHOWN else prompt[: _PROMPT_SHOWN - 3] + "..."
+    return f"{request.subject} {short!r}"
 
 
 def one_line(text: str) -> str:

@@ -20,6 +20,7 @@ import attrs
 from . import _reconcile, sansio
 from ._account import DeadlinePassed, Slot, SlotGate
 from ._attempt import STAMP_PREFIX, Attempts, CallbackSlot, CreateAttempt, CreateRecord
+from ._journal_requests import images_left_out
 from ._lookup import Absent, Lookup
 from ._policies import Action, next_step
 from ._source_requests import CreateRequest, source_video_id
@@ -74,10 +75,20 @@ class Creator:
         ``key`` (the journal's) is named in errors and logs. ``resend``: a journaled send
         is sent again (its external id is this create's, whoever stamped it).
         """
+        if images_left_out(request):
+            # Read back from a journal that keeps only its images' digests: never sent on a
+            # guess (docs/concepts.md, "Keys for source videos").
+            raise RuntimeError(
+                f"the {request.subject} create of key {key!r} made no task and is not sent from "
+                "the journal, which keeps only digests of its base64 images: call "
+                "image_to_video with the same images and key to send it"
+            )
         if callback is not None and request.callback_url is None:
             request = attrs.evolve(request, callback_url=callback.url)
             callback.sent = True
-        attempt = CreateAttempt(source_video_id(request), record, request.external_task_id, key)
+        attempt = CreateAttempt(
+            source_video_id(request), record, request.external_task_id, key, request.family
+        )
         self.attempts.start(attempt)
         try:
             task = await self._tries(request, attempt, deadline, resend)
@@ -294,7 +305,9 @@ class Creator:
             server_now=wire.server_clock.to_server(now),
             sent_server=sent_server,
         )
-        attempt = CreateAttempt(source_video_id(request), record, request.external_task_id, key)
+        attempt = CreateAttempt(
+            source_video_id(request), record, request.external_task_id, key, request.family
+        )
         attempt.sent_at = sent_at
         attempt.sent_server = sent_server
         attempt.sent_uncertainty = sent_uncertainty or 0.0

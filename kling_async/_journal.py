@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
-import json
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._journal_requests import canonical, fingerprint
+from ._source_requests import CreateRequest, ImageToVideo, TextToVideo
 from .errors import JournalError
 from .models import ExtendRequest, TaskStatus
 
@@ -66,6 +66,7 @@ __all__ = [
     "check_claim",
     "check_id",
     "check_key",
+    "check_video",
     "fingerprint",
 ]
 
@@ -111,8 +112,10 @@ class JournalEntry:
     """One key's record as the journal holds it."""
 
     key: str
-    request: ExtendRequest
-    """The request as sent (or to be sent), the session's stamped external id included."""
+    request: CreateRequest
+    """The request as sent (or to be sent), the session's stamped external id included: an
+    `ExtendRequest`, `TextToVideo` or `ImageToVideo` (whose base64 images, read back from
+    the journal, are digests: see docs/concepts.md, "Keys for source videos")."""
     stamped: bool
     """Whether ``request.external_task_id`` is the session's stamp, not the caller's."""
     state: EntryState
@@ -147,7 +150,7 @@ class Claim:
     entry: JournalEntry
 
     @property
-    def request(self) -> ExtendRequest:
+    def request(self) -> CreateRequest:
         """What to send (FRESH) or reconcile (IN_DOUBT): use it, not the caller's request."""
         return self.entry.request
 
@@ -186,7 +189,7 @@ class Journal(Protocol):
     async def claim(
         self,
         key: str,
-        request: ExtendRequest,
+        request: CreateRequest,
         *,
         now: dt.datetime,
         stamp: str | None = None,
@@ -276,7 +279,8 @@ class Journal(Protocol):
 
     async def doubts(self, video_id: str) -> list[JournalEntry]:
         """Every SENDING entry for ``video_id``, whoever owns it: creates in doubt that a
-        look-up must not take a task from."""
+        look-up must not take a task from. ``""`` gives the source creates (text-to-video,
+        image-to-video) in doubt, which are of no video."""
         ...
 
     async def keys_of(self, task_ids: Collection[str]) -> dict[str, str]:
@@ -284,24 +288,7 @@ class Journal(Protocol):
         ...
 
 
-# -- request identity and argument checks -------------------------------------------------
-
-
-def canonical(request: ExtendRequest, *, without_external_id: bool = False) -> str:
-    """The request as canonical JSON: attrs field names, ``None`` left out, sorted keys."""
-    data = attrs.asdict(request, filter=lambda _attribute, value: value is not None)
-    if "cfg_scale" in data:
-        data["cfg_scale"] = float(data["cfg_scale"])  # 1 and 1.0 are the same request
-    if without_external_id:
-        data.pop("external_task_id", None)
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def fingerprint(request: ExtendRequest, *, without_external_id: bool = False) -> str:
-    """The request's identity: the sha256 of its canonical JSON (equal requests, equal
-    fingerprints), optionally without the external id that a session stamps on it."""
-    text = canonical(request, without_external_id=without_external_id)
-    return hashlib.sha256(text.encode()).hexdigest()
+# -- argument checks ----------------------------------------------------------------------
 
 
 def check_key(key: object) -> str:
@@ -322,11 +309,21 @@ def check_id(name: str, value: object) -> str:
     return value
 
 
+def check_video(video_id: object) -> str:
+    """``video_id`` of `Journal.doubts`: a str, empty for the source creates."""
+    if not isinstance(video_id, str):
+        raise TypeError(f"video_id must be a str, not {type(video_id).__name__}")
+    return video_id
+
+
 def check_claim(key: object, request: object, stamp: object, wait: object) -> None:
     """The arguments of `Journal.claim`, checked before any I/O (TypeError or ValueError)."""
     check_key(key)
-    if not isinstance(request, ExtendRequest):
-        raise TypeError(f"request must be an ExtendRequest, not {type(request).__name__}")
+    if not isinstance(request, (ExtendRequest, TextToVideo, ImageToVideo)):
+        raise TypeError(
+            "request must be an ExtendRequest, a TextToVideo or an ImageToVideo, "
+            f"not {type(request).__name__}"
+        )
     if stamp is not None:
         check_id("stamp", stamp)
         if request.external_task_id is not None:

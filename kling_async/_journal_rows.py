@@ -1,8 +1,9 @@
 """The row codec: journal values to column text and a stored row back to a `JournalEntry`.
 
-Times are stored as ISO 8601 text in UTC, requests as their canonical JSON, task objects as
-compact JSON. A row that cannot be read back raises `JournalError` naming its key, so that
-one damaged record is reported (and can be forgotten) without hiding the others.
+Times are stored as ISO 8601 text in UTC, requests as their canonical JSON
+(``_journal_requests``), task objects as compact JSON. A row that cannot be read back raises
+`JournalError` naming its key, so that one damaged record is reported (and can be forgotten)
+without hiding the others.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._journal import EntryState, JournalEntry
+from ._journal_requests import decode_request
 from ._journal_rules import WITH_TASK
+from ._source_requests import CreateRequest
 from .errors import InvalidArgumentError, JournalError
-from .models import ExtendRequest, TaskStatus
+from .models import TaskStatus
 
 __all__ = [
     "decode_request",
@@ -31,14 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("kling_async")
-
-
-def decode_request(text: str) -> ExtendRequest:
-    """The request stored as ``text`` (its canonical JSON)."""
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise TypeError(f"the request is a JSON {type(data).__name__}, not an object")
-    return ExtendRequest(**data)
 
 
 def stamp_time(value: dt.datetime, name: str) -> str:
@@ -100,7 +95,7 @@ def read_entry(row: sqlite3.Row, path: pathlib.Path, *, owner: str | None = None
     return entry
 
 
-def read_request(row: sqlite3.Row, path: pathlib.Path) -> ExtendRequest:
+def read_request(row: sqlite3.Row, path: pathlib.Path) -> CreateRequest:
     """The request of ``row``, or `JournalError` naming its key."""
     try:
         return decode_request(row["request"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 from ._journal import ClaimOutcome, EntryState
-from .models import ExtendRequest
+from ._source_requests import CreateRequest
 
 __all__ = [
     "MARK_CREATED",
@@ -91,7 +91,7 @@ def existing_outcome(state: EntryState, *, owner_alive: bool) -> ClaimOutcome:
 
 
 def carries_stamp(
-    request: ExtendRequest, *, stamped: bool, recorded_external_id: str | None
+    request: CreateRequest, *, stamped: bool, recorded_external_id: str | None
 ) -> bool:
     """Whether ``request`` carries the record's own stamp (a resume claiming
     ``entry.request``): it then matches the record as the bare request, stamp left out."""
@@ -103,8 +103,8 @@ def carries_stamp(
 
 
 def to_record(
-    request: ExtendRequest, stamp: str | None, *, via_stamp: bool = False
-) -> tuple[ExtendRequest, bool]:
+    request: CreateRequest, stamp: str | None, *, via_stamp: bool = False
+) -> tuple[CreateRequest, bool]:
     """The request a FRESH claim records, and whether its external id is a stamp: the
     request as it came when it carries the record's stamp (``via_stamp``), else the
     request with ``stamp`` on it when one is given, else the request as it came."""

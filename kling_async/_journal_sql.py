@@ -35,8 +35,8 @@ from ._journal_rules import (
     to_record,
 )
 from ._journal_schema import COLUMNS, configure
+from ._source_requests import CreateRequest, source_video_id
 from .errors import JournalError
-from .models import ExtendRequest
 
 __all__ = ["JournalSQL"]
 
@@ -163,7 +163,7 @@ class JournalSQL:
 
     # -- the steps ------------------------------------------------------------------------
 
-    def claim(self, key: str, request: ExtendRequest, stamp: str | None, claimed_at: str) -> Claim:
+    def claim(self, key: str, request: CreateRequest, stamp: str | None, claimed_at: str) -> Claim:
         """Look ``key`` up and record the intent in one transaction (see `ClaimOutcome`)."""
         token = self._owners.token
         with self._db(write=True) as db:
@@ -182,7 +182,7 @@ class JournalSQL:
                         sent.external_task_id,
                         token,
                         claimed_at,
-                        sent.video_id,
+                        source_video_id(sent),
                     ),
                 )
                 return Claim(
@@ -204,8 +204,8 @@ class JournalSQL:
             )
             if row["fingerprint"] != fingerprint(request, without_external_id=via_stamp):
                 raise ValueError(
-                    f"key {key!r} is journaled for another request (video_id "
-                    f"{recorded.video_id!r}, claimed {row['claimed_at']}); a key names one "
+                    f"key {key!r} is journaled for another request (of {recorded.subject}, "
+                    f"claimed {row['claimed_at']}); a key names one "
                     "request: use a new key"
                 )
             entry = self._entry(row)

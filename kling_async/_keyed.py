@@ -13,13 +13,16 @@ import logging
 import re
 
 import anyio
+import attrs
 
 from ._attempt import CallbackSlot
 from ._create import Creator
 from ._journal import ClaimOutcome, Journal
+from ._journal_requests import images_left_out
+from ._source_requests import CreateRequest, source_video_id
 from ._source_video import source_video_error
 from .errors import APIError, ClaimLostError, JournalError, KlingError, NotFoundError
-from .models import ExtendRequest, Task, TaskStatus
+from .models import Task, TaskStatus
 from .sansio import error_class_for
 
 __all__ = ["JournalRecord", "KeyedCreates", "keyed_create"]
@@ -82,7 +85,7 @@ async def keyed_create(
     creator: Creator,
     journal: Journal,
     key: str,
-    request: ExtendRequest,
+    request: CreateRequest,
     *,
     stamp: str | None,
     deadline: float | None,
@@ -113,15 +116,18 @@ async def keyed_create(
             cls = error_class_for(status, entry.refusal_code)
             message = f"the create for key {key!r} was refused before and is not sent again: {said}"
             # status 0: not a reply, the journal remembers the refusal (and its words).
-            source = source_video_error(
-                cls,
-                message,
-                video_id=claim.request.video_id,
-                status=0,
-                code=entry.refusal_code,
-                reason_status=status,
-                words=said,
-            )
+            video_id = source_video_id(claim.request)
+            source = None
+            if video_id:  # an extend: the refusal may be about its source video
+                source = source_video_error(
+                    cls,
+                    message,
+                    video_id=video_id,
+                    status=0,
+                    code=entry.refusal_code,
+                    reason_status=status,
+                    words=said,
+                )
             raise source or cls(message, status=0, code=entry.refusal_code)
         if outcome is ClaimOutcome.GONE:
             entry = claim.entry
@@ -136,7 +142,7 @@ async def keyed_create(
         if outcome is ClaimOutcome.BUSY:
             raise RuntimeError(
                 f"key {key!r} is being created right now by another session or process "
-                f"sharing the journal (owner {claim.entry.owner}); wait for it, then extend "
+                f"sharing the journal (owner {claim.entry.owner}); wait for it, then call "
                 "again to get its task"
             )
         record = JournalRecord(journal, key)
@@ -144,7 +150,7 @@ async def keyed_create(
             # The process that sent it died before the reply: look it up, never resend.
             entry = claim.entry
             task = await creator.reconcile(
-                claim.request,
+                _sendable(claim.request, request),
                 sent_at=entry.sent_at or entry.claimed_at,
                 sent_server=entry.sent_server,
                 sent_uncertainty=entry.sent_uncertainty,
@@ -160,6 +166,15 @@ async def keyed_create(
     finally:
         if claim.outcome in (ClaimOutcome.FRESH, ClaimOutcome.IN_DOUBT):
             await _release(journal, key)
+
+
+def _sendable(recorded: CreateRequest, given: CreateRequest) -> CreateRequest:
+    """The request a create in doubt is looked up (and, if it made no task, sent) as: the
+    journal's, or the caller's with the journal's external id when the journal keeps only
+    its images' digests (the same request: their fingerprints matched)."""
+    if images_left_out(recorded) and not images_left_out(given):
+        return attrs.evolve(given, external_task_id=recorded.external_task_id)
+    return recorded
 
 
 async def _release(journal: Journal, key: str) -> None:
@@ -193,7 +208,7 @@ class KeyedCreates:
     async def create(
         self,
         key: str,
-        request: ExtendRequest,
+        request: CreateRequest,
         *,
         stamp: str | None,
         deadline: float | None,

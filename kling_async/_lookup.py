@@ -161,11 +161,14 @@ class Lookup:
         key = attempt.key
         rivals = [self._doubt(other) for other in self._attempts.rivals(attempt)]
         claimed = self._attempts.claimed(key)
-        # A journal records extends only: a source create (no video) has no rival nor owner
-        # in it (docs/concepts.md, "Task families").
-        if self.journal is not None and attempt.video_id:
+        if self.journal is not None:
             try:
-                recorded = await self.journal.doubts(attempt.video_id)
+                # A source create's video id is "": the source creates in doubt, of its family.
+                recorded = [
+                    entry
+                    for entry in await self.journal.doubts(attempt.video_id)
+                    if entry.request.family is attempt.family
+                ]
                 owners = await self.journal.keys_of([task.task_id for task in tasks])
             except JournalError as journal_error:
                 if final:
@@ -176,7 +179,9 @@ class Lookup:
             wall_now = dt.datetime.now(dt.timezone.utc)
             for entry in recorded:
                 if entry.key != key and entry.sent_at is not None:
-                    rival = CreateAttempt(entry.request.video_id, None, entry.external_task_id)
+                    rival = CreateAttempt(
+                        attempt.video_id, None, entry.external_task_id, family=attempt.family
+                    )
                     rival.sent_at = entry.sent_at
                     # Sent "in the future": the clock was set back; unplaced, it contests all.
                     rival.placed = not _reconcile.set_back(entry.sent_at, wall_now)

@@ -66,8 +66,9 @@ from ._journal_rules import (
 )
 from ._journal_wait import claim_waiting
 from ._redis_journal_store import TRIES, JournalUnavailableError, RecordStore, utc_now
+from ._source_requests import CreateRequest, source_video_id
 from .errors import ClaimLostError, InvalidArgumentError, JournalError
-from .models import ExtendRequest, TaskStatus
+from .models import TaskStatus
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -152,7 +153,7 @@ class RedisJournal:
     async def claim(
         self,
         key: str,
-        request: ExtendRequest,
+        request: CreateRequest,
         *,
         now: dt.datetime,
         stamp: str | None = None,
@@ -173,7 +174,7 @@ class RedisJournal:
         return await claim_waiting(once, lambda: self._released, wait)
 
     async def _claim_once(
-        self, key: str, request: ExtendRequest, stamp: str | None, claimed_at: str
+        self, key: str, request: CreateRequest, stamp: str | None, claimed_at: str
     ) -> Claim:
         """One claim, run to its end once started, in a task of its own: a caller cancelled
         meanwhile (an asyncio cancel passes an anyio shield) leaves, and a key the claim
@@ -200,7 +201,7 @@ class RedisJournal:
             logger.info("journal %s: key %r not released yet: %s", self._store.where, key, error)
 
     async def _claim_locked(
-        self, key: str, request: ExtendRequest, stamp: str | None, claimed_at: str
+        self, key: str, request: CreateRequest, stamp: str | None, claimed_at: str
     ) -> Claim:
         """One claim at a time per key in this instance."""
         lock = self._locks.setdefault(key, anyio.Lock())
@@ -220,7 +221,7 @@ class RedisJournal:
         return claim
 
     async def _decide(
-        self, key: str, request: ExtendRequest, stamp: str | None, claimed_at: str
+        self, key: str, request: CreateRequest, stamp: str | None, claimed_at: str
     ) -> Claim:
         token = self.token
         sent, stamped = to_record(request, stamp)
@@ -233,7 +234,8 @@ class RedisJournal:
                 [self._store.rec + key, self._store.pending_keys, self._store.counter],
                 [
                     *(token, nonce, key, fingerprint(request), canonical(sent)),
-                    *("1" if stamped else "0", claimed_at, score, sent.video_id, self._store.alive),
+                    *("1" if stamped else "0", claimed_at, score, source_video_id(sent)),
+                    self._store.alive,
                 ],
                 key=key,
             )
@@ -257,8 +259,8 @@ class RedisJournal:
             )
             if fields.get("fingerprint") != fingerprint(request, without_external_id=via_stamp):
                 raise ValueError(
-                    f"key {key!r} is journaled for another request (video_id "
-                    f"{recorded.video_id!r}, claimed {fields.get('claimed_at')}); a key names "
+                    f"key {key!r} is journaled for another request (of {recorded.subject}, "
+                    f"claimed {fields.get('claimed_at')}); a key names "
                     "one request: use a new key"
                 )
             entry = read_hash(key, fields, self._store.where, now=utc_now())
@@ -305,7 +307,7 @@ class RedisJournal:
         self._fences[key] = fence
         self._unsure.discard(key)
 
-    def _request_of(self, key: str, fields: Mapping[str, str]) -> ExtendRequest:
+    def _request_of(self, key: str, fields: Mapping[str, str]) -> CreateRequest:
         try:
             return decode_request(fields["request"])
         except (KeyError, ValueError, TypeError, InvalidArgumentError) as error:

@@ -20,7 +20,7 @@ import attrs
 
 from . import _redis_journal_lua as lua
 from ._fleet import text
-from ._journal import EntryState, JournalEntry, check_id, check_key
+from ._journal import EntryState, JournalEntry, check_id, check_key, check_video
 from ._journal_hash import fields_of, read_hash, score_of
 from ._journal_rows import stamp_time, task_text
 from ._journal_rules import is_pending, settle_refusal
@@ -135,7 +135,7 @@ class RecordStore:
 
     async def doubts(self, video_id: str) -> list[JournalEntry]:
         """Every SENDING entry for ``video_id``, whoever owns it, in any process."""
-        check_id("video_id", video_id)
+        check_video(video_id)
         found = await self.script(
             "DOUBTS", "reading creates in doubt", [self.video + video_id], [self.rec]
         )

@@ -56,8 +56,9 @@ class SourceCalls:
         task's ``video.id`` is a source video `extend` takes.
 
         The fields are `TextToVideo`'s, checked before anything is sent; ``extra`` passes
-        options this SDK does not know through. ``key`` is not yet supported here (it
-        raises ``ValueError`` before any I/O). Added in version 0.3.
+        options this SDK does not know through. ``key`` (with a ``journal``) works as it does
+        for `extend`: one task per key, however often and wherever the call is repeated.
+        Added in version 0.3.
         """
         request = TextToVideo(
             prompt=prompt,
@@ -98,7 +99,8 @@ class SourceCalls:
 
         An image is an http(s) URL, bare base64, or a local file's path (read and encoded
         here, at most 10 MB). The fields are `ImageToVideo`'s, checked before anything is
-        sent. ``key`` is not yet supported here (``ValueError`` before any I/O). Added in
+        sent. ``key`` works as it does for `extend` (the journal keeps a base64 image's
+        digest, not the image: docs/concepts.md, "Keys for source videos"). Added in
         version 0.3.
         """
         # A local file is read off the event loop (up to 10 MB), before the request is built.
@@ -123,17 +125,15 @@ class SourceCalls:
     async def create_source(
         self, request: TextToVideo | ImageToVideo, *, key: str | None = None
     ) -> TaskHandle:
-        """Submit a built `TextToVideo` or `ImageToVideo` and return its handle (see
-        `text_to_video`). Added in version 0.3."""
+        """Submit a built `TextToVideo` or `ImageToVideo` (under journal ``key``) and return
+        its handle (see `text_to_video`). Added in version 0.3."""
         if not isinstance(request, (TextToVideo, ImageToVideo)):
             raise TypeError(
                 f"request must be a TextToVideo or an ImageToVideo, not {type(request).__name__}"
             )
         if key is not None:
             check_key(key, journal=self._journal is not None)
-            # The journal records extends only (docs/concepts.md, "Task families").
-            raise ValueError(f"key= is not yet supported for {request.subject}")
-        return await self._submitter.submit(request, None)
+        return await self._submitter.submit(request, None, key)
 
 
 def _read_images(image: object, image_tail: object) -> tuple[str | None, str | None]:

@@ -286,8 +286,8 @@ class ImageToVideo:
 
 
 def _short(image: str | None) -> str:
-    if image is None or image.startswith(("http://", "https://")):
-        return repr(image)
+    if image is None or image.startswith(("http://", "https://", "sha256:")):
+        return repr(image)  # a URL, or the digest a journal keeps of a base64 image
     return f"<base64, {len(image)} chars>"
 
 

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._journal import Claim, JournalEntry, check_claim, check_id, check_key
+from ._journal import Claim, JournalEntry, check_claim, check_id, check_key, check_video
 from ._journal_owners import Owners
 from ._journal_rows import stamp_time, task_text
 from ._journal_rules import MARK_CREATED, MARK_NOT_SENT, MARK_REFUSED, MARK_SENDING, Move
 from ._journal_sql import JournalSQL
 from ._journal_wait import claim_waiting
-from .models import ExtendRequest, TaskStatus
+from ._source_requests import CreateRequest
+from .models import TaskStatus
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -150,7 +151,7 @@ class SQLiteJournal:
     async def claim(
         self,
         key: str,
-        request: ExtendRequest,
+        request: CreateRequest,
         *,
         now: dt.datetime,
         stamp: str | None = None,
@@ -300,7 +301,7 @@ class SQLiteJournal:
     async def doubts(self, video_id: str) -> list[JournalEntry]:
         """Every SENDING entry for ``video_id``, whoever owns it: creates in doubt that a
         look-up must not take a task from."""
-        check_id("video_id", video_id)
+        check_video(video_id)
         return await self._run(self._sql.doubts, video_id)
 
     async def keys_of(self, task_ids: Collection[str]) -> dict[str, str]:

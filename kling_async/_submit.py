@@ -121,8 +121,6 @@ class Submitter:
             stamp = new_stamp()
         if key is not None:
             assert self.keyed is not None
-            # The journal records extends only: the session refuses a key for the others.
-            assert isinstance(request, ExtendRequest)
             task_id, made = await self.keyed.create(
                 key,
                 request,
@@ -132,7 +130,7 @@ class Submitter:
                 callback=slot,
             )
             if made is None:  # created before (maybe by another process): nothing sent
-                return self.handle(task_id)
+                return self.handle(task_id, request.family)
             task = made
         else:
             if stamp is not None:
@@ -174,7 +172,7 @@ class Submitter:
         side by side (see `KlingSession.resume`)."""
         entries = await journal.pending()
         handles = [
-            self.handle(entry.task_id)
+            self.handle(entry.task_id, entry.request.family)
             for entry in entries
             if entry.state is EntryState.CREATED and entry.task_id is not None
         ]
@@ -197,18 +195,20 @@ class Submitter:
         return handles
 
     async def settle(self, journal: Journal, key: str, task_id: str) -> TaskHandle:
-        """Record ``task_id`` as the task of ``key`` once the task is seen to extend the
-        key's video (see `KlingSession.settle`)."""
+        """Record ``task_id`` as the task of ``key`` once the task is seen to be of the key's
+        family (and, for an extend, of its video; see `KlingSession.settle`)."""
         entry = await journal.get(key)
         if entry is None:
             raise ValueError(f"key {key!r} is not in the journal")
-        task = await self._watcher.query(task_id)
+        family = entry.request.family
+        task = await self._watcher.query(task_id, family)
         parent = task.parent_video
-        if parent is not None and parent.id != entry.request.video_id:
+        video_id = source_video_id(entry.request)
+        if parent is not None and parent.id != video_id:
+            was = f"video {video_id!r}" if video_id else entry.request.subject
             raise ValueError(
-                f"task {task_id!r} extends video {parent.id!r}, but key {key!r} was for video "
-                f"{entry.request.video_id!r}"
+                f"task {task_id!r} extends video {parent.id!r}, but key {key!r} was for {was}"
             )
         await journal.settle(key, task.task_id)
         self._creator.attempts.remember(task.task_id)
-        return self.handle(task.task_id)
+        return self.handle(task.task_id, family)

@@ -263,3 +263,27 @@ async def test_a_source_task_s_callbacks_wake_the_fleet_s_waiters(redis_url: str
         assert 0 == emu.count("query", family="video-extend")
         # A late duplicate of the final callback is taken (200) and changes nothing.
         assert 200 == await receiver.deliver(token_of(url), body(handle.task_id, "succeed"))
+
+
+async def test_keyed_source_creates_in_a_fleet_make_one_task_per_key(redis_url: str) -> None:
+    """Two fleet sessions (the fleet's Redis journal) making the same keyed text-to-video and
+    image-to-video at once pay for each key once; both get handles of the key's family."""
+    async with KlingEmulator(task_seconds=_seconds) as emu:
+        async with _session(emu, redis_url) as one, _session(emu, redis_url) as two:
+            made = await asyncio.gather(
+                one.text_to_video("a fox", key="shot/0"),
+                two.text_to_video("a fox", key="shot/0"),
+                one.image_to_video(IMAGE, prompt="a fox", key="shot/1"),
+                two.image_to_video(IMAGE, prompt="a fox", key="shot/1"),
+            )
+            assert made[0].task_id == made[1].task_id
+            assert made[2].task_id == made[3].task_id
+            assert [TaskFamily.TEXT2VIDEO] * 2 + [TaskFamily.IMAGE2VIDEO] * 2 == [
+                h.family for h in made
+            ]
+            with pytest.raises(ValueError, match="shot/0"):
+                await two.text_to_video("a hen", key="shot/0")
+            tasks = await asyncio.gather(*(h.wait(timeout=30) for h in made))
+        assert all(t.status.value == "succeed" for t in tasks)
+        assert 1 == emu.count("create", family="text2video")
+        assert 1 == emu.count("create", family="image2video")
