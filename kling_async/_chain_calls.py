@@ -64,7 +64,7 @@ class ChainCalls:
         self._wire.check_open()
         given = None
         if isinstance(source, Task):
-            given = self._submitter.handle(source.task_id, source.family)
+            given = self._submitter.handle(source.task_id)  # its family as the session knows it
         handle = ChainHandle(key=key, planned=len(links), source=given)
         session = cast(ChainSession, self)  # KlingSession, which has SourceCalls' calls too
         self._background.start(run_chain(session, source, links, handle))
