@@ -4,7 +4,11 @@ link stopping the chain with the others reachable, watchers, cancelled waits, ke
 
 from __future__ import annotations
 
+import os
 import pathlib
+import random
+import subprocess
+import sys
 
 import anyio
 import pytest
@@ -23,9 +27,11 @@ from kling_async import (
 from kling_async.testing import Fault, KlingEmulator
 
 from .helpers import official
+from .test_doubt import run_or_kill
 
 pytestmark = pytest.mark.anyio
 
+CHILD = pathlib.Path(__file__).with_name("chain_child.py")
 KEYED_SOURCE = pytest.mark.xfail(strict=True, reason="keyed source creates: branch srckeys")
 
 
@@ -252,3 +258,39 @@ async def test_a_failed_keyed_link_fails_again_until_its_key_is_forgotten(
 
 def test_a_chain_handle_is_exported_and_awaitable() -> None:
     assert hasattr(ChainHandle, "__await__") and hasattr(KlingSession, "chain")
+
+
+@pytest.mark.crash
+async def test_a_chain_killed_at_random_links_and_run_again_pays_once_per_link(
+    tmp_path: pathlib.Path,
+) -> None:
+    """SIGKILL at random links (creates in flight), then the same chain run again with the
+    default retry policy: it ends, with exactly one task per link, each extending the
+    video the link before made."""
+    links = 12
+    journal = tmp_path / "chain.sqlite3"
+    rng = random.Random(20261219)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    async with KlingEmulator() as emulator:
+        argv = [sys.executable, str(CHILD), emulator.base_url, str(journal), str(links)]
+        kills, finished = 0, False
+        for run in range(10):
+            stop_at = emulator.count("create") + rng.randint(1, 3) if run < 4 else None
+            out = tmp_path / f"run-{run}.out"
+            with out.open("wb") as stdout:
+                process = await anyio.open_process(
+                    argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL
+                )
+            _, killed = await run_or_kill(
+                process, lambda: emulator.count("create"), stop_at, timeout=60
+            )
+            kills += killed
+            if b"done " in out.read_bytes():
+                finished = True
+                break
+        made = _chain_of(emulator, "v0")
+
+    assert finished
+    assert kills >= 3
+    assert links == len(emulator.tasks) == len(made)  # no link paid twice
+    assert [f"shot {n}" for n in range(1, links + 1)] == [emulator.tasks[t].prompt for t in made]
