@@ -9,7 +9,6 @@ whether the plan would pass Kling's 3-minute limit, each link's journal key and 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 import attrs
 
@@ -31,7 +30,7 @@ __all__ = [
     "stop_message",
 ]
 
-ChainSource = Union[str, Task, TextToVideo, ImageToVideo]
+ChainSource = str | Task | TextToVideo | ImageToVideo
 
 LINK_SECONDS = 5.0  # an extend adds 4-5 s: a plan counts the most, so none passes 3 minutes
 _SOURCE_DEFAULT_SECONDS = 5.0  # a source request without ``duration`` gets Kling's "5"

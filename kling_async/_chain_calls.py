@@ -66,6 +66,6 @@ class ChainCalls:
         if isinstance(source, Task):
             given = self._submitter.handle(source.task_id)  # its family as the session knows it
         handle = ChainHandle(key=key, planned=len(links), source=given)
-        session = cast(ChainSession, self)  # KlingSession, which has SourceCalls' calls too
+        session = cast("ChainSession", self)  # KlingSession, which has SourceCalls' calls too
         self._background.start(run_chain(session, source, links, handle))
         return handle

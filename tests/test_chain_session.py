@@ -41,7 +41,8 @@ def _prompts(count: int) -> list[str]:
 
 def _chain_of(emu: KlingEmulator, first: str) -> list[str]:
     """The emulator's extends from ``first`` on, following each result to its extend."""
-    by_source = {task.video_id: task for task in emu.tasks.values() if task.family == "video-extend"}
+    extends = [task for task in emu.tasks.values() if task.family == "video-extend"]
+    by_source = {task.video_id: task for task in extends}
     order, video = [], first
     while video in by_source:
         task = by_source[video]
@@ -58,19 +59,19 @@ async def test_a_twelve_link_chain_from_a_text_prompt(emu: KlingEmulator) -> Non
         last = await chain
 
     source = chain.source
-    assert source is not None and TaskFamily.TEXT2VIDEO is source.family
+    assert source is not None
+    assert TaskFamily.TEXT2VIDEO is source.family
     first = source.last.video.id if source.last and source.last.video else ""
     assert [h.task_id for h in chain.links] == _chain_of(emu, first)
     assert 12 == len(chain.links) == emu.count("create", family="video-extend")
     assert 1 == emu.count("create", family="text2video")
     assert chain.links[-1].task_id == last.task_id
     assert TaskStatus.SUCCEED is last.status
-    assert [f"shot {n}" for n in range(1, 13)] == [
-        emu.tasks[h.task_id].prompt for h in chain.links
-    ]
+    assert [f"shot {n}" for n in range(1, 13)] == [emu.tasks[h.task_id].prompt for h in chain.links]
     # Durations add up along the chain (the emulator's extends add 4.1 s each).
     assert 5.0 + 12 * 4.1 == pytest.approx(last.video.duration if last.video else 0.0, abs=0.2)
-    assert 13 == len(chain.finished) and chain.done
+    assert 13 == len(chain.finished)
+    assert chain.done
 
 
 @KEYED_SOURCE
@@ -142,7 +143,8 @@ async def test_a_failed_link_stops_the_chain_with_the_earlier_links_reachable(
     assert chain.links[2].task_id == error.task_id
     assert [h.task_id for h in chain.links[:2]] == [t.task_id for t in error.finished]
     assert isinstance(error.__cause__, TaskFailedError)
-    assert "link 3 of 5" in str(error) and "2 of 5 links finished" in str(error)
+    assert "link 3 of 5" in str(error)
+    assert "2 of 5 links finished" in str(error)
     assert 3 == emu.count("create")
 
 
@@ -178,7 +180,8 @@ async def test_a_cancelled_wait_does_not_cancel_the_chain(emu: KlingEmulator) ->
         chain = session.chain("v0", _prompts(3))
         with anyio.move_on_after(0) as scope:
             await chain
-        assert scope.cancelled_caught and not chain.done
+        assert scope.cancelled_caught
+        assert not chain.done
         last = await chain
 
     assert 3 == emu.count("create", family="video-extend")
@@ -230,7 +233,8 @@ async def test_a_keyed_chain_from_a_finished_task(
         last = await chain
         again = await session.chain(made, _prompts(2), key="fox")
 
-    assert chain.source is not None and made.task_id == chain.source.task_id
+    assert chain.source is not None
+    assert made.task_id == chain.source.task_id
     assert last.task_id == again.task_id
     assert 3 == emu.count("create")
 
@@ -251,13 +255,15 @@ async def test_a_failed_keyed_link_fails_again_until_its_key_is_forgotten(
         with pytest.raises(ChainError) as third:
             await session.chain("v0", _prompts(2), key="k")
 
-    assert 1 == sent and 2 == emu.count("create")
+    assert 1 == sent
+    assert 2 == emu.count("create")
     assert first.value.task_id == second.value.task_id != third.value.task_id
     assert (1, "k") == (second.value.link, second.value.key)
 
 
 def test_a_chain_handle_is_exported_and_awaitable() -> None:
-    assert hasattr(ChainHandle, "__await__") and hasattr(KlingSession, "chain")
+    assert hasattr(ChainHandle, "__await__")
+    assert hasattr(KlingSession, "chain")
 
 
 @pytest.mark.crash
