@@ -42,7 +42,7 @@ from ._cli_progress import Display, Frame, progress_view
 from ._cli_task import show
 from ._images import image_value
 from ._media import file_name
-from .errors import KlingError
+from .errors import InvalidArgumentError, KlingError
 from .models import Task
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "chain_frame", "default_key", "run"]
@@ -191,11 +191,18 @@ def chain_frame(snap: ChainSnapshot) -> Frame:
 
 
 def _snapshot(chain: ChainHandle, total: int, made_source: bool, elapsed: float) -> ChainSnapshot:
+    """The chain's progress now: the task running (or the link being created) and its status."""
     links = chain.links
     running = links[-1] if links else chain.source if made_source else None
     where = f"link {len(links)}" if links else "source"
-    status = running.status.value if running is not None and running.status else "creating"
-    stage = "ended" if chain.done else f"{where}: {status}"
+    if chain.done:
+        stage = "ended"
+    elif running is None or running.done:  # the next create is on its way
+        stage = (
+            f"link {len(links) + 1}: creating" if links or not made_source else "source: creating"
+        )
+    else:
+        stage = f"{where}: {running.status.value if running.status else 'submitted'}"
     return ChainSnapshot(finished=len(chain.finished), total=total, stage=stage, elapsed=elapsed)
 
 
@@ -207,8 +214,8 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     try:
         source = _source(args)
         prompts = _prompts(args)
-    except _Problem as problem:
-        return usage_error(command, str(problem))
+    except _Problem as error:
+        return usage_error(command, str(error))
     problem = check_command(args) or _outputs(args)
     if problem is not None:
         return usage_error(command, problem)
@@ -226,7 +233,7 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
         return usage_error(command, in_flags(error, args))
     made_source = not isinstance(source, str)
     total = len(prompts) + made_source
-    display = Display(
+    display: Display[ChainSnapshot] = Display(
         frame=lambda snap, elapsed: chain_frame(snap),
         header=f"chain {key}: {total} tasks (Ctrl+C stops waiting; the same command resumes)",
         interval=0.0,
@@ -273,6 +280,8 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
         return 130
     except ValueError as error:  # the session refused the plan: nothing was sent
         progress.close()
+        if isinstance(error, InvalidArgumentError) and error.field == "prompts":
+            return usage_error(command, f"--prompt: {str(error).removeprefix('prompts: ')}")
         return usage_error(command, in_flags(error, args))
     except ChainError as error:
         progress.close()
