@@ -16,6 +16,7 @@ import pytest
 from kling_async import (
     ChainError,
     ChainHandle,
+    ImageToVideo,
     InvalidArgumentError,
     KlingSession,
     SessionClosedError,
@@ -72,6 +73,20 @@ async def test_a_twelve_link_chain_from_a_text_prompt(emu: KlingEmulator) -> Non
     assert 5.0 + 12 * 4.1 == pytest.approx(last.video.duration if last.video else 0.0, abs=0.2)
     assert 13 == len(chain.finished)
     assert chain.done
+
+
+async def test_a_chain_from_an_image_makes_the_source_on_image2video(emu: KlingEmulator) -> None:
+    """An ImageToVideo source is made on its own route, then extended from its video."""
+    async with official(emu) as session:
+        chain = session.chain(ImageToVideo(image="https://example.com/first.png"), ["on"])
+        last = await chain
+
+    assert 1 == emu.count("create", family="image2video")
+    source = chain.source
+    assert source is not None
+    assert source.last is not None
+    assert source.last.video is not None
+    assert source.last.video.id == emu.tasks[last.task_id].video_id
 
 
 @KEYED_SOURCE
