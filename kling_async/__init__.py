@@ -7,6 +7,7 @@ Open a `KlingSession`, ``await session.extend(video_id)`` to submit a task, and
 
 from __future__ import annotations
 
+from ._chain_run import ChainHandle
 from ._handle import TaskHandle
 from ._journal import Claim, ClaimOutcome, EntryState, Journal, JournalEntry
 from ._policies import DownloadPolicy, PollPolicy, RetryPolicy
@@ -19,6 +20,7 @@ from .errors import (
     AmbiguousCreateError,
     APIError,
     AuthenticationError,
+    ChainError,
     ClaimLostError,
     ContentPolicyError,
     DownloadError,
@@ -69,6 +71,8 @@ __all__ = [
     "AuthenticationError",
     "CallbackReceiver",
     "CameraControl",
+    "ChainError",
+    "ChainHandle",
     "Claim",
     "ClaimLostError",
     "ClaimOutcome",

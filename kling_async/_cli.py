@@ -7,9 +7,9 @@ credentials from the environment (``KLING_API_KEY`` or ``KLING_ACCESS_KEY`` +
 
 This module runs the commands on the public session API, as any user's code would; the
 parser is `_cli_parser`, a task's words `_cli_task`, progress `_cli_progress`, the batch
-command `_cli_batch`, the journal command `_cli_journal`. Results go to stdout, progress,
-logs and errors to stderr. Every argument is checked before anything is sent, and messages
-speak in flags and commands, not in the SDK's Python names.
+command `_cli_batch`, the chain command `_cli_chain`, the journal command `_cli_journal`.
+Results go to stdout, progress, logs and errors to stderr. Every argument is checked before
+anything is sent, and messages speak in flags and commands, not in the SDK's Python names.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 import anyio
 
-from . import KlingSession, PollPolicy, RetryPolicy, TaskHandle, _cli_batch, _cli_journal
+from . import (
+    KlingSession,
+    PollPolicy,
+    RetryPolicy,
+    TaskHandle,
+    _cli_batch,
+    _cli_chain,
+    _cli_journal,
+)
 from ._cli_output import (
     INTERRUPTED,
     PROG,
@@ -369,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cli_journal.run(args)
             if args.command == "batch":
                 return _cli_batch.run(args, command, list(sys.argv[1:] if argv is None else argv))
+            if args.command == "chain":
+                return _cli_chain.run(args, command, list(sys.argv[1:] if argv is None else argv))
             return _main_remote(args, command)
         except INTERRUPTED:
             return 130

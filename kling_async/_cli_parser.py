@@ -11,14 +11,14 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, _cli_journal
+from . import __version__, _cli_chain, _cli_journal
 from ._cli_output import PROG, number
 from .testing import emulator_command
 
 __all__ = ["build_parser"]
 
 # The commands that talk to Kling or a gateway: their help lists the environment.
-_REMOTE = ("extend", "get", "wait", "list", "batch")
+_REMOTE = ("extend", "get", "wait", "list", "batch", "chain")
 
 
 # -- argument types: argparse reports a bad value as a one-line usage error ------------------
@@ -252,6 +252,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
     _add_connection(batch)
+
+    chain = add("chain", _cli_chain.HELP, _cli_chain.DESCRIPTION)
+    _cli_chain.add_arguments(chain)
+    _add_connection(chain)
 
     _cli_journal.add_arguments(add("journal", _cli_journal.HELP, _cli_journal.DESCRIPTION))
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._aiohttp_transport import AiohttpTransport, open_http_session
+from ._background import Background
 from ._journal import Journal
 from ._sqlite_journal import SQLiteJournal
 from ._transport import BoundedTransport, Transport
@@ -78,6 +79,7 @@ class Lifetime:
         self._borrowed = http_session
         self._trace_configs = tuple(trace_configs or ())
         self._http: aiohttp.ClientSession | None = None  # the one this session made
+        self.background = Background()  # the session's chains (docs/chains.md)
 
     async def open(
         self, config: SessionConfig, wire: Wire, watcher: Watcher, submitter: Submitter
@@ -117,8 +119,11 @@ class Lifetime:
             raise
 
     async def close(self, submitter: Submitter) -> None:
-        """Forget the receiver's tokens, close what this session made, and write the
-        journal's backlog (a failed write of a finish) before closing its journal."""
+        """End the background work (its calls fail: the session is closed), forget the
+        receiver's tokens, close what this session made, and write the journal's backlog
+        (a failed write of a finish) before closing its journal."""
+        with anyio.CancelScope(shield=True):
+            await self.background.aclose()
         if submitter.link is not None:
             link, submitter.link = submitter.link, None
             link.close()  # its tokens are forgotten: their callbacks get 404 from now on

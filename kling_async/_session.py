@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from . import _download, sansio
+from ._chain_calls import ChainCalls
 from ._config import check_count, check_key, check_task_id, check_timeout, configure
 from ._create import Creator
 from ._fleet import check_fleet
@@ -46,7 +47,7 @@ __all__ = ["KlingSession"]
 _SLOT_MARGIN = 30.0  # seconds a create's unbound slot outlives the create's longest send
 
 
-class KlingSession(SourceCalls):
+class KlingSession(SourceCalls, ChainCalls):
     """An async client for the Kling video-extend API; open it with ``async with``.
 
     Credentials: a gateway's ``api_key`` (sent as ``Bearer``) or Kling's ``access_key`` and
@@ -153,6 +154,7 @@ class KlingSession(SourceCalls):
             states=parts.states(),
         )
         self._journal = lifetime.journal
+        self._background = lifetime.background
         self._submitter = Submitter(
             creator,
             self._watcher,

@@ -29,6 +29,7 @@ subclass of one. The tree::
     ├── WaitTimeoutError              a bounded wait ran out (also a ``TimeoutError``)
     ├── SubmitTimeoutError            extend_many() ran out of time before a send (nothing sent)
     ├── SessionClosedError            the session is closed (also a ``RuntimeError``)
+    ├── ChainError                    a chain of extends stopped at one of its links
     ├── JournalError                  the journal file cannot be used
     └── DownloadError                 a result video could not be downloaded
         └── MediaExpiredError         403/404/410 from the media host: the result is gone
@@ -50,6 +51,7 @@ __all__ = [
     "AccountError",
     "AmbiguousCreateError",
     "AuthenticationError",
+    "ChainError",
     "ClaimLostError",
     "ContentPolicyError",
     "DownloadError",
@@ -438,6 +440,34 @@ class SubmitTimeoutError(KlingError, TimeoutError):
 
 class SessionClosedError(KlingError, RuntimeError):
     """The session is closed (or was closed while this call was pending)."""
+
+
+class ChainError(KlingError):
+    """A chain (`KlingSession.chain`) stopped at link ``link`` (0: the source, i: the
+    extend for prompt i): its task failed, its create was refused, or the session closed.
+
+    ``key`` is the chain's key (None: unkeyed), ``task_id`` the stopped link's task (None
+    when no task was made), ``finished`` the tasks the chain finished before it, in order;
+    the cause is chained. Re-running the same keyed call resumes after the last finished
+    link (docs/chains.md, "When a link fails").
+
+    Added in version 0.3.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None,
+        link: int,
+        task_id: str | None,
+        finished: tuple[Task, ...],
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.link = link
+        self.task_id = task_id
+        self.finished = finished
 
 
 class DownloadError(KlingError):

@@ -17,6 +17,7 @@ PACKAGE = pathlib.Path(kling_async.__file__).parent
 AIOHTTP_ADAPTERS = {"_aiohttp_transport", "_aiohttp_web", "testing"}
 # Modules whose rules are pure (values in, values out): no I/O, no clock, no event loop.
 PURE = {
+    "_chain",
     "_config",
     "_journal_hash",
     "_journal_rules",

@@ -16,6 +16,8 @@ EXPECTED_ALL = {
     "AuthenticationError",
     "CallbackReceiver",
     "CameraControl",
+    "ChainError",
+    "ChainHandle",
     "Claim",
     "ClaimLostError",
     "ClaimOutcome",

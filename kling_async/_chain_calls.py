@@ -1,0 +1,71 @@
+"""The session's call that runs a chain of extends: `KlingSession.chain`.
+
+Everything about the plan is checked here, before anything is sent (``_chain``); the links
+are then made in the session's background by ``_chain_run`` (``docs/chains.md``).
+`KlingSession` takes the call from `ChainCalls`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, cast
+
+from ._chain import ChainSource, check_plan, link_prompts, source_seconds, source_video
+from ._chain_run import ChainHandle, ChainSession, run_chain
+from ._config import check_key
+from .models import Task
+
+if TYPE_CHECKING:
+    from ._background import Background
+    from ._journal import Journal
+    from ._submit import Submitter
+    from ._wire import Wire
+
+__all__ = ["ChainCalls"]
+
+
+class ChainCalls:
+    """`KlingSession.chain`."""
+
+    _submitter: Submitter
+    _journal: Journal | None
+    _wire: Wire
+    _background: Background
+
+    def chain(
+        self,
+        source: ChainSource,
+        prompts: Sequence[str | Mapping[str, object]],
+        *,
+        key: str | None = None,
+    ) -> ChainHandle:
+        """Extend ``source`` once per prompt, each extend on the video the one before made,
+        and return the running chain's handle: ``await`` it for the last task.
+
+        ``source`` is a video id, a succeeded `Task`, or a `TextToVideo` / `ImageToVideo`
+        request the chain makes the source video from first. Each prompt is a ``str`` or a
+        mapping with ``"prompt"`` and optionally ``"negative_prompt"`` and ``"cfg_scale"``.
+        Everything is checked before anything is sent; so is the plan: a known source
+        length plus 5 s per link that could pass 3 minutes raises `InvalidArgumentError`.
+
+        ``key`` (with a ``journal``) keys each create: ``key/0`` the source, ``key/i`` the
+        extend for prompt i; the same call run again after a crash finds the links already
+        made and pays for none twice (docs/chains.md). A failed link stops the chain with
+        `ChainError`. Added in version 0.3.
+        """
+        links = link_prompts(prompts)
+        video_id = source_video(source)
+        if key is not None:
+            check_key(key, journal=self._journal is not None)
+        known = None if video_id is None else self._submitter.durations.get(video_id)
+        refusal = check_plan(source_seconds(source, known), len(links))
+        if refusal is not None:
+            raise refusal
+        self._wire.check_open()
+        given = None
+        if isinstance(source, Task):
+            given = self._submitter.handle(source.task_id)  # its family as the session knows it
+        handle = ChainHandle(key=key, planned=len(links), source=given)
+        session = cast("ChainSession", self)  # KlingSession, which has SourceCalls' calls too
+        self._background.start(run_chain(session, source, links, handle))
+        return handle
