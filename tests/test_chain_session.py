@@ -33,7 +33,6 @@ from .test_doubt import run_or_kill
 pytestmark = pytest.mark.anyio
 
 CHILD = pathlib.Path(__file__).with_name("chain_child.py")
-KEYED_SOURCE = pytest.mark.xfail(strict=True, reason="keyed source creates: branch srckeys")
 
 
 def _prompts(count: int) -> list[str]:
@@ -89,7 +88,6 @@ async def test_a_chain_from_an_image_makes_the_source_on_image2video(emu: KlingE
     assert source.last.video.id == emu.tasks[last.task_id].video_id
 
 
-@KEYED_SOURCE
 async def test_a_keyed_chain_from_a_text_prompt_resumes_without_paying_twice(
     emu: KlingEmulator, tmp_path: pathlib.Path
 ) -> None:

@@ -158,7 +158,6 @@ def test_a_failed_link_exits_1_and_says_how_to_resume(
     assert 1 == _creates(emulator)
 
 
-@pytest.mark.xfail(strict=True, reason="keyed source creates: branch srckeys")
 def test_a_chain_from_text_makes_the_source_then_the_links(
     emulator: KlingEmulator, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
