@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import anyio
 
-from . import KlingSession, PollPolicy, RetryPolicy, TaskHandle, _cli_batch, _cli_journal
+from . import KlingSession, PollPolicy, RetryPolicy, TaskHandle, _cli_batch, _cli_journal, _cli_mcp
 from ._cli_output import (
     INTERRUPTED,
     PROG,
@@ -367,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return anyio.run(_demo, args)
             if args.command == "journal":
                 return _cli_journal.run(args)
+            if args.command == "mcp":
+                return _cli_mcp.run(args, command)
             if args.command == "batch":
                 return _cli_batch.run(args, command, list(sys.argv[1:] if argv is None else argv))
             return _main_remote(args, command)
