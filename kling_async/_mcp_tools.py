@@ -57,7 +57,7 @@ INSTRUCTIONS = (
 )
 
 _KEY = (
-    "Your own id for this request (letters, digits, '-', '_', '.', ':'). Strongly advised: "
+    "Your own id for this request, such as 'intro-shot-1'. Strongly advised: "
     "a create with a key already used returns that task and pays nothing; without a key "
     "every call creates, and pays for, a new task."
 )
@@ -337,6 +337,8 @@ def register_file_tools(server: MCPServer, tools: KlingTools) -> None:
         return its path. Only a plain file name is taken: no folders, no '..'."""
         with _tool_errors():
             known = tools.family(task_id, family_of(family))
+            if filename is not None:  # a bad name is refused before any request
+                download_path(tools.out, filename)
             last = session.task(task_id, family=known).last
             task = last if last is not None and last.done else None
             if task is None:
