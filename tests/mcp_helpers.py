@@ -58,13 +58,17 @@ def arguments(folder: pathlib.Path, *extra: str) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def stdio(
-    emu: KlingEmulator | None, folder: pathlib.Path, *extra: str, poll: str = POLL
+    emu: KlingEmulator | None,
+    folder: pathlib.Path,
+    *extra: str,
+    poll: str = POLL,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Client]:
     """An MCP client on a stdio server; the server's stderr goes to ``folder/stderr.txt``."""
     params = StdioServerParameters(
         command=sys.executable,
         args=arguments(folder, *extra),
-        env=environment(emu, poll),
+        env=environment(emu, poll) | (env or {}),
         cwd=str(folder),
     )
     with (folder / "stderr.txt").open("a") as errlog:

@@ -173,27 +173,38 @@ async def test_a_keyed_extend_three_times_and_after_a_restart_makes_one_task(
 async def test_a_cancelled_create_still_lands_in_the_journal(
     emu: KlingEmulator, tmp_path: pathlib.Path
 ) -> None:
-    """The client gives up on a slow keyed create: the server still finishes it, records its
-    task in the journal, and the same key later returns that task without a second create."""
-    emu.inject(Fault.delay(0.5), route="create")
+    """The client gives up on a keyed create while it waits out Kling's rate limit: the
+    server still sends it, records its task in the journal and counts it as spending; the
+    same key later returns that task without another create."""
+    emu.inject(Fault.rate_limited(1302, retry_after=1), route="create")
     arguments = {"video_id": "v1", "key": "slow-1"}
-    async with stdio(emu, tmp_path) as client:
-        with anyio.move_on_after(5) as scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(client.call_tool, "extend_video", arguments)
-                await spin_until(lambda: creates(emu) == 1)
-                group.cancel_scope.cancel()
-        assert not scope.cancelled_caught
-        await spin_until(lambda: len(emu.tasks) == 1)
+    recorded: list[str | None] = [None]
+
+    async def journaled() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite3") as journal:
+            with anyio.fail_after(10):
+                while recorded[0] is None:
+                    entry = await journal.get("slow-1")
+                    recorded[0] = None if entry is None else entry.task_id
+                    await anyio.sleep(0.02)
+
+    # The default retry policy: the resend waits for the Retry-After, as for a user.
+    waits = {"KLING_ASYNC_TEST_DEFAULT_RETRY": "1"}
+    async with stdio(emu, tmp_path, env=waits) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, "extend_video", arguments)
+            await spin_until(lambda: [429] == [r.status for r in emu.requests])
+            group.cancel_scope.cancel()
+        await journaled()
         (task_id,) = emu.tasks
+        assert task_id == recorded[0]
+        # The server counts it too: a create nobody waits for still spends.
+        spent = ok(await client.call_tool("spending", {}))
+        assert [task_id] == [task["task_id"] for task in spent["tasks_created"]]
         again = ok(await client.call_tool("extend_video", arguments))
         assert task_id == again["task_id"]
         assert task_id == ok(await client.call_tool("get_task", {"task_id": task_id}))["task_id"]
-    async with SQLiteJournal(tmp_path / "journal.sqlite3") as journal:
-        entry = await journal.get("slow-1")
-    assert entry is not None
-    assert task_id == entry.task_id
-    assert 1 == creates(emu)
+    assert 2 == creates(emu)
 
 
 async def test_the_spending_limit_refuses_before_anything_is_sent(
