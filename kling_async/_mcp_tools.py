@@ -297,9 +297,13 @@ def register_task_tools(server: MCPServer, tools: KlingTools) -> None:
         ledger, limits = tools.ledger, tools.limits
         text = (
             f"spent {ledger.units} units and {ledger.cash} cash on {ledger.count} tasks created "
-            f"here (limits: units {limits.units or 'none'}, cash {limits.cash or 'none'})"
+            f"here (limits: units {_limit(limits.units)}, cash {_limit(limits.cash)})"
         )
         return _result(ledger.summary(limits), text)
+
+
+def _limit(limit: object) -> str:
+    return "none" if limit is None else str(limit)
 
 
 async def _follow(handle: TaskHandle, report: Any) -> None:
