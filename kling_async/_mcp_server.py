@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -89,6 +90,13 @@ async def _serve_http(server: MCPServer, host: str, port: int) -> None:
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"serving MCP on http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
+    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        print(
+            "warning: this address is not loopback: whoever reaches it can spend the account's "
+            "money through this server",
+            file=sys.stderr,
+            flush=True,
+        )
     app = server.streamable_http_app(host=host)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     await uvicorn.Server(config).serve(sockets=[sock])

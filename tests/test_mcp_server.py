@@ -13,6 +13,7 @@ import pytest
 from mcp import Client
 
 from kling_async import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal
+from kling_async._cli import main
 from kling_async.testing import Fault, KlingEmulator
 
 from .mcp_helpers import (
@@ -409,3 +410,12 @@ async def test_a_keyed_image_to_video_is_created_once(
         again = ok(await client.call_tool("image_to_video", arguments))
     assert first["task_id"] == again["task_id"]
     assert 1 == creates(emu)
+
+
+@pytest.mark.parametrize("address", ["nowhere", "127.0.0.1:99999", "example.com:80"])
+def test_a_bad_http_address_is_a_usage_error(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--http takes HOST:PORT with an IP address (or localhost): anything else exits 2."""
+    assert 2 == main(["mcp", "--http", address])
+    assert "--http" in capsys.readouterr().err
