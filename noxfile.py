@@ -28,7 +28,7 @@ def lint(session: nox.Session) -> None:
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
     # pytest: the emulator fixture is typed; the extras: the modules that import them
-    session.install("-e", ".[redis,callbacks]", "mypy", "pytest")
+    session.install("-e", ".[redis,callbacks,mcp]", "mypy", "pytest")
     session.run("mypy")
 
 

@@ -32,6 +32,7 @@ from . import (
     _cli_batch,
     _cli_chain,
     _cli_journal,
+    _cli_mcp,
 )
 from ._cli_output import (
     INTERRUPTED,
@@ -375,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return anyio.run(_demo, args)
             if args.command == "journal":
                 return _cli_journal.run(args)
+            if args.command == "mcp":
+                return _cli_mcp.run(args, command)
             if args.command == "batch":
                 return _cli_batch.run(args, command, list(sys.argv[1:] if argv is None else argv))
             if args.command == "chain":

@@ -11,14 +11,14 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, _cli_chain, _cli_journal
+from . import __version__, _cli_chain, _cli_journal, _cli_mcp
 from ._cli_output import PROG, number
 from .testing import emulator_command
 
 __all__ = ["build_parser"]
 
 # The commands that talk to Kling or a gateway: their help lists the environment.
-_REMOTE = ("extend", "get", "wait", "list", "batch", "chain")
+_REMOTE = ("extend", "get", "wait", "list", "batch", "chain", "mcp")
 
 
 # -- argument types: argparse reports a bad value as a one-line usage error ------------------
@@ -258,6 +258,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _add_connection(chain)
 
     _cli_journal.add_arguments(add("journal", _cli_journal.HELP, _cli_journal.DESCRIPTION))
+
+    _cli_mcp.add_arguments(add("mcp", _cli_mcp.HELP, _cli_mcp.DESCRIPTION))
 
     emulator = add("emulator", "serve an emulated Kling API (no account needed)", "")
     # main() runs the command with the function that serves what this parser parsed.

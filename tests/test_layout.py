@@ -22,6 +22,8 @@ PURE = {
     "_journal_hash",
     "_journal_rules",
     "_list_round",
+    "_mcp_results",
+    "_mcp_spending",
     "_media",
     "_pace",
     "_policies",

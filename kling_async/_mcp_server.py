@@ -1,0 +1,126 @@
+"""``kling-async mcp``: the SDK behind a Model Context Protocol server, for AI agents.
+
+One `KlingSession` serves every tool call (one poller per task, one pace, one 1303 gate);
+creates run in the server's own task group, so a create whose caller went away (a cancelled
+request, a closed connection) still finishes and lands in the journal. The tools are
+registered by `_mcp_tools`, one function per group; the rules are pure (`_mcp_results`,
+`_mcp_spending`, `_mcp_files`). Needs ``kling-async[mcp]`` (docs/mcp.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+from . import KlingSession, PollPolicy, RetryPolicy, __version__
+from ._cli_output import session_options, timeouts
+from ._mcp_calls import KlingTools
+from ._mcp_spending import Limits
+from ._mcp_tools import (
+    INSTRUCTIONS,
+    register_create_tools,
+    register_file_tools,
+    register_task_tools,
+)
+from .testing import KlingEmulator
+
+__all__ = ["build_server", "run"]
+
+
+def build_server(tools: KlingTools) -> MCPServer:
+    """The MCP server with every tool group registered on ``tools``."""
+    server: MCPServer = MCPServer(
+        "kling-async", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+    register_create_tools(server, tools)
+    register_task_tools(server, tools)
+    register_file_tools(server, tools)
+    return server
+
+
+@contextlib.asynccontextmanager
+async def _session(args: argparse.Namespace) -> AsyncIterator[KlingSession]:
+    """The server's one session: on the built-in emulator, or with the CLI's credentials."""
+    journal = args.journal
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    if not args.emulator:
+        session = KlingSession(
+            base_url=args.base_url,
+            allow_insecure_http=args.allow_insecure_http,
+            journal=journal,
+            **timeouts(args),
+            **session_options(),
+        )
+        async with session:
+            yield session
+        return
+    step = args.emulator_step
+    async with KlingEmulator(step_seconds=step) as emulator:
+        options = {
+            "poll_policy": PollPolicy(first_delay=step / 2, growth=1.5, max_delay=step * 2),
+            "retry_policy": RetryPolicy(first_delay=step / 2),
+            **session_options(),
+        }
+        async with KlingSession(
+            access_key=emulator.access_key,
+            secret_key=emulator.secret_key,
+            base_url=emulator.base_url,
+            journal=journal,
+            **options,
+        ) as session:
+            yield session
+
+
+async def _serve_http(server: MCPServer, host: str, port: int) -> None:
+    """Serve the streamable HTTP transport at ``http://HOST:PORT/mcp``; the first line on
+    stderr says where (the port may have been 0: any free one)."""
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"serving MCP on http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
+    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        print(
+            "warning: this address is not loopback: whoever reaches it can spend the account's "
+            "money through this server",
+            file=sys.stderr,
+            flush=True,
+        )
+    app = server.streamable_http_app(host=host)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+async def _main(args: argparse.Namespace) -> int:
+    limits = Limits(units=args.max_units, cash=args.max_cash)
+    async with _session(args) as session, anyio.create_task_group() as group:
+        tools = KlingTools(
+            session,
+            group,
+            limits=limits,
+            out=args.out,
+            allow_dirs=tuple(args.allow_dir),
+        )
+        server = build_server(tools)
+        if args.http is None:
+            await server.run_stdio_async()
+        else:
+            await _serve_http(server, *args.http)
+        # Creates still running finish first (they are paid): the task group waits for them.
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until the client closes stdin (stdio) or until interrupted (HTTP)."""
+    return anyio.run(_main, args)

@@ -1,0 +1,155 @@
+"""What the MCP server spent and may still spend: its ledger and the spending-limit decision.
+
+Pure bookkeeping (values in, values out): the server tells the ledger of each create it
+starts, each task id it made, and each finished task it sees; `Ledger.refusal` decides before
+a create is sent whether the limit allows it (docs/mcp.md, "The spending limit"). A task
+still running, or a create still on its way, counts at the highest cost seen so far for its
+family, so an agent in a loop cannot start more than the limit allows while none has finished.
+"""
+
+from __future__ import annotations
+
+import decimal
+
+import attrs
+
+from ._spending import Spending
+from .models import Task, TaskFamily
+
+__all__ = ["Ledger", "Limits", "Reservation"]
+
+_ZERO = (decimal.Decimal(0), decimal.Decimal(0))
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """The spending limit: units and cash the server's creates may reach (None: no limit)."""
+
+    units: decimal.Decimal | None = None
+    cash: decimal.Decimal | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Reservation:
+    """A create the limit let through, counted as running until it made a task or failed."""
+
+    number: int
+    family: TaskFamily
+
+
+class Ledger:
+    """The tasks this server created (by id, with their family) and what they cost."""
+
+    def __init__(self) -> None:
+        self._spending = Spending()
+        self._families: dict[str, TaskFamily] = {}  # task id -> family, in creation order
+        self._running: set[str] = set()
+        self._keys: dict[str, str] = {}  # a create's key -> the task id it made
+        self._highest: dict[TaskFamily, tuple[decimal.Decimal, decimal.Decimal]] = {}
+        self._pending: dict[int, TaskFamily] = {}
+        self._numbers = 0
+
+    # -- what happened --------------------------------------------------------------------
+
+    def reserve(self, family: TaskFamily) -> Reservation:
+        """A create of ``family`` is about to be sent: count it as running."""
+        self._numbers += 1
+        self._pending[self._numbers] = family
+        return Reservation(number=self._numbers, family=family)
+
+    def created(self, reservation: Reservation, task_id: str, key: str | None) -> None:
+        """The reserved create made (or, for a known key, found) task ``task_id``."""
+        self._pending.pop(reservation.number, None)
+        if key is not None:
+            self._keys[key] = task_id
+        if task_id not in self._families:
+            self._families[task_id] = reservation.family
+            self._running.add(task_id)
+
+    def released(self, reservation: Reservation) -> None:
+        """The reserved create failed: it made no task this server knows of."""
+        self._pending.pop(reservation.number, None)
+
+    def saw(self, task: Task, family: TaskFamily) -> None:
+        """``task`` (of ``family``) was seen: remember the cost of a finished one."""
+        if not task.done:
+            return
+        cost = task.cost
+        if cost is not None:
+            units, cash = self._highest.get(family, _ZERO)
+            self._highest[family] = (
+                max(units, cost.units or _ZERO[0]),
+                max(cash, cost.cash or _ZERO[1]),
+            )
+        if task.task_id in self._running:
+            self._running.discard(task.task_id)
+            self._spending.saw(task)
+
+    # -- what it means --------------------------------------------------------------------
+
+    def known_key(self, key: str) -> str | None:
+        """The task id a create with ``key`` made through this server, if any."""
+        return self._keys.get(key)
+
+    def running(self) -> list[tuple[str, TaskFamily]]:
+        """The tasks this server created that it has not yet seen finished."""
+        return [(task_id, self._families[task_id]) for task_id in self._running]
+
+    def family(self, task_id: str) -> TaskFamily | None:
+        """The family of a task this server created."""
+        return self._families.get(task_id)
+
+    @property
+    def count(self) -> int:
+        """How many tasks this server created."""
+        return len(self._families)
+
+    @property
+    def units(self) -> decimal.Decimal:
+        """Units spent on the finished tasks this server created."""
+        return self._spending.units
+
+    @property
+    def cash(self) -> decimal.Decimal:
+        """Cash spent on the finished tasks this server created."""
+        return self._spending.cash
+
+    def committed(self) -> tuple[decimal.Decimal, decimal.Decimal]:
+        """Units and cash spent plus those of the creates and tasks still running, each at
+        the highest cost seen so far for its family."""
+        units, cash = self.units, self.cash
+        running = [self._families[task_id] for task_id in self._running]
+        for family in [*running, *self._pending.values()]:
+            high_units, high_cash = self._highest.get(family, _ZERO)
+            units += high_units
+            cash += high_cash
+        return units, cash
+
+    def refusal(self, limits: Limits) -> str | None:
+        """Why a create must not be sent under ``limits``, or None when it may."""
+        units, cash = self.committed()
+        for what, limit, reached in (("units", limits.units, units), ("cash", limits.cash, cash)):
+            if limit is not None and reached >= limit:
+                return (
+                    f"the spending limit is reached: --max-{what} {limit}, and {reached} {what} "
+                    f"are spent or committed ({self.units} units and {self.cash} cash spent; "
+                    f"{len(self._running) + len(self._pending)} tasks still running, each "
+                    "counted at the highest cost seen for its kind); nothing was sent"
+                )
+        return None
+
+    def summary(self, limits: Limits) -> dict[str, object]:
+        """The ``spending`` tool's structured result: money as decimal strings."""
+        units, cash = self.committed()
+        return {
+            "units_spent": str(self.units),
+            "cash_spent": str(self.cash),
+            "units_committed": str(units),
+            "cash_committed": str(cash),
+            "max_units": None if limits.units is None else str(limits.units),
+            "max_cash": None if limits.cash is None else str(limits.cash),
+            "tasks_created": [
+                {"task_id": task_id, "family": family.value, "running": task_id in self._running}
+                for task_id, family in self._families.items()
+            ],
+        }
