@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import decimal
 import ipaddress
+import os
 import pathlib
+import sys
 
 from ._cli_output import PROG, say, usage_error
 
@@ -61,6 +63,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+def default_journal() -> pathlib.Path:
+    """The journal every run of the server finds again, wherever a client starts it: this
+    user's data folder (``$XDG_DATA_HOME``, ``~/.local/share``, or the platform's own), never
+    the working folder, which a client may change from one start to the next."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(pathlib.Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = str(pathlib.Path.home() / "Library" / "Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or str(pathlib.Path.home() / ".local" / "share")
+    return pathlib.Path(base) / "kling-async" / "mcp.journal.sqlite3"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``mcp`` command's flags."""
     parser.add_argument(
@@ -83,9 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--journal",
         type=pathlib.Path,
-        default=pathlib.Path("kling-async-mcp.journal.sqlite3"),
         metavar="PATH",
-        help="the journal of keyed creates (default: %(default)s)",
+        help="the journal of keyed creates (default: kling-async/mcp.journal.sqlite3 in this "
+        "user's data folder, such as ~/.local/share)",
     )
     parser.add_argument(
         "--out",

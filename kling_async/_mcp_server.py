@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import pathlib
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 
 import anyio
 from mcp.server.mcpserver import MCPServer
 
 from . import KlingSession, PollPolicy, RetryPolicy, __version__
+from ._cli_mcp import default_journal
 from ._cli_output import session_options, timeouts
 from ._mcp_calls import KlingTools
 from ._mcp_spending import Limits
@@ -47,8 +50,18 @@ def build_server(tools: KlingTools) -> MCPServer:
 
 @contextlib.asynccontextmanager
 async def _session(args: argparse.Namespace) -> AsyncIterator[KlingSession]:
-    """The server's one session: on the built-in emulator, or with the CLI's credentials."""
-    journal = args.journal
+    """The server's one session: on the built-in emulator, or with the CLI's credentials.
+
+    Without ``--journal``, the account's journal is this user's (`default_journal`); the
+    emulator's, whose tasks end with the process, is a temporary one, so that emulated keys
+    never mix with an account's."""
+    if args.emulator and args.journal is None:
+        with tempfile.TemporaryDirectory(prefix="kling-async-mcp-") as folder:
+            args.journal = pathlib.Path(folder) / "journal.sqlite3"
+            async with _session(args) as session:
+                yield session
+        return
+    journal = default_journal() if args.journal is None else args.journal
     journal.parent.mkdir(parents=True, exist_ok=True)
     if not args.emulator:
         session = KlingSession(

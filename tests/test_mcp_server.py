@@ -5,7 +5,10 @@ the spending limit, refusals that keep the server serving, and shared polling.""
 from __future__ import annotations
 
 import base64
+import os
 import pathlib
+import subprocess
+import sys
 from typing import Any
 
 import anyio
@@ -416,3 +419,32 @@ def test_a_bad_http_address_is_a_usage_error(
     """--http takes HOST:PORT with an IP address (or localhost): anything else exits 2."""
     assert 2 == main(["mcp", "--http", address])
     assert "--http" in capsys.readouterr().err
+
+
+def _serve_until_eof(folder: pathlib.Path, *arguments: str) -> None:
+    """Run ``kling-async mcp`` over stdio with nothing to read: it opens its journal and ends."""
+    environment = {**os.environ, "XDG_DATA_HOME": str(folder), "KLING_API_KEY": "k"}
+    environment.pop("KLING_ACCESS_KEY", None)
+    environment.pop("KLING_SECRET_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "kling_async", "mcp", *arguments],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr
+
+
+def test_the_default_journal_is_the_user_s_and_the_emulator_s_is_temporary(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Whatever folder a client starts the server in, it finds its journal again: by default
+    in the user's data folder. An emulated run keeps its own, gone with it, so emulated keys
+    never land in an account's journal."""
+    data = tmp_path / "data"
+    _serve_until_eof(data, "--emulator")
+    assert not data.exists()
+    _serve_until_eof(data, "--base-url", "http://127.0.0.1:9/kling", "--allow-insecure-http")
+    assert (data / "kling-async" / "mcp.journal.sqlite3").is_file()
