@@ -22,6 +22,7 @@ __all__ = [
     "ChainSource",
     "LinkPrompt",
     "check_plan",
+    "foreign_source",
     "link_key",
     "link_prompts",
     "next_request",
@@ -153,6 +154,19 @@ def check_plan(seconds: float | None, links: int) -> InvalidArgumentError | None
 def link_key(key: str | None, link: int) -> str | None:
     """The journal key of link ``link`` (0: the source) of the chain keyed ``key``."""
     return None if key is None else f"{key}/{link}"
+
+
+def foreign_source(key: str, *, source_recorded: bool, first_recorded: bool) -> str | None:
+    """Why a keyed chain from a source request may not make its source: the journal holds
+    its first link but no source, so the key's links were made from a video id or a task,
+    and the source would be paid for a link the journal then refuses. None: it may."""
+    if source_recorded or not first_recorded:
+        return None
+    return (
+        f"key {link_key(key, 1)!r} is journaled but {link_key(key, 0)!r} is not: the chain "
+        f"keyed {key!r} was made from a video, not from a source request; nothing was sent: "
+        "use a new key, or run it from the video again"
+    )
 
 
 def stop_message(

@@ -9,15 +9,25 @@ the session does (``docs/chains.md``, "A chain and its session").
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from ._chain import ChainSource, LinkPrompt, link_key, next_request, stop_message
+from ._chain import (
+    ChainSource,
+    LinkPrompt,
+    foreign_source,
+    link_key,
+    next_request,
+    stop_message,
+)
 from ._handle import TaskHandle
 from ._source_requests import ImageToVideo, TextToVideo
 from .errors import ChainError, SessionClosedError, TaskFailedError
 from .models import ExtendRequest, Task
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 __all__ = ["ChainHandle", "ChainSession", "run_chain"]
 
@@ -154,9 +164,11 @@ async def run_chain(
     source: ChainSource,
     links: Sequence[LinkPrompt],
     chain: ChainHandle,
+    journal: Journal | None = None,
 ) -> None:
     """Make ``chain``'s source if needed and its links one after the other; end the handle
-    with the last task, or with a `ChainError` for the link that stopped it."""
+    with the last task, or with a `ChainError` for the link that stopped it. ``journal``
+    (the session's, for a keyed chain) is read before a source is made."""
     key = chain.key
     at, handle = 0, None
 
@@ -178,6 +190,14 @@ async def run_chain(
 
     try:
         if isinstance(source, (TextToVideo, ImageToVideo)):
+            if key is not None and journal is not None:
+                refusal = foreign_source(
+                    key,
+                    source_recorded=await journal.get(link_key(key, 0)) is not None,
+                    first_recorded=await journal.get(link_key(key, 1)) is not None,
+                )
+                if refusal is not None:
+                    raise ValueError(refusal)
             handle = await session.create_source(source, key=link_key(key, 0))
             chain._source = handle
             task = await _finished(chain, handle)
