@@ -190,11 +190,12 @@ async def run_chain(
 
     try:
         if isinstance(source, (TextToVideo, ImageToVideo)):
-            if key is not None and journal is not None:
+            made, first = link_key(key, 0), link_key(key, 1)
+            if key is not None and made is not None and first is not None and journal:
                 refusal = foreign_source(
                     key,
-                    source_recorded=await journal.get(link_key(key, 0)) is not None,
-                    first_recorded=await journal.get(link_key(key, 1)) is not None,
+                    source_recorded=await journal.get(made) is not None,
+                    first_recorded=await journal.get(first) is not None,
                 )
                 if refusal is not None:
                     raise ValueError(refusal)
