@@ -191,7 +191,7 @@ async def run_chain(
     try:
         if isinstance(source, (TextToVideo, ImageToVideo)):
             made, first = link_key(key, 0), link_key(key, 1)
-            if key is not None and made is not None and first is not None and journal:
+            if key is not None and made is not None and first is not None and journal is not None:
                 refusal = foreign_source(
                     key,
                     source_recorded=await journal.get(made) is not None,
