@@ -41,3 +41,22 @@ def test_foreign_source_refuses_only_a_first_link_without_its_source() -> None:
     assert said is not None
     assert "'k/1'" in said
     assert "nothing was sent" in said
+
+
+def test_a_bad_field_in_a_prompts_file_names_its_line_not_a_prompt_index(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    """With --prompt options before it, ``prompts[2]`` names no line of the file: the error
+    names the flag and the line the user must edit."""
+    from .test_cli import run
+
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('{"prompt": "ok"}\n{"prompt": "x", "cfg_scale": 7}\n')
+
+    status, _, err = run(
+        capsys, "chain", "v0", "--prompt", "a", "--prompts", str(lines), "--out", str(tmp_path)
+    )
+
+    assert status == 2
+    assert "--prompts line 2: cfg_scale" in err
+    assert "prompts[2]" not in err
