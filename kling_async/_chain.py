@@ -170,16 +170,28 @@ def foreign_source(key: str, *, source_recorded: bool, first_recorded: bool) -> 
 
 
 def stop_message(
-    *, key: str | None, link: int, links: int, why: str, finished: int, source_made: bool
+    *,
+    key: str | None,
+    link: int,
+    links: int,
+    why: str,
+    finished: int,
+    source_made: bool,
+    failed: bool = True,
 ) -> str:
-    """Why a chain stopped at ``link`` of ``links`` and how to go on, in words."""
+    """Why a chain stopped at ``link`` of ``links`` and how to go on, in words. ``failed``:
+    the link's key holds its failure (a failed task, a refused create), which a re-run gives
+    again; a link stopped otherwise (the session closed) is resumed by a re-run."""
     what = "its source" if link == 0 else f"link {link} of {links}"
     done = max(0, finished - (1 if source_made else 0))
     message = f"the chain stopped at {what}: {why}; {done} of {links} links finished"
     if key is not None:
         message += (
-            f"; running the same chain again (key {key!r}) resumes after the last finished "
-            f"link, and a failed link's key {link_key(key, link)!r} gives its failure again "
-            "until the journal forgets it"
+            f"; running the same chain again (key {key!r}) resumes after the last finished link"
         )
+        if failed:
+            message += (
+                f", and a failed link's key {link_key(key, link)!r} gives its failure again "
+                "until the journal forgets it"
+            )
     return message

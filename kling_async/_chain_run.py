@@ -21,6 +21,7 @@ from ._chain import (
     next_request,
     stop_message,
 )
+from ._create import REFUSALS
 from ._handle import TaskHandle
 from ._source_requests import ImageToVideo, TextToVideo
 from .errors import ChainError, SessionClosedError, TaskFailedError
@@ -172,7 +173,7 @@ async def run_chain(
     key = chain.key
     at, handle = 0, None
 
-    def stopped(why: str, task_id: str | None) -> ChainError:
+    def stopped(why: str, task_id: str | None, *, failed: bool = True) -> ChainError:
         return ChainError(
             stop_message(
                 key=key,
@@ -181,6 +182,7 @@ async def run_chain(
                 why=why,
                 finished=len(chain.finished),
                 source_made=isinstance(source, (TextToVideo, ImageToVideo)),
+                failed=failed,
             ),
             key=key,
             link=at,
@@ -222,11 +224,13 @@ async def run_chain(
         chain._end(None, _chained(stopped(str(error), error.task_id), error))
     except Exception as error:  # a refused create, an outage, the session closing
         task_id = None if handle is None else handle.task_id
-        chain._end(None, _chained(stopped(str(error), task_id), error))
+        # Only a refusal is kept under the link's key; the rest leave it to a re-run.
+        refused = isinstance(error, REFUSALS)
+        chain._end(None, _chained(stopped(str(error), task_id, failed=refused), error))
     except BaseException:  # cancelled: the session is closing
         closed = SessionClosedError("the session closed while the chain ran")
         task_id = None if handle is None else handle.task_id
-        chain._end(None, _chained(stopped(str(closed), task_id), closed))
+        chain._end(None, _chained(stopped(str(closed), task_id, failed=False), closed))
         raise
     else:
         chain._end(task, None)

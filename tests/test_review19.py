@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
+import anyio
 import pytest
 
 from kling_async import ChainError, RetryPolicy, TextToVideo
@@ -60,3 +61,20 @@ def test_a_bad_field_in_a_prompts_file_names_its_line_not_a_prompt_index(
     assert status == 2
     assert "--prompts line 2: cfg_scale" in err
     assert "prompts[2]" not in err
+
+
+async def test_a_keyed_chain_stopped_by_a_close_does_not_say_its_link_failed(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """Closing the session stops a keyed chain at a link that did not fail: the message must
+    not say its key "gives its failure again" (a re-run resumes that link's task)."""
+    emu.auto_advance = False  # link 1 never finishes
+    async with official(emu, journal=tmp_path / "j.sqlite3") as session:
+        chain = session.chain("v0", ["a", "b"], key="film")
+        while not chain.links:
+            await anyio.sleep(0.01)
+    with pytest.raises(ChainError) as caught:
+        await chain
+
+    assert "resumes" in str(caught.value)
+    assert "failure again" not in str(caught.value)
