@@ -22,6 +22,7 @@ __all__ = [
     "ChainSource",
     "LinkPrompt",
     "check_plan",
+    "foreign_source",
     "link_key",
     "link_prompts",
     "next_request",
@@ -155,17 +156,42 @@ def link_key(key: str | None, link: int) -> str | None:
     return None if key is None else f"{key}/{link}"
 
 
+def foreign_source(key: str, *, source_recorded: bool, first_recorded: bool) -> str | None:
+    """Why a keyed chain from a source request may not make its source: the journal holds
+    its first link but no source, so the key's links were made from a video id or a task,
+    and the source would be paid for a link the journal then refuses. None: it may."""
+    if source_recorded or not first_recorded:
+        return None
+    return (
+        f"key {link_key(key, 1)!r} is journaled but {link_key(key, 0)!r} is not: the chain "
+        f"keyed {key!r} was made from a video, not from a source request; nothing was sent: "
+        "use a new key, or run it from the video again"
+    )
+
+
 def stop_message(
-    *, key: str | None, link: int, links: int, why: str, finished: int, source_made: bool
+    *,
+    key: str | None,
+    link: int,
+    links: int,
+    why: str,
+    finished: int,
+    source_made: bool,
+    failed: bool = True,
 ) -> str:
-    """Why a chain stopped at ``link`` of ``links`` and how to go on, in words."""
+    """Why a chain stopped at ``link`` of ``links`` and how to go on, in words. ``failed``:
+    the link's key holds its failure (a failed task, a refused create), which a re-run gives
+    again; a link stopped otherwise (the session closed) is resumed by a re-run."""
     what = "its source" if link == 0 else f"link {link} of {links}"
     done = max(0, finished - (1 if source_made else 0))
     message = f"the chain stopped at {what}: {why}; {done} of {links} links finished"
     if key is not None:
         message += (
-            f"; running the same chain again (key {key!r}) resumes after the last finished "
-            f"link, and a failed link's key {link_key(key, link)!r} gives its failure again "
-            "until the journal forgets it"
+            f"; running the same chain again (key {key!r}) resumes after the last finished link"
         )
+        if failed:
+            message += (
+                f", and a failed link's key {link_key(key, link)!r} gives its failure again "
+                "until the journal forgets it"
+            )
     return message

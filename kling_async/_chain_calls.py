@@ -67,5 +67,5 @@ class ChainCalls:
             given = self._submitter.handle(source.task_id)  # its family as the session knows it
         handle = ChainHandle(key=key, planned=len(links), source=given)
         session = cast("ChainSession", self)  # KlingSession, which has SourceCalls' calls too
-        self._background.start(run_chain(session, source, links, handle))
+        self._background.start(run_chain(session, source, links, handle, self._journal))
         return handle

@@ -9,15 +9,26 @@ the session does (``docs/chains.md``, "A chain and its session").
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from ._chain import ChainSource, LinkPrompt, link_key, next_request, stop_message
+from ._chain import (
+    ChainSource,
+    LinkPrompt,
+    foreign_source,
+    link_key,
+    next_request,
+    stop_message,
+)
+from ._create import REFUSALS
 from ._handle import TaskHandle
 from ._source_requests import ImageToVideo, TextToVideo
 from .errors import ChainError, SessionClosedError, TaskFailedError
 from .models import ExtendRequest, Task
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 __all__ = ["ChainHandle", "ChainSession", "run_chain"]
 
@@ -154,13 +165,15 @@ async def run_chain(
     source: ChainSource,
     links: Sequence[LinkPrompt],
     chain: ChainHandle,
+    journal: Journal | None = None,
 ) -> None:
     """Make ``chain``'s source if needed and its links one after the other; end the handle
-    with the last task, or with a `ChainError` for the link that stopped it."""
+    with the last task, or with a `ChainError` for the link that stopped it. ``journal``
+    (the session's, for a keyed chain) is read before a source is made."""
     key = chain.key
     at, handle = 0, None
 
-    def stopped(why: str, task_id: str | None) -> ChainError:
+    def stopped(why: str, task_id: str | None, *, failed: bool = True) -> ChainError:
         return ChainError(
             stop_message(
                 key=key,
@@ -169,6 +182,7 @@ async def run_chain(
                 why=why,
                 finished=len(chain.finished),
                 source_made=isinstance(source, (TextToVideo, ImageToVideo)),
+                failed=failed,
             ),
             key=key,
             link=at,
@@ -178,6 +192,15 @@ async def run_chain(
 
     try:
         if isinstance(source, (TextToVideo, ImageToVideo)):
+            made, first = link_key(key, 0), link_key(key, 1)
+            if key is not None and made is not None and first is not None and journal is not None:
+                refusal = foreign_source(
+                    key,
+                    source_recorded=await journal.get(made) is not None,
+                    first_recorded=await journal.get(first) is not None,
+                )
+                if refusal is not None:
+                    raise ValueError(refusal)
             handle = await session.create_source(source, key=link_key(key, 0))
             chain._source = handle
             task = await _finished(chain, handle)
@@ -201,11 +224,13 @@ async def run_chain(
         chain._end(None, _chained(stopped(str(error), error.task_id), error))
     except Exception as error:  # a refused create, an outage, the session closing
         task_id = None if handle is None else handle.task_id
-        chain._end(None, _chained(stopped(str(error), task_id), error))
+        # Only a refusal is kept under the link's key; the rest leave it to a re-run.
+        refused = isinstance(error, REFUSALS)
+        chain._end(None, _chained(stopped(str(error), task_id, failed=refused), error))
     except BaseException:  # cancelled: the session is closing
         closed = SessionClosedError("the session closed while the chain ran")
         task_id = None if handle is None else handle.task_id
-        chain._end(None, _chained(stopped(str(closed), task_id), closed))
+        chain._end(None, _chained(stopped(str(closed), task_id, failed=False), closed))
         raise
     else:
         chain._end(task, None)

@@ -120,14 +120,26 @@ def _prompts(args: argparse.Namespace) -> list[str | Mapping[str, object]]:
                 raise _Problem(f"--prompts line {number}: not JSON ({error.msg})") from None
             if not isinstance(item, dict) or "prompt" not in item:
                 raise _Problem(f'--prompts line {number}: an object with a "prompt" key')
+            _check(f"--prompts line {number}", [item])
             prompts.append(item)
     if not prompts:
         raise _Problem("give at least one --prompt TEXT or --prompts FILE")
+    _check("--prompt", args.prompt)  # --prompt TEXT i is prompts[i - 1]
+    return prompts
+
+
+def _check(flag: str, prompts: list[str | Mapping[str, object]]) -> None:
+    """``prompts`` checked as a chain checks them; a problem names ``flag`` (a file's line
+    says the line: an index across the flags and the file would name none)."""
+    if not prompts:
+        return
     try:
         link_prompts(prompts)
     except (TypeError, ValueError) as error:
-        raise _Problem(f"--prompt: {error}") from None
-    return prompts
+        said = str(error)
+        if flag != "--prompt":
+            said = said.removeprefix("prompts[0]: ")
+        raise _Problem(f"{flag}: {said}") from None
 
 
 def _source(args: argparse.Namespace) -> str | TextToVideo | ImageToVideo:

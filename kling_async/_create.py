@@ -39,7 +39,7 @@ from .models import Task, TaskFamily
 if TYPE_CHECKING:
     from ._wire import Wire
 
-__all__ = ["Creator"]
+__all__ = ["REFUSALS", "Creator"]
 
 logger = logging.getLogger("kling_async")
 
@@ -221,7 +221,7 @@ class Creator:
                     raise
                 attempt.in_doubt = step.action is Action.RECONCILE
                 attempt.take_off_wire()
-                if step.action is Action.RAISE and isinstance(error, _REFUSALS):
+                if step.action is Action.RAISE and isinstance(error, REFUSALS):
                     if attempt.record is not None:
                         await attempt.record.refused(error)
                 elif step.action is not Action.RECONCILE:
@@ -460,4 +460,4 @@ class _Held:
 # Refusals of this very request (``docs/errors.md``, "Which Kling code raises which class"):
 # sending it again cannot help, so a journal remembers them. Account and auth errors are not
 # among them: a re-run may succeed.
-_REFUSALS = (InvalidRequestError, NotFoundError, ContentPolicyError)
+REFUSALS = (InvalidRequestError, NotFoundError, ContentPolicyError)
