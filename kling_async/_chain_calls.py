@@ -62,10 +62,9 @@ class ChainCalls:
         if refusal is not None:
             raise refusal
         self._wire.check_open()
-        given = None
-        if isinstance(source, Task):
-            given = self._submitter.handle(source.task_id)  # its family as the session knows it
-        handle = ChainHandle(key=key, planned=len(links), source=given)
+        # No handle for a given Task: it carries no family, and a handle on a guessed one
+        # would query the wrong route; the caller holds the Task already.
+        handle = ChainHandle(key=key, planned=len(links), source=None)
         session = cast("ChainSession", self)  # KlingSession, which has SourceCalls' calls too
         self._background.start(run_chain(session, source, links, handle, self._journal))
         return handle

@@ -102,7 +102,8 @@ class ChainHandle:
 
     @property
     def source(self) -> TaskHandle | None:
-        """The source task's handle: made by the chain from a request, or the `Task` given."""
+        """The handle of the source task the chain made from a request (None for a video id
+        or a `Task` given: a `Task` does not say its family)."""
         return self._source
 
     @property

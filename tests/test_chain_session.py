@@ -239,15 +239,18 @@ async def test_a_keyed_chain_from_a_video_resumes_after_the_last_finished_link(
 async def test_a_keyed_chain_from_a_finished_task(
     emu: KlingEmulator, tmp_path: pathlib.Path
 ) -> None:
-    """A succeeded source task is extended from its video, and its handle is the source."""
+    """A succeeded source task is extended from its video (the chain gives no handle for a
+    Task: it does not say its family)."""
     async with official(emu, journal=tmp_path / "j.sqlite3") as session:
         made = await (await session.text_to_video("a fox")).wait()
         chain = session.chain(made, _prompts(2), key="fox")
         last = await chain
         again = await session.chain(made, _prompts(2), key="fox")
 
-    assert chain.source is not None
-    assert made.task_id == chain.source.task_id
+    assert chain.source is None
+    assert made.video is not None
+    assert chain.finished[0].parent_video is not None
+    assert made.video.id == chain.finished[0].parent_video.id
     assert last.task_id == again.task_id
     assert 3 == emu.count("create")
 
@@ -313,3 +316,18 @@ async def test_a_chain_killed_at_random_links_and_run_again_pays_once_per_link(
     assert kills >= 3
     assert links == len(emulator.tasks) == len(made)  # no link paid twice
     assert [f"shot {n}" for n in range(1, links + 1)] == [emulator.tasks[t].prompt for t in made]
+
+
+async def test_a_task_source_gets_no_handle_on_a_guessed_family(emu: KlingEmulator) -> None:
+    """A `Task` carries no family: a chain from a text-to-video another session made has no
+    source handle (one on the extend's route would meet a 404), and still chains from it."""
+    async with official(emu) as first:
+        made = await (await first.text_to_video("a fox")).wait()
+    async with official(emu) as second:
+        chain = second.chain(made, ["closer"])
+        last = await chain
+    assert chain.source is None
+    assert made.video is not None
+    assert last.parent_video is not None
+    assert made.video.id == last.parent_video.id
+    assert 1 == emu.count("create", family="video-extend")
