@@ -228,7 +228,7 @@ def verdict(
         return Absent()
     if len(mine) == 1 and not contested:
         return Ambiguous(
-            "the task list shows one task for this video, made before it was sent (by the "
+            "the task list shows one task matching this create, made before it was sent (by the "
             f"server's clock, known to within {doubt.uncertainty.total_seconds():.3f} s) "
             "or at a time it does not say",
             tuple(mine),
@@ -236,11 +236,11 @@ def verdict(
     if contested:
         return Ambiguous(
             f"the task list shows {len(mine)} task(s) it may have made, which another create "
-            "in doubt for the same video may have made as well",
+            "in doubt for the same request may have made as well",
             tuple(mine),
         )
     return Ambiguous(
-        f"the task list shows {len(mine)} task(s) for this video made around its send, "
+        f"the task list shows {len(mine)} task(s) matching this create made around its send, "
         "none of which can be told apart as its own",
         tuple(mine),
     )
