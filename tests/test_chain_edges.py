@@ -1,5 +1,6 @@
-"""Review of chains over keyed source creates: a chain key re-run with another source must
-refuse before paying for anything."""
+"""Chains at their edges: a chain key re-run with another source refuses before paying for
+anything; a --prompts file's bad line is named; a stop message claims a kept failure only
+when the journal keeps one."""
 
 from __future__ import annotations
 
