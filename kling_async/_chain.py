@@ -145,9 +145,9 @@ def check_plan(seconds: float | None, links: int) -> InvalidArgumentError | None
     source = "a source of unknown length" if seconds is None else f"a {seconds:g} s source"
     return InvalidArgumentError(
         "prompts",
-        f"{links} extend{'' if links == 1 else 's'} ({LINK_SECONDS:g} s each at most) on {source} could reach "
-        f"{total:g} s, past the {MAX_EXTENDED_SECONDS:g} s an extended video may be; "
-        "nothing was sent",
+        f"{links} extend{'' if links == 1 else 's'} ({LINK_SECONDS:g} s each at most) on "
+        f"{source} could reach {total:g} s, past the {MAX_EXTENDED_SECONDS:g} s an extended "
+        "video may be; nothing was sent",
     )
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, cast
 from ._chain import ChainSource, check_plan, link_prompts, source_seconds, source_video
 from ._chain_run import ChainHandle, ChainSession, run_chain
 from ._config import check_key
-from .models import Task
 
 if TYPE_CHECKING:
     from ._background import Background

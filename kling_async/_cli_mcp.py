@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import decimal
 import ipaddress
-import os
 import pathlib
-import sys
 
 from ._cli_output import PROG, say, usage_error
 
@@ -61,19 +59,6 @@ def _seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
     return value
-
-
-def default_journal() -> pathlib.Path:
-    """The journal every run of the server finds again, wherever a client starts it: this
-    user's data folder (``$XDG_DATA_HOME``, ``~/.local/share``, or the platform's own), never
-    the working folder, which a client may change from one start to the next."""
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(pathlib.Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = str(pathlib.Path.home() / "Library" / "Application Support")
-    else:
-        base = os.environ.get("XDG_DATA_HOME") or str(pathlib.Path.home() / ".local" / "share")
-    return pathlib.Path(base) / "kling-async" / "mcp.journal.sqlite3"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """The MCP server's file rules: which local images a tool may read, where a download may go.
 
+The server's own journal lives where every start finds it again (`default_journal`).
 A model's arguments are untrusted (a prompt can ask for anything): a local image path is
 read only inside a folder the operator allowed with ``--allow-dir`` (none by default), and a
 download is written only into ``--out`` under a plain file name (docs/mcp.md, "Safety
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 from collections.abc import Sequence
 
 from ._mcp_results import ToolProblem
 
-__all__ = ["download_path", "image_argument"]
+__all__ = ["default_journal", "download_path", "image_argument"]
 
 _DEFAULT_SUFFIX = ".mp4"
 _MAX_NAME = 200
@@ -80,3 +82,16 @@ def download_path(out: pathlib.Path, name: str) -> pathlib.Path:
     if target.is_symlink() or target.resolve().parent != folder:
         raise ToolProblem(f"filename {name!r} leads outside the download folder")
     return target
+
+
+def default_journal() -> pathlib.Path:
+    """The journal every run of the server finds again, wherever a client starts it: this
+    user's data folder (``$XDG_DATA_HOME``, ``~/.local/share``, or the platform's own), never
+    the working folder, which a client may change from one start to the next."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(pathlib.Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = str(pathlib.Path.home() / "Library" / "Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or str(pathlib.Path.home() / ".local" / "share")
+    return pathlib.Path(base) / "kling-async" / "mcp.journal.sqlite3"

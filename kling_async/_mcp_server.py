@@ -22,9 +22,9 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 
 from . import KlingSession, PollPolicy, RetryPolicy, __version__
-from ._cli_mcp import default_journal
 from ._cli_output import session_options, timeouts
 from ._mcp_calls import KlingTools
+from ._mcp_files import default_journal
 from ._mcp_spending import Limits
 from ._mcp_tools import (
     INSTRUCTIONS,
