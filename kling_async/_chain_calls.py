@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
-from ._chain import ChainSource, check_plan, link_prompts, source_seconds, source_video
+from ._chain import (
+    ChainSource,
+    LinkPrompt,
+    check_plan,
+    link_prompts,
+    source_seconds,
+    source_video,
+)
 from ._chain_run import ChainHandle, ChainSession, run_chain
 from ._config import check_key
 from .models import Task
@@ -21,7 +28,7 @@ if TYPE_CHECKING:
     from ._submit import Submitter
     from ._wire import Wire
 
-__all__ = ["ChainCalls"]
+__all__ = ["ChainCalls", "prepare_chain"]
 
 
 class ChainCalls:
@@ -53,19 +60,32 @@ class ChainCalls:
         made and pays for none twice (docs/chains.md). A failed link stops the chain with
         `ChainError`. Added in version 0.3.
         """
-        links = link_prompts(prompts)
-        video_id = source_video(source)
-        if key is not None:
-            check_key(key, journal=self._journal is not None)
-        known = None if video_id is None else self._submitter.durations.get(video_id)
-        refusal = check_plan(source_seconds(source, known), len(links))
-        if refusal is not None:
-            raise refusal
-        self._wire.check_open()
-        given = None
-        if isinstance(source, Task):
-            given = self._submitter.handle(source.task_id)  # its family as the session knows it
-        handle = ChainHandle(key=key, planned=len(links), source=given)
+        links, handle = prepare_chain(self, source, prompts, key=key)
         session = cast("ChainSession", self)  # KlingSession, which has SourceCalls' calls too
         self._background.start(run_chain(session, source, links, handle))
         return handle
+
+
+def prepare_chain(
+    calls: ChainCalls,
+    source: ChainSource,
+    prompts: Sequence[str | Mapping[str, object]],
+    *,
+    key: str | None,
+) -> tuple[tuple[LinkPrompt, ...], ChainHandle]:
+    """Check a chain as `KlingSession.chain` does (prompts, source, key, plan, an open
+    session) and build its handle, sending nothing: the session and the MCP server
+    (``_mcp_chains``) start their chains from it, each with ``run_chain``."""
+    links = link_prompts(prompts)
+    video_id = source_video(source)
+    if key is not None:
+        check_key(key, journal=calls._journal is not None)
+    known = None if video_id is None else calls._submitter.durations.get(video_id)
+    refusal = check_plan(source_seconds(source, known), len(links))
+    if refusal is not None:
+        raise refusal
+    calls._wire.check_open()
+    given = None
+    if isinstance(source, Task):
+        given = calls._submitter.handle(source.task_id)  # its family as the session knows it
+    return links, ChainHandle(key=key, planned=len(links), source=given)
