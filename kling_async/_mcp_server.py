@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 import anyio
 from mcp.server.mcpserver import MCPServer
 
-from . import KlingSession, PollPolicy, RetryPolicy, __version__
+from . import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal, __version__
 from ._cli_output import session_options, timeouts
 from ._mcp_calls import KlingTools
+from ._mcp_chains import register_chain_tools
 from ._mcp_spending import Limits
 from ._mcp_tools import (
     INSTRUCTIONS,
@@ -42,14 +43,21 @@ def build_server(tools: KlingTools) -> MCPServer:
     register_create_tools(server, tools)
     register_task_tools(server, tools)
     register_file_tools(server, tools)
+    register_chain_tools(server, tools)
     return server
 
 
 @contextlib.asynccontextmanager
-async def _session(args: argparse.Namespace) -> AsyncIterator[KlingSession]:
-    """The server's one session: on the built-in emulator, or with the CLI's credentials."""
-    journal = args.journal
-    journal.parent.mkdir(parents=True, exist_ok=True)
+async def _session(args: argparse.Namespace) -> AsyncIterator[tuple[KlingSession, SQLiteJournal]]:
+    """The server's one session and its journal (the chain tools read it back): on the
+    built-in emulator, or with the CLI's credentials."""
+    args.journal.parent.mkdir(parents=True, exist_ok=True)
+    async with SQLiteJournal(args.journal) as journal, _opened(args, journal) as session:
+        yield session, journal
+
+
+@contextlib.asynccontextmanager
+async def _opened(args: argparse.Namespace, journal: SQLiteJournal) -> AsyncIterator[KlingSession]:
     if not args.emulator:
         session = KlingSession(
             base_url=args.base_url,
@@ -104,10 +112,11 @@ async def _serve_http(server: MCPServer, host: str, port: int) -> None:
 
 async def _main(args: argparse.Namespace) -> int:
     limits = Limits(units=args.max_units, cash=args.max_cash)
-    async with _session(args) as session, anyio.create_task_group() as group:
+    async with _session(args) as (session, journal), anyio.create_task_group() as group:
         tools = KlingTools(
             session,
             group,
+            journal=journal,
             limits=limits,
             out=args.out,
             allow_dirs=tuple(args.allow_dir),
@@ -117,6 +126,7 @@ async def _main(args: argparse.Namespace) -> int:
             await server.run_stdio_async()
         else:
             await _serve_http(server, *args.http)
+        tools.stop_runs()  # chains stop here; a keyed one resumes from the journal later
         # Creates still running finish first (they are paid): the task group waits for them.
     return 0
 

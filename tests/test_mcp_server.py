@@ -37,6 +37,8 @@ TOOLS = {
     "list_tasks",
     "download_video",
     "spending",
+    "chain_videos",
+    "get_chain",
 }
 
 
