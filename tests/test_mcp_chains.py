@@ -245,3 +245,23 @@ async def test_a_chain_killed_with_sigkill_continues_after_a_restart_with_one_ta
     assert [link["task_id"] for link in before["links"]] == [
         link["task_id"] for link in done["links"][:2]
     ]
+
+
+async def test_a_keyed_create_the_journal_already_made_is_not_refused_by_the_limit(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """After a restart with the limit reached, a create whose key the journal already holds
+    pays nothing and returns its task (a resumed chain's made links take this path); a new
+    create is refused."""
+    keyed = {"video_id": "v1", "key": "made-1"}
+    async with stdio(emu, tmp_path) as client:
+        made = ok(await client.call_tool("extend_video", keyed))
+    async with stdio(emu, tmp_path, "--max-units", "1") as client:
+        spent = ok(await client.call_tool("extend_video", {"video_id": "v2"}))
+        ok(await client.call_tool("wait_for_task", {"task_id": spent["task_id"]}))
+        again = ok(await client.call_tool("extend_video", keyed))
+        refused = await client.call_tool("extend_video", {"video_id": "v3", "key": "new-1"})
+    assert made["task_id"] == again["task_id"]
+    assert refused.is_error
+    assert "--max-units 1" in text(refused)
+    assert 2 == creates(emu)
