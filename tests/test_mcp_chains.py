@@ -169,7 +169,7 @@ async def test_bad_chain_input_is_a_tool_error_and_sends_nothing(
     no key, and a local image outside --allow-dir: isError, nothing sent, nothing started."""
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"\x89PNG" + b"0" * 100)
-    calls = [
+    calls: list[dict[str, Any]] = [
         {"prompts": ["a"], "key": "k"},
         {"prompts": ["a"], "video_id": "v1", "text": "a fox", "key": "k"},
         {"prompts": [], "video_id": "v1", "key": "k"},
