@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
-from ._chain import ChainSource, check_plan, link_prompts, source_seconds, source_video
+from ._chain import (
+    ChainSource,
+    LinkPrompt,
+    check_plan,
+    link_prompts,
+    source_seconds,
+    source_video,
+)
 from ._chain_run import ChainHandle, ChainSession, run_chain
 from ._config import check_key
 
@@ -20,7 +27,7 @@ if TYPE_CHECKING:
     from ._submit import Submitter
     from ._wire import Wire
 
-__all__ = ["ChainCalls"]
+__all__ = ["ChainCalls", "prepare_chain"]
 
 
 class ChainCalls:
@@ -52,18 +59,31 @@ class ChainCalls:
         made and pays for none twice (docs/chains.md). A failed link stops the chain with
         `ChainError`. Added in version 0.3.
         """
-        links = link_prompts(prompts)
-        video_id = source_video(source)
-        if key is not None:
-            check_key(key, journal=self._journal is not None)
-        known = None if video_id is None else self._submitter.durations.get(video_id)
-        refusal = check_plan(source_seconds(source, known), len(links))
-        if refusal is not None:
-            raise refusal
-        self._wire.check_open()
-        # No handle for a given Task: it carries no family, and a handle on a guessed one
-        # would query the wrong route; the caller holds the Task already.
-        handle = ChainHandle(key=key, planned=len(links), source=None)
+        links, handle = prepare_chain(self, source, prompts, key=key)
         session = cast("ChainSession", self)  # KlingSession, which has SourceCalls' calls too
         self._background.start(run_chain(session, source, links, handle, self._journal))
         return handle
+
+
+def prepare_chain(
+    calls: ChainCalls,
+    source: ChainSource,
+    prompts: Sequence[str | Mapping[str, object]],
+    *,
+    key: str | None,
+) -> tuple[tuple[LinkPrompt, ...], ChainHandle]:
+    """Check a chain as `KlingSession.chain` does (prompts, source, key, plan, an open
+    session) and build its handle, sending nothing: the session and the MCP server
+    (``_mcp_chains``) start their chains from it, each with ``run_chain``."""
+    links = link_prompts(prompts)
+    video_id = source_video(source)
+    if key is not None:
+        check_key(key, journal=calls._journal is not None)
+    known = None if video_id is None else calls._submitter.durations.get(video_id)
+    refusal = check_plan(source_seconds(source, known), len(links))
+    if refusal is not None:
+        raise refusal
+    calls._wire.check_open()
+    # No handle for a given Task: it carries no family, and a handle on a guessed one would
+    # query the wrong route; the caller holds the Task already.
+    return links, ChainHandle(key=key, planned=len(links), source=None)

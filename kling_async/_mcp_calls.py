@@ -3,6 +3,8 @@
 `KlingTools.create` is the one way a tool creates: it checks the spending limit
 (`_mcp_spending`) and runs the create in the server's own task group, so that a create
 whose tool call was cancelled still finishes and is recorded (docs/mcp.md, "Safety rules").
+`KlingTools.start_run` runs a longer job (a chain) in that group too, until it ends or the
+server stops serving.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import anyio
 import anyio.abc
 
 from ._handle import TaskHandle
-from ._mcp_results import ToolProblem
+from ._journal import Journal
+from ._mcp_results import SpendingRefusal
 from ._mcp_spending import Ledger, Limits
 from ._session import KlingSession
 from .models import Task, TaskFamily
@@ -30,6 +33,7 @@ class KlingTools:
         session: KlingSession,
         group: anyio.abc.TaskGroup,
         *,
+        journal: Journal,
         limits: Limits,
         out: pathlib.Path,
         allow_dirs: tuple[pathlib.Path, ...],
@@ -39,7 +43,9 @@ class KlingTools:
         self.limits = limits
         self.out = out
         self.allow_dirs = allow_dirs
+        self.journal = journal  # the session's own: chains are read back from it
         self._group = group
+        self._runs: set[anyio.CancelScope] = set()
 
     def family(self, task_id: str, named: TaskFamily | None) -> TaskFamily:
         """The family to query ``task_id`` on: the one named, else the one it was made
@@ -62,11 +68,11 @@ class KlingTools:
     ) -> TaskHandle:
         """Check the spending limit, then run ``start`` in the server's task group: the
         create completes, and is recorded, even when the tool call is cancelled."""
-        if key is None or self.ledger.known_key(key) is None:
+        if key is None or not await self._paid_for(key):
             self.catch_up()
             refusal = self.ledger.refusal(self.limits)
             if refusal is not None:
-                raise ToolProblem(refusal)
+                raise SpendingRefusal(refusal)
         reservation = self.ledger.reserve(family)
         done = anyio.Event()
         outcome: list[TaskHandle | Exception] = []
@@ -89,3 +95,31 @@ class KlingTools:
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def _paid_for(self, key: str) -> bool:
+        """Whether a create with ``key`` already made its task (here, or in the journal
+        before a restart): sending it again pays nothing, so the limit does not stop it."""
+        if self.ledger.known_key(key) is not None:
+            return True
+        entry = await self.journal.get(key)
+        return entry is not None and entry.task_id is not None
+
+    def start_run(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run`` (a chain) in the server's task group: a cancelled tool call never
+        stops it; `stop_runs` does, when the server stops serving."""
+
+        async def guarded() -> None:
+            with anyio.CancelScope() as scope:
+                self._runs.add(scope)
+                try:
+                    await run()
+                finally:
+                    self._runs.discard(scope)
+
+        self._group.start_soon(guarded)
+
+    def stop_runs(self) -> None:
+        """Stop every run still going (creates already sent still finish and are recorded:
+        they run in the group beside it); a keyed chain resumes from the journal later."""
+        for scope in list(self._runs):
+            scope.cancel()

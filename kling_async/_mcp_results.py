@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_WAIT",
     "FAMILIES",
     "MAX_WAIT",
+    "SpendingRefusal",
     "ToolProblem",
     "check_limit",
     "check_timeout",
@@ -47,6 +48,10 @@ FAMILIES = {
 
 class ToolProblem(ValueError):
     """A tool argument the server refuses before anything is sent; the text says why."""
+
+
+class SpendingRefusal(ToolProblem):
+    """A create the spending limit refused before it was sent; the text names the limit."""
 
 
 def family_of(name: str | None) -> TaskFamily | None:

@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator
 import anyio
 from mcp.server.mcpserver import MCPServer
 
-from . import KlingSession, PollPolicy, RetryPolicy, __version__
+from . import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal, __version__
 from ._cli_output import session_options, timeouts
 from ._mcp_calls import KlingTools
+from ._mcp_chains import register_chain_tools
 from ._mcp_files import default_journal
 from ._mcp_spending import Limits
 from ._mcp_tools import (
@@ -45,12 +46,14 @@ def build_server(tools: KlingTools) -> MCPServer:
     register_create_tools(server, tools)
     register_task_tools(server, tools)
     register_file_tools(server, tools)
+    register_chain_tools(server, tools)
     return server
 
 
 @contextlib.asynccontextmanager
-async def _session(args: argparse.Namespace) -> AsyncIterator[KlingSession]:
-    """The server's one session: on the built-in emulator, or with the CLI's credentials.
+async def _session(args: argparse.Namespace) -> AsyncIterator[tuple[KlingSession, SQLiteJournal]]:
+    """The server's one session and its journal (the chain tools read it back): on the
+    built-in emulator, or with the CLI's credentials.
 
     Without ``--journal``, the account's journal is this user's (`default_journal`); the
     emulator's, whose tasks end with the process, is a temporary one, so that emulated keys
@@ -58,11 +61,17 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[KlingSession]:
     if args.emulator and args.journal is None:
         with tempfile.TemporaryDirectory(prefix="kling-async-mcp-") as folder:
             args.journal = pathlib.Path(folder) / "journal.sqlite3"
-            async with _session(args) as session:
-                yield session
+            async with _session(args) as opened:
+                yield opened
         return
-    journal = default_journal() if args.journal is None else args.journal
-    journal.parent.mkdir(parents=True, exist_ok=True)
+    path = default_journal() if args.journal is None else args.journal
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with SQLiteJournal(path) as journal, _opened(args, journal) as session:
+        yield session, journal
+
+
+@contextlib.asynccontextmanager
+async def _opened(args: argparse.Namespace, journal: SQLiteJournal) -> AsyncIterator[KlingSession]:
     if not args.emulator:
         session = KlingSession(
             base_url=args.base_url,
@@ -117,10 +126,11 @@ async def _serve_http(server: MCPServer, host: str, port: int) -> None:
 
 async def _main(args: argparse.Namespace) -> int:
     limits = Limits(units=args.max_units, cash=args.max_cash)
-    async with _session(args) as session, anyio.create_task_group() as group:
+    async with _session(args) as (session, journal), anyio.create_task_group() as group:
         tools = KlingTools(
             session,
             group,
+            journal=journal,
             limits=limits,
             out=args.out,
             allow_dirs=tuple(args.allow_dir),
@@ -130,6 +140,7 @@ async def _main(args: argparse.Namespace) -> int:
             await server.run_stdio_async()
         else:
             await _serve_http(server, *args.http)
+        tools.stop_runs()  # chains stop here; a keyed one resumes from the journal later
         # Creates still running finish first (they are paid): the task group waits for them.
     return 0
 

@@ -46,6 +46,7 @@ __all__ = [
     "register_create_tools",
     "register_file_tools",
     "register_task_tools",
+    "tool_errors",
 ]
 
 INSTRUCTIONS = (
@@ -86,7 +87,7 @@ TaskId = Annotated[str, Field(description="The task id a create tool returned.")
 
 
 @contextlib.contextmanager
-def _tool_errors() -> Iterator[None]:
+def tool_errors() -> Iterator[None]:
     """Refusals and Kling's errors as tool errors: their text, never a credential."""
     try:
         yield
@@ -128,7 +129,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
         can be extended again (up to 3 minutes in all). Only videos made by Kling's v1.x
         models, less than 30 days old, can be extended.
         """
-        with _tool_errors():
+        with tool_errors():
             handle = await tools.create(
                 TaskFamily.EXTEND,
                 key,
@@ -160,7 +161,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
         Returns at once with the new task; call wait_for_task for the result. Its video id
         is a video extend_video takes.
         """
-        with _tool_errors():
+        with tool_errors():
             handle = await tools.create(
                 TaskFamily.TEXT2VIDEO,
                 key,
@@ -201,7 +202,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
         Returns at once with the new task; call wait_for_task for the result. Its video id
         is a video extend_video takes.
         """
-        with _tool_errors():
+        with tool_errors():
             first = image_argument("image", image, tools.allow_dirs)
             last = image_argument("image_tail", image_tail, tools.allow_dirs)
             handle = await tools.create(
@@ -227,7 +228,7 @@ def register_task_tools(server: MCPServer, tools: KlingTools) -> None:
     @server.tool(annotations=_READ)
     async def get_task(task_id: TaskId, family: FamilyName = None) -> CallToolResult:
         """Show a task as it is now (one query; free). It does not wait."""
-        with _tool_errors():
+        with tool_errors():
             known = tools.family(task_id, family_of(family))
             return _shown(tools, await session.get_task(task_id, family=known), known)
 
@@ -246,7 +247,7 @@ def register_task_tools(server: MCPServer, tools: KlingTools) -> None:
         Sends a progress notification at each status change. A wait that runs out is not an
         error: the task keeps running and the result says so; call again to wait on.
         """
-        with _tool_errors():
+        with tool_errors():
             seconds = check_timeout(timeout_s)
             known = tools.family(task_id, family_of(family))
             handle = session.task(task_id, family=known)
@@ -278,7 +279,7 @@ def register_task_tools(server: MCPServer, tools: KlingTools) -> None:
     ) -> CallToolResult:
         """List the account's tasks of one kind, newest first (free; most gateways do not
         offer it)."""
-        with _tool_errors():
+        with tool_errors():
             known = family_of(family) or TaskFamily.EXTEND
             count = check_limit(limit)
             tasks = []
@@ -339,7 +340,7 @@ def register_file_tools(server: MCPServer, tools: KlingTools) -> None:
     ) -> CallToolResult:
         """Download a succeeded task's video into the server's download folder (free) and
         return its path. Only a plain file name is taken: no folders, no '..'."""
-        with _tool_errors():
+        with tool_errors():
             known = tools.family(task_id, family_of(family))
             if filename is not None:  # a bad name is refused before any request
                 download_path(tools.out, filename)

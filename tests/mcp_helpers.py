@@ -79,6 +79,15 @@ async def stdio(
 @contextlib.contextmanager
 def http_server(emu: KlingEmulator, folder: pathlib.Path, *extra: str) -> Iterator[str]:
     """A ``--http 127.0.0.1:0`` server process; yields its URL (from its first stderr line)."""
+    with http_process(emu, folder, *extra) as (url, _process):
+        yield url
+
+
+@contextlib.contextmanager
+def http_process(
+    emu: KlingEmulator, folder: pathlib.Path, *extra: str
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A ``--http 127.0.0.1:0`` server process and its URL: a test may kill it."""
     process = subprocess.Popen(
         [sys.executable, *arguments(folder, "--http", "127.0.0.1:0", *extra)],
         env={**os.environ, **environment(emu)},
@@ -93,7 +102,7 @@ def http_server(emu: KlingEmulator, folder: pathlib.Path, *extra: str) -> Iterat
         line = process.stderr.readline()
         found = re.search(r"http://\S+/mcp", line)
         assert found, line
-        yield found.group(0)
+        yield found.group(0), process
     finally:
         process.terminate()
         try:

@@ -22,6 +22,7 @@ PURE = {
     "_journal_hash",
     "_journal_rules",
     "_list_round",
+    "_mcp_chain_rules",
     "_mcp_results",
     "_mcp_spending",
     "_media",

@@ -40,6 +40,8 @@ TOOLS = {
     "list_tasks",
     "download_video",
     "spending",
+    "chain_videos",
+    "get_chain",
 }
 
 
