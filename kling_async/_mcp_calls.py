@@ -87,8 +87,12 @@ class KlingTools:
         self.start_run(self._follow_journal)
 
     async def _follow_journal(self) -> None:
-        handles = await self.session.resume()  # logs, and leaves, what it cannot settle
-        self.ledger.settled(await self.journal.entries())
+        try:
+            handles = await self.session.resume()  # logs, and leaves, what it cannot settle
+            self.ledger.settled(await self.journal.entries())
+        except (KlingError, JournalError, RuntimeError) as error:  # the server keeps serving
+            logger.warning("could not follow the journal's unfinished tasks: %s", error)
+            return
         async with anyio.create_task_group() as group:
             for handle in handles:
                 group.start_soon(self._follow, handle)
