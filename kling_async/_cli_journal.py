@@ -10,10 +10,8 @@ These commands stand on the public journal and session API like any user's code.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import pathlib
-import sqlite3
 import sys
 from typing import Any
 
@@ -197,22 +195,10 @@ _ORDER = ("in_doubt", "unreadable", "gone", "refused", "sending")
 _COUNTED = ("created", "finished", "intent", *_ORDER)
 
 
-def _keys_of(path: pathlib.Path) -> list[str]:
-    """Every key, oldest claim first, read-only: the journal's API lists only pending ones."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        return [
-            str(key) for (key,) in db.execute("SELECT key FROM creates ORDER BY claimed_at, key")
-        ]
-
-
 async def _report(path: pathlib.Path) -> tuple[list[_Key], dict[str, int]]:
     """The keys that need attention, in ``_ORDER``, and the count of every state."""
     async with SQLiteJournal(path) as journal:  # checks that it is a journal it can read
-        try:
-            keys = await anyio.to_thread.run_sync(_keys_of, path)
-        except sqlite3.Error as error:
-            raise JournalError(f"journal {path}: {error}") from error
+        keys = await journal.keys()  # every key, the unreadable ones too
         # pending() holds the CREATED keys and the SENDING ones nobody alive owns.
         pending = {entry.key: entry for entry in await journal.pending()}
         counts = dict.fromkeys(_COUNTED, 0)

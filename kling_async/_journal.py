@@ -127,7 +127,8 @@ class JournalEntry:
     """How far ``sent_server`` may be off, in seconds."""
     task_id: str | None = None
     task: Mapping[str, Any] | None = None
-    """The last task object recorded for it (JSON), if the session gave one."""
+    """The last task object recorded for it (Kling's task JSON), if the session gave one: a
+    session records a finished task's, cost included, when a wait sees it finish."""
     status: TaskStatus | None = None
     """The final status once FINISHED."""
     refusal_code: int | None = None

@@ -305,6 +305,18 @@ class JournalSQL:
                 self._path,
             )
 
+    def entries(self) -> list[JournalEntry]:
+        """Every readable record, oldest claim first (`read_entries` leaves out the others)."""
+        with self._db(write=False) as db:
+            rows = db.execute(f"SELECT {COLUMNS} FROM creates ORDER BY claimed_at, key").fetchall()
+            return read_entries(rows, self._path)
+
+    def keys(self) -> list[str]:
+        """Every key, readable or not, oldest claim first."""
+        with self._db(write=False) as db:
+            rows = db.execute("SELECT key FROM creates ORDER BY claimed_at, key").fetchall()
+            return [str(row["key"]) for row in rows]
+
     def doubts(self, video_id: str) -> list[JournalEntry]:
         """Every SENDING entry for ``video_id``, whoever owns it."""
         with self._db(write=False) as db:

@@ -21,8 +21,9 @@ from ._journal import ClaimOutcome, Journal
 from ._journal_requests import images_left_out
 from ._source_requests import CreateRequest, source_video_id
 from ._source_video import source_video_error
+from ._task_codec import task_json
 from .errors import APIError, ClaimLostError, JournalError, KlingError, NotFoundError
-from .models import Task, TaskStatus
+from .models import Task
 from .sansio import error_class_for
 
 __all__ = ["JournalRecord", "KeyedCreates", "keyed_create"]
@@ -200,7 +201,7 @@ class KeyedCreates:
     def __init__(self, creator: Creator, journal: Journal) -> None:
         self._creator = creator
         self.journal = journal
-        self._unrecorded: dict[str, TaskStatus] = {}  # finishes not yet written
+        self._unrecorded: dict[str, Task] = {}  # finishes not yet written
         self._flushing: anyio.Event | None = None  # set when the running flush ends
         self._flush_failed = False  # whether the last flush ended on a failed write
         creator.lookup.journal = journal
@@ -229,7 +230,7 @@ class KeyedCreates:
 
     async def finished(self, task: Task) -> None:
         """A wait saw ``task`` finish: record it (never raises)."""
-        self._unrecorded[task.task_id] = task.status
+        self._unrecorded[task.task_id] = task
         await self.flush()
 
     async def flush(self) -> None:
@@ -252,9 +253,11 @@ class KeyedCreates:
         self._flush_failed = False
         try:
             while self._unrecorded:
-                task_id, status = next(iter(self._unrecorded.items()))
+                task_id, task = next(iter(self._unrecorded.items()))
                 try:
-                    await self.journal.mark_finished(task_id, status)
+                    # The task's JSON goes with its status: what it made and what it cost
+                    # stay readable from the journal (``JournalEntry.task``).
+                    await self.journal.mark_finished(task_id, task.status, task_json(task))
                 except (JournalError, RuntimeError) as error:
                     self._flush_failed = True
                     logger.warning(
@@ -265,7 +268,7 @@ class KeyedCreates:
                         len(self._unrecorded),
                     )
                     return
-                if self._unrecorded.get(task_id) == status:
+                if self._unrecorded.get(task_id) is task:
                     del self._unrecorded[task_id]
         finally:
             self._flushing = None

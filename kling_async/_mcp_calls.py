@@ -1,28 +1,44 @@
 """What every MCP tool call shares: the one session, the ledger, the limits and the folders.
 
 `KlingTools.create` is the one way a tool creates: it checks the spending limit
-(`_mcp_spending`) and runs the create in the server's own task group, so that a create
-whose tool call was cancelled still finishes and is recorded (docs/mcp.md, "Safety rules").
-`KlingTools.start_run` runs a longer job (a chain) in that group too, until it ends or the
-server stops serving.
+(`_mcp_spending`), keys the create (the caller's key, else one of the server's own, so that
+every task it makes is in its journal before it is sent) and runs it in the server's own
+task group, so that a create whose tool call was cancelled still finishes and is recorded
+(docs/mcp.md, "Safety rules"). `KlingTools.start_run` runs a longer job (a chain) in that
+group too, until it ends or the server stops serving. `KlingTools.start` counts what the
+journal holds and follows its unfinished tasks, so that a restart resets no limit.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
 
 from ._handle import TaskHandle
-from ._journal import Journal
-from ._mcp_results import SpendingRefusal
+from ._mcp_results import SpendingRefusal, ToolProblem
 from ._mcp_spending import Ledger, Limits
 from ._session import KlingSession
+from ._sqlite_journal import SQLiteJournal
+from .errors import JournalError, KlingError, TaskFailedError
 from .models import Task, TaskFamily
 
-__all__ = ["KlingTools"]
+__all__ = ["KlingTools", "server_key"]
+
+logger = logging.getLogger("kling_async")
+
+# The keys the server gives creates that came without one (docs/mcp.md, "Safety rules").
+_SERVER_KEY = re.compile(r"mcp/[0-9a-f]{32}")
+
+
+def server_key() -> str:
+    """A new key of the server's own: ``mcp/`` and 32 hex digits, new at every call."""
+    return f"mcp/{uuid.uuid4().hex}"
 
 
 class KlingTools:
@@ -33,7 +49,7 @@ class KlingTools:
         session: KlingSession,
         group: anyio.abc.TaskGroup,
         *,
-        journal: Journal,
+        journal: SQLiteJournal,
         limits: Limits,
         out: pathlib.Path,
         allow_dirs: tuple[pathlib.Path, ...],
@@ -63,28 +79,66 @@ class KlingTools:
             if last is not None:
                 self.ledger.saw(last, family)
 
+    async def start(self) -> None:
+        """Count every task of the journal (a restart resets no limit), then, in the
+        server's task group, settle its creates in doubt and follow its unfinished tasks
+        to their end, so that the ledger learns what they cost."""
+        self.ledger.restore(await self.journal.entries())
+        self.start_run(self._follow_journal)
+
+    async def _follow_journal(self) -> None:
+        try:
+            handles = await self.session.resume()  # logs, and leaves, what it cannot settle
+            self.ledger.settled(await self.journal.entries())
+        except (KlingError, JournalError, RuntimeError) as error:  # the server keeps serving
+            logger.warning("could not follow the journal's unfinished tasks: %s", error)
+            return
+        async with anyio.create_task_group() as group:
+            for handle in handles:
+                group.start_soon(self._follow, handle)
+
+    async def _follow(self, handle: TaskHandle) -> None:
+        try:
+            task = await handle.wait()
+        except TaskFailedError as failed:
+            task = failed.task
+        except (KlingError, JournalError) as error:  # still counted as running
+            logger.warning("could not follow task %s: %s", handle.task_id, error)
+            return
+        self.ledger.saw(task, handle.family)
+
     async def create(
-        self, family: TaskFamily, key: str | None, start: Callable[[], Awaitable[TaskHandle]]
+        self,
+        family: TaskFamily,
+        key: str | None,
+        start: Callable[[str], Awaitable[TaskHandle]],
     ) -> TaskHandle:
-        """Check the spending limit, then run ``start`` in the server's task group: the
-        create completes, and is recorded, even when the tool call is cancelled."""
+        """Check the spending limit, then run ``start`` with the create's key (``key``, or
+        a new one of the server's) in the server's task group: the create completes, and
+        is in the journal, even when the tool call is cancelled."""
+        if key is not None and _SERVER_KEY.fullmatch(key):
+            raise ToolProblem(
+                f"the key {key!r} has the form of the server's own keys ('mcp/' and 32 hex "
+                "digits, given to creates without a key); choose another key; nothing was sent"
+            )
         if key is None or not await self._paid_for(key):
             self.catch_up()
             refusal = self.ledger.refusal(self.limits)
             if refusal is not None:
                 raise SpendingRefusal(refusal)
+        used = server_key() if key is None else key
         reservation = self.ledger.reserve(family)
         done = anyio.Event()
         outcome: list[TaskHandle | Exception] = []
 
         async def run() -> None:
             try:
-                handle = await start()
+                handle = await start(used)
             except Exception as error:  # handed to the caller below, if it still listens
                 self.ledger.released(reservation)
                 outcome.append(error)
             else:
-                self.ledger.created(reservation, handle.task_id, key)
+                self.ledger.created(reservation, handle.task_id, used)
                 outcome.append(handle)
             finally:
                 done.set()
@@ -117,6 +171,11 @@ class KlingTools:
                     self._runs.discard(scope)
 
         self._group.start_soon(guarded)
+
+    @property
+    def runs(self) -> int:
+        """How many runs (chains, the journal's unfinished tasks) are going."""
+        return len(self._runs)
 
     def stop_runs(self) -> None:
         """Stop every run still going (creates already sent still finish and are recorded:

@@ -67,7 +67,7 @@ class GuardedChain:
     ) -> TaskHandle:
         session = self._tools.session
         return await self._tools.create(
-            request.family, key, lambda: session.create_source(request, key=key)
+            request.family, key, lambda used: session.create_source(request, key=used)
         )
 
     async def extend(
@@ -83,12 +83,12 @@ class GuardedChain:
         return await self._tools.create(
             TaskFamily.EXTEND,
             key,
-            lambda: session.extend(
+            lambda used: session.extend(
                 video_id,
                 prompt=prompt,
                 negative_prompt=negative_prompt,
                 cfg_scale=cfg_scale,
-                key=key,
+                key=used,
             ),
         )
 
@@ -129,6 +129,7 @@ class _Chains:
     def __init__(self, tools: KlingTools) -> None:
         self._tools = tools
         self._chains: dict[str, _Chain] = {}
+        self._starting: dict[str, anyio.Lock] = {}  # one start of a key at a time
 
     async def source(
         self, video_id: str | None, text: str | None, image: str | None
@@ -159,20 +160,33 @@ class _Chains:
             )
         check_key(key, journal=True)
         links, handle = prepare_chain(self._tools.session, source, prompts, key=key)
-        known = await self._known(key, source, links)
-        if known is not None:
-            return known
-        entries = {
-            index: await self._tools.journal.get(f"{key}/{index}")
-            for index in range(len(links) + 2)
-        }
-        mismatch = journal_mismatch(key, source, links, entries)
-        if mismatch is not None:
-            raise ToolProblem(f"{mismatch}; nothing was sent")
-        known = await self._known(key, source, links)  # another call may have started it
-        if known is not None:
-            return known
-        chain = _Chain(source, links, plan_json(kind, shown, links), handle)
+        # Check and start under the key's lock: two calls that both find the chain stopped
+        # (or unknown here) must not both start a run of it.
+        lock = self._starting.setdefault(key, anyio.Lock())
+        async with lock:
+            known = await self._known(key, source, links)
+            if known is not None:
+                return known
+            entries = {
+                index: await self._tools.journal.get(f"{key}/{index}")
+                for index in range(len(links) + 2)
+            }
+            mismatch = journal_mismatch(key, source, links, entries)
+            if mismatch is not None:
+                raise ToolProblem(f"{mismatch}; nothing was sent")
+            return self._run(key, source, links, plan_json(kind, shown, links), handle)
+
+    def _run(
+        self,
+        key: str,
+        source: ChainSource,
+        links: tuple[LinkPrompt, ...],
+        plan: dict[str, Any],
+        handle: ChainHandle,
+    ) -> _Chain:
+        """Start the chain of ``key`` in the server's task group (no await: the caller holds
+        the key's lock until it is registered)."""
+        chain = _Chain(source, links, plan, handle)
         self._chains[key] = chain
         guarded = GuardedChain(self._tools)
         self._tools.start_run(lambda: run_chain(guarded, source, links, handle))

@@ -135,6 +135,7 @@ async def _main(args: argparse.Namespace) -> int:
             out=args.out,
             allow_dirs=tuple(args.allow_dir),
         )
+        await tools.start()  # the journal's tasks count, and the unfinished are followed
         server = build_server(tools)
         if args.http is None:
             await server.run_stdio_async()

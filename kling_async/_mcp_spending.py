@@ -5,15 +5,20 @@ starts, each task id it made, and each finished task it sees; `Ledger.refusal` d
 a create is sent whether the limit allows it (docs/mcp.md, "The spending limit"). A task
 still running, or a create still on its way, counts at the highest cost seen so far for its
 family, so an agent in a loop cannot start more than the limit allows while none has finished.
+At start the ledger is rebuilt from the server's journal (`Ledger.restore`): a restart does
+not reset the limit.
 """
 
 from __future__ import annotations
 
 import decimal
+from collections.abc import Iterable
 
 import attrs
 
+from ._journal import EntryState, JournalEntry
 from ._spending import Spending
+from ._task_codec import read_task
 from .models import Task, TaskFamily
 
 __all__ = ["Ledger", "Limits", "Reservation"]
@@ -38,7 +43,8 @@ class Reservation:
 
 
 class Ledger:
-    """The tasks this server created (by id, with their family) and what they cost."""
+    """The tasks this server created through its journal, before a restart too (by id, with
+    their family), and what they cost."""
 
     def __init__(self) -> None:
         self._spending = Spending()
@@ -48,6 +54,45 @@ class Ledger:
         self._highest: dict[TaskFamily, tuple[decimal.Decimal, decimal.Decimal]] = {}
         self._pending: dict[int, TaskFamily] = {}
         self._numbers = 0
+        self._doubts: dict[str, Reservation] = {}  # a journaled create in doubt, by key
+
+    # -- what the journal holds -----------------------------------------------------------
+
+    def restore(self, entries: Iterable[JournalEntry]) -> None:
+        """Count every task of the server's journal (``entries``, oldest first): a finished
+        one at its recorded cost, a running one, and a create in doubt, as running."""
+        for entry in entries:
+            family = entry.request.family
+            if entry.task_id is None:
+                if entry.state is EntryState.SENDING and entry.key not in self._doubts:
+                    self._doubts[entry.key] = self.reserve(family)
+                continue
+            self._keys[entry.key] = entry.task_id
+            if entry.task_id in self._families:
+                continue
+            self._families[entry.task_id] = family
+            if entry.state is EntryState.CREATED:
+                self._running.add(entry.task_id)
+            elif entry.state is EntryState.FINISHED:
+                task = _recorded(entry)
+                if task is not None:
+                    self._running.add(entry.task_id)
+                    self.saw(task, family)
+                # Without its task, a finished one's cost is unknown: counted as nothing.
+
+    def settled(self, entries: Iterable[JournalEntry]) -> None:
+        """The creates in doubt were looked up: each that made a task now counts as that
+        task, each that certainly made none no longer counts; the others stay in doubt."""
+        by_key = {entry.key: entry for entry in entries}
+        for key, reservation in list(self._doubts.items()):
+            entry = by_key.get(key)
+            if entry is not None and entry.task_id is not None:
+                self.created(reservation, entry.task_id, key)
+            elif entry is not None and entry.state is EntryState.SENDING:
+                continue
+            else:
+                self.released(reservation)
+            del self._doubts[key]
 
     # -- what happened --------------------------------------------------------------------
 
@@ -101,7 +146,7 @@ class Ledger:
 
     @property
     def count(self) -> int:
-        """How many tasks this server created."""
+        """How many tasks this server created (through its journal)."""
         return len(self._families)
 
     @property
@@ -153,3 +198,12 @@ class Ledger:
                 for task_id, family in self._families.items()
             ],
         }
+
+
+def _recorded(entry: JournalEntry) -> Task | None:
+    """The finished task a journal entry recorded, or None (none recorded, or unreadable)."""
+    try:
+        task = read_task(entry.task)
+    except ValueError:
+        return None
+    return task if task.done and task.task_id == entry.task_id else None

@@ -133,12 +133,12 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
             handle = await tools.create(
                 TaskFamily.EXTEND,
                 key,
-                lambda: session.extend(
+                lambda used: session.extend(
                     video_id,
                     prompt=prompt,
                     negative_prompt=negative_prompt,
                     cfg_scale=cfg_scale,
-                    key=key,
+                    key=used,
                 ),
             )
             return _created(tools, handle)
@@ -165,7 +165,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
             handle = await tools.create(
                 TaskFamily.TEXT2VIDEO,
                 key,
-                lambda: session.text_to_video(
+                lambda used: session.text_to_video(
                     prompt,
                     model_name=model_name or "kling-v1",
                     mode=mode,
@@ -173,7 +173,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
                     aspect_ratio=aspect_ratio,
                     negative_prompt=negative_prompt,
                     cfg_scale=cfg_scale,
-                    key=key,
+                    key=used,
                 ),
             )
             return _created(tools, handle)
@@ -208,14 +208,14 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
             handle = await tools.create(
                 TaskFamily.IMAGE2VIDEO,
                 key,
-                lambda: session.image_to_video(
+                lambda used: session.image_to_video(
                     first,
                     image_tail=last,
                     prompt=prompt,
                     model_name=model_name or "kling-v1",
                     mode=mode,
                     duration=duration,
-                    key=key,
+                    key=used,
                 ),
             )
             return _created(tools, handle)
@@ -293,12 +293,14 @@ def register_task_tools(server: MCPServer, tools: KlingTools) -> None:
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def spending() -> CallToolResult:
         """What this server spent (units and cash, as decimal strings), its limits, and the
-        tasks it created. Creates are refused once spent plus running tasks reach a limit."""
+        tasks it created: every task in its journal, before a restart too. Creates are
+        refused once spent plus running tasks reach a limit."""
         tools.catch_up()
         ledger, limits = tools.ledger, tools.limits
         text = (
             f"spent {ledger.units} units and {ledger.cash} cash on {ledger.count} tasks created "
-            f"here (limits: units {_limit(limits.units)}, cash {_limit(limits.cash)})"
+            f"through this server's journal (limits: units {_limit(limits.units)}, "
+            f"cash {_limit(limits.cash)})"
         )
         return _result(ledger.summary(limits), text)
 

@@ -269,6 +269,22 @@ class SQLiteJournal:
         live owner), oldest claim first: what ``session.resume()`` must pick up."""
         return await self._run(self._sql.pending)
 
+    async def entries(self) -> list[JournalEntry]:
+        """Every key's record, whatever its state, oldest claim first: what this journal
+        made and what it cost (``JournalEntry.task`` of a finished one). A record that
+        cannot be read is logged and left out, as by `pending` (`keys` lists it).
+
+        Added in version 0.3.
+        """
+        return await self._run(self._sql.entries)
+
+    async def keys(self) -> list[str]:
+        """Every key recorded, readable or not, oldest claim first.
+
+        Added in version 0.3.
+        """
+        return await self._run(self._sql.keys)
+
     async def forget(self, key: str) -> bool:
         """Delete the record of ``key`` (the caller's explicit decision, e.g. after fixing a
         refused request); ``ValueError`` while a live instance owns it."""

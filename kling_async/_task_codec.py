@@ -1,4 +1,5 @@
-"""A task as Kling's wire JSON and back: how task states travel through the fleet's Redis.
+"""A task as Kling's wire JSON and back: how task states travel through the fleet's Redis and
+into the journal (a finished task's JSON, with its cost).
 
 `encode_task` writes the task object as a query reply's ``data`` carries it (so the one
 parser of replies reads it back, tolerating what it does not know); `decode_task` reads it.
@@ -14,7 +15,7 @@ from typing import Any
 from ._converter import converter, load_json
 from .models import Task, Video
 
-__all__ = ["decode_task", "encode_task", "updated_millis"]
+__all__ = ["decode_task", "encode_task", "read_task", "task_json", "updated_millis"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MICROSECOND = dt.timedelta(microseconds=1)
@@ -53,15 +54,26 @@ def encode_task(task: Task) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_task(text: str | bytes) -> Task:
-    """The task `encode_task` wrote (or any wire task object); ``ValueError`` if it is not one."""
-    data = load_json(text)
+def task_json(task: Task) -> dict[str, Any]:
+    """``task`` as Kling's task object, a JSON mapping (what `encode_task` writes)."""
+    data: dict[str, Any] = json.loads(encode_task(task))
+    return data
+
+
+def read_task(data: Any) -> Task:
+    """The task of a JSON task object (as `task_json` makes it, or as Kling sends it);
+    ``ValueError`` if it is not one."""
     if not isinstance(data, dict):
         raise ValueError(f"a task object was expected, got {type(data).__name__}")
     try:
         return _STRUCTURE(data, Task)  # type: ignore[no-any-return]
-    except Exception as error:  # cattrs' validation errors: the text is not a task
+    except Exception as error:  # cattrs' validation errors: the data is not a task
         raise ValueError(f"not a task object: {error}") from error
+
+
+def decode_task(text: str | bytes) -> Task:
+    """The task `encode_task` wrote (or any wire task object); ``ValueError`` if it is not one."""
+    return read_task(load_json(text))
 
 
 def updated_millis(task: Task) -> int:

@@ -640,3 +640,33 @@ def integrity(path: pathlib.Path) -> str:
         return result
     finally:
         connection.close()
+
+
+async def test_entries_are_every_record_in_any_state_oldest_claim_first(
+    journal: SQLiteJournal, db: pathlib.Path
+) -> None:
+    """entries() holds every readable record, whatever its state, oldest claim first, with the
+    task JSON recorded; one that cannot be read is left out of it, and keys() still lists it."""
+    assert [] == await journal.entries()
+    assert [] == await journal.keys()
+    await journal.claim("intent", REQUEST, now=NOW + dt.timedelta(seconds=3))
+    await created(journal, "finished", "task-1")
+    await journal.mark_finished("task-1", TaskStatus.SUCCEED, {"task_id": "task-1"})
+    await journal.claim("sending", REQUEST, now=NOW + dt.timedelta(seconds=1))
+    await journal.mark_sending("sending", SENT)
+    await journal.claim("refused", REQUEST, now=NOW + dt.timedelta(seconds=2))
+    await journal.mark_sending("refused", SENT)
+    await journal.mark_refused("refused", "no such video", code=1203)
+    await journal.claim("broken", REQUEST, now=NOW + dt.timedelta(seconds=4))
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE creates SET request = '{not json' WHERE key = 'broken'")
+
+    entries = await journal.entries()
+
+    assert ["finished", "sending", "refused", "intent"] == [entry.key for entry in entries]
+    assert [EntryState.FINISHED, EntryState.SENDING, EntryState.REFUSED, EntryState.INTENT] == [
+        entry.state for entry in entries
+    ]
+    assert {"task_id": "task-1"} == entries[0].task
+    assert [entry == await journal.get(entry.key) for entry in entries] == [True] * 4
+    assert ["finished", "sending", "refused", "intent", "broken"] == await journal.keys()

@@ -15,6 +15,7 @@ import pytest
 
 from kling_async import ContentPolicyError, EntryState, ExtendRequest
 from kling_async._sqlite_journal import SQLiteJournal
+from kling_async._task_codec import read_task
 from kling_async.testing import Fault, KlingEmulator
 
 from .helpers import official
@@ -253,3 +254,21 @@ async def test_two_processes_sharing_a_journal_never_both_create_a_key(
 
     assert [True, True] == [out.rstrip().endswith(b"done") for out in outputs]
     assert rows == len(tasks) == len({t.video_id for t in tasks})
+
+
+async def test_a_finished_task_is_journaled_with_its_json_and_cost(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A wait that sees a keyed task finish records its task JSON, which the SDK's converter
+    reads back as the task with its cost (what `kling-async mcp` counts after a restart)."""
+    path = tmp_path / "j.sqlite3"
+    async with official(emu, journal=path) as session:
+        handle = await session.extend("vid-1", key="row-1")
+        finished = await handle.wait()
+    async with SQLiteJournal(path) as journal:
+        entry = await journal.get("row-1")
+    assert entry is not None
+    assert EntryState.FINISHED == entry.state
+    assert finished.cost is not None
+    assert finished == read_task(entry.task)
+    assert finished.cost == read_task(entry.task).cost

@@ -15,9 +15,13 @@ import anyio
 import pytest
 from mcp import Client
 
-from kling_async import SQLiteJournal
-from kling_async.testing import KlingEmulator
+from kling_async import PollPolicy, SQLiteJournal
+from kling_async._mcp_calls import KlingTools
+from kling_async._mcp_server import build_server
+from kling_async._mcp_spending import Limits
+from kling_async.testing import Fault, KlingEmulator
 
+from .helpers import official
 from .mcp_helpers import creates, http_process, ok, spin_until, stdio, text
 
 pytestmark = pytest.mark.anyio
@@ -250,18 +254,60 @@ async def test_a_chain_killed_with_sigkill_continues_after_a_restart_with_one_ta
 async def test_a_keyed_create_the_journal_already_made_is_not_refused_by_the_limit(
     emu: KlingEmulator, tmp_path: pathlib.Path
 ) -> None:
-    """After a restart with the limit reached, a create whose key the journal already holds
-    pays nothing and returns its task (a resumed chain's made links take this path); a new
-    create is refused."""
+    """After a restart with the limit reached by the journal's own task (followed to its end
+    by the restarted server), a create whose key the journal already holds pays nothing and
+    returns its task (a resumed chain's made links take this path); a new create is refused."""
     keyed = {"video_id": "v1", "key": "made-1"}
     async with stdio(emu, tmp_path) as client:
         made = ok(await client.call_tool("extend_video", keyed))
     async with stdio(emu, tmp_path, "--max-units", "1") as client:
-        spent = ok(await client.call_tool("extend_video", {"video_id": "v2"}))
-        ok(await client.call_tool("wait_for_task", {"task_id": spent["task_id"]}))
+        with anyio.fail_after(10):
+            while ok(await client.call_tool("spending", {}))["units_spent"] != "1":
+                await anyio.sleep(0.02)
         again = ok(await client.call_tool("extend_video", keyed))
         refused = await client.call_tool("extend_video", {"video_id": "v3", "key": "new-1"})
     assert made["task_id"] == again["task_id"]
     assert refused.is_error
     assert "--max-units 1" in text(refused)
-    assert 2 == creates(emu)
+    assert 1 == creates(emu)
+
+
+async def test_two_concurrent_calls_restarting_a_stopped_chain_start_one_run(
+    manual: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A chain stops when Kling refuses its first link's create (the quota, once); eight
+    chain_videos calls with its key at once (the server in this process, so that its runs
+    can be counted) start one run between them, which makes one task per link."""
+    manual.inject(Fault.business(1102), route="create", times=1)
+    arguments = {"video_id": "v1", "prompts": ["p1", "p2"], "key": "film"}
+    poll = PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.05)
+    async with (
+        SQLiteJournal(tmp_path / "journal.sqlite3") as journal,
+        official(manual, journal=journal, poll_policy=poll) as session,
+        anyio.create_task_group() as group,
+    ):
+        tools = KlingTools(
+            session, group, journal=journal, limits=Limits(), out=tmp_path, allow_dirs=()
+        )
+        async with Client(build_server(tools)) as client:
+            ok(await client.call_tool("chain_videos", arguments))
+            stopped = await until_state(client, "film", "done", "stopped")
+            assert 0 == tools.runs
+            results: list[dict[str, Any]] = []
+
+            async def again() -> None:
+                results.append(ok(await client.call_tool("chain_videos", arguments)))
+
+            async with anyio.create_task_group() as calls:
+                for _ in range(8):
+                    calls.start_soon(again)
+            assert 1 == tools.runs
+            await finish_newest(manual, 2)  # the refused create reached the emulator too
+            await finish_newest(manual, 3)
+            done = await until_state(client, "film", "done", "stopped")
+        tools.stop_runs()
+    assert "stopped" == stopped["state"]
+    assert ["running"] * 8 == [result["state"] for result in results]
+    assert "done" == done["state"], done["reason"]
+    assert {"p1": 2, "p2": 1} == prompts_sent(manual)  # p1: refused once, then made once
+    assert 2 == len(manual.tasks)

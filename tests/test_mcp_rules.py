@@ -10,7 +10,18 @@ import pathlib
 
 import pytest
 
-from kling_async import Cost, Task, TaskFamily, TaskResult, TaskStatus, Video
+from kling_async import (
+    Cost,
+    EntryState,
+    ExtendRequest,
+    JournalEntry,
+    Task,
+    TaskFamily,
+    TaskResult,
+    TaskStatus,
+    TextToVideo,
+    Video,
+)
 from kling_async._mcp_files import download_path, image_argument
 from kling_async._mcp_results import (
     DEFAULT_WAIT,
@@ -21,6 +32,7 @@ from kling_async._mcp_results import (
     task_json,
 )
 from kling_async._mcp_spending import Ledger, Limits
+from kling_async._task_codec import task_json as wire_json
 
 D = decimal.Decimal
 EXTEND = TaskFamily.EXTEND
@@ -125,6 +137,73 @@ def test_a_task_is_counted_once_and_tasks_of_others_not_at_all() -> None:
     assert [{"task_id": "a", "family": "video-extend", "running": False}] == summary[
         "tasks_created"
     ]
+
+
+def entry(key: str, state: EntryState, task_id: str | None = None, **more: object) -> JournalEntry:
+    request = more.pop("request", ExtendRequest(video_id="v1"))
+    return JournalEntry(
+        key=key,
+        request=request,  # type: ignore[arg-type]
+        stamped=True,
+        state=state,
+        claimed_at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+        task_id=task_id,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def test_the_journal_restores_what_was_spent_running_and_in_doubt() -> None:
+    """A restarted server counts its journal: finished tasks at their recorded cost (the
+    highest of their family pricing the running ones), running tasks and creates in doubt
+    as running; refused keys, intents and a finished task without its JSON cost nothing."""
+    ledger = Ledger()
+    ledger.restore(
+        [
+            entry("f1", EntryState.FINISHED, "a", task=wire_json(finished("a", "1", "0.1"))),
+            entry("f2", EntryState.FINISHED, "b", task=wire_json(finished("b", "3"))),
+            entry("old", EntryState.FINISHED, "c", task=None),
+            entry("run", EntryState.CREATED, "d"),
+            entry("doubt", EntryState.SENDING),
+            entry("t", EntryState.SENDING, request=TextToVideo(prompt="a fox")),
+            entry("no", EntryState.REFUSED, refusal_reason="no such video"),
+            entry("later", EntryState.INTENT),
+        ]
+    )
+    assert (D(4), D("0.1")) == (ledger.units, ledger.cash)
+    assert (D(10), D("0.3")) == ledger.committed()  # two extends running, each at 3 and 0.1
+    assert ledger.refusal(Limits(units=D(10))) is not None
+    assert [("d", EXTEND)] == ledger.running()
+    assert "a" == ledger.known_key("f1")
+    assert 4 == ledger.count
+
+
+def test_creates_in_doubt_are_settled_from_the_journal_once_looked_up() -> None:
+    """After resume(): a doubt that made a task counts as that task (once, even if a tool
+    call made it meanwhile), one that made none counts nothing, one still in doubt stays."""
+    ledger = Ledger()
+    ledger.restore(
+        [
+            entry("f", EntryState.FINISHED, "a", task=wire_json(finished("a", "2"))),
+            entry("found", EntryState.SENDING),
+            entry("again", EntryState.SENDING),
+            entry("none", EntryState.SENDING),
+            entry("still", EntryState.SENDING),
+        ]
+    )
+    assert (D(10), D(0)) == ledger.committed()
+    made(ledger, "y", key="again")  # a tool call retried the key meanwhile
+    ledger.settled(
+        [
+            entry("found", EntryState.CREATED, "x"),
+            entry("again", EntryState.CREATED, "y"),
+            entry("none", EntryState.REFUSED, refusal_reason="no"),
+            entry("still", EntryState.SENDING),
+        ]
+    )
+    assert {"x", "y"} == {task_id for task_id, _ in ledger.running()}
+    assert (D(8), D(0)) == ledger.committed()  # 2 + x, y and "still" at 2 each
+    ledger.saw(finished("x", "2"), EXTEND)
+    assert D(4) == ledger.units
 
 
 # -- arguments and results --------------------------------------------------------------------

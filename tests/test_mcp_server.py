@@ -7,15 +7,17 @@ from __future__ import annotations
 import base64
 import os
 import pathlib
+import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 
-from kling_async import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal
+from kling_async import EntryState, KlingSession, PollPolicy, RetryPolicy, SQLiteJournal
 from kling_async._cli import main
 from kling_async.testing import Fault, KlingEmulator
 
@@ -30,6 +32,14 @@ from .mcp_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def manual() -> AsyncIterator[KlingEmulator]:
+    """An emulator whose tasks stay where they are until the test sets their status."""
+    async with KlingEmulator(auto_advance=False) as emulator:
+        yield emulator
+
 
 TOOLS = {
     "extend_video",
@@ -210,6 +220,81 @@ async def test_a_cancelled_create_still_lands_in_the_journal(
         assert task_id == again["task_id"]
         assert task_id == ok(await client.call_tool("get_task", {"task_id": task_id}))["task_id"]
     assert 2 == creates(emu)
+
+
+async def test_an_unkeyed_cancelled_create_lands_in_the_journal_under_a_key_of_the_server(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """The client gives up on a create without a key while it waits out Kling's rate limit:
+    the server journals it under a key of its own ('mcp/' and 32 hex digits) before sending
+    it, and records its task id; get_task and list_tasks find it. The next create without a
+    key makes a new task under a new key, and a caller's key of that form is refused."""
+    emu.inject(Fault.rate_limited(1302, retry_after=1), route="create")
+    waits = {"KLING_ASYNC_TEST_DEFAULT_RETRY": "1"}
+    journal_path = tmp_path / "journal.sqlite3"
+
+    async def journaled() -> list[Any]:
+        async with SQLiteJournal(journal_path) as journal:
+            return await journal.entries()
+
+    async with stdio(emu, tmp_path, env=waits) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, "extend_video", {"video_id": "v1"})
+            await spin_until(lambda: [429] == [r.status for r in emu.requests])
+            group.cancel_scope.cancel()
+        await spin_until(lambda: 1 == len(emu.tasks))
+        (task_id,) = emu.tasks
+        with anyio.fail_after(10):
+            while [entry.task_id for entry in await journaled()] != [task_id]:
+                await anyio.sleep(0.02)
+        found = ok(await client.call_tool("get_task", {"task_id": task_id}))
+        listed = ok(await client.call_tool("list_tasks", {}))
+        second = ok(await client.call_tool("extend_video", {"video_id": "v1"}))
+        (first_entry, second_entry) = await journaled()
+        taken = await client.call_tool("extend_video", {"video_id": "v1", "key": first_entry.key})
+    assert re.fullmatch(r"mcp/[0-9a-f]{32}", first_entry.key)
+    assert re.fullmatch(r"mcp/[0-9a-f]{32}", second_entry.key)
+    assert first_entry.key != second_entry.key
+    assert task_id == found["task_id"]
+    assert task_id in [task["task_id"] for task in listed["tasks"]]
+    assert second["task_id"] == second_entry.task_id != task_id
+    assert taken.is_error
+    assert "server's own keys" in text(taken)
+    assert 3 == creates(emu)  # the refused one, its resend, and the second create
+
+
+async def test_the_spending_limit_holds_across_a_restart_and_follows_tasks_left_running(
+    manual: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """--max-units 2: one extend finished (1 unit) and one left running when the server
+    stops. The restarted server, on the same journal, counts both (spent 1, committed 2),
+    refuses a new create with nothing sent, and follows the running task to its end: the
+    ledger then counts its cost and the journal records it finished."""
+    limit = ("--max-units", "2")
+    async with stdio(manual, tmp_path, *limit) as client:
+        first = ok(await client.call_tool("extend_video", {"video_id": "v1"}))
+        manual.set_status(first["task_id"], "succeed")
+        ok(await client.call_tool("wait_for_task", {"task_id": first["task_id"]}))
+        left = ok(await client.call_tool("extend_video", {"video_id": "v2"}))
+    async with stdio(manual, tmp_path, *limit) as client:
+        before = ok(await client.call_tool("spending", {}))
+        refused = await client.call_tool("extend_video", {"video_id": "v3"})
+        manual.set_status(left["task_id"], "succeed")
+        with anyio.fail_after(10):
+            while (after := ok(await client.call_tool("spending", {})))["units_spent"] != "2":
+                await anyio.sleep(0.02)
+    async with SQLiteJournal(tmp_path / "journal.sqlite3") as journal:
+        entries = {entry.task_id: entry for entry in await journal.entries()}
+    assert {"units_spent": "1", "units_committed": "2"}.items() <= before.items()
+    assert [(first["task_id"], False), (left["task_id"], True)] == [
+        (task["task_id"], task["running"]) for task in before["tasks_created"]
+    ]
+    assert refused.is_error
+    assert "--max-units 2" in text(refused)
+    assert 2 == creates(manual)
+    assert [False, False] == [task["running"] for task in after["tasks_created"]]
+    assert EntryState.FINISHED == entries[left["task_id"]].state
+    assert "1" == entries[left["task_id"]].task["final_unit_deduction"]
 
 
 async def test_the_spending_limit_refuses_before_anything_is_sent(
