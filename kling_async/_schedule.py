@@ -37,7 +37,7 @@ def rank(status: TaskStatus) -> int:
 
     A status the SDK does not know is "not finished" (docs/concepts.md): it ranks as processing.
     """
-    return _RANK.get(status.value, 1)
+    return _RANK.get(status, 1)  # a status is a str equal to its value
 
 
 def newer(old: Task | None, new: Task) -> bool:

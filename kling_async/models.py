@@ -82,12 +82,12 @@ class TaskStatus(str, enum.Enum):
     @property
     def known(self) -> bool:
         """True for the four statuses Kling documents."""
-        return self.value in _KNOWN
+        return self in _KNOWN  # a status is a str equal to its value (cheaper than .value)
 
     @property
     def done(self) -> bool:
         """True once the task has finished, successfully or not."""
-        return self.value in _DONE
+        return self in _DONE  # as in `known`: read on every reply, so without .value
 
     def __repr__(self) -> str:
         return f"<TaskStatus.{self._name_}: {self.value!r}>"

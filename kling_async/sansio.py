@@ -63,6 +63,8 @@ _REQUEST_HOOKS = {
     cls: converter.get_unstructure_hook(cls) for cls in (ExtendRequest, TextToVideo, ImageToVideo)
 }
 _JSON_HEADERS = (("Accept", "application/json"),)
+# Create bodies as compact JSON; one encoder, as json.dumps with options makes one per call.
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _JSON_BODY_HEADERS = (("Accept", "application/json"), ("Content-Type", "application/json"))
 
 
@@ -117,9 +119,7 @@ def create_request(
     base_url: str, request: ExtendRequest | TextToVideo | ImageToVideo
 ) -> HTTPRequest:
     """``POST /v1/videos/<family>`` with the request as compact JSON (unset fields left out)."""
-    body = json.dumps(
-        _REQUEST_HOOKS[type(request)](request), ensure_ascii=False, separators=(",", ":")
-    )
+    body = _BODY_ENCODER.encode(_REQUEST_HOOKS[type(request)](request))
     path = _PATHS[request.family]
     return HTTPRequest("POST", base_url + path, path, _JSON_BODY_HEADERS, body.encode())
 
