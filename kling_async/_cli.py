@@ -63,7 +63,7 @@ from .errors import (
     TransportError,
     WaitTimeoutError,
 )
-from .models import ExtendRequest, Task, TaskStatus
+from .models import ExtendRequest, Task, TaskFamily, TaskStatus
 
 __all__ = ["main"]
 
@@ -206,10 +206,13 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _remote(session: KlingSession, args: argparse.Namespace, state: _State) -> int:
     async with session:
         if args.command == "get":
-            show(await session.get_task(args.task_id), args.json)
+            show(await session.get_task(args.task_id, family=args.family), args.json)
             return 0
         if args.command == "list":
-            async for listed in session.list_tasks(page_size=args.page_size, max_pages=args.pages):
+            listing = session.list_tasks(
+                page_size=args.page_size, max_pages=args.pages, family=args.family
+            )
+            async for listed in listing:
                 show(listed, args.json)
             return 0
         if args.command == "extend":
@@ -223,7 +226,7 @@ async def _remote(session: KlingSession, args: argparse.Namespace, state: _State
                 state.shown = True
                 return 0
         else:
-            handle = state.handle = session.task(args.task_id)
+            handle = state.handle = session.task(args.task_id, family=args.family)
         progress = progress_view(task_display(handle.task_id), None, args.quiet)
         try:
             task = await _follow(handle, args.timeout, progress)
@@ -257,6 +260,9 @@ async def _download(
 
 def _resume_command(args: argparse.Namespace, task_id: str) -> str:
     words = [PROG, "wait", task_id]
+    family = getattr(args, "family", TaskFamily.EXTEND)
+    if family is not TaskFamily.EXTEND:
+        words += ["--family", family.value]
     if args.base_url is not None:
         words += ["--base-url", args.base_url]
     if args.allow_insecure_http:

@@ -11,7 +11,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, _cli_chain, _cli_journal, _cli_mcp
+from . import TaskFamily, __version__, _cli_chain, _cli_journal, _cli_mcp
 from ._cli_output import PROG, number
 from .testing import emulator_command
 
@@ -117,6 +117,25 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     _add_verbose(group)
 
 
+def _family(text: str) -> TaskFamily:
+    try:
+        return TaskFamily(text)
+    except ValueError:
+        names = ", ".join(family.value for family in TaskFamily)
+        raise argparse.ArgumentTypeError(f"must be one of {names}, got {text!r}") from None
+
+
+def _add_family(parser: argparse.ArgumentParser) -> None:
+    """``--family``: which of Kling's task families (and so which routes) a task id is of."""
+    parser.add_argument(
+        "--family",
+        type=_family,
+        default=TaskFamily.EXTEND,
+        metavar="FAMILY",
+        help="the task's family: video-extend (default), text2video or image2video",
+    )
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``kling-async`` parser, and each command's own parser by name (for its usage)."""
     parser = argparse.ArgumentParser(
@@ -183,6 +202,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "get", "show a task by task id or external task id", "Query one task once and print it."
     )
     get.add_argument("task_id", metavar="TASK_ID", type=_text)
+    _add_family(get)
     _add_connection(get)
 
     waiting = add(
@@ -192,14 +212,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "state. The task keeps running if the wait ends early (Ctrl+C, --timeout).",
     )
     waiting.add_argument("task_id", metavar="TASK_ID", type=_text)
+    _add_family(waiting)
     _add_waiting(waiting)
     _add_connection(waiting)
 
     listing = add(
         "list",
         "list tasks, newest first",
-        "Print the account's extend tasks, newest first (most gateways do not offer it).",
+        "Print the account's tasks of one family (extends by default), newest first (most\n"
+        "gateways do not offer it).",
     )
+    _add_family(listing)
     listing.add_argument(
         "--page-size",
         type=_count(500),

@@ -23,10 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import kling_async
 from kling_async import (
+    KlingSession,
     PollPolicy,
     RetryPolicy,
     Task,
@@ -985,3 +987,28 @@ def test_a_failed_query_at_the_deadline_says_how_old_the_state_is(
         r" \(the query at the deadline failed: .*\); it keeps running on the server; resume",
         line,
     ), line
+
+
+def test_get_wait_and_list_take_a_task_s_family(
+    capsys: pytest.CaptureFixture[str], gateway: dict[str, str]
+) -> None:
+    """A text-to-video is queried, waited on and listed on its own routes with --family; on
+    the extend's routes (the default) it is not found."""
+
+    async def make() -> str:
+        async with KlingSession() as session:  # the gateway's credentials from the environment
+            return (await session.text_to_video("a lighthouse")).task_id
+
+    task_id = anyio.run(make)
+    status, out, _ = run(capsys, "wait", task_id, "--family", "text2video", "--json", "--quiet")
+    assert (0, "succeed") == (status, json.loads(out)["status"])
+    status, out, _ = run(capsys, "get", task_id, "--family", "text2video", "--json")
+    assert (0, task_id) == (status, json.loads(out)["task_id"])
+    status, out, _ = run(capsys, "list", "--family", "text2video", "--json")
+    assert (0, [task_id]) == (status, [json.loads(line)["task_id"] for line in out.splitlines()])
+    status, _, err = run(capsys, "get", task_id)
+    assert 1 == status
+    assert "not found" in err.lower() or "404" in err
+    status, _, err = run(capsys, "list", "--family", "nope")
+    assert 2 == status
+    assert "video-extend, text2video, image2video" in err
