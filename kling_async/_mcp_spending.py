@@ -5,6 +5,8 @@ starts, each task id it made, and each finished task it sees; `Ledger.refusal` d
 a create is sent whether the limit allows it (docs/mcp.md, "The spending limit"). A task
 still running, or a create still on its way, counts at the highest cost seen so far for its
 family, so an agent in a loop cannot start more than the limit allows while none has finished.
+A family with no cost seen yet cannot be priced: with a limit set, one task of such a family
+may be running or on its way at a time, until one finishes with its cost.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Ledger:
         self._running: set[str] = set()
         self._keys: dict[str, str] = {}  # a create's key -> the task id it made
         self._highest: dict[TaskFamily, tuple[decimal.Decimal, decimal.Decimal]] = {}
+        # The families whose units (first) and cash (second) a finished task has shown.
+        self._priced: tuple[set[TaskFamily], set[TaskFamily]] = (set(), set())
         self._pending: dict[int, TaskFamily] = {}
         self._numbers = 0
 
@@ -81,6 +85,9 @@ class Ledger:
                 max(units, cost.units or _ZERO[0]),
                 max(cash, cost.cash or _ZERO[1]),
             )
+            for part, amount in enumerate((cost.units, cost.cash)):
+                if amount is not None:
+                    self._priced[part].add(family)
         if task.task_id in self._running:
             self._running.discard(task.task_id)
             self._spending.saw(task)
@@ -125,10 +132,29 @@ class Ledger:
             cash += high_cash
         return units, cash
 
+    def unpriced(self, what: str) -> list[TaskFamily]:
+        """The families of the tasks and creates still running whose ``what`` (units or
+        cash) no finished task has shown yet: the limit cannot count them."""
+        part = 0 if what == "units" else 1
+        running = [self._families[task_id] for task_id in self._running]
+        return [
+            family
+            for family in [*running, *self._pending.values()]
+            if family not in self._priced[part]
+        ]
+
     def refusal(self, limits: Limits) -> str | None:
         """Why a create must not be sent under ``limits``, or None when it may."""
         units, cash = self.committed()
         for what, limit, reached in (("units", limits.units, units), ("cash", limits.cash, cash)):
+            unpriced = [] if limit is None else self.unpriced(what)
+            if unpriced:
+                return (
+                    f"the spending limit (--max-{what} {limit}) cannot count a "
+                    f"{unpriced[0].value} task still running: no task of that kind created "
+                    f"here has finished with its {what} yet, so one runs at a time until one "
+                    "does; call wait_for_task on it, then create again; nothing was sent"
+                )
             if limit is not None and reached >= limit:
                 return (
                     f"the spending limit is reached: --max-{what} {limit}, and {reached} {what} "

@@ -78,12 +78,32 @@ def test_a_running_task_counts_at_the_highest_cost_seen_for_its_family() -> None
 
 def test_other_families_costs_do_not_price_a_running_task() -> None:
     """The highest cost is per family: a running text2video task with no text2video cost
-    seen counts 0, however dear the extends were."""
+    seen counts 0 in the sums, however dear the extends were; it is unpriced instead."""
     ledger = Ledger()
     made(ledger, "a")
     ledger.saw(finished("a", "5"), EXTEND)
     made(ledger, "t", TaskFamily.TEXT2VIDEO)
     assert (D(5), D(0)) == ledger.committed()
+    assert [TaskFamily.TEXT2VIDEO] == ledger.unpriced("units")
+
+
+def test_a_task_of_a_kind_with_no_cost_seen_lets_no_other_create_pass_the_limit() -> None:
+    """A fresh server knows no cost: a running (or reserved) task of an unpriced kind would
+    count 0, so with a limit nothing more may go until one finishes with its cost. Without a
+    limit nothing is refused; a kind priced in units only stays unpriced for --max-cash."""
+    ledger = Ledger()
+    reservation = ledger.reserve(EXTEND)
+    refusal = ledger.refusal(Limits(units=D(2)))
+    assert refusal is not None
+    assert "--max-units 2" in refusal
+    assert "nothing was sent" in refusal
+    assert ledger.refusal(Limits()) is None
+    ledger.created(reservation, "a", None)
+    assert ledger.refusal(Limits(units=D(2))) is not None
+    ledger.saw(finished("a", "1"), EXTEND)
+    made(ledger, "b")
+    assert ledger.refusal(Limits(units=D(3))) is None
+    assert "--max-cash 5" in (ledger.refusal(Limits(cash=D(5))) or "")
 
 
 def test_a_create_on_its_way_counts_until_released() -> None:
