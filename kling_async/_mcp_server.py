@@ -13,12 +13,15 @@ import argparse
 import contextlib
 import ipaddress
 import pathlib
+import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
+import uvicorn
 from mcp.server.mcpserver import MCPServer
 
 from . import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal, __version__
@@ -103,8 +106,6 @@ async def _opened(args: argparse.Namespace, journal: SQLiteJournal) -> AsyncIter
 async def _serve_http(server: MCPServer, host: str, port: int) -> None:
     """Serve the streamable HTTP transport at ``http://HOST:PORT/mcp``; the first line on
     stderr says where (the port may have been 0: any free one)."""
-    import uvicorn
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,7 +122,27 @@ async def _serve_http(server: MCPServer, host: str, port: int) -> None:
         )
     app = server.streamable_http_app(host=host)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve(sockets=[sock])
+    await _Uvicorn(config).serve(sockets=[sock])
+
+
+class _Uvicorn(uvicorn.Server):
+    """Uvicorn, stopped by SIGINT or SIGTERM without raising the signal again once it
+    stopped serving (as uvicorn does, which ended the process at once): the creates still
+    running must finish and be recorded first (docs/mcp.md, "Never lost"). A second signal
+    while they finish ends the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {number: signal.signal(number, self.handle_exit) for number in handled}
+        try:
+            yield
+        finally:
+            for number, handler in original.items():
+                signal.signal(number, handler)
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -4,13 +4,16 @@ emulator: what an agent or an operator could do to make it pay, leak or stop."""
 from __future__ import annotations
 
 import pathlib
+import signal
 
 import anyio
 import pytest
+from mcp import Client
 
-from kling_async.testing import KlingEmulator
+from kling_async import SQLiteJournal
+from kling_async.testing import Fault, KlingEmulator
 
-from .mcp_helpers import creates, ok, stdio, text
+from .mcp_helpers import creates, http_process, ok, spin_until, stdio, text
 
 pytestmark = pytest.mark.anyio
 
@@ -42,3 +45,28 @@ async def test_ten_creates_at_once_on_a_fresh_server_do_not_pass_the_limit(
         after = await client.call_tool("text_to_video", {"prompt": "past the limit"})
     assert after.is_error
     assert 2 == creates(emu)
+
+
+async def test_a_create_whose_caller_left_is_recorded_when_the_http_server_is_stopped(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """SIGTERM to ``--http`` while a create runs that no call waits for any more: the
+    server stops serving, the create finishes and lands in the journal, and the process
+    exits 0. Uvicorn re-raised the signal once it stopped serving, killing the process
+    before the creates still running were done."""
+    emu.inject(Fault.delay(1.5), route="create")
+    with http_process(emu, tmp_path) as (url, process):
+        async with Client(url) as client:
+            async with anyio.create_task_group() as group:
+                group.start_soon(client.call_tool, "extend_video", {"video_id": "v1", "key": "k1"})
+                await spin_until(lambda: 1 == creates(emu))
+                group.cancel_scope.cancel()
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                while process.poll() is None:
+                    await anyio.sleep(0.05)
+        assert 0 == process.returncode
+    async with SQLiteJournal(tmp_path / "journal.sqlite3") as journal:
+        entry = await journal.get("k1")
+    assert entry is not None
+    assert [entry.task_id] == list(emu.tasks)
