@@ -46,6 +46,8 @@ class KlingTools:
         self.journal = journal  # the session's own: chains are read back from it
         self._group = group
         self._runs: set[anyio.CancelScope] = set()
+        self._creating = 0  # creates started and not yet done
+        self._idle = anyio.Event()  # set when _creating falls to 0
 
     def family(self, task_id: str, named: TaskFamily | None) -> TaskFamily:
         """The family to query ``task_id`` on: the one named, else the one it was made
@@ -87,14 +89,25 @@ class KlingTools:
                 self.ledger.created(reservation, handle.task_id, key)
                 outcome.append(handle)
             finally:
+                self._creating -= 1
+                if not self._creating:
+                    self._idle.set()
                 done.set()
 
+        self._creating += 1
         self._group.start_soon(run)
         await done.wait()
         result = outcome[0]
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def settled(self) -> None:
+        """Return once no create is on its way (each has made its task, or failed)."""
+        if self._creating:
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            await self._idle.wait()
 
     async def _paid_for(self, key: str) -> bool:
         """Whether a create with ``key`` already made its task (here, or in the journal

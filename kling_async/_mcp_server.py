@@ -147,23 +147,37 @@ class _Uvicorn(uvicorn.Server):
 
 async def _main(args: argparse.Namespace) -> int:
     limits = Limits(units=args.max_units, cash=args.max_cash)
-    async with _session(args) as (session, journal), anyio.create_task_group() as group:
-        tools = KlingTools(
-            session,
-            group,
-            journal=journal,
-            limits=limits,
-            out=args.out,
-            allow_dirs=tuple(args.allow_dir),
-        )
-        server = build_server(tools)
-        if args.http is None:
-            await server.run_stdio_async()
-        else:
-            await _serve_http(server, *args.http)
-        tools.stop_runs()  # chains stop here; a keyed one resumes from the journal later
-        # Creates still running finish first (they are paid): the task group waits for them.
+    async with _session(args) as (session, journal), anyio.create_task_group() as watch:
+        async with anyio.create_task_group() as group:
+            tools = KlingTools(
+                session,
+                group,
+                journal=journal,
+                limits=limits,
+                out=args.out,
+                allow_dirs=tuple(args.allow_dir),
+            )
+            server = build_server(tools)
+            if args.http is None:  # over HTTP, uvicorn stops serving on a signal (`_Uvicorn`)
+                watch.start_soon(_end_on_sigterm, tools)
+                await server.run_stdio_async()
+            else:
+                await _serve_http(server, *args.http)
+            tools.stop_runs()  # chains stop here; a keyed one resumes from the journal later
+            # Creates still running finish first (they are paid): the group waits for them.
+        watch.cancel_scope.cancel()
     return 0
+
+
+async def _end_on_sigterm(tools: KlingTools) -> None:
+    """SIGTERM, which a stdio client sends after closing stdin, ends the process once the
+    creates on their way are sent and recorded (docs/mcp.md, "Never lost"), not before. A
+    second SIGTERM ends it at once."""
+    with anyio.open_signal_receiver(signal.SIGTERM) as received:
+        async for _ in received:
+            break
+    await tools.settled()
+    signal.raise_signal(signal.SIGTERM)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,8 +3,11 @@ emulator: what an agent or an operator could do to make it pay, leak or stop."""
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import signal
+import sys
 
 import anyio
 import pytest
@@ -13,7 +16,16 @@ from mcp import Client
 from kling_async import SQLiteJournal
 from kling_async.testing import Fault, KlingEmulator
 
-from .mcp_helpers import creates, http_process, ok, spin_until, stdio, text
+from .mcp_helpers import (
+    arguments,
+    creates,
+    environment,
+    http_process,
+    ok,
+    spin_until,
+    stdio,
+    text,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +78,50 @@ async def test_a_create_whose_caller_left_is_recorded_when_the_http_server_is_st
                 while process.poll() is None:
                     await anyio.sleep(0.05)
         assert 0 == process.returncode
+    async with SQLiteJournal(tmp_path / "journal.sqlite3") as journal:
+        entry = await journal.get("k1")
+    assert entry is not None
+    assert [entry.task_id] == list(emu.tasks)
+
+
+async def test_a_create_on_its_way_is_recorded_when_a_stdio_client_stops_the_server(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A stdio client stops its server by closing stdin, then SIGTERM a moment later (the
+    ``mcp`` client after 2 s, then SIGKILL after 2 more): a create still on its way when
+    SIGTERM comes finishes and lands in the journal before the process ends. It died at
+    once, the task made but its id never journaled."""
+    emu.inject(Fault.delay(1.5), route="create")
+    env = {**os.environ, **environment(emu)}
+    command = [sys.executable, *arguments(tmp_path)]
+    async with await anyio.open_process(command, env=env, cwd=tmp_path) as process:
+        assert process.stdin is not None
+        messages = [
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "review", "version": "0"},
+                },
+            },
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "extend_video", "arguments": {"video_id": "v1", "key": "k1"}},
+            },
+        ]
+        for message in messages:
+            await process.stdin.send(json.dumps(message).encode() + b"\n")
+        await spin_until(lambda: 1 == creates(emu))
+        await process.stdin.aclose()
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(10):
+            assert await process.wait() in (0, -signal.SIGTERM)
     async with SQLiteJournal(tmp_path / "journal.sqlite3") as journal:
         entry = await journal.get("k1")
     assert entry is not None
