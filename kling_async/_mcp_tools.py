@@ -334,7 +334,10 @@ def register_file_tools(server: MCPServer, tools: KlingTools) -> None:
         task_id: TaskId,
         filename: Annotated[
             str | None,
-            Field(description="A plain file name (default: the video id with .mp4)."),
+            Field(
+                description="A plain file name not yet in the download folder (default: "
+                "the video id with .mp4)."
+            ),
         ] = None,
         family: FamilyName = None,
     ) -> CallToolResult:
@@ -356,7 +359,9 @@ def register_file_tools(server: MCPServer, tools: KlingTools) -> None:
                     "call wait_for_task until it succeeds"
                 )
             await anyio.to_thread.run_sync(lambda: tools.out.mkdir(parents=True, exist_ok=True))
-            path = download_path(tools.out, filename or file_name(video.id, video.url))
+            # The video's own name may be saved again (the same video); a chosen one not.
+            named = filename or file_name(video.id, video.url)
+            path = download_path(tools.out, named, replace=filename is None)
             saved = await session.download(task, path)
             structured = {"path": str(saved), "task": task_json(task, known)}
             return _result(structured, f"saved video {video.id} of task {task_id} to {saved}")

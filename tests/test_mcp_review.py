@@ -126,3 +126,26 @@ async def test_a_create_on_its_way_is_recorded_when_a_stdio_client_stops_the_ser
         entry = await journal.get("k1")
     assert entry is not None
     assert [entry.task_id] == list(emu.tasks)
+
+
+async def test_a_download_never_replaces_a_file_under_a_chosen_name(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A filename that exists in --out (the operator's file, another video) is refused
+    before anything is fetched and the file is kept; the video's own name may be saved
+    again. It was silently replaced."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.mp4").write_bytes(b"the operator's")
+    async with stdio(emu, tmp_path) as client:
+        task_id = ok(await client.call_tool("extend_video", {"video_id": "v1"}))["task_id"]
+        ok(await client.call_tool("wait_for_task", {"task_id": task_id}))
+        refused = await client.call_tool(
+            "download_video", {"task_id": task_id, "filename": "mine.mp4"}
+        )
+        first = ok(await client.call_tool("download_video", {"task_id": task_id}))
+        again = ok(await client.call_tool("download_video", {"task_id": task_id}))
+    assert refused.is_error
+    assert "exists already" in text(refused)
+    assert b"the operator's" == (out / "mine.mp4").read_bytes()
+    assert first["path"] == again["path"]

@@ -210,6 +210,14 @@ def test_a_download_name_that_is_a_symlink_out_is_refused(tmp_path: pathlib.Path
     assert out.resolve() / "bare.mp4" == download_path(out, "bare")
 
 
+def test_a_download_name_that_exists_is_refused_unless_replacing(tmp_path: pathlib.Path) -> None:
+    """A chosen name never replaces a file in --out; the video's own name may (replace)."""
+    (tmp_path / "mine.mp4").write_bytes(b"kept")
+    with pytest.raises(ToolProblem, match="exists already"):
+        download_path(tmp_path, "mine.mp4")
+    assert tmp_path.resolve() / "mine.mp4" == download_path(tmp_path, "mine.mp4", replace=True)
+
+
 def test_local_images_only_inside_allowed_folders(tmp_path: pathlib.Path) -> None:
     """A local path is read only inside an --allow-dir folder (symlinks resolved); URLs and
     base64 pass as they are."""
