@@ -4,7 +4,8 @@ One `KlingSession` serves every tool call (one poller per task, one pace, one 13
 creates run in the server's own task group, so a create whose caller went away (a cancelled
 request, a closed connection) still finishes and lands in the journal. The tools are
 registered by `_mcp_tools`, one function per group; the rules are pure (`_mcp_results`,
-`_mcp_spending`, `_mcp_files`). Needs ``kling-async[mcp]`` (docs/mcp.md).
+`_mcp_spending`) or look only at the file system (`_mcp_files`). Needs ``kling-async[mcp]``
+(docs/mcp.md).
 """
 
 from __future__ import annotations
