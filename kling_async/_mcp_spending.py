@@ -132,14 +132,16 @@ class Ledger:
             cash += high_cash
         return units, cash
 
-    def unpriced(self, what: str) -> list[TaskFamily]:
-        """The families of the tasks and creates still running whose ``what`` (units or
-        cash) no finished task has shown yet: the limit cannot count them."""
+    def unpriced(self, what: str) -> list[tuple[str | None, TaskFamily]]:
+        """The tasks (by id; None for a create still on its way) and their families, still
+        running, whose ``what`` (units or cash) no finished task of their family has shown
+        yet: the limit cannot count them."""
         part = 0 if what == "units" else 1
-        running = [self._families[task_id] for task_id in self._running]
+        running = [(task_id, self._families[task_id]) for task_id in self._running]
+        pending = [(None, family) for family in self._pending.values()]
         return [
-            family
-            for family in [*running, *self._pending.values()]
+            (task, family)
+            for task, family in [*running, *pending]
             if family not in self._priced[part]
         ]
 
@@ -149,11 +151,13 @@ class Ledger:
         for what, limit, reached in (("units", limits.units, units), ("cash", limits.cash, cash)):
             unpriced = [] if limit is None else self.unpriced(what)
             if unpriced:
+                task_id, family = unpriced[0]
+                which = "a create still on its way" if task_id is None else f"task {task_id}"
                 return (
-                    f"the spending limit (--max-{what} {limit}) cannot count a "
-                    f"{unpriced[0].value} task still running: no task of that kind created "
-                    f"here has finished with its {what} yet, so one runs at a time until one "
-                    "does; call wait_for_task on it, then create again; nothing was sent"
+                    f"the spending limit (--max-{what} {limit}) cannot count {which} "
+                    f"({family.value}): no {family.value} task created here has finished "
+                    f"with its {what} yet, so one runs at a time until one does; call "
+                    "wait_for_task on it, then create again; nothing was sent"
                 )
             if limit is not None and reached >= limit:
                 return (

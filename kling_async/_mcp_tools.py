@@ -293,7 +293,8 @@ def register_task_tools(server: MCPServer, tools: KlingTools) -> None:
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def spending() -> CallToolResult:
         """What this server spent (units and cash, as decimal strings), its limits, and the
-        tasks it created. Creates are refused once spent plus running tasks reach a limit."""
+        tasks it created. Creates are refused once spent plus running tasks reach a limit;
+        with a limit, a kind of task whose cost is not known yet runs one at a time."""
         tools.catch_up()
         ledger, limits = tools.ledger, tools.limits
         text = (
