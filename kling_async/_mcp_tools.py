@@ -23,6 +23,7 @@ from ._mcp_files import download_path, image_argument
 from ._mcp_results import (
     MAX_WAIT,
     ToolProblem,
+    check_create_key,
     check_limit,
     check_timeout,
     family_of,
@@ -58,7 +59,7 @@ INSTRUCTIONS = (
 )
 
 _KEY = (
-    "Your own id for this request, such as 'intro-shot-1'. Strongly advised: "
+    "Your own id for this request, such as 'intro-shot-1' (no '/'). Strongly advised: "
     "a create with a key already used returns that task and pays nothing; without a key "
     "every call creates, and pays for, a new task."
 )
@@ -132,7 +133,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
         with tool_errors():
             handle = await tools.create(
                 TaskFamily.EXTEND,
-                key,
+                check_create_key(key),
                 lambda: session.extend(
                     video_id,
                     prompt=prompt,
@@ -164,7 +165,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
         with tool_errors():
             handle = await tools.create(
                 TaskFamily.TEXT2VIDEO,
-                key,
+                check_create_key(key),
                 lambda: session.text_to_video(
                     prompt,
                     model_name=model_name or "kling-v1",
@@ -207,7 +208,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
             last = image_argument("image_tail", image_tail, tools.allow_dirs)
             handle = await tools.create(
                 TaskFamily.IMAGE2VIDEO,
-                key,
+                check_create_key(key),
                 lambda: session.image_to_video(
                     first,
                     image_tail=last,

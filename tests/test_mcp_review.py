@@ -149,3 +149,23 @@ async def test_a_download_never_replaces_a_file_under_a_chosen_name(
     assert "exists already" in text(refused)
     assert b"the operator's" == (out / "mine.mp4").read_bytes()
     assert first["path"] == again["path"]
+
+
+async def test_a_create_key_with_a_slash_is_refused_so_no_chain_link_is_taken(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A chain's links are journaled as KEY/1, KEY/2, ...: extend_video with key 'x/2' was
+    created, and a chain 'x' then paid for link 1 and stopped at link 2 (the key named
+    another request). Such a key is now refused before anything is sent."""
+    async with stdio(emu, tmp_path) as client:
+        refused = [
+            await client.call_tool(tool, {**arguments, "key": "x/2"})
+            for tool, arguments in (
+                ("extend_video", {"video_id": "v9"}),
+                ("text_to_video", {"prompt": "a cat"}),
+                ("image_to_video", {"image": "https://example.com/a.png"}),
+            )
+        ]
+        assert 0 == creates(emu)
+        assert all(result.is_error and "'/'" in text(result) for result in refused)
+        ok(await client.call_tool("extend_video", {"video_id": "v9", "key": "x-2"}))

@@ -15,6 +15,7 @@ from kling_async._mcp_files import download_path, image_argument
 from kling_async._mcp_results import (
     DEFAULT_WAIT,
     ToolProblem,
+    check_create_key,
     check_limit,
     check_timeout,
     family_of,
@@ -149,6 +150,14 @@ def test_a_task_is_counted_once_and_tasks_of_others_not_at_all() -> None:
 
 
 # -- arguments and results --------------------------------------------------------------------
+
+
+def test_a_create_key_may_not_name_a_chain_link() -> None:
+    """'/' is the chain links' separator (KEY/1): a create's key may not hold one."""
+    assert check_create_key(None) is None
+    assert "shot-1" == check_create_key("shot-1")
+    with pytest.raises(ToolProblem, match="'/'"):
+        check_create_key("film/1")
 
 
 def test_wait_seconds_default_and_bounds() -> None:
