@@ -160,7 +160,8 @@ async def _main(args: argparse.Namespace) -> int:
             )
             server = build_server(tools)
             if args.http is None:  # over HTTP, uvicorn stops serving on a signal (`_Uvicorn`)
-                watch.start_soon(_end_on_sigterm, tools)
+                if sys.platform != "win32":  # no signal handlers in Windows' event loops
+                    watch.start_soon(_end_on_sigterm, tools)
                 await server.run_stdio_async()
             else:
                 await _serve_http(server, *args.http)
