@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from uvicorn.server import HANDLED_SIGNALS
 
 from . import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal, __version__
 from ._cli_output import session_options, timeouts
@@ -137,8 +138,7 @@ class _Uvicorn(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        original = {number: signal.signal(number, self.handle_exit) for number in handled}
+        original = {number: signal.signal(number, self.handle_exit) for number in HANDLED_SIGNALS}
         try:
             yield
         finally:
