@@ -50,6 +50,7 @@ class Ledger:
         self._highest: dict[TaskFamily, tuple[decimal.Decimal, decimal.Decimal]] = {}
         # The families whose units (first) and cash (second) a finished task has shown.
         self._priced: tuple[set[TaskFamily], set[TaskFamily]] = (set(), set())
+        self._cashless: str | None = None  # a task of ours that finished with no cash stated
         self._pending: dict[int, TaskFamily] = {}
         self._numbers = 0
 
@@ -91,6 +92,8 @@ class Ledger:
         if task.task_id in self._running:
             self._running.discard(task.task_id)
             self._spending.saw(task)
+            if cost is not None and cost.cash is None and self._cashless is None:
+                self._cashless = task.task_id
 
     # -- what it means --------------------------------------------------------------------
 
@@ -148,6 +151,13 @@ class Ledger:
     def refusal(self, limits: Limits) -> str | None:
         """Why a create must not be sent under ``limits``, or None when it may."""
         units, cash = self.committed()
+        if limits.cash is not None and self._cashless is not None:
+            return (
+                f"the spending limit --max-cash {limits.cash} cannot be kept: task "
+                f"{self._cashless} finished with a cost that states no cash (Kling's own API "
+                "states units only), so the cash spent is not known; the operator should "
+                "limit units (--max-units) instead; nothing was sent"
+            )
         for what, limit, reached in (("units", limits.units, units), ("cash", limits.cash, cash)):
             unpriced = [] if limit is None else self.unpriced(what)
             if unpriced:

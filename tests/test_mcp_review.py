@@ -169,3 +169,18 @@ async def test_a_create_key_with_a_slash_is_refused_so_no_chain_link_is_taken(
         assert 0 == creates(emu)
         assert all(result.is_error and "'/'" in text(result) for result in refused)
         ok(await client.call_tool("extend_video", {"video_id": "v9", "key": "x-2"}))
+
+
+async def test_a_cash_limit_on_an_account_that_states_no_cash_stops_creates(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """The emulator, like Kling's own API, states units and no cash: --max-cash alone was
+    never reached (0 cash spent), so creates one after another went on for ever. After the
+    first task finished without cash, creates are refused, saying why."""
+    async with stdio(emu, tmp_path, "--max-cash", "5") as client:
+        made = ok(await client.call_tool("extend_video", {"video_id": "v1"}))
+        ok(await client.call_tool("wait_for_task", {"task_id": made["task_id"]}))
+        refused = await client.call_tool("extend_video", {"video_id": "v2"})
+    assert refused.is_error
+    assert "--max-cash 5 cannot be kept" in text(refused)
+    assert 1 == creates(emu)

@@ -119,6 +119,19 @@ def test_a_create_on_its_way_counts_until_released() -> None:
     assert (D(2), D(0)) == ledger.committed()
 
 
+def test_a_cash_limit_refuses_once_a_task_of_ours_finished_without_cash() -> None:
+    """Kling's own API states units only: the cash spent cannot be known, so --max-cash
+    refuses every create after the first such task instead of never being reached."""
+    ledger = Ledger()
+    made(ledger, "a")
+    ledger.saw(finished("a", "1"), EXTEND)
+    refusal = ledger.refusal(Limits(cash=D(5)))
+    assert refusal is not None
+    assert "--max-cash 5" in refusal
+    assert "task a" in refusal
+    assert ledger.refusal(Limits(units=D(5))) is None
+
+
 def test_cash_is_limited_on_its_own_in_exact_decimals() -> None:
     """--max-cash compares exact decimals: 0.1 + 0.2 reaches 0.3."""
     ledger = Ledger()
