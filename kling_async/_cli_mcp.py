@@ -11,7 +11,7 @@ import decimal
 import ipaddress
 import pathlib
 
-from ._cli_output import PROG, say, usage_error
+from ._cli_output import PROG, say, seconds_argument, usage_error
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -51,16 +51,6 @@ def _amount(text: str) -> decimal.Decimal:
     return amount
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``mcp`` command's flags."""
     parser.add_argument(
@@ -75,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--emulator-step",
-        type=_seconds,
+        type=seconds_argument,
         default=2.0,
         metavar="SECONDS",
         help="with --emulator: emulated seconds per status step (default %(default)s)",
@@ -115,8 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a plain http:// base URL that is not on this machine",
     )
-    group.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS")
-    group.add_argument("--read-timeout", type=_seconds, metavar="SECONDS")
+    group.add_argument("--connect-timeout", type=seconds_argument, metavar="SECONDS")
+    group.add_argument("--read-timeout", type=seconds_argument, metavar="SECONDS")
 
 
 def run(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:

@@ -46,6 +46,7 @@ __all__ = [
     "request_text",
     "rich_console",
     "say",
+    "seconds_argument",
     "session_options",
     "silence_stdout",
     "size_text",
@@ -135,6 +136,14 @@ def number(text: str) -> float:
         return float(text)
     except ValueError:
         return math.nan
+
+
+def seconds_argument(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (a bad one is a usage error)."""
+    value = number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 class OutputClosed(Exception):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import TaskFamily, __version__, _cli_chain, _cli_journal, _cli_mcp
-from ._cli_output import PROG, number
+from ._cli_output import PROG, number, seconds_argument
 from .testing import emulator_command
 
 __all__ = ["build_parser"]
@@ -22,13 +22,6 @@ _REMOTE = ("extend", "get", "wait", "list", "batch", "chain", "mcp")
 
 
 # -- argument types: argparse reports a bad value as a one-line usage error ------------------
-
-
-def _seconds(text: str) -> float:
-    value = number(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -77,7 +70,7 @@ def _add_verbose(parser: argparse.ArgumentParser | Any) -> None:
 def _add_waiting(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds_argument,
         metavar="SECONDS",
         help="stop waiting after SECONDS (then query the task once more)",
     )
@@ -100,13 +93,13 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--connect-timeout",
-        type=_seconds,
+        type=seconds_argument,
         metavar="SECONDS",
         help="give up connecting after SECONDS (default 10)",
     )
     group.add_argument(
         "--read-timeout",
-        type=_seconds,
+        type=seconds_argument,
         metavar="SECONDS",
         help="give up on a reply after SECONDS without data (default 60); a create in doubt "
         "is looked up until SECONDS x 2 + the connect timeout after it was sent",
@@ -166,7 +159,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     demo.add_argument(
         "--step",
-        type=_seconds,
+        type=seconds_argument,
         default=0.5,
         metavar="SECONDS",
         help="emulated seconds per status step (default %(default)s)",

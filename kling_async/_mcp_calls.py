@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -21,7 +20,7 @@ import anyio
 import anyio.abc
 
 from ._handle import TaskHandle
-from ._mcp_results import SpendingRefusal, ToolProblem
+from ._mcp_results import SpendingRefusal
 from ._mcp_spending import Ledger, Limits
 from ._session import KlingSession
 from ._sqlite_journal import SQLiteJournal
@@ -33,7 +32,6 @@ __all__ = ["KlingTools", "server_key"]
 logger = logging.getLogger("kling_async")
 
 # The keys the server gives creates that came without one (docs/mcp.md, "Safety rules").
-_SERVER_KEY = re.compile(r"mcp/[0-9a-f]{32}")
 
 
 def server_key() -> str:
@@ -62,6 +60,8 @@ class KlingTools:
         self.journal = journal  # the session's own: chains are read back from it
         self._group = group
         self._runs: set[anyio.CancelScope] = set()
+        self._creating = 0  # creates started and not yet done
+        self._idle = anyio.Event()  # set when _creating falls to 0
 
     def family(self, task_id: str, named: TaskFamily | None) -> TaskFamily:
         """The family to query ``task_id`` on: the one named, else the one it was made
@@ -114,13 +114,9 @@ class KlingTools:
         start: Callable[[str], Awaitable[TaskHandle]],
     ) -> TaskHandle:
         """Check the spending limit, then run ``start`` with the create's key (``key``, or
-        a new one of the server's) in the server's task group: the create completes, and
-        is in the journal, even when the tool call is cancelled."""
-        if key is not None and _SERVER_KEY.fullmatch(key):
-            raise ToolProblem(
-                f"the key {key!r} has the form of the server's own keys ('mcp/' and 32 hex "
-                "digits, given to creates without a key); choose another key; nothing was sent"
-            )
+        a new one of the server's, which no caller's can be: it has a '/', refused by
+        `check_create_key`) in the server's task group: the create completes, and is in the
+        journal, even when the tool call is cancelled."""
         if key is None or not await self._paid_for(key):
             self.catch_up()
             refusal = self.ledger.refusal(self.limits)
@@ -141,14 +137,25 @@ class KlingTools:
                 self.ledger.created(reservation, handle.task_id, used)
                 outcome.append(handle)
             finally:
+                self._creating -= 1
+                if not self._creating:
+                    self._idle.set()
                 done.set()
 
+        self._creating += 1
         self._group.start_soon(run)
         await done.wait()
         result = outcome[0]
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def settled(self) -> None:
+        """Return once no create is on its way (each has made its task, or failed)."""
+        if self._creating:
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            await self._idle.wait()
 
     async def _paid_for(self, key: str) -> bool:
         """Whether a create with ``key`` already made its task (here, or in the journal

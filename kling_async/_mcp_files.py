@@ -57,12 +57,14 @@ def image_argument(
     return path
 
 
-def download_path(out: pathlib.Path, name: str) -> pathlib.Path:
+def download_path(out: pathlib.Path, name: str, *, replace: bool = False) -> pathlib.Path:
     """Where a download named ``name`` goes: a plain file name directly inside ``out``.
 
-    Refused: an empty name, an absolute one, one with a folder part or ``..``, and one whose
-    place is a symlink or resolves outside ``out``. A name without a suffix gets ``.mp4``
-    (the SDK would take a bare name for a folder).
+    Refused: an empty name, an absolute one, one with a folder part or ``..``, one whose
+    place is a symlink or resolves outside ``out``, and, unless ``replace``, one that
+    exists already (a name the model chose must not replace another video or the
+    operator's file). A name without a suffix gets ``.mp4`` (the SDK would take a bare
+    name for a folder).
     """
     if not name or not name.strip():
         raise ToolProblem("filename must not be empty")
@@ -81,6 +83,11 @@ def download_path(out: pathlib.Path, name: str) -> pathlib.Path:
     target = folder / name
     if target.is_symlink() or target.resolve().parent != folder:
         raise ToolProblem(f"filename {name!r} leads outside the download folder")
+    if not replace and os.path.lexists(target):
+        raise ToolProblem(
+            f"filename {name!r} exists already in the download folder: choose another name "
+            "(or leave filename out to save the video under its id)"
+        )
     return target
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_WAIT",
     "SpendingRefusal",
     "ToolProblem",
+    "check_create_key",
     "check_limit",
     "check_timeout",
     "family_of",
@@ -64,6 +65,18 @@ def family_of(name: str | None) -> TaskFamily | None:
             f"family must be one of video-extend, text2video, image2video; got {name!r}"
         )
     return family
+
+
+def check_create_key(key: str | None) -> str | None:
+    """A create tool's key: any text without '/', which names a chain's links (``KEY/1``,
+    ``KEY/2``, ...; docs/mcp.md, "Chains"): a create under such a key would take a chain's
+    place in the journal, and the chain would pay for its first links, then stop."""
+    if key is not None and "/" in key:
+        raise ToolProblem(
+            f"key must not contain '/' (KEY/1, KEY/2, ... are the keys of chain_videos' "
+            f"links); got {key!r}"
+        )
+    return key
 
 
 def check_timeout(timeout_s: float | None) -> float:

@@ -4,7 +4,8 @@ One `KlingSession` serves every tool call (one poller per task, one pace, one 13
 creates run in the server's own task group, so a create whose caller went away (a cancelled
 request, a closed connection) still finishes and lands in the journal. The tools are
 registered by `_mcp_tools`, one function per group; the rules are pure (`_mcp_results`,
-`_mcp_spending`, `_mcp_files`). Needs ``kling-async[mcp]`` (docs/mcp.md).
+`_mcp_spending`) or look only at the file system (`_mcp_files`). Needs ``kling-async[mcp]``
+(docs/mcp.md).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import argparse
 import contextlib
 import ipaddress
 import pathlib
+import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
+import uvicorn
 from mcp.server.mcpserver import MCPServer
+from uvicorn.server import HANDLED_SIGNALS
 
 from . import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal, __version__
 from ._cli_output import session_options, timeouts
@@ -103,8 +108,6 @@ async def _opened(args: argparse.Namespace, journal: SQLiteJournal) -> AsyncIter
 async def _serve_http(server: MCPServer, host: str, port: int) -> None:
     """Serve the streamable HTTP transport at ``http://HOST:PORT/mcp``; the first line on
     stderr says where (the port may have been 0: any free one)."""
-    import uvicorn
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,29 +124,63 @@ async def _serve_http(server: MCPServer, host: str, port: int) -> None:
         )
     app = server.streamable_http_app(host=host)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve(sockets=[sock])
+    await _Uvicorn(config).serve(sockets=[sock])
+
+
+class _Uvicorn(uvicorn.Server):
+    """Uvicorn, stopped by SIGINT or SIGTERM without raising the signal again once it
+    stopped serving (as uvicorn does, which ended the process at once): the creates still
+    running must finish and be recorded first (docs/mcp.md, "Never lost"). A second signal
+    while they finish ends the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {number: signal.signal(number, self.handle_exit) for number in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in original.items():
+                signal.signal(number, handler)
 
 
 async def _main(args: argparse.Namespace) -> int:
     limits = Limits(units=args.max_units, cash=args.max_cash)
-    async with _session(args) as (session, journal), anyio.create_task_group() as group:
-        tools = KlingTools(
-            session,
-            group,
-            journal=journal,
-            limits=limits,
-            out=args.out,
-            allow_dirs=tuple(args.allow_dir),
-        )
-        await tools.start()  # the journal's tasks count, and the unfinished are followed
-        server = build_server(tools)
-        if args.http is None:
-            await server.run_stdio_async()
-        else:
-            await _serve_http(server, *args.http)
-        tools.stop_runs()  # chains stop here; a keyed one resumes from the journal later
-        # Creates still running finish first (they are paid): the task group waits for them.
+    async with _session(args) as (session, journal), anyio.create_task_group() as watch:
+        async with anyio.create_task_group() as group:
+            tools = KlingTools(
+                session,
+                group,
+                journal=journal,
+                limits=limits,
+                out=args.out,
+                allow_dirs=tuple(args.allow_dir),
+            )
+            await tools.start()  # the journal's tasks count, and the unfinished are followed
+            server = build_server(tools)
+            if args.http is None:  # over HTTP, uvicorn stops serving on a signal (`_Uvicorn`)
+                if sys.platform != "win32":  # no signal handlers in Windows' event loops
+                    watch.start_soon(_end_on_sigterm, tools)
+                await server.run_stdio_async()
+            else:
+                await _serve_http(server, *args.http)
+            tools.stop_runs()  # chains stop here; a keyed one resumes from the journal later
+            # Creates still running finish first (they are paid): the group waits for them.
+        watch.cancel_scope.cancel()
     return 0
+
+
+async def _end_on_sigterm(tools: KlingTools) -> None:
+    """SIGTERM, which a stdio client sends after closing stdin, ends the process once the
+    creates on their way are sent and recorded (docs/mcp.md, "Never lost"), not before. A
+    second SIGTERM ends it at once."""
+    with anyio.open_signal_receiver(signal.SIGTERM) as received:
+        async for _ in received:
+            break
+    await tools.settled()
+    signal.raise_signal(signal.SIGTERM)
 
 
 def run(args: argparse.Namespace) -> int:

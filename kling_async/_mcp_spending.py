@@ -5,6 +5,8 @@ starts, each task id it made, and each finished task it sees; `Ledger.refusal` d
 a create is sent whether the limit allows it (docs/mcp.md, "The spending limit"). A task
 still running, or a create still on its way, counts at the highest cost seen so far for its
 family, so an agent in a loop cannot start more than the limit allows while none has finished.
+A family with no cost seen yet cannot be priced: with a limit set, one task of such a family
+may be running or on its way at a time, until one finishes with its cost.
 At start the ledger is rebuilt from the server's journal (`Ledger.restore`): a restart does
 not reset the limit.
 """
@@ -52,6 +54,9 @@ class Ledger:
         self._running: set[str] = set()
         self._keys: dict[str, str] = {}  # a create's key -> the task id it made
         self._highest: dict[TaskFamily, tuple[decimal.Decimal, decimal.Decimal]] = {}
+        # The families whose units (first) and cash (second) a finished task has shown.
+        self._priced: tuple[set[TaskFamily], set[TaskFamily]] = (set(), set())
+        self._cashless: str | None = None  # a task of ours that finished with no cash stated
         self._pending: dict[int, TaskFamily] = {}
         self._numbers = 0
         self._doubts: dict[str, Reservation] = {}  # a journaled create in doubt, by key
@@ -126,9 +131,14 @@ class Ledger:
                 max(units, cost.units or _ZERO[0]),
                 max(cash, cost.cash or _ZERO[1]),
             )
+            for part, amount in enumerate((cost.units, cost.cash)):
+                if amount is not None:
+                    self._priced[part].add(family)
         if task.task_id in self._running:
             self._running.discard(task.task_id)
             self._spending.saw(task)
+            if cost is not None and cost.cash is None and self._cashless is None:
+                self._cashless = task.task_id
 
     # -- what it means --------------------------------------------------------------------
 
@@ -170,10 +180,40 @@ class Ledger:
             cash += high_cash
         return units, cash
 
+    def unpriced(self, what: str) -> list[tuple[str | None, TaskFamily]]:
+        """The tasks (by id; None for a create still on its way) and their families, still
+        running, whose ``what`` (units or cash) no finished task of their family has shown
+        yet: the limit cannot count them."""
+        part = 0 if what == "units" else 1
+        running = [(task_id, self._families[task_id]) for task_id in self._running]
+        pending = [(None, family) for family in self._pending.values()]
+        return [
+            (task, family)
+            for task, family in [*running, *pending]
+            if family not in self._priced[part]
+        ]
+
     def refusal(self, limits: Limits) -> str | None:
         """Why a create must not be sent under ``limits``, or None when it may."""
         units, cash = self.committed()
+        if limits.cash is not None and self._cashless is not None:
+            return (
+                f"the spending limit --max-cash {limits.cash} cannot be kept: task "
+                f"{self._cashless} finished with a cost that states no cash (Kling's own API "
+                "states units only), so the cash spent is not known; the operator should "
+                "limit units (--max-units) instead; nothing was sent"
+            )
         for what, limit, reached in (("units", limits.units, units), ("cash", limits.cash, cash)):
+            unpriced = [] if limit is None else self.unpriced(what)
+            if unpriced:
+                task_id, family = unpriced[0]
+                which = "a create still on its way" if task_id is None else f"task {task_id}"
+                return (
+                    f"the spending limit (--max-{what} {limit}) cannot count {which} "
+                    f"({family.value}): no {family.value} task created here has finished "
+                    f"with its {what} yet, so one runs at a time until one does; call "
+                    "wait_for_task on it, then create again; nothing was sent"
+                )
             if limit is not None and reached >= limit:
                 return (
                     f"the spending limit is reached: --max-{what} {limit}, and {reached} {what} "

@@ -23,6 +23,7 @@ from ._mcp_files import download_path, image_argument
 from ._mcp_results import (
     MAX_WAIT,
     ToolProblem,
+    check_create_key,
     check_limit,
     check_timeout,
     family_of,
@@ -58,7 +59,7 @@ INSTRUCTIONS = (
 )
 
 _KEY = (
-    "Your own id for this request, such as 'intro-shot-1'. Strongly advised: "
+    "Your own id for this request, such as 'intro-shot-1' (no '/'). Strongly advised: "
     "a create with a key already used returns that task and pays nothing; without a key "
     "every call creates, and pays for, a new task."
 )
@@ -132,7 +133,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
         with tool_errors():
             handle = await tools.create(
                 TaskFamily.EXTEND,
-                key,
+                check_create_key(key),
                 lambda used: session.extend(
                     video_id,
                     prompt=prompt,
@@ -164,7 +165,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
         with tool_errors():
             handle = await tools.create(
                 TaskFamily.TEXT2VIDEO,
-                key,
+                check_create_key(key),
                 lambda used: session.text_to_video(
                     prompt,
                     model_name=model_name or "kling-v1",
@@ -207,7 +208,7 @@ def register_create_tools(server: MCPServer, tools: KlingTools) -> None:
             last = image_argument("image_tail", image_tail, tools.allow_dirs)
             handle = await tools.create(
                 TaskFamily.IMAGE2VIDEO,
-                key,
+                check_create_key(key),
                 lambda used: session.image_to_video(
                     first,
                     image_tail=last,
@@ -294,7 +295,8 @@ def register_task_tools(server: MCPServer, tools: KlingTools) -> None:
     async def spending() -> CallToolResult:
         """What this server spent (units and cash, as decimal strings), its limits, and the
         tasks it created: every task in its journal, before a restart too. Creates are
-        refused once spent plus running tasks reach a limit."""
+        refused once spent plus running tasks reach a limit; with a limit, a kind of task
+        whose cost is not known yet runs one at a time."""
         tools.catch_up()
         ledger, limits = tools.ledger, tools.limits
         text = (
@@ -336,7 +338,10 @@ def register_file_tools(server: MCPServer, tools: KlingTools) -> None:
         task_id: TaskId,
         filename: Annotated[
             str | None,
-            Field(description="A plain file name (default: the video id with .mp4)."),
+            Field(
+                description="A plain file name not yet in the download folder (default: "
+                "the video id with .mp4)."
+            ),
         ] = None,
         family: FamilyName = None,
     ) -> CallToolResult:
@@ -358,7 +363,9 @@ def register_file_tools(server: MCPServer, tools: KlingTools) -> None:
                     "call wait_for_task until it succeeds"
                 )
             await anyio.to_thread.run_sync(lambda: tools.out.mkdir(parents=True, exist_ok=True))
-            path = download_path(tools.out, filename or file_name(video.id, video.url))
+            # The video's own name may be saved again (the same video); a chosen one not.
+            named = filename or file_name(video.id, video.url)
+            path = download_path(tools.out, named, replace=filename is None)
             saved = await session.download(task, path)
             structured = {"path": str(saved), "task": task_json(task, known)}
             return _result(structured, f"saved video {video.id} of task {task_id} to {saved}")

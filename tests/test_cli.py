@@ -762,12 +762,12 @@ def test_an_empty_base_url_is_an_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_argument_types_refuse_what_the_sdk_would() -> None:
     """The argparse types: positive finite seconds, 0..1 fractions, bounded counts."""
-    assert 2.5 == _cli_parser._seconds("2.5")
+    assert 2.5 == _cli_output.seconds_argument("2.5")
     assert 0.5 == _cli_parser._fraction("0.5")
     assert 500 == _cli_parser._count(500)("500")
     for check, text in [
-        (_cli_parser._seconds, "0"),
-        (_cli_parser._seconds, str(math.inf)),
+        (_cli_output.seconds_argument, "0"),
+        (_cli_output.seconds_argument, str(math.inf)),
         (_cli_parser._fraction, "-0.1"),
         (_cli_parser._count(500), "501"),
         (_cli_parser._count(500), "1.0"),

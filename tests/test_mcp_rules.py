@@ -26,6 +26,7 @@ from kling_async._mcp_files import download_path, image_argument
 from kling_async._mcp_results import (
     DEFAULT_WAIT,
     ToolProblem,
+    check_create_key,
     check_limit,
     check_timeout,
     family_of,
@@ -90,12 +91,33 @@ def test_a_running_task_counts_at_the_highest_cost_seen_for_its_family() -> None
 
 def test_other_families_costs_do_not_price_a_running_task() -> None:
     """The highest cost is per family: a running text2video task with no text2video cost
-    seen counts 0, however dear the extends were."""
+    seen counts 0 in the sums, however dear the extends were; it is unpriced instead."""
     ledger = Ledger()
     made(ledger, "a")
     ledger.saw(finished("a", "5"), EXTEND)
     made(ledger, "t", TaskFamily.TEXT2VIDEO)
     assert (D(5), D(0)) == ledger.committed()
+    assert [("t", TaskFamily.TEXT2VIDEO)] == ledger.unpriced("units")
+
+
+def test_a_task_of_a_kind_with_no_cost_seen_lets_no_other_create_pass_the_limit() -> None:
+    """A fresh server knows no cost: a running (or reserved) task of an unpriced kind would
+    count 0, so with a limit nothing more may go until one finishes with its cost. Without a
+    limit nothing is refused; a kind priced in units only stays unpriced for --max-cash."""
+    ledger = Ledger()
+    reservation = ledger.reserve(EXTEND)
+    refusal = ledger.refusal(Limits(units=D(2)))
+    assert refusal is not None
+    assert "--max-units 2" in refusal
+    assert "nothing was sent" in refusal
+    assert ledger.refusal(Limits()) is None
+    ledger.created(reservation, "a", None)
+    assert "wait_for_task on it" in (ledger.refusal(Limits(units=D(2))) or "")
+    assert "task a (video-extend)" in (ledger.refusal(Limits(units=D(2))) or "")
+    ledger.saw(finished("a", "1"), EXTEND)
+    made(ledger, "b")
+    assert ledger.refusal(Limits(units=D(3))) is None
+    assert "--max-cash 5" in (ledger.refusal(Limits(cash=D(5))) or "")
 
 
 def test_a_create_on_its_way_counts_until_released() -> None:
@@ -107,6 +129,19 @@ def test_a_create_on_its_way_counts_until_released() -> None:
     assert (D(4), D(0)) == ledger.committed()
     ledger.released(reservation)
     assert (D(2), D(0)) == ledger.committed()
+
+
+def test_a_cash_limit_refuses_once_a_task_of_ours_finished_without_cash() -> None:
+    """Kling's own API states units only: the cash spent cannot be known, so --max-cash
+    refuses every create after the first such task instead of never being reached."""
+    ledger = Ledger()
+    made(ledger, "a")
+    ledger.saw(finished("a", "1"), EXTEND)
+    refusal = ledger.refusal(Limits(cash=D(5)))
+    assert refusal is not None
+    assert "--max-cash 5" in refusal
+    assert "task a" in refusal
+    assert ledger.refusal(Limits(units=D(5))) is None
 
 
 def test_cash_is_limited_on_its_own_in_exact_decimals() -> None:
@@ -209,6 +244,14 @@ def test_creates_in_doubt_are_settled_from_the_journal_once_looked_up() -> None:
 # -- arguments and results --------------------------------------------------------------------
 
 
+def test_a_create_key_may_not_name_a_chain_link() -> None:
+    """'/' is the chain links' separator (KEY/1): a create's key may not hold one."""
+    assert check_create_key(None) is None
+    assert "shot-1" == check_create_key("shot-1")
+    with pytest.raises(ToolProblem, match="'/'"):
+        check_create_key("film/1")
+
+
 def test_wait_seconds_default_and_bounds() -> None:
     """timeout_s: 50 by default, 0 to 300, never NaN."""
     assert DEFAULT_WAIT == check_timeout(None)
@@ -267,6 +310,14 @@ def test_a_download_name_that_is_a_symlink_out_is_refused(tmp_path: pathlib.Path
         download_path(out, "clip.mp4")
     assert out.resolve() / "fine.mp4" == download_path(out, "fine.mp4")
     assert out.resolve() / "bare.mp4" == download_path(out, "bare")
+
+
+def test_a_download_name_that_exists_is_refused_unless_replacing(tmp_path: pathlib.Path) -> None:
+    """A chosen name never replaces a file in --out; the video's own name may (replace)."""
+    (tmp_path / "mine.mp4").write_bytes(b"kept")
+    with pytest.raises(ToolProblem, match="exists already"):
+        download_path(tmp_path, "mine.mp4")
+    assert tmp_path.resolve() / "mine.mp4" == download_path(tmp_path, "mine.mp4", replace=True)
 
 
 def test_local_images_only_inside_allowed_folders(tmp_path: pathlib.Path) -> None:
