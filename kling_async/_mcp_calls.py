@@ -31,11 +31,9 @@ __all__ = ["KlingTools", "server_key"]
 
 logger = logging.getLogger("kling_async")
 
-# The keys the server gives creates that came without one (docs/mcp.md, "Safety rules").
-
-
 def server_key() -> str:
-    """A new key of the server's own: ``mcp/`` and 32 hex digits, new at every call."""
+    """A new key of the server's own, for a create that came without one: ``mcp/`` and 32
+    hex digits, new at every call (docs/mcp.md, "Safety rules")."""
     return f"mcp/{uuid.uuid4().hex}"
 
 
