@@ -1,4 +1,4 @@
-"""A hostile review of ``kling-async mcp``, driven by the official ``mcp`` client against the
+"""``kling-async mcp`` under attack, driven by the official ``mcp`` client against the
 emulator: what an agent or an operator could do to make it pay, leak or stop."""
 
 from __future__ import annotations
