@@ -20,8 +20,9 @@ import anyio
 import anyio.abc
 
 from ._handle import TaskHandle
+from ._journal import EntryState
 from ._mcp_results import SpendingRefusal
-from ._mcp_spending import Ledger, Limits
+from ._mcp_spending import Ledger, Limits, Reservation
 from ._session import KlingSession
 from ._sqlite_journal import SQLiteJournal
 from .errors import JournalError, KlingError, TaskFailedError
@@ -30,6 +31,7 @@ from .models import Task, TaskFamily
 __all__ = ["KlingTools", "server_key"]
 
 logger = logging.getLogger("kling_async")
+
 
 def server_key() -> str:
     """A new key of the server's own, for a create that came without one: ``mcp/`` and 32
@@ -129,7 +131,7 @@ class KlingTools:
             try:
                 handle = await start(used)
             except Exception as error:  # handed to the caller below, if it still listens
-                self.ledger.released(reservation)
+                await self._failed(reservation, used)
                 outcome.append(error)
             else:
                 self.ledger.created(reservation, handle.task_id, used)
@@ -147,6 +149,22 @@ class KlingTools:
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def _failed(self, reservation: Reservation, key: str) -> None:
+        """A create under ``key`` raised: the journal says whether it made a task after all,
+        may have made one (in doubt: still counted), or made none."""
+        try:
+            entry = await self.journal.get(key)
+        except (JournalError, RuntimeError) as error:  # unknown: keep counting it
+            logger.warning("could not read the journal's record of %r: %s", key, error)
+            self.ledger.in_doubt(reservation, key)
+            return
+        if entry is not None and entry.task_id is not None:
+            self.ledger.created(reservation, entry.task_id, key)
+        elif entry is not None and entry.state is EntryState.SENDING:
+            self.ledger.in_doubt(reservation, key)
+        else:
+            self.ledger.released(reservation)
 
     async def settled(self) -> None:
         """Return once no create is on its way (each has made its task, or failed)."""

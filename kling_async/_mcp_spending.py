@@ -97,7 +97,7 @@ class Ledger:
                 continue
             else:
                 self.released(reservation)
-            del self._doubts[key]
+            self._doubts.pop(key, None)  # `created` may have taken it already
 
     # -- what happened --------------------------------------------------------------------
 
@@ -112,6 +112,9 @@ class Ledger:
         self._pending.pop(reservation.number, None)
         if key is not None:
             self._keys[key] = task_id
+            doubt = self._doubts.pop(key, None)  # the key's create in doubt: this task
+            if doubt is not None:
+                self._pending.pop(doubt.number, None)
         if task_id not in self._families:
             self._families[task_id] = reservation.family
             self._running.add(task_id)
@@ -119,6 +122,15 @@ class Ledger:
     def released(self, reservation: Reservation) -> None:
         """The reserved create failed: it made no task this server knows of."""
         self._pending.pop(reservation.number, None)
+
+    def in_doubt(self, reservation: Reservation, key: str) -> None:
+        """The reserved create under ``key`` may have made a task that nobody can name
+        (its reply was lost, the look-up could not tell): it keeps counting as running,
+        never guessed away, until its key's task is known (`created`, `settled`)."""
+        if key in self._doubts:  # already counted once for this key
+            self._pending.pop(reservation.number, None)
+        else:
+            self._doubts[key] = reservation
 
     def saw(self, task: Task, family: TaskFamily) -> None:
         """``task`` (of ``family``) was seen: remember the cost of a finished one."""

@@ -184,3 +184,24 @@ async def test_a_cash_limit_on_an_account_that_states_no_cash_stops_creates(
     assert refused.is_error
     assert "--max-cash 5 cannot be kept" in text(refused)
     assert 1 == creates(emu)
+
+
+async def test_a_create_in_doubt_keeps_counting_against_the_limit(
+    emu: KlingEmulator, tmp_path: pathlib.Path
+) -> None:
+    """A create whose outcome nobody can tell (a 504: it may still make its task) stays in
+    the ledger as running, never guessed away: with one unit spent and one in doubt, a
+    --max-units 2 server refuses the next create with nothing sent."""
+    async with stdio(emu, tmp_path, "--max-units", "2") as client:
+        first = ok(await client.call_tool("extend_video", {"video_id": "v0", "key": "k0"}))
+        ok(await client.call_tool("wait_for_task", {"task_id": first["task_id"]}))
+        emu.inject(Fault.http(504), route="create")
+        doubtful = await client.call_tool("extend_video", {"video_id": "v1", "key": "k1"})
+        assert doubtful.is_error
+        sent = len(emu.requests)
+        refused = await client.call_tool("extend_video", {"video_id": "v2", "key": "k2"})
+        assert refused.is_error
+        assert "--max-units 2" in text(refused)
+        assert not [r for r in emu.requests[sent:] if r.route == "create"]
+        spent = ok(await client.call_tool("spending", {}))
+    assert "1" == spent["units_spent"]

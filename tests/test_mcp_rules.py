@@ -241,6 +241,21 @@ def test_creates_in_doubt_are_settled_from_the_journal_once_looked_up() -> None:
     assert D(4) == ledger.units
 
 
+def test_a_create_in_doubt_counts_until_its_key_names_a_task() -> None:
+    """A create whose outcome is unknown keeps counting (once per key, however often it is
+    tried again in doubt) until a create under its key names the task."""
+    ledger = Ledger()
+    made(ledger, "a", key="a")
+    ledger.saw(finished("a", "2"), EXTEND)
+    ledger.in_doubt(ledger.reserve(EXTEND), "k")
+    ledger.in_doubt(ledger.reserve(EXTEND), "k")  # tried again, in doubt again
+    assert (D(4), D(0)) == ledger.committed()
+    assert ledger.refusal(Limits(units=D(4), cash=None)) is not None
+    made(ledger, "b", key="k")  # the key's task, found at last
+    assert (D(4), D(0)) == ledger.committed()
+    assert ["b"] == [task_id for task_id, _ in ledger.running()]
+
+
 # -- arguments and results --------------------------------------------------------------------
 
 
