@@ -21,7 +21,15 @@ from collections.abc import Mapping, Sequence
 import anyio
 import attrs
 
-from . import ChainError, ChainHandle, ImageToVideo, KlingSession, SQLiteJournal, TextToVideo
+from . import (
+    ChainError,
+    ChainHandle,
+    ImageToVideo,
+    KlingSession,
+    SQLiteJournal,
+    TaskHandle,
+    TextToVideo,
+)
 from ._chain import link_prompts
 from ._cli_output import (
     INTERRUPTED,
@@ -258,6 +266,7 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
         display, ChainSnapshot(finished=0, total=total, stage="", elapsed=0), args.quiet
     )
     result: list[pathlib.Path | Task] = []
+    made: list[str] = []  # the source task the chain made: say its id and family
 
     async def main() -> None:
         begun = started()
@@ -275,6 +284,8 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
                 outcome = await _outcome(chain)
                 progress.update(_snapshot(chain, total, made_source, started() - begun))
                 group.cancel_scope.cancel()
+            if chain.source is not None:
+                made.append(_source_line(chain.source))
             if isinstance(outcome, ChainError):
                 raise outcome
             task = outcome
@@ -298,6 +309,8 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     except ChainError as error:
         progress.close()
         say(f"error: {error}")
+        for line in made:
+            say(line)
         say(f"resume with: {shlex.join([PROG, *argv])}")
         return 1
     except KlingError as error:  # the download, or the journal
@@ -309,8 +322,18 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     task, path = result
     assert isinstance(task, Task)
     assert isinstance(path, pathlib.Path)
+    if not args.quiet:
+        for line in made:
+            say(line)
     _show(task, path, args.json)
     return 0
+
+
+def _source_line(source: TaskHandle) -> str:
+    """The source task a chain made, as stderr says it: only the last task is printed, and
+    a source's task is queried on its own family's routes (docs/cli.md, "get TASK_ID")."""
+    task_id, family = source.task_id, source.family.value
+    return f"source: {family} task {task_id} (kling-async get {task_id} --family {family})"
 
 
 async def _outcome(chain: ChainHandle) -> Task | ChainError:

@@ -161,12 +161,19 @@ def test_a_failed_link_exits_1_and_says_how_to_resume(
 def test_a_chain_from_text_makes_the_source_then_the_links(
     emulator: KlingEmulator, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
-    status, _, _ = run(
+    """stderr names the text-to-video task the chain made and how to query it (stdout has
+    the last link only); that command finds it."""
+    status, _, err = run(
         capsys, "chain", "--text", "a fox", "--prompt", "runs", "--out", str(tmp_path)
     )
+    source = next(task for task in emulator.tasks.values() if task.prompt == "a fox")
+    said = f"kling-async get {source.task_id} --family text2video"
+    found, shown, _ = run(capsys, *said.split()[1:])
 
     assert 0 == status
     assert 2 == _creates(emulator)
+    assert f"source: text2video task {source.task_id} ({said})" in err
+    assert (0, source.task_id) == (found, shown.split()[0])
 
 
 def test_the_default_key_is_the_source_and_prompts_hashed() -> None:
