@@ -137,9 +137,16 @@ def task_json(task: Task, family: TaskFamily) -> dict[str, Any]:
     }
 
 
+_WORDS = {TaskStatus.SUCCEED: "succeeded"}  # Kling's "succeed", as a sentence says it
+
+
+def _said(status: TaskStatus) -> str:
+    return _WORDS.get(status, status.value)
+
+
 def task_text(task: Task, family: TaskFamily) -> str:
     """One line about ``task`` that tells a model what it can do next."""
-    head = f"{family.value} task {task.task_id} is {task.status.value}"
+    head = f"{family.value} task {task.task_id} is {_said(task.status)}"
     if task.status is TaskStatus.SUCCEED and task.video is not None:
         video = task.video
         length = "" if video.duration is None else f" ({video.duration:g} s)"
@@ -154,7 +161,7 @@ def task_text(task: Task, family: TaskFamily) -> str:
 
 def waited_text(task: Task | None, task_id: str, family: TaskFamily, seconds: float) -> str:
     """The line for a wait that ran out: not an error, the task keeps running."""
-    status = "not yet seen" if task is None else task.status.value
+    status = "not yet seen" if task is None else _said(task.status)
     return (
         f"{family.value} task {task_id} is still {status} after waiting {seconds:g} s; it keeps "
         "running: call wait_for_task again"
@@ -164,5 +171,5 @@ def waited_text(task: Task | None, task_id: str, family: TaskFamily, seconds: fl
 def progress_message(task: Task) -> str:
     """The message of a progress notification for a status change."""
     if task.status_message:
-        return f"task {task.task_id} is {task.status.value}: {task.status_message}"
-    return f"task {task.task_id} is {task.status.value}"
+        return f"task {task.task_id} is {_said(task.status)}: {task.status_message}"
+    return f"task {task.task_id} is {_said(task.status)}"

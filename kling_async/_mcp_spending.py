@@ -219,20 +219,39 @@ class Ledger:
             unpriced = [] if limit is None else self.unpriced(what)
             if unpriced:
                 task_id, family = unpriced[0]
+                doubt = self._unpriced_doubt(what)
+                if doubt is not None:
+                    return (
+                        f"the spending limit (--max-{what} {limit}) cannot count the create in "
+                        f"doubt under key {doubt!r} ({family.value}): it may have made a task "
+                        "that no look-up could name, and no task of its kind has finished with "
+                        f"its {what} yet; the operator settles it with `kling-async journal "
+                        f"settle JOURNAL {doubt} TASK_ID` (or `forget` once sure it made none); "
+                        "nothing was sent"
+                    )
                 which = "a create still on its way" if task_id is None else f"task {task_id}"
                 return (
                     f"the spending limit (--max-{what} {limit}) cannot count {which} "
-                    f"({family.value}): no {family.value} task created here has finished "
-                    f"with its {what} yet, so one runs at a time until one does; call "
-                    "wait_for_task on it, then create again; nothing was sent"
+                    f"({family.value}): no task of its kind has finished with its {what} "
+                    "yet, so one runs at a time until one does; call wait_for_task on it, then "
+                    "create again; nothing was sent"
                 )
             if limit is not None and reached >= limit:
                 return (
-                    f"the spending limit is reached: --max-{what} {limit}, and {reached} {what} "
-                    f"are spent or committed ({self.units} units and {self.cash} cash spent; "
-                    f"{len(self._running) + len(self._pending)} tasks still running, each "
-                    "counted at the highest cost seen for its kind); nothing was sent"
+                    f"the spending limit is reached: --max-{what} {limit}, and {what} spent "
+                    f"or committed come to {reached} ({self.units} units and {self.cash} cash "
+                    f"spent; {_tasks(len(self._running) + len(self._pending))} still running, "
+                    "each counted at the highest cost seen for its kind); nothing was sent"
                 )
+        return None
+
+    def _unpriced_doubt(self, what: str) -> str | None:
+        """The key of a create in doubt the limit cannot count: unlike a running task or a
+        create on its way, it may never end by itself, so the refusal names its way out."""
+        part = 0 if what == "units" else 1
+        for key, reservation in self._doubts.items():
+            if reservation.number in self._pending and reservation.family not in self._priced[part]:
+                return key
         return None
 
     def summary(self, limits: Limits) -> dict[str, object]:
@@ -250,6 +269,10 @@ class Ledger:
                 for task_id, family in self._families.items()
             ],
         }
+
+
+def _tasks(count: int) -> str:
+    return f"{count} task" if count == 1 else f"{count} tasks"
 
 
 def _recorded(entry: JournalEntry) -> Task | None:

@@ -158,7 +158,7 @@ async def test_the_spending_limit_stops_a_chain_before_the_refused_link(
     assert "stopped" == stopped["state"]
     assert "spending_limit" == stopped["stopped_on"]
     assert "--max-units 2" in stopped["reason"]
-    assert "2 units are spent or committed" in stopped["reason"]
+    assert "units spent or committed come to 2" in stopped["reason"]
     assert 2 == creates(emu)
     assert {"p1": 1, "p2": 1} == prompts_sent(emu)
     assert 2 == stopped["links_made"]

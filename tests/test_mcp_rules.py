@@ -71,7 +71,8 @@ def test_spent_reaching_the_limit_refuses_and_says_what_was_spent() -> None:
     refusal = ledger.refusal(Limits(units=D(1)))
     assert refusal is not None
     assert "--max-units 1" in refusal
-    assert "1 units" in refusal
+    assert "units spent or committed come to 1 (1 units" in refusal
+    assert "0 tasks still running" in refusal
     assert ledger.refusal(Limits(units=D(2))) is None
 
 
@@ -254,6 +255,18 @@ def test_a_create_in_doubt_counts_until_its_key_names_a_task() -> None:
     made(ledger, "b", key="k")  # the key's task, found at last
     assert (D(4), D(0)) == ledger.committed()
     assert ["b"] == [task_id for task_id, _ in ledger.running()]
+
+
+def test_a_create_in_doubt_of_an_unpriced_kind_is_named_with_its_way_out() -> None:
+    """A restored create in doubt whose kind has no cost seen: no wait ends it, so the
+    refusal names its key and how the operator settles it, not a task to wait for."""
+    ledger = Ledger()
+    ledger.restore([entry("shot-3", EntryState.SENDING)])
+    said = ledger.refusal(Limits(units=D(10), cash=None))
+    assert said is not None
+    assert "'shot-3'" in said
+    assert "kling-async journal settle JOURNAL shot-3 TASK_ID" in said
+    assert "wait_for_task" not in said
 
 
 # -- arguments and results --------------------------------------------------------------------

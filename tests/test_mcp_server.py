@@ -92,7 +92,7 @@ async def test_extend_wait_download_list_and_spending_over_stdio(
         assert "1" == finished["cost"]["units"]
         assert "download_video" in text(waited)
         assert [1.0, 2.0] == [step for step, _ in steps]
-        assert [f"task {task_id} is processing", f"task {task_id} is succeed"] == [
+        assert [f"task {task_id} is processing", f"task {task_id} is succeeded"] == [
             message for _, message in steps
         ]
         saved = ok(await client.call_tool("download_video", {"task_id": task_id}))
