@@ -27,7 +27,7 @@ from mcp.server.mcpserver import MCPServer
 from uvicorn.server import HANDLED_SIGNALS
 
 from . import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal, __version__
-from ._cli_output import session_options, timeouts
+from ._cli_output import say, session_options, timeouts
 from ._mcp_calls import KlingTools
 from ._mcp_chains import register_chain_tools
 from ._mcp_files import default_journal
@@ -114,13 +114,11 @@ async def _serve_http(server: MCPServer, host: str, port: int) -> None:
     sock.bind((host, port))
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"serving MCP on http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
+    say(f"serving MCP on http://{shown}:{bound}/mcp")
     if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
-        print(
+        say(
             "warning: this address is not loopback: whoever reaches it can spend the account's "
-            "money through this server",
-            file=sys.stderr,
-            flush=True,
+            "money through this server"
         )
     app = server.streamable_http_app(host=host)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
