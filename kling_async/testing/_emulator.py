@@ -986,9 +986,8 @@ class KlingEmulator:
             raise _BadRequest(404, 1203, f"video {video_id} does not exist")
         parent_duration = self._check_source(video_id)
         self._check_room(external_id)
-        now_ms = self._now_ms()
-        task = EmulatedTask(
-            task_id=self._new_id(),
+        task = self._new_task(
+            parent_duration + EXTEND_SECONDS,
             video_id=video_id,
             external_task_id=external_id,
             parent_task_id=parent_task_id,
@@ -996,20 +995,30 @@ class KlingEmulator:
             negative_prompt=negative_prompt,
             cfg_scale=cfg_scale,
             callback_url=callback_url,
+            watermark=watermark,
+            parent_duration=f"{parent_duration:.1f}",
+        )
+        return self._start(task)
+
+    def _new_task(self, seconds: float, **fields: Any) -> EmulatedTask:
+        """A task created now with ``fields`` (what its create asked), making a video
+        ``seconds`` long that later creates may extend."""
+        now_ms = self._now_ms()
+        task = EmulatedTask(
+            task_id=self._new_id(),
             created_at_ms=now_ms,
             updated_at_ms=now_ms,
             result_video_id=self._new_id(),
             media_base_url=self._media_url or "",
             index=len(self._order),
-            watermark=watermark,
             unit_deduction=self.unit_deduction,
-            parent_duration=f"{parent_duration:.1f}",
-            result_duration=f"{parent_duration + EXTEND_SECONDS:.1f}",
+            result_duration=f"{seconds:.1f}",
             cash_deduction=self.cash_deduction,
             list_price=self.list_price,
+            **fields,
         )
-        self._video_durations[task.result_video_id] = round(parent_duration + EXTEND_SECONDS, 1)
-        return self._start(task)
+        self._video_durations[task.result_video_id] = round(seconds, 1)
+        return task
 
     def _check_room(self, external_id: str | None) -> None:
         """Refuse a taken external id, and a create past the parallel-task limit (1303)."""
@@ -1034,27 +1043,16 @@ class KlingEmulator:
         if self.accept_external_task_id:
             external_id = _optional_id(parsed, "external_task_id")
         self._check_room(external_id)
-        now_ms = self._now_ms()
-        task = EmulatedTask(
-            task_id=self._new_id(),
+        task = self._new_task(
+            asked.duration,
             video_id="",
             family=family,
             external_task_id=external_id,
             prompt=asked.prompt,
             negative_prompt=asked.negative_prompt,
             callback_url=callback_url,
-            created_at_ms=now_ms,
-            updated_at_ms=now_ms,
-            result_video_id=self._new_id(),
-            media_base_url=self._media_url or "",
-            index=len(self._order),
             watermark=watermark,
-            unit_deduction=self.unit_deduction,
-            result_duration=f"{asked.duration:.1f}",
-            cash_deduction=self.cash_deduction,
-            list_price=self.list_price,
         )
-        self._video_durations[task.result_video_id] = round(asked.duration, 1)
         return self._start(task)
 
     def _start(self, task: EmulatedTask) -> _Reply:
