@@ -17,14 +17,13 @@ from ._journal import EntryState, JournalEntry
 from ._journal_requests import canonical
 from ._mcp_results import ToolProblem
 from ._source_requests import ImageToVideo, TextToVideo
-from .models import ExtendRequest, TaskFamily
+from .models import ExtendRequest
 
 __all__ = [
     "chain_text",
     "journal_mismatch",
     "journal_state",
     "plan_json",
-    "request_family",
     "same_request",
     "source_kind",
 ]
@@ -44,13 +43,6 @@ def source_kind(video_id: str | None, text: str | None, image: str | None) -> st
             f"source video) or image (its first frame); {what} given; nothing was sent"
         )
     return given[0]
-
-
-def request_family(request: object) -> TaskFamily:
-    """The family of a journaled request."""
-    if isinstance(request, (TextToVideo, ImageToVideo)):
-        return request.family
-    return TaskFamily.EXTEND
 
 
 def _source_identity(source: ChainSource) -> str:

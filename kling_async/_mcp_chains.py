@@ -30,7 +30,6 @@ from ._mcp_chain_rules import (
     journal_mismatch,
     journal_state,
     plan_json,
-    request_family,
     same_request,
     source_kind,
 )
@@ -268,7 +267,7 @@ class _Chains:
 
     async def _entry_task(self, entry: JournalEntry) -> dict[str, Any]:
         """A journaled link as the other tools show its task (one query when unknown)."""
-        family = request_family(entry.request)
+        family = entry.request.family
         if entry.task_id is None:
             return {"key": entry.key, "task_id": None, "journal_state": entry.state.value}
         last = self._tools.session.task(entry.task_id, family=family).last
