@@ -41,10 +41,9 @@ from ._cli_output import (
     check_command,
     clean,
     in_flags,
+    remote_session,
     say,
-    session_options,
     silence_stdout,
-    timeouts,
     usage_error,
 )
 from ._cli_parser import build_parser
@@ -401,12 +400,7 @@ def _main_remote(args: argparse.Namespace, command: argparse.ArgumentParser) -> 
     if problem is not None:
         return usage_error(command, problem)
     try:
-        session = KlingSession(
-            base_url=args.base_url,
-            allow_insecure_http=args.allow_insecure_http,
-            **timeouts(args),
-            **session_options(),
-        )
+        session = remote_session(args)
     except ValueError as error:
         return usage_error(command, in_flags(error, args))
     state = _State()

@@ -33,11 +33,10 @@ from ._cli_output import (
     folder_problem,
     in_flags,
     one_line,
+    remote_session,
     say,
-    session_options,
     silence_stdout,
     spent_text,
-    timeouts,
     usage_error,
 )
 from ._cli_progress import Progress, progress_view
@@ -248,13 +247,7 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     journal, results = _paths(args)
     try:
         store = SQLiteJournal(journal)
-        session = KlingSession(
-            base_url=args.base_url,
-            allow_insecure_http=args.allow_insecure_http,
-            journal=store,
-            **timeouts(args),
-            **session_options(),
-        )
+        session = remote_session(args, journal=store)
     except ValueError as error:
         return usage_error(command, in_flags(error, args))
     batch = Run(rows)

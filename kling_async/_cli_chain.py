@@ -41,9 +41,8 @@ from ._cli_output import (
     file_problem,
     folder_problem,
     in_flags,
+    remote_session,
     say,
-    session_options,
-    timeouts,
     usage_error,
 )
 from ._cli_progress import Display, Frame, progress_view
@@ -242,13 +241,7 @@ def run(args: argparse.Namespace, command: argparse.ArgumentParser, argv: Sequen
     key = args.key if args.key is not None else default_key(source, prompts)
     try:
         store = SQLiteJournal(args.journal or args.out / _JOURNAL)
-        session = KlingSession(
-            base_url=args.base_url,
-            allow_insecure_http=args.allow_insecure_http,
-            journal=store,
-            **timeouts(args),
-            **session_options(),
-        )
+        session = remote_session(args, journal=store)
     except ValueError as error:
         return usage_error(command, in_flags(error, args))
     made_source = not isinstance(source, str)

@@ -19,16 +19,16 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from . import EntryState, JournalEntry, KlingSession, SQLiteJournal
+from . import EntryState, JournalEntry, SQLiteJournal
 from ._cli_output import (
     PROG,
     OutputClosed,
     check_command,
     clean,
     in_flags,
+    remote_session,
     request_text,
     say,
-    session_options,
     silence_stdout,
     usage_error,
 )
@@ -382,12 +382,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser, path: pat
             before = await journal.get(key)
             if before is None:
                 return None
-            async with KlingSession(
-                base_url=args.base_url,
-                allow_insecure_http=args.allow_insecure_http,
-                journal=journal,
-                **session_options(),
-            ) as session:
+            async with remote_session(args, journal=journal) as session:
                 await session.settle(key, args.task_id)
             after = await journal.get(key)
             assert after is not None  # settled just now; only forget deletes a record

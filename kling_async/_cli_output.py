@@ -18,7 +18,7 @@ import sys
 import tempfile
 from typing import Any, TypedDict
 
-from . import Cost, PollPolicy, RetryPolicy
+from . import Cost, KlingSession, PollPolicy, RetryPolicy
 from ._cli_request import RequestProblem, extend_request
 from ._source_requests import CreateRequest
 from .errors import InvalidArgumentError
@@ -109,6 +109,18 @@ def timeouts(args: argparse.Namespace) -> _Timeouts:
     if getattr(args, "read_timeout", None) is not None:
         timeouts["read_timeout"] = args.read_timeout
     return timeouts
+
+
+def remote_session(args: argparse.Namespace, **options: Any) -> KlingSession:
+    """The session a remote command runs on: its connection flags (``--base-url``,
+    ``--allow-insecure-http``, the timeouts), the tests' policies, and ``options``. A bad
+    flag raises ``ValueError`` before anything is sent."""
+    return KlingSession(
+        base_url=args.base_url,
+        allow_insecure_http=args.allow_insecure_http,
+        **timeouts(args),
+        **{**session_options(), **options},
+    )
 
 
 def session_options() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from mcp.server.mcpserver import MCPServer
 from uvicorn.server import HANDLED_SIGNALS
 
 from . import KlingSession, PollPolicy, RetryPolicy, SQLiteJournal, __version__
-from ._cli_output import say, session_options, timeouts
+from ._cli_output import remote_session, say, session_options
 from ._mcp_calls import KlingTools
 from ._mcp_chains import register_chain_tools
 from ._mcp_files import default_journal
@@ -78,14 +78,7 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[tuple[KlingSession
 @contextlib.asynccontextmanager
 async def _opened(args: argparse.Namespace, journal: SQLiteJournal) -> AsyncIterator[KlingSession]:
     if not args.emulator:
-        session = KlingSession(
-            base_url=args.base_url,
-            allow_insecure_http=args.allow_insecure_http,
-            journal=journal,
-            **timeouts(args),
-            **session_options(),
-        )
-        async with session:
+        async with remote_session(args, journal=journal) as session:
             yield session
         return
     step = args.emulator_step
